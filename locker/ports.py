@@ -1,0 +1,317 @@
+"""The small types that cross the boundary between adapters and the controller.
+
+Adapters (``hardware``, the MQTT link) turn what happened into one of the frozen input events
+below and hand it to a sink (the controller's queue); they never touch locker state. The port
+ABCs are what the controller calls on the way out. This module imports nothing else of
+``locker`` so that ``hardware`` can depend on it and on nothing more.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+
+class DoorState(enum.StrEnum):
+    OPEN = "open"
+    CLOSED = "closed"
+    UNKNOWN = "unknown"
+
+
+class InputSource(enum.StrEnum):
+    KEYPAD = "keypad"
+    SCANNER = "scanner"
+
+
+# --- input events: adapters -> controller ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DoorChanged:
+    """A debounced door sensor level, or UNKNOWN when its board stopped answering."""
+
+    compartment: str
+    state: DoorState
+
+
+@dataclass(frozen=True, slots=True)
+class ItemChanged:
+    """An item-presence sensor (board IR input); ``present`` is None when it cannot be read."""
+
+    compartment: str
+    present: bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class UnlockResult:
+    """What became of one unlock request handed to a lock driver.
+
+    ``sent`` is False only when nothing reached the coil or the bus (safe to let the person
+    retry); True when the pulse ran or the frame's write started (outcome then comes from the
+    door sensor, never from a retry).
+    """
+
+    compartment: str
+    sent: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPressed:
+    """One key from a keypad: '0'-'9', '*' or '#'."""
+
+    key: str
+    source: InputSource = InputSource.KEYPAD
+
+
+@dataclass(frozen=True, slots=True)
+class LineScanned:
+    """One complete, already length- and charset-checked line from the QR scanner."""
+
+    text: str
+    source: InputSource = InputSource.SCANNER
+
+
+@dataclass(frozen=True, slots=True)
+class InputRejected:
+    """Bytes from a keypad or scanner that failed the input rules (too long, control bytes...)."""
+
+    source: InputSource
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class HardwareFault:
+    """A device stopped working (port unplugged, board silent). Reported once per outage."""
+
+    device: str
+    detail: str
+    compartments: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HardwareRecovered:
+    device: str
+    compartments: tuple[str, ...] = ()
+
+
+HardwareEvent = (
+    DoorChanged
+    | ItemChanged
+    | UnlockResult
+    | KeyPressed
+    | LineScanned
+    | InputRejected
+    | HardwareFault
+    | HardwareRecovered
+)
+
+EventSink = Callable[[HardwareEvent], None]
+"""Where adapters put events. Must be cheap and thread-safe (``queue.Queue.put``)."""
+
+
+class Feedback(enum.StrEnum):
+    KEY = "key"  # short click on every key press
+    ACCEPTED = "accepted"
+    REFUSED = "refused"
+    THROTTLED = "throttled"
+    ALARM = "alarm"
+
+
+# --- output ports: controller -> adapters ---------------------------------------------------
+
+
+class HardwareUnavailable(Exception):  # noqa: N818 - reads as a state, like gpiozero's
+    """Raised by ``unlock`` when the driver knows up front that nothing can be sent."""
+
+
+class LockBank(abc.ABC):
+    """A set of compartments whose locks and door sensors one driver owns.
+
+    Implemented by the GPIO bank (gpiozero) and by each RS-485 lock-board bus. Both pass the
+    same contract tests (``tests/test_lockbank_contract.py``).
+
+    Rules every implementation keeps:
+    - ``start`` reads every door once and reports it through ``sink`` before returning, then
+      reports only changes. It never energises a lock.
+    - ``unlock`` never blocks on the coil or the bus: it queues the request and returns. At most
+      one coil of the bank is energised at a time, each pulse is bounded, and consecutive pulses
+      are separated by a rest. Each request ends in exactly one ``UnlockResult``.
+    - Nothing is ever retried on its own once a pulse or a frame has started.
+    - ``close`` de-energises everything and is idempotent.
+    """
+
+    name: str
+
+    @property
+    @abc.abstractmethod
+    def compartments(self) -> tuple[str, ...]:
+        """The compartment ids this bank drives."""
+
+    @abc.abstractmethod
+    def start(self, sink: EventSink) -> None: ...
+
+    @abc.abstractmethod
+    def unlock(self, compartment: str) -> None: ...
+
+    @abc.abstractmethod
+    def doors(self) -> Mapping[str, DoorState]:
+        """The last known (debounced) state of every door of this bank."""
+
+    def items(self) -> Mapping[str, bool | None]:
+        """Item presence per compartment, for banks that can sense it (None: cannot tell)."""
+        return {c: None for c in self.compartments}
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> LockBank:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class InputDevice(abc.ABC):
+    """A keypad or scanner adapter. Reports KeyPressed / LineScanned / InputRejected and
+    HardwareFault / HardwareRecovered to the sink from its own thread."""
+
+    name: str
+
+    @abc.abstractmethod
+    def start(self, sink: EventSink) -> None: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+
+class Indicator(abc.ABC):
+    """Buzzer and LEDs. ``show`` never blocks (patterns run in the background)."""
+
+    @abc.abstractmethod
+    def show(self, feedback: Feedback) -> None: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+
+class NullIndicator(Indicator):
+    def show(self, feedback: Feedback) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+# --- the MQTT link's side -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CommandMessage:
+    """A message that arrived on ``{p}/cmd``, exactly as received (verification happens on the
+    controller thread, over these very bytes)."""
+
+    payload: bytes
+    retained: bool = False
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerAck:
+    """``{p}/ack``: the server holds every event with ``seq <= upto_seq`` durably."""
+
+    upto_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class EventsDelivered:
+    """Successful PUBACKs, used as delivery only when ``mqtt.require_server_ack = false``."""
+
+    seqs: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PublishRefused:
+    """A PUBACK with a failure reason code (>= 0x80): not delivered, the row stays."""
+
+    seq: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LinkChanged:
+    connected: bool
+    detail: str = ""
+
+
+LinkEvent = CommandMessage | ServerAck | EventsDelivered | PublishRefused | LinkChanged
+LinkSink = Callable[[LinkEvent], None]
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    seq: int
+    type: str
+    payload: bytes  # the exact JSON bytes to publish on {p}/evt/{type}
+
+
+class OutboxReader(abc.ABC):
+    """Read side of the outbox for the link's own thread (its own SQLite connection)."""
+
+    @abc.abstractmethod
+    def read(self, after_seq: int, limit: int) -> list[OutboxRow]: ...
+
+    @abc.abstractmethod
+    def depth(self) -> int: ...
+
+
+class Uplink(abc.ABC):
+    """What the controller calls on the MQTT link. Every method returns at once."""
+
+    @abc.abstractmethod
+    def start(self, sink: LinkSink) -> None: ...
+
+    @abc.abstractmethod
+    def outbox_changed(self) -> None:
+        """New rows were committed, or rows were acknowledged: wake the sender."""
+
+    @abc.abstractmethod
+    def publish_state(self, snapshot: Mapping[str, object]) -> None:
+        """Retained ``{p}/state``; the link coalesces bursts and republishes on connect."""
+
+    @abc.abstractmethod
+    def publish_reply(self, reply: Mapping[str, object], correlation_data: bytes | None) -> None:
+        """``{p}/res`` for one command."""
+
+    @abc.abstractmethod
+    def resync(self) -> None:
+        """Republish status and state, resend every unacknowledged event."""
+
+    @abc.abstractmethod
+    def close(self, clean: bool = True) -> None:
+        """``clean``: publish offline status and disconnect normally (will suppressed)."""
+
+
+class NullUplink(Uplink):
+    """No link configured (offline cabinet, most unit tests)."""
+
+    def start(self, sink: LinkSink) -> None:
+        pass
+
+    def outbox_changed(self) -> None:
+        pass
+
+    def publish_state(self, snapshot: Mapping[str, object]) -> None:
+        pass
+
+    def publish_reply(self, reply: Mapping[str, object], correlation_data: bytes | None) -> None:
+        pass
+
+    def resync(self) -> None:
+        pass
+
+    def close(self, clean: bool = True) -> None:
+        pass
