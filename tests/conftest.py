@@ -1,0 +1,70 @@
+"""Fixtures shared by the whole suite.
+
+Helper modules with their own fixtures (the Mosquitto broker, certificates, the board emulator)
+live beside this file and are imported explicitly by the tests that use them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from gpiozero import Device
+from gpiozero.pins.mock import MockFactory
+
+
+@pytest.fixture
+def mock_factory() -> Iterator[MockFactory]:
+    """gpiozero's own pattern: a fresh MockFactory, the global one saved and restored."""
+    saved = Device.pin_factory
+    factory = MockFactory()
+    Device.pin_factory = factory
+    try:
+        yield factory
+    finally:
+        factory.reset()
+        Device.pin_factory = saved
+
+
+def wait_for(
+    predicate: Callable[[], object], timeout: float = 5.0, interval: float = 0.005, what: str = ""
+) -> None:
+    """Wait until ``predicate()`` is truthy, or fail the test after ``timeout`` seconds.
+
+    The only way tests wait: on a condition with a deadline, never a bare sleep."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+class _FailOnCallbackError(logging.Handler):
+    """Production code logs exceptions caught in adapter callbacks and carries on; in tests
+    such a log is a failure (Home Assistant's fail_on_log_exception idea)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and getattr(record, "callback_error", False):
+            self.records.append(record)
+
+
+@pytest.fixture(autouse=True)
+def fail_on_callback_error() -> Iterator[None]:
+    handler = _FailOnCallbackError()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+    if handler.records:
+        pytest.fail(
+            "an adapter callback raised: "
+            + "; ".join(handler.format(r) for r in handler.records)
+        )
