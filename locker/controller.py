@@ -109,7 +109,7 @@ class Controller:
         self.state: LockerState = store.load(compartment_sizes)
         self._hwm_saved = 0.0
         self._snapshot_key: Any = None
-        self.rev = 0
+        self.rev = int(store.meta("rev", 0))
         self.link_connected = False
         self.stopped = threading.Event()
 
@@ -218,7 +218,7 @@ class Controller:
         rows = []
         if tr.events or _persistent_change(self.state, tr.state):
             rows = self.store.commit(self.state, tr.state, tr.events, now, self.clock_synced(),
-                                     {"hwm": now})
+                                     {"hwm": now, "rev": self.rev + 1})
             self._hwm_saved = now
         self.state = tr.state
         for ev in tr.events:
@@ -289,8 +289,8 @@ class Controller:
         key = {k: v for k, v in snap.items() if k not in ("rev", "ts")}
         if key != self._snapshot_key:
             self._snapshot_key = key
-            # Milliseconds of domain time: monotonic across restarts without a write of its own
-            # (domain time never runs back), and still strictly increasing within a run.
+            # Milliseconds of domain time (which never runs back), at least one more than the
+            # last value committed: strictly increasing within a run and across restarts.
             self.rev = max(self.rev + 1, int(self.clock.now() * 1000))
             snap["rev"] = self.rev
         elif not force:
