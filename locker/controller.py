@@ -92,7 +92,7 @@ class Controller:
         mono: Callable[[], float] = time.monotonic,
         clock_synced: Callable[[], bool] = lambda: True,
         verify: Verifier | None = None,
-        watchdog: Callable[[], None] = lambda: None,
+        watchdog: Callable[[], object] = lambda: None,
     ) -> None:
         self.rules = rules
         self.store = store
@@ -136,8 +136,11 @@ class Controller:
         wait ended with nothing to do."""
         wait = self._wait_time(timeout)
         try:
-            event = self.queue.get(timeout=wait) if wait is None or wait > 0 else \
-                self.queue.get_nowait()
+            event = (
+                self.queue.get(timeout=wait)
+                if wait is None or wait > 0
+                else self.queue.get_nowait()
+            )
         except queue.Empty:
             due = machine.next_deadline(self.state, self.rules)
             now = self.clock.now()
@@ -184,10 +187,12 @@ class Controller:
         elif isinstance(event, EventsDelivered):
             self._freed(self.store.delivered(event.seqs))
         elif isinstance(event, PublishRefused):
-            logger.error("broker refused event seq %d: %s; kept for resend", event.seq,
-                         event.reason)
-            self._run_machine(HardwareFault("mqtt", f"PUBACK refused seq {event.seq}: "
-                                                    f"{event.reason}"))
+            logger.error(
+                "broker refused event seq %d: %s; kept for resend", event.seq, event.reason
+            )
+            self._run_machine(
+                HardwareFault("mqtt", f"PUBACK refused seq {event.seq}: {event.reason}")
+            )
         elif isinstance(event, LinkChanged):
             self.link_connected = event.connected
             logger.info("link %s %s", "up" if event.connected else "down", event.detail)
@@ -217,14 +222,23 @@ class Controller:
     def _apply(self, tr: Transition, now: float) -> None:
         rows = []
         if tr.events or _persistent_change(self.state, tr.state):
-            rows = self.store.commit(self.state, tr.state, tr.events, now, self.clock_synced(),
-                                     {"hwm": now, "rev": self.rev + 1})
+            rows = self.store.commit(
+                self.state,
+                tr.state,
+                tr.events,
+                now,
+                self.clock_synced(),
+                {"hwm": now, "rev": self.rev + 1},
+            )
             self._hwm_saved = now
         self.state = tr.state
         for ev in tr.events:
-            logger.info("event %s%s%s", ev.type,
-                        f" compartment={ev.compartment}" if ev.compartment else "",
-                        f" parcel={ev.parcel}" if ev.parcel else "")
+            logger.info(
+                "event %s%s%s",
+                ev.type,
+                f" compartment={ev.compartment}" if ev.compartment else "",
+                f" parcel={ev.parcel}" if ev.parcel else "",
+            )
         # Committed: only now may anything move.
         for action in tr.actions:
             self._execute(action)

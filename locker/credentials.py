@@ -206,7 +206,7 @@ def _check_mint_args(
     return checked_action
 
 
-def mint_token(  # noqa: PLR0917 (positional, as lockerctl calls it)
+def mint_token(
     private_key: Ed25519PrivateKey,
     kid: int,
     locker_id: str,

@@ -72,10 +72,10 @@ class Rules:
     door_open_timeout_s: float = 10.0
     door_left_open_s: float = 120.0
     keypad_entry_timeout_s: float = 20.0
-    pickup_hours: int = 72
-    dropoff_hours: int = 48
+    pickup_hours: float = 72.0
+    dropoff_hours: float = 48.0
     max_remote_opens_per_hour: int = 20
-    limits: throttle.Limits = throttle.Limits()
+    limits: throttle.Limits = dataclasses.field(default_factory=throttle.Limits)
 
 
 # --- inputs that do not come from adapters ----------------------------------------------------
@@ -226,7 +226,11 @@ def _on_scan(d: Draft, ev: LineScanned, rules: Rules, now: float) -> None:
         _deny(d, window, source, rules, now, count=False)
         return
     parcel = next(
-        (p for p in d.parcels.values() if hmac.compare_digest(creds.parcel_ref(p.id), token.parcel_ref)),
+        (
+            p
+            for p in d.parcels.values()
+            if hmac.compare_digest(creds.parcel_ref(p.id), token.parcel_ref)
+        ),
         None,
     )
     token_id = token.token_id.hex()
@@ -310,8 +314,9 @@ def _grant(
     else:
         d.update_credential(credential, armed=False)
     d.put("throttle", throttle.record_success(d.get("throttle")))
-    unlock = Unlock(step_, parcel_id, credential, str(source), now + rules.door_open_timeout_s,
-                    token_expires)
+    unlock = Unlock(
+        step_, parcel_id, credential, str(source), now + rules.door_open_timeout_s, token_expires
+    )
     d.emit("access_granted", comp.id, parcel_id, source=str(source), step=str(step_))
     d.act(IndicateAction(Feedback.ACCEPTED))
     start_unlock(d, comp, unlock, now)
@@ -357,10 +362,18 @@ def _door_opened(d: Draft, comp: Compartment, rules: Rules, now: float, **extra:
     left = now + rules.door_left_open_s
     if comp.pending is not None:
         # The door answered: the run of unanswered pulses (jam retries) is over.
-        d.update_compartment(comp.id, door=DoorState.OPEN, pending=None, session=comp.pending,
-                             open_since=now, left_open_next=left, pulses=())
-        d.emit("door_opened", comp.id, comp.pending.parcel, purpose=str(comp.pending.purpose),
-               **extra)
+        d.update_compartment(
+            comp.id,
+            door=DoorState.OPEN,
+            pending=None,
+            session=comp.pending,
+            open_since=now,
+            left_open_next=left,
+            pulses=(),
+        )
+        d.emit(
+            "door_opened", comp.id, comp.pending.parcel, purpose=str(comp.pending.purpose), **extra
+        )
         return
     d.update_compartment(comp.id, door=DoorState.OPEN, open_since=now, left_open_next=left)
     if comp.session is not None:  # opened again before we saw it close (sensor flutter)
@@ -373,8 +386,9 @@ def _door_opened(d: Draft, comp: Compartment, rules: Rules, now: float, **extra:
 
 def _door_closed(d: Draft, comp: Compartment, rules: Rules, now: float, **extra: Any) -> None:
     was_open = comp.door is DoorState.OPEN
-    comp = d.update_compartment(comp.id, door=DoorState.CLOSED, open_since=None,
-                                left_open_next=None)
+    comp = d.update_compartment(
+        comp.id, door=DoorState.CLOSED, open_since=None, left_open_next=None
+    )
     if was_open or extra:
         d.emit("door_closed", comp.id, comp.parcel, **extra)
     session = comp.session
@@ -396,8 +410,9 @@ def _complete(d: Draft, comp: Compartment, session: Unlock, rules: Rules, now: f
             _rearm(d, session)
             return
         until = now + parcel.pickup_hours * 3600
-        d.update_parcel(parcel.id, status=ParcelStatus.DEPOSITED, deposited_at=now,
-                        pickup_until=until)
+        d.update_parcel(
+            parcel.id, status=ParcelStatus.DEPOSITED, deposited_at=now, pickup_until=until
+        )
         for cred in list(d.credentials.values()):
             if cred.parcel != parcel.id:
                 continue
@@ -429,14 +444,18 @@ def _on_unlock_result(d: Draft, ev: UnlockResult, rules: Rules, now: float) -> N
     # Nothing reached the coil: the person may simply try again.
     _rearm(d, comp.pending)
     d.update_compartment(comp.id, pending=None, pulses=comp.pulses[:-1])
-    d.emit("hardware_fault", comp.id, comp.pending.parcel, device="lock", detail=ev.detail or
-           "unlock not sent")
+    d.emit(
+        "hardware_fault",
+        comp.id,
+        comp.pending.parcel,
+        device="lock",
+        detail=ev.detail or "unlock not sent",
+    )
     d.act(IndicateAction(Feedback.REFUSED))
 
 
 def _on_fault(d: Draft, ev: HardwareFault, rules: Rules, now: float) -> None:
-    d.emit("hardware_fault", device=ev.device, detail=ev.detail,
-           compartments=list(ev.compartments))
+    d.emit("hardware_fault", device=ev.device, detail=ev.detail, compartments=list(ev.compartments))
 
 
 def _on_recovered(d: Draft, ev: HardwareRecovered, rules: Rules, now: float) -> None:
@@ -447,10 +466,10 @@ def _on_recovered(d: Draft, ev: HardwareRecovered, rules: Rules, now: float) -> 
 
 
 def _expire(d: Draft, rules: Rules, now: float) -> None:
-    for comp in list(d.compartments.values()):
-        if comp.pending is not None and now >= comp.pending.deadline:
-            _jammed(d, comp, rules, now)
-        comp = d.compartments[comp.id]
+    for cid in list(d.compartments):
+        if (p := d.compartments[cid].pending) is not None and now >= p.deadline:
+            _jammed(d, d.compartments[cid], rules, now)
+        comp = d.compartments[cid]
         if comp.left_open_next is not None and now >= comp.left_open_next:
             open_s = int(now - (comp.open_since or now))
             d.update_compartment(comp.id, left_open_next=now + rules.door_left_open_s)
@@ -464,8 +483,11 @@ def _expire(d: Draft, rules: Rules, now: float) -> None:
             d.emit("assignment_cancelled", comp.id, parcel.id, reason="dropoff_expired")
             d.drop_parcel(parcel.id)
             d.update_compartment(comp.id, parcel=None)
-        elif (parcel.status is ParcelStatus.DEPOSITED and parcel.pickup_until is not None
-              and now >= parcel.pickup_until):
+        elif (
+            parcel.status is ParcelStatus.DEPOSITED
+            and parcel.pickup_until is not None
+            and now >= parcel.pickup_until
+        ):
             d.update_parcel(parcel.id, status=ParcelStatus.EXPIRED)
             _disarm(d, parcel.id, Step.PICKUP)
             d.emit("pickup_expired", comp.id, parcel.id, kind=parcel.kind)
@@ -499,8 +521,7 @@ def _jammed(d: Draft, comp: Compartment, rules: Rules, now: float) -> None:
     assert unlock is not None
     pulses = tuple(t for t in comp.pulses if t > now - JAM_WINDOW_S)
     comp = d.update_compartment(comp.id, pending=None, pulses=pulses)
-    d.emit("door_jammed", comp.id, unlock.parcel, purpose=str(unlock.purpose),
-           pulses=len(pulses))
+    d.emit("door_jammed", comp.id, unlock.parcel, purpose=str(unlock.purpose), pulses=len(pulses))
     d.act(IndicateAction(Feedback.ALARM))
     if unlock.purpose is Step.REMOTE:
         return
@@ -524,8 +545,15 @@ def _move_parcel(d: Draft, comp: Compartment, unlock: Unlock, now: float) -> boo
     d.update_compartment(comp.id, parcel=None)
     d.update_compartment(target.id, parcel=parcel.id)
     d.update_parcel(parcel.id, compartment=target.id)
-    d.emit("parcel_reserved", target.id, parcel.id, kind=parcel.kind, size=parcel.size,
-           moved_from=comp.id, dropoff_until=int(parcel.dropoff_until))
+    d.emit(
+        "parcel_reserved",
+        target.id,
+        parcel.id,
+        kind=parcel.kind,
+        size=parcel.size,
+        moved_from=comp.id,
+        dropoff_until=int(parcel.dropoff_until),
+    )
     return True
 
 
@@ -564,15 +592,21 @@ def _on_tick(d: Draft, ev: Tick, rules: Rules, now: float) -> None:
 def _on_boot(d: Draft, ev: Boot, rules: Rules, now: float) -> None:
     """Reconcile what was stored with what the sensors say. Never pulses anything."""
     d.emit("started", version=ev.version, compartments=len(d.compartments))
-    for cid, comp in list(d.compartments.items()):
+    for cid in list(d.compartments):
         if cid in ev.items:
-            comp = d.update_compartment(cid, item=ev.items[cid])
+            d.update_compartment(cid, item=ev.items[cid])
+        comp = d.compartments[cid]
         door = ev.doors.get(cid, DoorState.UNKNOWN)
         if comp.pending is not None and door is not DoorState.OPEN:
             # The daemon died between committing an unlock and seeing the door: we cannot know
             # whether the coil fired. Report; never retry on our own.
-            d.emit("unlock_outcome_unknown", cid, comp.pending.parcel,
-                   purpose=str(comp.pending.purpose), door=str(door))
+            d.emit(
+                "unlock_outcome_unknown",
+                cid,
+                comp.pending.parcel,
+                purpose=str(comp.pending.purpose),
+                door=str(door),
+            )
             comp = d.update_compartment(cid, pending=None)
         if door is comp.door:
             continue

@@ -51,7 +51,7 @@ class Parcel:
     compartment: str
     status: ParcelStatus
     dropoff_until: float
-    pickup_hours: int
+    pickup_hours: float
     pickup_until: float | None = None
     deposited_at: float | None = None
 

@@ -49,21 +49,34 @@ def handle(d: Draft, ev: machine.CommandArrived, rules: machine.Rules, now: floa
         cmd_id = rej.cmd_id if rej else None
         d.emit("command_rejected", cmd_id=cmd_id, code=code, message=message)
         status = "expired" if code == "expired" else "rejected"
-        _reply(d, cmd_id, status, ev.correlation_data, now, error={"code": code,
-                                                                   "message": message})
+        _reply(
+            d, cmd_id, status, ev.correlation_data, now, error={"code": code, "message": message}
+        )
         return
     cmd = ev.command
     seen = d.commands.get(cmd.cmd_id)
     if seen is not None:
-        _reply(d, cmd.cmd_id, "duplicate", ev.correlation_data, now, result=seen.result,
-               error=seen.error)
+        _reply(
+            d,
+            cmd.cmd_id,
+            "duplicate",
+            ev.correlation_data,
+            now,
+            result=seen.result,
+            error=seen.error,
+        )
         return
     try:
         result = _execute(d, cmd, rules, now)
     except Refusal as r:
         error = {"code": r.code, "message": r.message}
-        d.emit("command_rejected", cmd_id=cmd.cmd_id, code=r.code, message=r.message,
-               action=str(cmd.action))
+        d.emit(
+            "command_rejected",
+            cmd_id=cmd.cmd_id,
+            code=r.code,
+            message=r.message,
+            action=str(cmd.action),
+        )
         d.put_command(CommandRecord(cmd.cmd_id, float(cmd.exp), "rejected", None, error))
         _reply(d, cmd.cmd_id, "rejected", ev.correlation_data, now, error=error)
         return
@@ -142,14 +155,20 @@ def _assign(d: Draft, a: AssignArgs, rules: machine.Rules, now: float) -> dict[s
         comp = d.compartments.get(a.compartment)
         if comp is None:
             raise Refusal("invalid_args", "unknown compartment")
-        if (comp.parcel is not None or comp.busy or not comp.in_service
-                or SIZE_RANK[comp.size] < SIZE_RANK[a.size]):
+        if (
+            comp.parcel is not None
+            or comp.busy
+            or not comp.in_service
+            or SIZE_RANK[comp.size] < SIZE_RANK[a.size]
+        ):
             raise Refusal("no_compartment", f"compartment {comp.id} is not free for size {a.size}")
     else:
         comp = machine.best_fit(d.compartments, a.size)
         if comp is None:
             raise Refusal("no_compartment", f"no free compartment fits size {a.size}")
-    until = float(a.dropoff_until) if a.dropoff_until is not None else now + rules.dropoff_hours * 3600
+    until = (
+        float(a.dropoff_until) if a.dropoff_until is not None else now + rules.dropoff_hours * 3600
+    )
     if until <= now:
         raise Refusal("invalid_args", "dropoff_until is in the past")
     hours = a.pickup_hours if a.pickup_hours is not None else rules.pickup_hours
@@ -157,8 +176,7 @@ def _assign(d: Draft, a: AssignArgs, rules: machine.Rules, now: float) -> dict[s
     d.put_credential(Credential(a.dropoff_tag, a.parcel, Step.DROPOFF, now, until, armed=True))
     d.put_credential(Credential(a.pickup_tag, a.parcel, Step.PICKUP, now, None, armed=False))
     d.update_compartment(comp.id, parcel=a.parcel)
-    d.emit("parcel_reserved", comp.id, a.parcel, kind=a.kind, size=a.size,
-           dropoff_until=int(until))
+    d.emit("parcel_reserved", comp.id, a.parcel, kind=a.kind, size=a.size, dropoff_until=int(until))
     return {"compartment": comp.id}
 
 
@@ -184,8 +202,9 @@ def _cancel(d: Draft, a: CancelArgs) -> dict[str, Any]:
     for cred in list(d.credentials.values()):
         if cred.parcel == parcel.id and cred.step is Step.PICKUP:
             d.update_credential(cred.tag, armed=False)
-    d.emit("assignment_cancelled", parcel.compartment, parcel.id, reason="command",
-           after_deposit=True)
+    d.emit(
+        "assignment_cancelled", parcel.compartment, parcel.id, reason="command", after_deposit=True
+    )
     return {"released": False}
 
 
@@ -211,8 +230,9 @@ def _retrieve(d: Draft, a: RetrieveArgs, now: float) -> dict[str, Any]:
         raise Refusal("code_collision", "the tag is already live in this locker")
     if a.valid_until <= now:
         raise Refusal("invalid_args", "valid_until is in the past")
-    d.put_credential(Credential(a.code_tag, parcel.id, Step.RETRIEVE, now, float(a.valid_until),
-                                armed=True))
+    d.put_credential(
+        Credential(a.code_tag, parcel.id, Step.RETRIEVE, now, float(a.valid_until), armed=True)
+    )
     d.emit("retrieval_armed", parcel.compartment, parcel.id, valid_until=a.valid_until)
     return {"compartment": parcel.compartment}
 

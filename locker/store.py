@@ -93,13 +93,15 @@ def _unlock(raw: dict[str, Any] | None) -> Unlock | None:
 
 
 def _compartment(raw: dict[str, Any]) -> Compartment:
-    return Compartment(**{
-        **raw,
-        "door": DoorState(raw["door"]),
-        "pending": _unlock(raw["pending"]),
-        "session": _unlock(raw["session"]),
-        "pulses": tuple(raw["pulses"]),
-    })
+    return Compartment(
+        **{
+            **raw,
+            "door": DoorState(raw["door"]),
+            "pending": _unlock(raw["pending"]),
+            "session": _unlock(raw["session"]),
+            "pulses": tuple(raw["pulses"]),
+        }
+    )
 
 
 def _parcel(raw: dict[str, Any]) -> Parcel:
@@ -167,7 +169,9 @@ class Store:
             logger.warning("compartment %s is in the database but no longer configured", cid)
         parcels = {
             p.id: p
-            for p in (_parcel(json.loads(r[0])) for r in self._con.execute("SELECT row FROM parcels"))
+            for p in (
+                _parcel(json.loads(r[0])) for r in self._con.execute("SELECT row FROM parcels")
+            )
             if p.compartment in comps
         }
         for p in parcels.values():
@@ -176,19 +180,31 @@ class Store:
         return LockerState(
             compartments=MappingProxyType(comps),
             parcels=MappingProxyType(parcels),
-            credentials=MappingProxyType({
-                c.tag: c
-                for c in (_credential(json.loads(r[0]))
-                          for r in self._con.execute("SELECT row FROM credentials"))
-                if c.parcel in parcels
-            }),
-            tokens=MappingProxyType(dict(self._con.execute("SELECT token_id, expires FROM tokens"))),
-            commands=MappingProxyType({
-                r[0]: _command(json.loads(r[1]))
-                for r in self._con.execute("SELECT jti, row FROM commands")
-            }),
-            throttle=Throttle(**{**self.meta("throttle", {}),
-                                 "recent": tuple(self.meta("throttle", {}).get("recent", ()))}),
+            credentials=MappingProxyType(
+                {
+                    c.tag: c
+                    for c in (
+                        _credential(json.loads(r[0]))
+                        for r in self._con.execute("SELECT row FROM credentials")
+                    )
+                    if c.parcel in parcels
+                }
+            ),
+            tokens=MappingProxyType(
+                dict(self._con.execute("SELECT token_id, expires FROM tokens"))
+            ),
+            commands=MappingProxyType(
+                {
+                    r[0]: _command(json.loads(r[1]))
+                    for r in self._con.execute("SELECT jti, row FROM commands")
+                }
+            ),
+            throttle=Throttle(
+                **{
+                    **self.meta("throttle", {}),
+                    "recent": tuple(self.meta("throttle", {}).get("recent", ())),
+                }
+            ),
             lockdown=bool(self.meta("lockdown", False)),
             remote_opens=tuple(self.meta("remote_opens", [])),
             keypad=KeypadEntry(),
@@ -256,12 +272,15 @@ class Store:
         for k in old.keys() - new.keys():
             self._con.execute("DELETE FROM tokens WHERE token_id=?", (k,))
 
-    def _write_commands(self, old: Mapping[str, CommandRecord],
-                        new: Mapping[str, CommandRecord]) -> None:
+    def _write_commands(
+        self, old: Mapping[str, CommandRecord], new: Mapping[str, CommandRecord]
+    ) -> None:
         if old is new:
             return
         for k in new.keys() - old.keys():
-            self._con.execute("INSERT INTO commands VALUES (?, ?, ?)", (k, new[k].exp, _dump(new[k])))
+            self._con.execute(
+                "INSERT INTO commands VALUES (?, ?, ?)", (k, new[k].exp, _dump(new[k]))
+            )
         for k in old.keys() - new.keys():
             self._con.execute("DELETE FROM commands WHERE jti=?", (k,))
 
@@ -317,7 +336,9 @@ class Store:
 
     def outbox(self) -> list[dict[str, Any]]:
         """Every unacknowledged event, decoded (tests and diagnostics)."""
-        return [json.loads(r[0]) for r in self._con.execute("SELECT payload FROM outbox ORDER BY seq")]
+        return [
+            json.loads(r[0]) for r in self._con.execute("SELECT payload FROM outbox ORDER BY seq")
+        ]
 
     def integrity_ok(self) -> bool:
         return bool(self._con.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
@@ -332,8 +353,12 @@ class OutboxView(OutboxReader):
 
     def _c(self) -> sqlite3.Connection:
         if self._con is None:
-            self._con = sqlite3.connect(f"file:{self._path}?mode=ro", uri=True,
-                                        check_same_thread=False, isolation_level=None)
+            self._con = sqlite3.connect(
+                f"file:{self._path}?mode=ro",
+                uri=True,
+                check_same_thread=False,
+                isolation_level=None,
+            )
         return self._con
 
     def read(self, after_seq: int, limit: int) -> list[OutboxRow]:

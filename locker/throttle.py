@@ -42,7 +42,7 @@ def delay_after(consecutive: int, limits: Limits) -> float:
     over = consecutive - limits.failures_before_backoff
     if over < 0:
         return 0.0
-    return min(BASE_DELAY_S * 2 ** min(over, 20), MAX_DELAY_S)
+    return float(min(BASE_DELAY_S * 2 ** min(over, 20), MAX_DELAY_S))
 
 
 def record_failure(t: Throttle, now: float, limits: Limits) -> tuple[Throttle, Verdict, float]:

@@ -65,6 +65,5 @@ def fail_on_callback_error() -> Iterator[None]:
         root.removeHandler(handler)
     if handler.records:
         pytest.fail(
-            "an adapter callback raised: "
-            + "; ".join(handler.format(r) for r in handler.records)
+            "an adapter callback raised: " + "; ".join(handler.format(r) for r in handler.records)
         )

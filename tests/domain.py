@@ -38,10 +38,24 @@ class Keys:
     def tag(self, code: str) -> str:
         return creds.code_tag(self.device_key, code)
 
-    def token(self, parcel: str, action: int, nbf: float, exp: float,
-              locker_id: str = LOCKER_ID, kid: int = 1) -> str:
-        return creds.mint_token(self.token_private, kid, locker_id, creds.TokenAction(action),
-                                parcel, int(nbf), int(exp))
+    def token(
+        self,
+        parcel: str,
+        action: int,
+        nbf: float,
+        exp: float,
+        locker_id: str = LOCKER_ID,
+        kid: int = 1,
+    ) -> str:
+        return creds.mint_token(
+            self.token_private,
+            kid,
+            locker_id,
+            creds.TokenAction(action),
+            parcel,
+            int(nbf),
+            int(exp),
+        )
 
 
 def rules(keys: Keys, **overrides: Any) -> machine.Rules:
@@ -115,9 +129,18 @@ class Sim:
     def assign(self, parcel: str, size: str = "S", **extra: Any) -> tuple[str, str, str]:
         """Assign a parcel; returns (compartment, dropoff code, pickup code)."""
         drop, pick = creds.generate_code(8), creds.generate_code(8)
-        tr = self.feed(command("assign", self.now, parcel=parcel, kind=extra.pop("kind", "delivery"),
-                               size=size, dropoff_tag=self.keys.tag(drop),
-                               pickup_tag=self.keys.tag(pick), **extra))
+        tr = self.feed(
+            command(
+                "assign",
+                self.now,
+                parcel=parcel,
+                kind=extra.pop("kind", "delivery"),
+                size=size,
+                dropoff_tag=self.keys.tag(drop),
+                pickup_tag=self.keys.tag(pick),
+                **extra,
+            )
+        )
         reply = tr.actions[-1].reply  # type: ignore[union-attr]
         assert reply["status"] == "done", reply
         return reply["result"]["compartment"], drop, pick

@@ -129,8 +129,17 @@ def rig(tmp_path: Path) -> Rig:
 
 def _assign(rig: Rig, parcel: str = "P1") -> tuple[str, str]:
     drop, pick = "12345678", "87654321"
-    rig.put(command("assign", rig.clock.wall, parcel=parcel, kind="delivery", size="S",
-                    dropoff_tag=rig.keys.tag(drop), pickup_tag=rig.keys.tag(pick)))
+    rig.put(
+        command(
+            "assign",
+            rig.clock.wall,
+            parcel=parcel,
+            kind="delivery",
+            size="S",
+            dropoff_tag=rig.keys.tag(drop),
+            pickup_tag=rig.keys.tag(pick),
+        )
+    )
     return drop, pick
 
 
@@ -252,11 +261,25 @@ def test_shutdown_commits_stopping_and_closes_hardware(rig: Rig) -> None:
 def test_snapshot_matches_the_contract_shape(rig: Rig) -> None:
     _assign(rig)
     snap = rig.ctl.snapshot()
-    assert set(snap) == {"v", "rev", "ts", "lockdown", "keypad_locked", "outbox_depth",
-                         "last_seq", "compartments"}
+    assert set(snap) == {
+        "v",
+        "rev",
+        "ts",
+        "lockdown",
+        "keypad_locked",
+        "outbox_depth",
+        "last_seq",
+        "compartments",
+    }
     a1 = snap["compartments"][0]
-    assert a1 == {"id": "A1", "size": "S", "state": "reserved", "door": "closed",
-                  "in_service": True, "parcel": "P1"}
+    assert a1 == {
+        "id": "A1",
+        "size": "S",
+        "state": "reserved",
+        "door": "closed",
+        "in_service": True,
+        "parcel": "P1",
+    }
 
 
 def test_rev_is_strictly_increasing(rig: Rig) -> None:

@@ -32,8 +32,14 @@ def test_delivery_dropoff_then_pickup_emits_the_whole_story_in_order() -> None:
     sim.door(cid, "closed")
     assert sim.types(start) == [
         "parcel_reserved",
-        "access_granted", "door_opened", "door_closed", "parcel_deposited",
-        "access_granted", "door_opened", "door_closed", "parcel_collected",
+        "access_granted",
+        "door_opened",
+        "door_closed",
+        "parcel_deposited",
+        "access_granted",
+        "door_opened",
+        "door_closed",
+        "parcel_collected",
     ]
     assert sim.unlocks() == ["B1", "B1"]
     assert sim.state.compartments[cid].parcel is None
@@ -69,8 +75,9 @@ def test_pickup_code_is_not_armed_before_the_deposit() -> None:
 
 
 def test_wrong_codes_back_off_then_lock_out_and_a_reset_lifts_it() -> None:
-    sim = Sim(limits=machine.throttle.Limits(failures_before_backoff=3, hard_lockout=6,
-                                             max_per_hour=100))
+    sim = Sim(
+        limits=machine.throttle.Limits(failures_before_backoff=3, hard_lockout=6, max_per_hour=100)
+    )
     for _ in range(3):
         sim.type_code("11112222")
     assert sim.types()[-1] == "keypad_throttled"
@@ -93,8 +100,11 @@ def test_wrong_codes_back_off_then_lock_out_and_a_reset_lifts_it() -> None:
 
 
 def test_hourly_failure_cap_locks_out() -> None:
-    sim = Sim(limits=machine.throttle.Limits(failures_before_backoff=100, hard_lockout=100,
-                                             max_per_hour=4))
+    sim = Sim(
+        limits=machine.throttle.Limits(
+            failures_before_backoff=100, hard_lockout=100, max_per_hour=4
+        )
+    )
     for _ in range(5):
         sim.type_code("99998888")
         sim.advance(60)
@@ -134,7 +144,7 @@ def test_overlong_and_short_entries_are_malformed() -> None:
 
 def test_qr_pickup_and_replay() -> None:
     sim = Sim()
-    cid, pick_code = sim.deposit("P1")
+    cid, _pick_code = sim.deposit("P1")
     token = sim.keys.token("P1", 1, T0 - 60, T0 + 86400)
     sim.feed(LineScanned(token))
     assert sim.unlocks()[-1] == cid
@@ -163,7 +173,8 @@ def test_qr_rejections(mutate, reason) -> None:  # type: ignore[no-untyped-def]
     sim.feed(LineScanned(mutate(sim)))
     denied = only(sim.events, "access_denied")[-1]
     assert denied.data == {"reason": reason, "source": "scanner"} | (
-        {"detail": denied.data["detail"]} if "detail" in denied.data else {})
+        {"detail": denied.data["detail"]} if "detail" in denied.data else {}
+    )
     assert len(sim.unlocks()) == 1
 
 
@@ -226,8 +237,15 @@ def test_pickup_expiry_then_courier_retrieval() -> None:
     sim.type_code(pick)
     assert only(sim.events, "access_denied")[-1].data["reason"] == "unknown_code"
     courier = "55554444"
-    sim.feed(command("retrieve", sim.now, parcel="P1", code_tag=sim.keys.tag(courier),
-                     valid_until=int(sim.now + 3600)))
+    sim.feed(
+        command(
+            "retrieve",
+            sim.now,
+            parcel="P1",
+            code_tag=sim.keys.tag(courier),
+            valid_until=int(sim.now + 3600),
+        )
+    )
     sim.type_code(courier)
     sim.door(cid, "open")
     sim.door(cid, "closed")
@@ -259,7 +277,7 @@ def test_cancel_before_and_after_deposit() -> None:
     cid, _, _ = sim.assign("P1")
     sim.feed(command("cancel", sim.now, parcel="P1"))
     assert sim.state.compartments[cid].parcel is None
-    cid2, pick = sim.deposit("P2")
+    _cid2, pick = sim.deposit("P2")
     sim.feed(command("cancel", sim.now, parcel="P2"))
     assert sim.state.parcels["P2"].status is ParcelStatus.CANCELLED
     sim.type_code(pick)
@@ -301,8 +319,15 @@ def test_item_sensor_empty_deposit_keeps_the_code_and_left_item_blocks() -> None
 
 def test_commands_run_once_and_duplicates_get_the_stored_result() -> None:
     sim = Sim()
-    cmd = command("assign", sim.now, parcel="P1", kind="delivery", size="S",
-                  dropoff_tag=sim.keys.tag("12345678"), pickup_tag=sim.keys.tag("87654321"))
+    cmd = command(
+        "assign",
+        sim.now,
+        parcel="P1",
+        kind="delivery",
+        size="S",
+        dropoff_tag=sim.keys.tag("12345678"),
+        pickup_tag=sim.keys.tag("87654321"),
+    )
     first = sim.feed(cmd).actions[-1].reply  # type: ignore[union-attr]
     again = sim.feed(cmd).actions[-1].reply  # type: ignore[union-attr]
     assert first["status"] == "done" and again["status"] == "duplicate"
@@ -320,8 +345,20 @@ def test_commands_run_once_and_duplicates_get_the_stored_result() -> None:
 def test_assign_refusals(args, code) -> None:  # type: ignore[no-untyped-def]
     sim = Sim()
     sim.assign("P1")
-    reply = sim.feed(command("assign", sim.now, kind="delivery", dropoff_tag=sim.keys.tag("11223344"),
-                             pickup_tag=sim.keys.tag("44332211"), **args)).actions[-1].reply  # type: ignore[union-attr]
+    reply = (
+        sim.feed(
+            command(
+                "assign",
+                sim.now,
+                kind="delivery",
+                dropoff_tag=sim.keys.tag("11223344"),
+                pickup_tag=sim.keys.tag("44332211"),
+                **args,
+            )
+        )
+        .actions[-1]
+        .reply
+    )  # type: ignore[union-attr]
     assert reply["status"] == "rejected" and reply["error"]["code"] == code
     assert sim.types()[-1] == "command_rejected"
 
@@ -329,10 +366,32 @@ def test_assign_refusals(args, code) -> None:  # type: ignore[no-untyped-def]
 def test_code_collision_is_refused() -> None:
     sim = Sim()
     tag = sim.keys.tag("12121212")
-    sim.feed(command("assign", sim.now, parcel="P1", kind="delivery", size="S", dropoff_tag=tag,
-                     pickup_tag=sim.keys.tag("34343434")))
-    reply = sim.feed(command("assign", sim.now, parcel="P2", kind="delivery", size="S",
-                             dropoff_tag=tag, pickup_tag=sim.keys.tag("56565656"))).actions[-1].reply  # type: ignore[union-attr]
+    sim.feed(
+        command(
+            "assign",
+            sim.now,
+            parcel="P1",
+            kind="delivery",
+            size="S",
+            dropoff_tag=tag,
+            pickup_tag=sim.keys.tag("34343434"),
+        )
+    )
+    reply = (
+        sim.feed(
+            command(
+                "assign",
+                sim.now,
+                parcel="P2",
+                kind="delivery",
+                size="S",
+                dropoff_tag=tag,
+                pickup_tag=sim.keys.tag("56565656"),
+            )
+        )
+        .actions[-1]
+        .reply
+    )  # type: ignore[union-attr]
     assert reply["error"]["code"] == "code_collision"
 
 
@@ -340,9 +399,21 @@ def test_no_compartment_when_full() -> None:
     sim = Sim()
     for i in range(6):
         sim.assign(f"P{i}", "S")
-    reply = sim.feed(command("assign", sim.now, parcel="PX", kind="delivery", size="S",
-                             dropoff_tag=sim.keys.tag("10101010"),
-                             pickup_tag=sim.keys.tag("20202020"))).actions[-1].reply  # type: ignore[union-attr]
+    reply = (
+        sim.feed(
+            command(
+                "assign",
+                sim.now,
+                parcel="PX",
+                kind="delivery",
+                size="S",
+                dropoff_tag=sim.keys.tag("10101010"),
+                pickup_tag=sim.keys.tag("20202020"),
+            )
+        )
+        .actions[-1]
+        .reply
+    )  # type: ignore[union-attr]
     assert reply["error"]["code"] == "no_compartment"
 
 
@@ -397,7 +468,10 @@ def test_rejected_scanner_input_is_a_typed_denial() -> None:
     sim = Sim()
     sim.feed(InputRejected(InputSource.SCANNER, "too long"))
     assert only(sim.events, "access_denied")[-1].data == {
-        "reason": "malformed", "source": "scanner", "detail": "too long"}
+        "reason": "malformed",
+        "source": "scanner",
+        "detail": "too long",
+    }
 
 
 def test_next_deadline_follows_the_state() -> None:

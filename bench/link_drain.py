@@ -1,0 +1,174 @@
+"""Backlog drain through the MQTT link: 10,000 events queued while the broker is down.
+
+For each transport (plain TCP, mutual TLS) against a real Mosquitto on loopback:
+1. the broker runs, the fleet server (a separate process, so it does not share our GIL)
+   subscribes with a persistent session; the broker is then stopped;
+2. 10,000 events are committed to a SQLite outbox and the link is started (it cannot connect);
+3. the broker is started again; we time until the server holds every event and its acks have
+   emptied the outbox (``require_server_ack = true``, the production setting).
+
+Prints the figures and writes ``bench/results-link-drain.json``.
+Run: ``.venv/bin/python bench/link_drain.py [--events N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import paho.mqtt  # noqa: E402
+
+from locker.ports import LinkChanged, LinkEvent  # noqa: E402
+from tests.broker import (  # noqa: E402
+    MOSQUITTO,
+    SERVER_CN,
+    Broker,
+    ClientCert,
+    Endpoint,
+    LinkRecorder,
+    Pki,
+    ServerClient,
+    SqliteOutbox,
+    make_link,
+)
+
+LOCKER = "LKR-0001"
+RESULTS = Path(__file__).resolve().parent / "results-link-drain.json"
+
+
+def serve(spec: dict[str, Any]) -> None:
+    """The fleet server process: ack everything, report order and duplicates, stay until
+    stdin closes (its acks must reach the locker)."""
+    ep = spec["endpoint"]
+    cert = ClientCert(**ep["cert"]) if ep["cert"] else None
+    server = ServerClient(Endpoint(**ep | {"cert": cert}))
+    server.start()
+    print("ready", flush=True)
+    n = spec["events"]
+    while not server.has_all(LOCKER, n):
+        time.sleep(0.01)
+    first_seen: list[int] = []
+    seen: set[int] = set()
+    for event in server.events(LOCKER):
+        if event["seq"] not in seen:
+            seen.add(event["seq"])
+            first_seen.append(event["seq"])
+    report = {
+        "received": len(server.events(LOCKER)),
+        "unique": len(seen),
+        "in_order": first_seen == sorted(first_seen),
+    }
+    print("done " + json.dumps(report), flush=True)
+    sys.stdin.read()
+    server.stop()
+
+
+def run(tls: bool, events: int, workdir: Path) -> dict[str, Any]:
+    pki = Pki(workdir / "pki") if tls else None
+    broker = Broker(workdir / "broker", pki=pki)
+    broker.start()
+    endpoint = broker.endpoint(SERVER_CN)
+    spec = {"events": events, "endpoint": dataclasses.asdict(endpoint)}
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--serve", json.dumps(spec)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout is not None and server.stdin is not None
+    assert server.stdout.readline().strip() == "ready"
+    broker.stop()
+
+    outbox = SqliteOutbox(workdir / "outbox.db")
+    outbox.add(events)
+    up = threading.Event()
+    recorder = LinkRecorder(outbox)
+
+    def sink(event: LinkEvent) -> None:
+        recorder(event)
+        if isinstance(event, LinkChanged) and event.connected:
+            up.set()
+
+    link = make_link(broker, outbox, locker_id=LOCKER, reconnect_max_s=0.5)
+    recorder.attach(link.outbox_changed)
+    link.start(sink)
+    try:
+        started = time.monotonic()
+        broker.start()
+        up.wait(30)
+        connected = time.monotonic()
+        while outbox.depth() and time.monotonic() - started < 300:
+            time.sleep(0.005)
+        drained = time.monotonic()
+        report = json.loads(server.stdout.readline().removeprefix("done "))
+    finally:
+        link.close()
+        recorder.close()
+        server.stdin.close()
+        server.wait(10)
+        broker.stop()
+    seconds = drained - connected
+    return {
+        "transport": "mutual TLS" if tls else "plain TCP",
+        "events": events,
+        "seconds_from_broker_start": round(drained - started, 3),
+        "seconds_from_connect": round(seconds, 3),
+        "events_per_s": round(events / seconds),
+        "outbox_empty": outbox.depth() == 0,
+        "server": report,
+        "link": vars(link.counters),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=10_000)
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(json.loads(args.serve))
+        return
+    results = []
+    for tls in (False, True):
+        with tempfile.TemporaryDirectory() as tmp:
+            result = run(tls, args.events, Path(tmp))
+        results.append(result)
+        print(
+            f"{result['transport']:>10}: {result['events']} events drained in "
+            f"{result['seconds_from_connect']:.2f} s after connect "
+            f"({result['seconds_from_broker_start']:.2f} s after broker start), "
+            f"{result['events_per_s']} events/s; server got {result['server']['unique']} unique "
+            f"of {result['server']['received']}, in order: {result['server']['in_order']}"
+        )
+    mosquitto = subprocess.run([MOSQUITTO, "-h"], capture_output=True, text=True, check=False)
+    doc = {
+        "what": "drain of an outbox backlog through locker.link, acked by a server process",
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "paho_mqtt": paho.mqtt.__version__,
+            "mosquitto": mosquitto.stdout.splitlines()[0] if mosquitto.stdout else "?",
+            # The figures are only as quiet as the machine: note what else was running.
+            "load_average_1min_at_end": round(os.getloadavg()[0], 2),
+        },
+        "results": results,
+    }
+    RESULTS.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {RESULTS.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

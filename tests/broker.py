@@ -1,0 +1,628 @@
+"""A real Mosquitto for tests, the certificates it needs, and a stand-in for the fleet server.
+
+- ``Broker``: Debian's ``/usr/sbin/mosquitto`` on a free loopback port with its own config and
+  persistence directory under ``tmp_path``, plain (anonymous) or mutual TLS with the per-locker
+  ACL of ``locker.provision``; stop/kill/pause/resume/restart on the same port and directory.
+- ``Pki``: a fleet CA, the broker's certificate and client certificates, all made by
+  ``locker.provision`` (the same code ``lockerctl`` provisions real fleets with).
+- ``ServerClient``: a paho client playing the central server: subscribes to every locker's
+  status/state/evt/res, records what arrives (topic, payload, retain flag, properties), can
+  ack events (deduplicated by ``seq``, contiguous high-water mark) and send commands.
+- ``SqliteOutbox`` and ``LinkRecorder``: a real-SQLite ``OutboxReader`` and a link sink that
+  does what the controller does with acks, for tests of the link on its own.
+
+Fixtures ``broker`` and ``tls_broker`` start one broker per test; import them into a test
+module (``from tests.broker import broker``) to use them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from locker import provision
+from locker.commands import rfc3339
+from locker.link import MqttLink
+from locker.ports import (
+    EventsDelivered,
+    LinkEvent,
+    OutboxReader,
+    OutboxRow,
+    ServerAck,
+)
+from tests.conftest import wait_for
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+HOST = "127.0.0.1"
+SERVER_CN = provision.BACKEND_USER
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+# --- certificates ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClientCert:
+    cert_file: str
+    key_file: str
+
+
+class Pki:
+    """A CA, the broker's certificate (SAN localhost + 127.0.0.1) and client certificates."""
+
+    def __init__(
+        self,
+        directory: Path,
+        ca_name: str = "Test fleet CA",
+        server_names: tuple[list[str], list[str]] = (["localhost"], [HOST]),
+    ) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.dir = directory
+        self.ca = provision.make_ca(ca_name)
+        self.ca_file = str(directory / "ca.pem")
+        provision.write_public(self.ca_file, self.ca.cert_pem)
+        server = provision.make_server_cert(self.ca, *server_names)
+        self.server_cert, self.server_key = (
+            str(directory / "server.pem"),
+            str(directory / "server.key"),
+        )
+        server.write(self.server_key, self.server_cert)
+        self._clients: dict[str, ClientCert] = {}
+
+    def client(self, cn: str) -> ClientCert:
+        """A client certificate with this CN (made once, then reused)."""
+        if cn not in self._clients:
+            pair = provision.make_client_cert(self.ca, cn)
+            cert = ClientCert(str(self.dir / f"{cn}.pem"), str(self.dir / f"{cn}.key"))
+            pair.write(cert.key_file, cert.cert_file)
+            self._clients[cn] = cert
+        return self._clients[cn]
+
+
+# --- the broker -----------------------------------------------------------------------------
+
+
+class Broker:
+    """One Mosquitto process; its port and persistence directory survive restarts."""
+
+    def __init__(self, directory: Path, *, pki: Pki | None = None, extra: str = "") -> None:
+        self.dir = directory
+        self.pki = pki
+        self.host = HOST
+        self.port = free_port()
+        self.data_dir = directory / "data"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.conf = directory / "mosquitto.conf"
+        self.log_file = directory / "mosquitto.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.conf.write_text(self._render(extra))
+
+    @property
+    def tls(self) -> bool:
+        return self.pki is not None
+
+    def _render(self, extra: str) -> str:
+        root = os.geteuid() == 0
+        if self.pki is None:
+            return provision.render_mosquitto_conf(
+                port=self.port,
+                persistence_dir=self.data_dir,
+                run_as_root=root,
+                tls=False,
+                extra=extra,
+            )
+        acl = self.dir / "acl"
+        acl.write_text(provision.render_acl("lockers", [SERVER_CN]))
+        return provision.render_mosquitto_conf(
+            port=self.port,
+            cafile=self.pki.ca_file,
+            certfile=self.pki.server_cert,
+            keyfile=self.pki.server_key,
+            persistence_dir=self.data_dir,
+            acl_file=acl,
+            run_as_root=root,
+            extra=extra,
+        )
+
+    def start(self, timeout: float = 10.0) -> None:
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        with self.log_file.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [MOSQUITTO, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT
+            )
+        wait_for(
+            lambda: port_open(self.port) or self.proc is None or self.proc.poll() is not None,
+            timeout,
+            what=f"mosquitto listening on {self.port}",
+        )
+        if self.proc.poll() is not None:
+            pytest.fail(f"mosquitto exited at start:\n{self.log()}")
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 10.0) -> None:
+        """SIGTERM saves the persistence database; SIGKILL is a crash (recent data lost)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.resume()  # a stopped process would not act on SIGTERM
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def restart(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        self.stop(sig)
+        self.start()
+
+    def pause(self) -> None:
+        """SIGSTOP: a hung broker; clients see a half-open connection."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+    def endpoint(self, client_id: str | None = None) -> Endpoint:
+        """Connection settings for a test client; with TLS, a certificate for ``client_id``."""
+        if self.pki is None:
+            return Endpoint(self.host, self.port)
+        cert = self.pki.client(client_id) if client_id else None
+        return Endpoint(self.host, self.port, self.pki.ca_file, cert)
+
+    def link_kwargs(self, locker_id: str) -> dict[str, Any]:
+        """Connection settings for ``locker.link.MqttLink`` as this locker."""
+        if self.pki is None:
+            return {"host": self.host, "port": self.port, "tls": False}
+        cert = self.pki.client(locker_id)
+        return {
+            "host": self.host,
+            "port": self.port,
+            "tls": True,
+            "ca_file": self.pki.ca_file,
+            "cert_file": cert.cert_file,
+            "key_file": cert.key_file,
+        }
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    """A plain, anonymous broker (no TLS, no ACL) for logic tests."""
+    b = Broker(tmp_path / "broker")
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.fixture
+def tls_broker(tmp_path: Path) -> Iterator[Broker]:
+    """Mutual TLS, identity from the certificate CN, per-locker ACL; server CN ``backend``."""
+    b = Broker(tmp_path / "broker", pki=Pki(tmp_path / "pki"))
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+# --- MQTT clients for tests -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Received:
+    topic: str
+    payload: bytes
+    retain: bool
+    qos: int
+    properties: dict[str, Any]
+    at: float = field(default_factory=time.monotonic)
+
+    def json(self) -> Any:
+        return json.loads(self.payload)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and how a test client connects (TLS when ``ca_file`` is set)."""
+
+    host: str
+    port: int
+    ca_file: str | None = None
+    cert: ClientCert | None = None
+
+
+def paho_client(endpoint: Endpoint, client_id: str) -> mqtt.Client:
+    """A v5 paho client for ``endpoint`` (not connected)."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client.suppress_exceptions = True
+    if endpoint.ca_file is not None:
+        cert = endpoint.cert
+        client.tls_set(
+            ca_certs=endpoint.ca_file,
+            certfile=cert.cert_file if cert else None,
+            keyfile=cert.key_file if cert else None,
+        )
+    return client
+
+
+def _props(packet_type: int, **values: Any) -> Properties:
+    props = Properties(packet_type)  # type: ignore[no-untyped-call]
+    for name, value in values.items():
+        setattr(props, name, value)
+    return props
+
+
+class ServerClient:
+    """The fleet server's side, for tests: records everything, acks events like a backend."""
+
+    def __init__(
+        self,
+        broker: Broker | Endpoint,
+        *,
+        client_id: str = SERVER_CN,
+        topics: tuple[str, ...] = (
+            "lockers/+/status",
+            "lockers/+/state",
+            "lockers/+/evt/#",
+            "lockers/+/res",
+        ),
+        auto_ack: bool = True,
+        first_seq: int = 1,
+        persistent: bool = True,
+    ) -> None:
+        self.endpoint = broker.endpoint(client_id) if isinstance(broker, Broker) else broker
+        self.topics = topics
+        self.auto_ack = auto_ack
+        self.first_seq = first_seq
+        self.received: list[Received] = []
+        self.seqs: dict[str, set[int]] = {}
+        self.high_water: dict[str, int] = {}
+        self._acked: dict[str, int] = {}
+        self._cond = threading.Condition()
+        self._stop = False
+        self.connects = 0
+        self.client = paho_client(self.endpoint, client_id)
+        self.client.reconnect_delay_set(0.05, 0.5)  # type: ignore[arg-type]  # floats work
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self._persistent = persistent
+        self._ack_thread = threading.Thread(
+            target=self._ack_loop, name="test-server-ack", daemon=True
+        )
+
+    def __enter__(self) -> ServerClient:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 10.0) -> None:
+        props = _props(PacketTypes.CONNECT, SessionExpiryInterval=3600 if self._persistent else 0)
+        self.client.connect_async(
+            self.endpoint.host, self.endpoint.port, keepalive=5, clean_start=False, properties=props
+        )
+        self.client.loop_start()
+        self._ack_thread.start()
+        wait_for(lambda: self.connects > 0, timeout, what="server client connected")
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self.client.disconnect()
+        self.client.loop_stop()
+        self._ack_thread.join(5)
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: object, flags: Any, rc: Any, p: Any
+    ) -> None:
+        if rc.is_failure:
+            return
+        sock = client.socket()
+        if isinstance(sock, socket.socket):
+            # A backend wants its small acks out at once, as the link does (no Nagle).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # retainAsPublished: see the real retain flag on live messages, not just on replays.
+        opts = SubscribeOptions(qos=1, retainAsPublished=True)
+        client.subscribe([(t, opts) for t in self.topics])
+        with self._cond:
+            self.connects += 1
+            self._cond.notify_all()
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        props = {}
+        for name in ("ResponseTopic", "CorrelationData", "MessageExpiryInterval"):
+            if hasattr(msg.properties, name):
+                props[name] = getattr(msg.properties, name)
+        rec = Received(msg.topic, bytes(msg.payload), bool(msg.retain), msg.qos, props)
+        with self._cond:
+            self.received.append(rec)
+            levels = msg.topic.split("/")
+            if len(levels) >= 4 and levels[2] == "evt":
+                self._note_seq(levels[1], rec.payload)
+            self._cond.notify_all()
+
+    def _note_seq(self, locker_id: str, payload: bytes) -> None:
+        try:
+            seq = json.loads(payload)["seq"]
+        except (ValueError, KeyError, TypeError):
+            return
+        got = self.seqs.setdefault(locker_id, set())
+        got.add(seq)
+        hw = self.high_water.get(locker_id, self.first_seq - 1)
+        while hw + 1 in got:
+            hw += 1
+        self.high_water[locker_id] = hw
+
+    def _ack_loop(self) -> None:
+        # Acks are coalesced: under load one ack covers many events, as a real backend does.
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._stop or self._ack_due(), timeout=1.0)
+                if self._stop:
+                    return
+                due = {k: v for k, v in self.high_water.items() if v > self._acked.get(k, 0)}
+                if not self.auto_ack:
+                    due = {}
+                self._acked.update(due)
+            for locker_id, upto in due.items():
+                self.ack(locker_id, upto)
+
+    def _ack_due(self) -> bool:
+        return self.auto_ack and any(v > self._acked.get(k, 0) for k, v in self.high_water.items())
+
+    # --- what tests call --------------------------------------------------------------------
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes | str,
+        *,
+        retain: bool = False,
+        properties: Properties | None = None,
+        timeout: float = 5.0,
+    ) -> mqtt.MQTTMessageInfo:
+        info = self.client.publish(topic, payload, qos=1, retain=retain, properties=properties)
+        info.wait_for_publish(timeout)
+        return info
+
+    def ack(self, locker_id: str, upto: int) -> None:
+        self.client.publish(
+            f"lockers/{locker_id}/ack", json.dumps({"v": 1, "upto_seq": upto}), qos=1
+        )
+
+    def send_command(
+        self,
+        locker_id: str,
+        token: bytes,
+        *,
+        correlation_data: bytes | None = None,
+        response_topic: str | None = None,
+        retain: bool = False,
+    ) -> mqtt.MQTTMessageInfo:
+        values: dict[str, Any] = {}
+        if correlation_data is not None:
+            values["CorrelationData"] = correlation_data
+        if response_topic is not None:
+            values["ResponseTopic"] = response_topic
+        props = _props(PacketTypes.PUBLISH, **values) if values else None
+        return self.publish(f"lockers/{locker_id}/cmd", token, retain=retain, properties=props)
+
+    def messages(self, predicate: Callable[[Received], bool] | str) -> list[Received]:
+        if isinstance(predicate, str):
+            suffix = predicate
+            predicate = lambda r: r.topic.endswith(suffix)  # noqa: E731
+        with self._cond:
+            return [r for r in self.received if predicate(r)]
+
+    def statuses(self, locker_id: str) -> list[dict[str, Any]]:
+        return [r.json() for r in self.messages(f"lockers/{locker_id}/status")]
+
+    def events(self, locker_id: str) -> list[dict[str, Any]]:
+        """Every event received, duplicates included, in arrival order."""
+        return [
+            r.json()
+            for r in self.messages(lambda r: r.topic.startswith(f"lockers/{locker_id}/evt/"))
+        ]
+
+    def unique_seqs(self, locker_id: str) -> set[int]:
+        with self._cond:
+            return set(self.seqs.get(locker_id, set()))
+
+    def has_all(self, locker_id: str, upto: int) -> bool:
+        with self._cond:
+            return self.high_water.get(locker_id, 0) >= upto
+
+
+class SqliteOutbox(OutboxReader):
+    """A real SQLite outbox (WAL) with the controller's write side reduced to add/delete."""
+
+    def __init__(self, path: Path, *, boot_id: str = "test-boot") -> None:
+        self.path = path
+        self.boot_id = boot_id
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        db = self._db()
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY, type TEXT NOT NULL,"
+            " payload BLOB NOT NULL)"
+        )
+        db.commit()
+        # Seqs are never reused, even after every row was acked and deleted.
+        (self._last_seq,) = db.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()
+
+    def _db(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=10)
+            self._local.db = db
+        return db
+
+    def add(self, n: int = 1, event_type: str = "door_opened", **extra: Any) -> list[int]:
+        """Append ``n`` contract-valid events; returns their seqs."""
+        with self._write_lock:
+            db = self._db()
+            last = self._last_seq
+            rows = []
+            for seq in range(last + 1, last + n + 1):
+                doc = {
+                    "v": 1,
+                    "seq": seq,
+                    "event_id": str(uuid.uuid4()),
+                    "boot_id": self.boot_id,
+                    "ts": rfc3339(time.time()),
+                    "clock_synced": True,
+                    "type": event_type,
+                    "compartment": "A1",
+                    "data": dict(extra),
+                }
+                rows.append((seq, event_type, json.dumps(doc, separators=(",", ":")).encode()))
+            db.executemany("INSERT INTO outbox VALUES (?, ?, ?)", rows)
+            db.commit()
+            self._last_seq = last + n
+            return [r[0] for r in rows]
+
+    def read(self, after_seq: int, limit: int) -> list[OutboxRow]:
+        cur = self._db().execute(
+            "SELECT seq, type, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, limit),
+        )
+        return [OutboxRow(seq, typ, bytes(payload)) for seq, typ, payload in cur]
+
+    def depth(self) -> int:
+        (n,) = self._db().execute("SELECT COUNT(*) FROM outbox").fetchone()
+        return int(n)
+
+    def delete_upto(self, seq: int) -> None:
+        with self._write_lock:
+            db = self._db()
+            db.execute("DELETE FROM outbox WHERE seq <= ?", (seq,))
+            db.commit()
+
+    def delete(self, seqs: tuple[int, ...]) -> None:
+        with self._write_lock:
+            db = self._db()
+            db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+            db.commit()
+
+
+class LinkRecorder:
+    """A link sink for tests: records every LinkEvent and, like the controller, deletes
+    acknowledged rows from the outbox on its own thread and tells the link (``attach``)."""
+
+    def __init__(self, outbox: SqliteOutbox | None = None) -> None:
+        self.outbox = outbox
+        self.events: list[LinkEvent] = []
+        self._cond = threading.Condition()
+        self._todo: list[LinkEvent] = []
+        self._closed = False
+        self._outbox_changed: Callable[[], None] | None = None
+        self._worker: threading.Thread | None = None
+
+    def attach(self, outbox_changed: Callable[[], None]) -> None:
+        """Start applying acks to the outbox; ``outbox_changed`` is the link's method."""
+        self._outbox_changed = outbox_changed
+        self._worker = threading.Thread(target=self._work, name="test-controller", daemon=True)
+        self._worker.start()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._worker is not None:
+            self._worker.join(5)
+
+    def __call__(self, event: LinkEvent) -> None:
+        with self._cond:
+            self.events.append(event)
+            if isinstance(event, ServerAck | EventsDelivered):
+                self._todo.append(event)
+            self._cond.notify_all()
+
+    def _work(self) -> None:
+        # Coalesced like a busy controller: one delete per batch of acks.
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._closed or bool(self._todo))
+                if self._closed:
+                    return
+                todo, self._todo = self._todo, []
+            assert self.outbox is not None and self._outbox_changed is not None
+            upto = max((e.upto_seq for e in todo if isinstance(e, ServerAck)), default=0)
+            seqs = tuple(s for e in todo if isinstance(e, EventsDelivered) for s in e.seqs)
+            if upto:
+                self.outbox.delete_upto(upto)
+            if seqs:
+                self.outbox.delete(seqs)
+            self._outbox_changed()
+
+    def of(self, kind: type[Any]) -> list[Any]:
+        with self._cond:
+            return [e for e in self.events if isinstance(e, kind)]
+
+
+def make_link(
+    broker: Broker,
+    outbox: OutboxReader,
+    *,
+    locker_id: str = "LKR-0001",
+    boot_id: str = "boot-1",
+    **settings: Any,
+) -> MqttLink:
+    """An ``MqttLink`` for ``broker`` with test-friendly timings (override any setting)."""
+    kwargs: dict[str, Any] = {
+        "keepalive_s": 5,
+        "will_delay_s": 2,
+        "ack_timeout_s": 30.0,
+        "reconnect_min_s": 0.05,
+        "reconnect_max_s": 0.5,
+        "connect_timeout_s": 3.0,
+        **broker.link_kwargs(locker_id),
+    }
+    kwargs.update(settings)
+    return MqttLink(
+        locker_id=locker_id,
+        outbox=outbox,
+        boot_id=boot_id,
+        version="0.1.0-test",
+        clock_synced=lambda: True,
+        **kwargs,
+    )

@@ -1,0 +1,501 @@
+"""lockerctl and the fleet library, against the broker configuration ``fleet init`` writes.
+
+The "locker" here is a bare paho client with the locker's provisioned certificate that checks
+each command (signature, contract schema, topic, retain flag, QoS) and replies as told, so
+these tests exercise the server side on its own; the daemon's end-to-end tests use the same
+library against the real ``lockerd``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import socket
+import subprocess
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from locker import credentials, ctl, fleet, jws, provision
+from tests import contract
+from tests.conftest import wait_for
+
+MOSQUITTO = "/usr/sbin/mosquitto"
+LOCKER = "LKR-0001"
+SUBCOMMANDS = [
+    [],
+    ["fleet"],
+    ["fleet", "init"],
+    ["fleet", "show"],
+    ["locker"],
+    ["locker", "add"],
+    ["locker", "list"],
+    ["keys", "show"],
+    ["parcel", "issue"],
+    ["cmd", "send"],
+    ["token", "mint"],
+    ["code", "new"],
+    ["watch"],
+]
+
+
+def run(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    return ctl.main(list(argv), out), out.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def fleet_dir(tmp_path: Path) -> Path:
+    """A fleet whose broker config listens on a free loopback port, with one locker."""
+    d = tmp_path / "fleet"
+    argv = ["fleet", "init", str(d), "--broker-host", "localhost", "--broker-ip", "127.0.0.1"]
+    argv += ["--broker-port", str(free_port()), "--broker-bind", "127.0.0.1"]
+    argv += ["--run-as-root"] if os.geteuid() == 0 else []
+    assert run(*argv)[0] == ctl.EXIT_OK
+    code, _ = run("locker", "add", str(d), LOCKER, "--compartments", "A1:S:17:27,B1:M:22:23")
+    assert code == ctl.EXIT_OK
+    return d
+
+
+# --- without a broker ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", SUBCOMMANDS, ids=lambda a: " ".join(a) or "lockerctl")
+def test_help_of_every_subcommand(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert ctl.main([*argv, "--help"]) == ctl.EXIT_OK
+    text = capsys.readouterr().out
+    assert text.startswith("usage: lockerctl")
+
+
+def test_exit_codes_are_documented(capsys: pytest.CaptureFixture[str]) -> None:
+    ctl.main(["--help"])
+    text = capsys.readouterr().out
+    for code in (ctl.EXIT_OK, ctl.EXIT_REFUSED, ctl.EXIT_BROKER, ctl.EXIT_TIMEOUT):
+        assert re.search(rf"^  {code}  \w", text, re.MULTILINE), code
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert ctl.main([]) == ctl.EXIT_USAGE
+    assert ctl.main(["parcel", "issue", "--fleet", "x"]) == ctl.EXIT_USAGE
+    assert "required" in capsys.readouterr().err
+
+
+def test_fleet_init_and_locker_add(fleet_dir: Path) -> None:
+    assert (fleet_dir / "lockers" / LOCKER / "locker.toml").is_file()
+    assert run("locker", "list", str(fleet_dir)) == (ctl.EXIT_OK, f"{LOCKER}\n")
+    code, text = run("keys", "show", str(fleet_dir))
+    assert code == ctl.EXIT_OK and "PRIVATE" not in text
+    f = provision.Fleet.load(fleet_dir)
+    assert provision.encode_public_key(f.token_key()) in text
+    code, _ = run("fleet", "init", str(fleet_dir), "--broker-host", "x")
+    assert code == ctl.EXIT_PROVISION
+    code, _ = run("locker", "add", str(fleet_dir), LOCKER, "--compartments", "A1:S:17:27")
+    assert code == ctl.EXIT_PROVISION
+    code, _ = run("locker", "add", str(fleet_dir), "LKR-2", "--compartments", "A1:S:17")
+    assert code == ctl.EXIT_PROVISION
+
+
+def test_token_mint_prints_a_verifiable_token(fleet_dir: Path, tmp_path: Path) -> None:
+    png, svg = tmp_path / "t.png", tmp_path / "t.svg"
+    code, text = run(
+        "token", "mint", "--fleet", str(fleet_dir), "--locker", LOCKER, "--parcel", "P-1",
+        "--not-before", "1800000000", "--hours", "2", "--png", str(png), "--svg", str(svg),
+    )  # fmt: skip
+    assert code == ctl.EXIT_OK
+    token = text.splitlines()[0]
+    assert len(token) == 147 and token.startswith("LK1:")
+    f = provision.Fleet.load(fleet_dir)
+    parsed = credentials.parse_and_verify(token, {f.token_kid: f.token_key().public_key()})
+    assert parsed.is_for_locker(LOCKER) and parsed.is_for_parcel("P-1")
+    assert (parsed.action, parsed.not_before, parsed.expires) == (1, 1_800_000_000, 1_800_007_200)
+    assert png.read_bytes().startswith(b"\x89PNG") and "<svg" in svg.read_text()
+
+
+def test_code_new_prints_a_code_and_its_tag(fleet_dir: Path) -> None:
+    code, text = run("code", "new", "--fleet", str(fleet_dir), "--locker", LOCKER, "--digits", "10")
+    assert code == ctl.EXIT_OK
+    found = dict(line.split(": ", 1) for line in text.splitlines())
+    assert re.fullmatch(r"[0-9]{10}", found["code"])
+    device_key = provision.Fleet.load(fleet_dir).device_key(LOCKER)
+    assert found["tag"].strip() == credentials.code_tag(device_key, found["code"])
+
+
+def test_parcel_issue_without_a_broker_fails_clearly(
+    fleet_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["parcel", "issue", "--fleet", str(fleet_dir), "--locker", LOCKER]
+    code = ctl.main([*argv, "--parcel", "P-1", "--size", "S", "--timeout", "2"])
+    assert code == ctl.EXIT_BROKER
+    err = capsys.readouterr()
+    assert "cannot connect" in err.err and "code" not in err.out
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["open", "--arg", "compartment=A1"],  # reason missing
+        ["open", "--arg", "compartment=A1", "--arg", "reason=x", "--ttl", "121"],
+        ["lockdown", "--arg", "on=maybe"],
+        ["resync", "--arg", "full=1"],
+        ["cancel", "--arg", "parcel=P", "--new-code"],
+    ],
+)
+def test_cmd_send_checks_arguments_before_connecting(fleet_dir: Path, extra: list[str]) -> None:
+    code, _ = run("cmd", "send", "--fleet", str(fleet_dir), "--locker", LOCKER, *extra)
+    assert code == ctl.EXIT_USAGE
+
+
+def test_unknown_locker_is_a_provisioning_error(fleet_dir: Path) -> None:
+    argv = ["parcel", "issue", "--fleet", str(fleet_dir), "--locker", "LKR-404"]
+    assert run(*argv, "--parcel", "P", "--size", "S")[0] == ctl.EXIT_PROVISION
+
+
+# --- the fleet view (pure) ------------------------------------------------------------------------
+
+
+def ev(seq: int, event_type: str = "door_opened") -> fleet.Incoming:
+    doc = {
+        "v": 1,
+        "seq": seq,
+        "event_id": str(uuid.uuid4()),
+        "boot_id": "b",
+        "ts": "2025-01-01T00:00:00Z",
+        "clock_synced": True,
+        "type": event_type,
+        "compartment": "A1",
+        "data": {},
+    }
+    return fleet.Incoming(f"lockers/L1/evt/{event_type}", json.dumps(doc).encode(), False, 1)
+
+
+def test_view_dedups_detects_gaps_and_acks_only_contiguous(tmp_path: Path) -> None:
+    view = fleet.FleetView("lockers", fleet.EventLog(tmp_path))
+    lines = view.handle(ev(5))
+    assert lines[0] == "L1: first contact, events from seq 5"
+    assert view.acks_due() == {"L1": 5}
+    view.mark_acked("L1", 5)
+    assert any("gap, missing seq 6-8" in line for line in view.handle(ev(9)))
+    assert any("gap, missing seq 7-8" in line for line in view.handle(ev(6)))
+    assert view.acks_due() == {"L1": 6}
+    view.mark_acked("L1", 6)
+    assert view.handle(ev(9)) == [] and view.acks_due() == {"L1": 6}  # duplicate: re-ack
+    view.mark_acked("L1", 6)
+    view.handle(ev(8))
+    assert any("gap filled" in line for line in view.handle(ev(7)))
+    assert view.acks_due() == {"L1": 9}
+    assert [e["seq"] for e in view.lockers["L1"].events] == [5, 6, 7, 8, 9]
+    assert view.lockers["L1"].duplicates == 1
+
+
+def test_view_never_acks_malformed_events() -> None:
+    view = fleet.FleetView()
+    for payload in (b"{", b'{"seq": 0}', b'{"seq": "1"}', b"[]"):
+        lines = view.handle(fleet.Incoming("lockers/L1/evt/x", payload, False, 1))
+        assert lines == ["L1: malformed message on lockers/L1/evt/x (not acknowledged)"]
+    assert view.acks_due() == {}
+
+
+def test_view_reloads_from_its_log(tmp_path: Path) -> None:
+    log = fleet.EventLog(tmp_path)
+    view = fleet.FleetView("lockers", log)
+    for seq in (3, 4, 6):
+        view.handle(ev(seq))
+    log.close()
+    again = fleet.FleetView("lockers", fleet.EventLog(tmp_path))
+    assert again.lockers["L1"].contiguous == 4 and set(again.lockers["L1"].ahead) == {6}
+    assert again.handle(ev(4)) == [] and again.handle(ev(5))
+    assert again.lockers["L1"].contiguous == 6
+
+
+def test_view_tracks_status_and_occupancy() -> None:
+    view = fleet.FleetView()
+    status = {
+        "v": 1,
+        "online": True,
+        "boot_id": "b",
+        "ts": "t",
+        "version": "1",
+        "clock_synced": True,
+    }
+    view.handle(fleet.Incoming("lockers/L1/status", json.dumps(status).encode(), True, 1))
+    assert view.lockers["L1"].online is True
+    state = {
+        "rev": 2,
+        "outbox_depth": 0,
+        "lockdown": True,
+        "compartments": [
+            {"id": "A1", "state": "occupied", "door": "open", "in_service": True, "parcel": "P"}
+        ],
+    }
+    lines = view.handle(fleet.Incoming("lockers/L1/state", json.dumps(state).encode(), True, 1))
+    assert lines == ["L1 state rev 2 outbox 0 [lockdown] A1:occupied(P)[door open]"]
+    offline = {"v": 1, "online": False, "boot_id": "b"}
+    assert view.handle(fleet.Incoming("lockers/L1/status", json.dumps(offline).encode(), True, 1))
+    assert view.lockers["L1"].online is False
+
+
+def test_command_claims_enforce_lifetimes() -> None:
+    claims = fleet.command_claims("L1", "open", {"compartment": "A1", "reason": ""}, now=100.7)
+    assert (claims["iat"], claims["exp"] - claims["iat"]) == (100, fleet.DEFAULT_SHORT_TTL_S)
+    long = fleet.command_claims("L1", "resync", {}, now=0, ttl=7 * 24 * 3600)
+    assert long["exp"] == 7 * 24 * 3600
+    with pytest.raises(fleet.FleetError, match="lifetime"):
+        fleet.command_claims("L1", "lockdown", {"on": True}, now=0, ttl=121)
+    with pytest.raises(fleet.FleetError, match="lifetime"):
+        fleet.command_claims("L1", "cancel", {"parcel": "P"}, now=0, ttl=7 * 24 * 3600 + 1)
+    with pytest.raises(fleet.FleetError, match="unknown action"):
+        fleet.command_claims("L1", "open_all", {}, now=0)
+    a = fleet.command_claims("L1", "resync", {}, now=0)
+    assert a["jti"] != fleet.command_claims("L1", "resync", {}, now=0)["jti"]
+
+
+# --- with the fleet's own broker ------------------------------------------------------------------
+
+
+@pytest.fixture
+def fleet_broker(fleet_dir: Path) -> Iterator[provision.Fleet]:
+    """Mosquitto running the ``mosquitto.conf`` and ACL that ``fleet init`` wrote."""
+    f = provision.Fleet.load(fleet_dir)
+    log = (fleet_dir / "broker.log").open("wb")
+    conf = str(fleet_dir / "broker" / "mosquitto.conf")
+    proc = subprocess.Popen([MOSQUITTO, "-c", conf], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: _listening(f.broker_port) or proc.poll() is not None, 10, what="mosquitto")
+        assert proc.poll() is None, (fleet_dir / "broker.log").read_text()
+        yield f
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _props(**values: Any) -> Properties:
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    for name, value in values.items():
+        setattr(props, name, value)
+    return props
+
+
+@dataclass
+class FakeLocker:
+    """The locker's side of the contract, just enough to answer commands and publish."""
+
+    fleet: provision.Fleet
+    locker_id: str = LOCKER
+    answer: Callable[[dict[str, Any]], dict[str, Any] | None] = lambda claims: {
+        "status": "done",
+        "result": {"compartment": "A1"},
+    }
+    commands: list[dict[str, Any]] = field(default_factory=list)
+    acks: list[int] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        d = self.fleet.locker_dir(self.locker_id)
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=self.locker_id, protocol=mqtt.MQTTv5
+        )
+        self.client.tls_set(str(d / "ca.pem"), str(d / "device.pem"), str(d / "device-key.pem"))
+        self._subscribed = threading.Event()
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *a: self._subscribed.set()
+        self.keys = {self.fleet.command_kid: self.fleet.command_key().public_key()}
+
+    def start(self) -> FakeLocker:
+        self.client.connect("localhost", self.fleet.broker_port)
+        self.client.loop_start()
+        opts = SubscribeOptions(qos=1, retainAsPublished=True)
+        p = f"lockers/{self.locker_id}"
+        self.client.subscribe([(f"{p}/cmd", opts), (f"{p}/ack", opts)])
+        wait_for(self._subscribed.is_set, 10, what="locker subscribed")
+        return self
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def publish(self, channel: str, doc: dict[str, Any], *, retain: bool = False) -> None:
+        contract.validate_topic_message(f"lockers/{self.locker_id}/{channel}", doc, retain, 1)
+        info = self.client.publish(
+            f"lockers/{self.locker_id}/{channel}", json.dumps(doc), 1, retain
+        )
+        info.wait_for_publish(5)
+
+    def _on_message(self, client: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        try:
+            payload = bytes(msg.payload)
+            contract.validate_topic_message(msg.topic, payload, bool(msg.retain), msg.qos)
+            if msg.topic.endswith("/ack"):
+                self.acks.append(json.loads(payload)["upto_seq"])
+                return
+            _header, claims = jws.verify_compact(payload, self.keys)
+            props_in: Any = msg.properties
+            assert props_in.ResponseTopic == f"lockers/{self.locker_id}/res"
+            self.commands.append(claims)
+            reply = self.answer(claims)
+            if reply is None:
+                return
+            doc = {"v": 1, "cmd_id": claims["jti"], "ts": "2025-01-01T00:00:00Z", **reply}
+            contract.validate_payload("res", doc)
+            props = _props(CorrelationData=props_in.CorrelationData)
+            client.publish(props_in.ResponseTopic, json.dumps(doc), 1, properties=props)
+        except Exception as err:  # recorded, and asserted on by the tests
+            self.problems.append(repr(err))
+
+
+@pytest.fixture
+def fake_locker(fleet_broker: provision.Fleet) -> Iterator[FakeLocker]:
+    locker = FakeLocker(fleet_broker).start()
+    yield locker
+    locker.stop()
+    assert locker.problems == []
+
+
+@pytest.mark.broker
+@pytest.mark.timeout(30)
+def test_parcel_issue_end_to_end(fake_locker: FakeLocker, tmp_path: Path) -> None:
+    f = fake_locker.fleet
+    png = tmp_path / "qr.png"
+    code, text = run(
+        "parcel", "issue", "--fleet", str(f.dir), "--locker", LOCKER, "--parcel", "P-77",
+        "--size", "S", "--digits", "9", "--qr-png", str(png),
+    )  # fmt: skip
+    assert code == ctl.EXIT_OK, text
+    [claims] = fake_locker.commands
+    assert claims["act"] == "assign" and claims["aud"] == LOCKER
+    args = claims["args"]
+    codes = dict(re.findall(r"^(drop-off|pickup) code \(\w+\):\s+([0-9]+) ", text, re.MULTILINE))
+    device_key = f.device_key(LOCKER)
+    assert args["dropoff_tag"] == credentials.code_tag(device_key, codes["drop-off"])
+    assert args["pickup_tag"] == credentials.code_tag(device_key, codes["pickup"])
+    assert len(codes["pickup"]) == 9
+    assert "compartment A1" in text
+    token = re.search(r"pickup QR token: (LK1:.{143})$", text, re.MULTILINE)
+    assert token is not None
+    parsed = credentials.parse_and_verify(token.group(1), {f.token_kid: f.token_key().public_key()})
+    assert parsed.is_for_parcel("P-77") and parsed.expires == args["dropoff_until"] + 72 * 3600
+    assert png.read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.broker
+@pytest.mark.timeout(30)
+def test_refused_and_unanswered_commands(fake_locker: FakeLocker) -> None:
+    f = fake_locker.fleet
+    base = ["--fleet", str(f.dir), "--locker", LOCKER]
+    fake_locker.answer = lambda claims: {
+        "status": "rejected",
+        "error": {"code": "no_compartment", "message": "full"},
+    }
+    code, text = run("parcel", "issue", *base, "--parcel", "P-1", "--size", "XL")
+    assert code == ctl.EXIT_REFUSED
+    assert "no_compartment" in text and "code (" not in text
+    fake_locker.answer = lambda claims: None
+    code, text = run("cmd", "send", *base, "lockdown", "--arg", "on=true", "--timeout", "1")
+    assert code == ctl.EXIT_TIMEOUT
+    assert fake_locker.commands[-1]["args"] == {"on": True}
+    assert fake_locker.commands[-1]["exp"] - fake_locker.commands[-1]["iat"] <= 120
+
+
+@pytest.mark.broker
+@pytest.mark.timeout(30)
+def test_cmd_send_retrieve_with_a_new_code(fake_locker: FakeLocker) -> None:
+    f = fake_locker.fleet
+    code, text = run(
+        "cmd", "send", "--fleet", str(f.dir), "--locker", LOCKER, "retrieve", "--new-code",
+        "--arg", "parcel=P-1", "--arg", "valid_until=1900000000",
+    )  # fmt: skip
+    assert code == ctl.EXIT_OK, text
+    printed = re.search(r"retrieval code \(courier\): ([0-9]+)", text)
+    assert printed is not None
+    tag = fake_locker.commands[-1]["args"]["code_tag"]
+    assert tag == credentials.code_tag(f.device_key(LOCKER), printed.group(1))
+
+
+@pytest.mark.broker
+@pytest.mark.timeout(30)
+def test_fleet_broker_isolates_lockers(fleet_broker: provision.Fleet, fleet_dir: Path) -> None:
+    assert run("locker", "add", str(fleet_dir), "LKR-0002", "--compartments", "A1:S:5:6")[0] == 0
+    d = fleet_broker.locker_dir("LKR-0002")
+    tls = fleet.TlsFiles(d / "ca.pem", d / "device.pem", d / "device-key.pem")
+    port = fleet_broker.broker_port
+    with fleet.FleetClient("localhost", port, client_id="LKR-0002", tls=tls) as other:
+        other.connect()
+        other.publish("lockers/LKR-0002/evt/door_opened", b"{}")  # its own topic: fine
+        for topic in ("lockers/LKR-0001/status", "lockers/LKR-0001/cmd", "lockers/LKR-0002/cmd"):
+            with pytest.raises(fleet.FleetError, match="refused"):
+                other.publish(topic, b"{}")
+    no_cert = fleet.FleetClient("localhost", port, client_id="x", tls=None)
+    with pytest.raises(fleet.BrokerError):
+        no_cert.connect(timeout=5)
+
+
+@pytest.mark.broker
+@pytest.mark.timeout(30)
+def test_watch_acks_contiguous_events_durably(fake_locker: FakeLocker) -> None:
+    f = fake_locker.fleet
+    status = {"v": 1, "online": True, "boot_id": "b1", "ts": "2025-01-01T00:00:00Z"}
+    fake_locker.publish("status", {**status, "version": "0.1", "clock_synced": True}, retain=True)
+    lines: list[str] = []
+    log = fleet.EventLog(f.dir / "events")
+    client = fleet.FleetClient.for_fleet(f, provision.BACKEND_USER)
+    client.connect()
+    watcher = fleet.Watcher(client, fleet.FleetView(f.topic_prefix, log), lines.append, log=log)
+    try:
+        watcher.start()
+        wait_for(lambda: any("online" in line for line in lines), 10, what="retained status")
+        for seq in (1, 2, 4, 2):
+            fake_locker.publish(f"evt/door_{'opened' if seq % 2 else 'closed'}", event_doc(seq))
+        wait_for(lambda: any("gap" in line for line in lines), 10, what="gap report")
+        wait_for(lambda: 2 in fake_locker.acks, 10, what="ack 2")
+        assert max(fake_locker.acks) == 2  # never past the gap
+        fake_locker.publish("evt/door_closed", event_doc(3, "door_closed"))
+        wait_for(lambda: fake_locker.acks and fake_locker.acks[-1] == 4, 10, what="ack 4")
+    finally:
+        watcher.stop()
+        client.close()
+        log.close()
+    assert watcher.errors == []
+    stored = [
+        json.loads(line) for line in (f.dir / "events" / f"{LOCKER}.jsonl").read_text().splitlines()
+    ]
+    assert stored[0] == {"baseline": 0}
+    assert sorted(row["seq"] for row in stored[1:]) == [1, 2, 3, 4]
+    code, text = run("watch", "--fleet", str(f.dir), "--duration", "0.5", "--no-ack")
+    assert code == ctl.EXIT_OK and f"{LOCKER} online" in text
+
+
+def event_doc(seq: int, event_type: str | None = None) -> dict[str, Any]:
+    return {
+        "v": 1,
+        "seq": seq,
+        "event_id": str(uuid.uuid4()),
+        "boot_id": "b1",
+        "ts": "2025-01-01T00:00:00Z",
+        "clock_synced": True,
+        "type": event_type or f"door_{'opened' if seq % 2 else 'closed'}",
+        "compartment": "A1",
+        "data": {},
+    }

@@ -1,0 +1,304 @@
+"""Provisioning: certificates, keys, broker configuration and per-locker configuration."""
+
+from __future__ import annotations
+
+import ipaddress
+import stat
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+
+from locker import credentials, provision
+from locker.provision import BoardSpec, CompartmentSpec, ProvisionError
+
+COMPARTMENTS = [CompartmentSpec.parse("A1:S:17:27"), CompartmentSpec.parse("B1:m:b0:1")]
+BOARDS = [BoardSpec.parse("b0=loop://@0")]
+
+
+@pytest.fixture(scope="module")
+def ca() -> provision.PemPair:
+    return provision.make_ca("Test CA")
+
+
+@pytest.fixture
+def fleet_dir(tmp_path: Path) -> Path:
+    provision.provision_fleet(tmp_path / "fleet", "demo", "broker.test", broker_ips=["127.0.0.1"])
+    return tmp_path / "fleet"
+
+
+def cn(cert: x509.Certificate) -> str:
+    return str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+
+
+def eku(cert: x509.Certificate) -> list[x509.ObjectIdentifier]:
+    return list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+
+
+# --- certificates --------------------------------------------------------------------------------
+
+
+def test_ca_is_a_p256_ca(ca: provision.PemPair) -> None:
+    cert = ca.cert
+    assert cn(cert) == "Test CA"
+    constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints)
+    assert constraints.critical and constraints.value.ca
+    assert cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
+    key = ca.private_key()
+    assert isinstance(key.curve, ec.SECP256R1)
+
+
+def test_server_cert_chains_to_the_ca_for_its_names(ca: provision.PemPair) -> None:
+    server = provision.make_server_cert(ca, ["localhost", "broker.test"], ["127.0.0.1"])
+    cert = server.cert
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["localhost", "broker.test"]
+    assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
+    assert eku(cert) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    store = Store([ca.cert])
+    for name in (x509.DNSName("broker.test"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))):
+        chain = PolicyBuilder().store(store).build_server_verifier(name).verify(cert, [])
+        assert chain[-1] == ca.cert
+    with pytest.raises(VerificationError):
+        PolicyBuilder().store(store).build_server_verifier(x509.DNSName("evil.test")).verify(
+            cert, []
+        )
+
+
+def test_client_cert_has_the_locker_id_as_cn_and_client_auth(ca: provision.PemPair) -> None:
+    client = provision.make_client_cert(ca, "LKR-0001")
+    cert = client.cert
+    assert cn(cert) == "LKR-0001"
+    assert eku(cert) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    verified = PolicyBuilder().store(Store([ca.cert])).build_client_verifier().verify(cert, [])
+    assert verified.chain[-1] == ca.cert
+    other_ca = provision.make_ca("Other CA")
+    with pytest.raises(VerificationError):
+        PolicyBuilder().store(Store([other_ca.cert])).build_client_verifier().verify(cert, [])
+
+
+@pytest.mark.parametrize("bad", ["", "a/b", "lockers/+", "#", "x" * 65, "-lead", "sp ace"])
+def test_client_cert_refuses_ids_that_are_not_one_topic_level(
+    ca: provision.PemPair, bad: str
+) -> None:
+    with pytest.raises(ProvisionError):
+        provision.make_client_cert(ca, bad)
+
+
+def test_server_cert_needs_a_name_and_valid_ips(ca: provision.PemPair) -> None:
+    with pytest.raises(ProvisionError):
+        provision.make_server_cert(ca, [])
+    with pytest.raises(ProvisionError):
+        provision.make_server_cert(ca, ["localhost"], ["300.1.1.1"])
+
+
+def test_pem_pair_write_sets_modes(tmp_path: Path, ca: provision.PemPair) -> None:
+    ca.write(tmp_path / "k.pem", tmp_path / "c.pem")
+    assert stat.S_IMODE((tmp_path / "k.pem").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "c.pem").stat().st_mode) == 0o644
+    assert provision.PemPair.load(tmp_path / "k.pem", tmp_path / "c.pem") == ca
+
+
+# --- keys ----------------------------------------------------------------------------------------
+
+
+def test_public_key_encoding_round_trips() -> None:
+    key = provision.generate_signing_key()
+    text = provision.encode_public_key(key)
+    assert len(text) == 44 and text.endswith("=")
+    assert provision.encode_public_key(provision.decode_public_key(text)) == text
+    assert provision.encode_public_key(key.public_key()) == text
+
+
+@pytest.mark.parametrize("bad", ["", "not base64!", "AAAA", "A" * 43, "AAEC" * 11 + "AA=="])
+def test_bad_public_keys_are_refused(bad: str) -> None:
+    with pytest.raises(ProvisionError):
+        provision.decode_public_key(bad)
+
+
+def test_device_key_file(tmp_path: Path) -> None:
+    key = provision.write_device_key(tmp_path / "device.key")
+    assert len(key) == 32 and (tmp_path / "device.key").read_bytes() == key
+    assert stat.S_IMODE((tmp_path / "device.key").stat().st_mode) == 0o600
+    assert provision.generate_device_key() != provision.generate_device_key()
+    (tmp_path / "short.key").write_bytes(b"x" * 31)
+    with pytest.raises(ProvisionError):
+        provision.read_device_key(tmp_path / "short.key")
+
+
+# --- broker configuration ------------------------------------------------------------------------
+
+
+def test_mosquitto_conf_for_mutual_tls(tmp_path: Path) -> None:
+    conf = provision.render_mosquitto_conf(
+        port=8883,
+        cafile=tmp_path / "ca.pem",
+        certfile=tmp_path / "s.pem",
+        keyfile=tmp_path / "s.key",
+        persistence_dir=tmp_path / "data",
+        acl_file=tmp_path / "acl",
+        run_as_root=True,
+    )
+    lines = conf.splitlines()
+    for line in (
+        "user root",
+        "allow_anonymous false",
+        "require_certificate true",
+        "use_identity_as_username true",
+        "use_username_as_clientid true",
+        "listener 8883 127.0.0.1",
+        f"persistence_location {tmp_path / 'data'}/",
+        f"acl_file {tmp_path / 'acl'}",
+    ):
+        assert line in lines, line
+    with pytest.raises(ProvisionError, match="keyfile"):
+        provision.render_mosquitto_conf(
+            port=1, cafile="a", certfile="b", persistence_dir="d", acl_file="e", run_as_root=False
+        )
+    plain = provision.render_mosquitto_conf(
+        port=1883, persistence_dir="d", run_as_root=False, tls=False
+    )
+    assert "allow_anonymous true" in plain and "user root" not in plain and "cafile" not in plain
+
+
+def test_acl_gives_each_locker_only_its_own_topics() -> None:
+    acl = provision.render_acl("site/lockers", ["backend", "lockerctl"]).splitlines()
+    assert (
+        acl.index("user backend")
+        < acl.index("user lockerctl")
+        < acl.index("pattern read site/lockers/%u/cmd")
+    )
+    assert "topic readwrite site/lockers/#" in acl
+    patterns = {line for line in acl if line.startswith("pattern")}
+    assert patterns == {
+        "pattern read site/lockers/%u/cmd",
+        "pattern read site/lockers/%u/ack",
+        "pattern write site/lockers/%u/status",
+        "pattern write site/lockers/%u/state",
+        "pattern write site/lockers/%u/evt/#",
+        "pattern write site/lockers/%u/res",
+    }
+    with pytest.raises(ProvisionError):
+        provision.render_acl("lockers/#", [])
+
+
+# --- fleet and lockers ---------------------------------------------------------------------------
+
+
+def private_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.name.endswith(("-key.pem", ".key"))]
+
+
+def test_provision_fleet_layout_and_modes(fleet_dir: Path) -> None:
+    f = provision.Fleet.load(fleet_dir)
+    assert (f.name, f.broker_host, f.broker_port, f.command_kid, f.token_kid) == (
+        "demo",
+        "broker.test",
+        8883,
+        "ops1",
+        1,
+    )
+    secrets_ = private_files(fleet_dir)
+    assert len(secrets_) == 6  # CA, broker, two server identities, command and token keys
+    for path in secrets_:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    ca = x509.load_pem_x509_certificate(f.ca_file.read_bytes())
+    for user in provision.SERVER_USERS:
+        cert = x509.load_pem_x509_certificate(f.client_cert(user)[0].read_bytes())
+        assert cn(cert) == user
+        PolicyBuilder().store(Store([ca])).build_client_verifier().verify(cert, [])
+    conf = (fleet_dir / "broker" / "mosquitto.conf").read_text()
+    assert "require_certificate true" in conf and "listener 8883\n" in conf
+    assert "user backend" in (fleet_dir / "broker" / "acl").read_text()
+    pub = (fleet_dir / "keys" / "command-ops1.pub").read_text().strip()
+    assert provision.encode_public_key(f.command_key()) == pub
+
+
+def test_provision_fleet_refuses_to_overwrite(fleet_dir: Path) -> None:
+    before = (fleet_dir / "ca-key.pem").read_bytes()
+    with pytest.raises(ProvisionError, match="already"):
+        provision.provision_fleet(fleet_dir, "again", "broker.test")
+    assert (fleet_dir / "ca-key.pem").read_bytes() == before
+
+
+def test_provision_locker_writes_a_config_that_loads(fleet_dir: Path) -> None:
+    config_mod = pytest.importorskip("locker.config", reason="locker.config is not written yet")
+    files = provision.provision_locker(
+        fleet_dir, "LKR-0001", COMPARTMENTS, BOARDS, pin_factory="mock"
+    )
+    for path in (files.key, files.device_key):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    cert = x509.load_pem_x509_certificate(files.cert.read_bytes())
+    assert cn(cert) == "LKR-0001"
+    text = files.config.read_text()
+    assert "PRIVATE" not in text
+    config = config_mod.load_config(files.config)
+    f = provision.Fleet.load(fleet_dir)
+    assert config.locker.id == "LKR-0001"
+    assert [c.id for c in config.compartments] == ["A1", "B1"]
+    assert config.mqtt.host == "broker.test" and config.mqtt.tls
+    assert config.security.command_keys == {"ops1": provision.encode_public_key(f.command_key())}
+    assert config.security.read_device_key() == f.device_key("LKR-0001")
+    tokens = config.security.token_public_keys()
+    assert set(tokens) == {1}
+    token = credentials.mint_token(f.token_key(), 1, "LKR-0001", 1, "P-1", 0, 10)
+    credentials.parse_and_verify(token, tokens)
+
+
+def test_install_dir_config_names_the_device_paths(fleet_dir: Path) -> None:
+    files = provision.provision_locker(
+        fleet_dir, "LKR-0002", COMPARTMENTS[:1], install_dir="/etc/locker/"
+    )
+    text = files.config.read_text()
+    assert 'cert_file = "/etc/locker/device.pem"' in text
+    assert 'state_dir = "/var/lib/locker"' in text
+    assert str(fleet_dir) not in text
+
+
+@pytest.mark.parametrize(
+    ("locker_id", "compartments", "boards", "match"),
+    [
+        ("bad/id", COMPARTMENTS[:1], [], "locker id"),
+        ("backend", COMPARTMENTS[:1], [], "server identity"),
+        ("LKR-9", [], [], "at least one"),
+        ("LKR-9", COMPARTMENTS, [], "not defined"),
+        ("LKR-9", [COMPARTMENTS[0], COMPARTMENTS[0]], [], "unique"),
+    ],
+)
+def test_provision_locker_refuses_bad_requests(
+    fleet_dir: Path,
+    locker_id: str,
+    compartments: list[CompartmentSpec],
+    boards: list[BoardSpec],
+    match: str,
+) -> None:
+    with pytest.raises(ProvisionError, match=match):
+        provision.provision_locker(fleet_dir, locker_id, compartments, boards)
+    assert not (fleet_dir / "lockers" / locker_id).exists()
+
+
+def test_provision_locker_twice_is_refused(fleet_dir: Path) -> None:
+    provision.provision_locker(fleet_dir, "LKR-1", COMPARTMENTS[:1])
+    key = provision.Fleet.load(fleet_dir).device_key("LKR-1")
+    with pytest.raises(ProvisionError, match="already"):
+        provision.provision_locker(fleet_dir, "LKR-1", COMPARTMENTS[:1])
+    assert provision.Fleet.load(fleet_dir).device_key("LKR-1") == key
+
+
+def test_compartment_and_board_specs() -> None:
+    gpio = CompartmentSpec.parse("A1:xl:5:6")
+    assert (gpio.size, gpio.lock_pin, gpio.door_pin, gpio.board) == ("XL", 5, 6, None)
+    board = CompartmentSpec.parse("C3:L:b1:16")
+    assert (board.board, board.channel, board.lock_pin) == ("b1", 16, None)
+    spec = BoardSpec.parse("b1=rfc2217://host:4000@3")
+    assert (spec.name, spec.port, spec.address) == ("b1", "rfc2217://host:4000", 3)
+    assert BoardSpec.parse("b2=/dev/ttyUSB0").address == 0
+    for bad in ("A1:S:17", "A1:Q:17:27", "A1:S:17:x", "a b:S:1:2"):
+        with pytest.raises(ProvisionError):
+            CompartmentSpec.parse(bad)
+    for bad_board in ("b0", "=port", "b0=port@x"):
+        with pytest.raises(ProvisionError):
+            BoardSpec.parse(bad_board)
