@@ -358,7 +358,7 @@ class Board(_Section):
     address: Annotated[int, _within(0, 15)] = 0
     lock_bit_locked: Annotated[int, AfterValidator(_check_lock_bit)] = 1
     poll_interval_s: Annotated[float, _within(0.02, 10, " s")] = 0.2
-    item_sensors: bool = True
+    item_sensors: bool = False  # IR bits read 0 when nothing is wired: opt in, never assume
 
 
 class Compartment(_Section):

@@ -16,9 +16,14 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from locker import __version__, sdnotify
 from locker.config import EXIT_CONFIG, Config, ConfigError, check_config_cli, load_config
+
+if TYPE_CHECKING:
+    from hardware.sim_doors import DoorActor
+    from locker.assembly import Locker
 
 logger = logging.getLogger("lockerd")
 
@@ -35,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--config", metavar="FILE", help="run with this configuration")
     group.add_argument("--check-config", metavar="FILE", help="only validate FILE and exit")
+    p.add_argument(
+        "--simulate-doors",
+        metavar="OPEN_S,CLOSE_S",
+        help="simulation only (pin_factory = 'mock'): a simulated person opens a GPIO door "
+        "OPEN_S after its lock is pulsed and closes it CLOSE_S later (0: leaves it open)",
+    )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--version", action="version", version=f"lockerd {__version__}")
     return p
@@ -59,10 +70,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(str(err), file=sys.stderr)
         return EXIT_CONFIG
-    return run(cfg)
+    doors = None
+    if args.simulate_doors:
+        try:
+            open_s, close_s = (float(x) for x in args.simulate_doors.split(","))
+        except ValueError:
+            print("lockerd: --simulate-doors takes OPEN_S,CLOSE_S", file=sys.stderr)
+            return EXIT_CONFIG
+        if cfg.gpio.pin_factory != "mock":
+            print("lockerd: --simulate-doors needs gpio.pin_factory = 'mock'", file=sys.stderr)
+            return EXIT_CONFIG
+        doors = (open_s, close_s or None)
+    return run(cfg, simulate_doors=doors)
 
 
-def run(cfg: Config) -> int:
+def _door_actor(locker: Locker, timing: tuple[float, float | None]) -> DoorActor:
+    from hardware.sim_doors import DoorActor, SimDoor  # noqa: PLC0415 - simulation only
+
+    doors = {
+        c.id: SimDoor(int(c.lock_pin), int(c.door_pin), c.door_closed_level)  # type: ignore[arg-type]
+        for c in locker.config.gpio_compartments()
+    }
+    return DoorActor(locker.pin_factory, doors, open_after_s=timing[0], close_after_s=timing[1])
+
+
+def run(cfg: Config, simulate_doors: tuple[float, float | None] | None = None) -> int:
     from locker.assembly import build  # noqa: PLC0415 - keeps --check-config light
 
     stop = threading.Event()
@@ -75,14 +107,18 @@ def run(cfg: Config) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        locker = build(cfg, watchdog=sdnotify.watchdog)
+        interval = sdnotify.watchdog_interval()
+        locker = build(cfg, watchdog=sdnotify.watchdog if interval else lambda: None)
     except ConfigError as err:
         print(str(err), file=sys.stderr)
         return EXIT_CONFIG
     except Exception:
         logger.exception("cannot start")
         return EXIT_FAULT
+    actor = _door_actor(locker, simulate_doors) if simulate_doors else None
     try:
+        if actor is not None:
+            actor.start()
         locker.start()
     except Exception:
         logger.exception("hardware or link failed to start")
@@ -91,12 +127,13 @@ def run(cfg: Config) -> int:
     sdnotify.ready()
     sdnotify.status(f"serving {len(locker.controller.state.compartments)} compartments")
     logger.info("lockerd %s ready: %s", __version__, locker.config.summary())
-    interval = sdnotify.watchdog_interval() or 1.0
     try:
-        locker.controller.run(stop, watchdog_every=min(1.0, interval))
+        locker.controller.run(stop, watchdog_every=min(1.0, interval or 1.0))
     finally:
         for device in locker.inputs:
             device.close()
+        if actor is not None:
+            actor.close()
         locker.controller.store.close()
     logger.info("stopped")
     return EXIT_OK

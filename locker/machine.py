@@ -610,7 +610,17 @@ def _on_boot(d: Draft, ev: Boot, rules: Rules, now: float) -> None:
             comp = d.update_compartment(cid, pending=None)
         if door is comp.door:
             continue
-        if door is DoorState.OPEN:
+        if comp.door is DoorState.UNKNOWN and not comp.busy:
+            # Nothing was known to contradict (first start, or a board that was silent): learn
+            # the door quietly; an open one is still worth a word, but it is no alarm.
+            if door is DoorState.OPEN:
+                d.update_compartment(
+                    cid, door=door, open_since=now, left_open_next=now + rules.door_left_open_s
+                )
+                d.emit("door_opened", cid, comp.parcel, purpose="none", reconciled=True)
+            else:
+                d.update_compartment(cid, door=door)
+        elif door is DoorState.OPEN:
             _door_opened(d, comp, rules, now, reconciled=True)
         elif door is DoorState.CLOSED:
             _door_closed(d, comp, rules, now, reconciled=True)
