@@ -79,8 +79,11 @@ class SimCabinet:
     door_close_after_s: float | None = 1.2
     require_server_ack: bool = True
     log_level: str = "INFO"
+    mqtt: Mapping[str, Any] = field(default_factory=dict)  # merged over the [mqtt] defaults
 
     def __post_init__(self) -> None:
+        # Absolute paths: the config resolves relative ones against its own directory.
+        self.workdir = self.workdir.resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.state_dir = self.workdir / "state"
         self.state_dir.mkdir(exist_ok=True)
@@ -161,7 +164,7 @@ class SimCabinet:
         if b.pki is not None:
             cert = b.pki.client(self.locker_id)
             m |= {"ca_file": b.pki.ca_file, "cert_file": cert.cert_file, "key_file": cert.key_file}
-        return m
+        return m | dict(self.mqtt)
 
     # --- the daemon ------------------------------------------------------------------------
 
