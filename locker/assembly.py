@@ -234,6 +234,14 @@ def build(
 
         pin_factory = make_pin_factory(cfg.gpio.pin_factory)
     banks = build_banks(cfg, pin_factory)
+    uplink = build_uplink(cfg, db, boot_id) if with_link else None
+
+    def feed_watchdog() -> None:
+        # A dead MQTT thread would leave the locker silently deaf to its server: stop feeding
+        # systemd's watchdog and let it restart the process.
+        if uplink is None or uplink.healthy():
+            watchdog()
+
     controller = Controller(
         rules=rules,
         store=store,
@@ -241,9 +249,9 @@ def build(
         banks=banks,
         version=__version__,
         indicator=build_indicator(cfg, pin_factory),
-        uplink=build_uplink(cfg, db, boot_id) if with_link else None,
+        uplink=uplink,
         clock_synced=clock_synced,
         verify=build_verifier(cfg),
-        watchdog=watchdog,
+        watchdog=feed_watchdog,
     )
     return Locker(cfg, controller, build_inputs(cfg, pin_factory), pin_factory)

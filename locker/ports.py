@@ -294,6 +294,10 @@ class Uplink(abc.ABC):
     def close(self, clean: bool = True) -> None:
         """``clean``: publish offline status and disconnect normally (will suppressed)."""
 
+    def healthy(self) -> bool:
+        """Whether the link's own thread is alive and turning (gates the systemd watchdog)."""
+        return True
+
 
 class NullUplink(Uplink):
     """No link configured (offline cabinet, most unit tests)."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base45
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from locker import machine
 from locker.model import Occupancy, ParcelStatus
@@ -480,3 +482,20 @@ def test_next_deadline_follows_the_state() -> None:
     _, drop, _ = sim.assign("P1")
     sim.type_code(drop)
     assert machine.next_deadline(sim.state, sim.rules) == pytest.approx(sim.now + 10)
+
+
+KNOWN = {"access_denied", "access_granted", "keypad_throttled", "keypad_locked_out"}
+
+
+@given(keys=st.lists(st.text(max_size=3), min_size=1, max_size=60))
+@settings(max_examples=300, deadline=None)
+def test_any_key_sequence_gives_only_typed_outcomes(keys: list[str]) -> None:
+    """The keypad-entry parser: whatever arrives as a key (even what a broken adapter might
+    pass on), the machine answers with typed events and never raises."""
+    sim = Sim()
+    start = len(sim.events)
+    sim.feed(*[machine.KeyPressed(k) for k in keys])
+    assert set(sim.types(start)) <= KNOWN
+    assert len(sim.state.keypad.digits) <= machine.MAX_CODE_DIGITS
+    for e in only(sim.events[start:], "access_denied"):
+        assert e.data["reason"] in {"malformed", "unknown_code", "throttled", "locked_out"}
