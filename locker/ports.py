@@ -131,7 +131,7 @@ class LockBank(abc.ABC):
     """A set of compartments whose locks and door sensors one driver owns.
 
     Implemented by the GPIO bank (gpiozero) and by each RS-485 lock-board bus. Both pass the
-    same contract tests (``tests/test_lockbank_contract.py``).
+    same contract tests (``tests/lockbank_contract.py``).
 
     Rules every implementation keeps:
     - ``start`` reads every door once and reports it through ``sink`` before returning, then

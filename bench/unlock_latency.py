@@ -1,0 +1,168 @@
+"""Unlock latency at driver level: ``KerongBus.unlock()`` called -> unlock frame fully received.
+
+Runs the RS-485 driver against the CU16 emulator on a real pty and measures, for each unlock,
+the time from the call to the moment the emulator has read the frame's last byte (both on
+``time.monotonic``). Scenarios: an idle bus (polls far apart), the default configuration (two
+boards polled every 200 ms) and a saturated bus (four boards polled every 50 ms, so an unlock
+usually arrives while a poll transaction is in flight and must wait for it).
+
+Each unlock is issued at a random moment well after the previous one, so that it lands at a
+random phase of the polling cycle, as a person's unlock does. A pty has no baud rate: on a
+real 19200 baud line add about 2.6 ms for the five bytes of the frame.
+
+    python bench/unlock_latency.py [--samples 200] [--out bench/results-unlock-latency.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hardware.kerong import CMD_UNLOCK, Frame
+from hardware.kerong_emulator import KerongEmulator
+from hardware.rs485_bus import BoardSpec, BusTiming, KerongBus
+from locker.ports import HardwareEvent
+
+# Shorter than a real board's 0.5 s pulse to keep the run short, and no shorter than the
+# driver's unlock-reply window (0.1 s), so each unlock finds the previous one finished.
+PULSE_S = 0.06
+REST_S = 0.04
+# After an unlock the driver defers that board's next poll by the unlock spacing; waiting past
+# it (plus one poll) before the next call keeps each call independent of the previous unlock,
+# as a person's is. The random part then spreads calls over the whole polling cycle.
+SETTLE_S = PULSE_S + REST_S + 0.05
+PHASE_S = 0.2
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    boards: int
+    poll_interval_s: float
+
+
+SCENARIOS = (
+    Scenario("idle bus (polls 60 s apart)", boards=2, poll_interval_s=60.0),
+    Scenario("default polling (2 boards, 200 ms)", boards=2, poll_interval_s=0.2),
+    Scenario("saturated bus (4 boards, 50 ms)", boards=4, poll_interval_s=0.05),
+)
+
+
+class _WireWatch:
+    """Wakes the benchmark when an unlock frame reaches the emulator."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.times: list[float] = []
+
+    def __call__(self, t: float, frame: Frame) -> None:
+        if frame.cmd == CMD_UNLOCK:
+            with self._cond:
+                self.times.append(t)
+                self._cond.notify_all()
+
+    def wait_count(self, count: int, timeout: float) -> float:
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self.times) >= count, timeout):
+                raise TimeoutError("unlock frame never reached the emulator")
+            return self.times[count - 1]
+
+
+def _ignore(event: HardwareEvent) -> None:
+    pass
+
+
+def measure(scenario: Scenario, samples: int, seed: int = 1) -> dict[str, object]:
+    """Run ``samples`` unlocks in ``scenario``; return latency figures in milliseconds."""
+    rng = random.Random(seed)
+    watch = _WireWatch()
+    timing = BusTiming(pulse_s=PULSE_S, rest_s=REST_S)
+    with tempfile.TemporaryDirectory() as tmp:
+        emu = KerongEmulator(
+            range(scenario.boards),
+            pulse_s=PULSE_S,
+            open_delay_s=0.005,
+            auto_close_s=0.05,
+            link=Path(tmp) / "ttyKR",
+            on_frame=watch,
+        )
+        emu.start()
+        specs = [
+            BoardSpec(f"b{a}", a, poll_interval_s=scenario.poll_interval_s)
+            for a in range(scenario.boards)
+        ]
+        compartments = {
+            f"C{a}-{ch}": (f"b{a}", ch) for a in range(scenario.boards) for ch in (1, 8, 16)
+        }
+        bus = KerongBus("bench", emu.path, specs, compartments, timing=timing)
+        names = list(compartments)
+        latencies: list[float] = []
+        try:
+            bus.start(_ignore)
+            for i in range(samples):
+                time.sleep(SETTLE_S + rng.uniform(0.0, PHASE_S))
+                called = time.monotonic()
+                bus.unlock(names[i % len(names)])
+                arrived = watch.wait_count(i + 1, timeout=5.0)
+                latencies.append((arrived - called) * 1000.0)
+            counters = bus.counters()
+        finally:
+            bus.close()
+            emu.stop()
+    return {
+        "scenario": scenario.name,
+        "boards": scenario.boards,
+        "poll_interval_s": scenario.poll_interval_s,
+        "samples": len(latencies),
+        "p50_ms": round(statistics.median(latencies), 3),
+        "p95_ms": round(_percentile(latencies, 0.95), 3),
+        "max_ms": round(max(latencies), 3),
+        "mean_ms": round(statistics.fmean(latencies), 3),
+        "polls_during_run": counters.polls,
+        "bus_errors": counters.timeouts + counters.bad_checksums + counters.unexpected_frames,
+    }
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).with_name("results-unlock-latency.json")
+    )
+    args = parser.parse_args(argv)
+    results = [measure(s, args.samples) for s in SCENARIOS]
+    print(f"unlock() call -> unlock frame received by the emulator, {args.samples} unlocks each")
+    print(f"{'scenario':40} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'polls':>6}")
+    for r in results:
+        print(
+            f"{r['scenario']!s:40} {r['p50_ms']:>8} {r['p95_ms']:>8} {r['max_ms']:>8}"
+            f" {r['polls_during_run']:>6}"
+        )
+    report = {
+        "what": "KerongBus.unlock() call -> unlock frame fully received by the emulator (pty)",
+        "quiet_gap_s": BusTiming().quiet_gap_s,
+        "note": "pty has no baud rate; add ~2.6 ms for 5 bytes at 19200 baud",
+        "python": sys.version.split()[0],
+        "results": results,
+    }
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
