@@ -129,8 +129,14 @@ def step(state: LockerState, event: Input, rules: Rules, now: float) -> Transiti
     """Apply one input. Deadlines that have passed are handled first, so a late input never
     acts on a credential or a window that has already run out."""
     d = Draft(state)
-    _expire(d, rules, now)
     handler = _HANDLERS.get(type(event))
+    if isinstance(event, Boot):
+        # Reconcile first: an unlock left pending by a crash is an unknown outcome, not a
+        # jam, however long ago its deadline passed (a jam would hand the credential back).
+        _on_boot(d, event, rules, now)
+        _expire(d, rules, now)
+        return d.finish()
+    _expire(d, rules, now)
     if handler is not None:
         handler(d, event, rules, now)
     return d.finish()
@@ -145,6 +151,8 @@ def next_deadline(state: LockerState, rules: Rules) -> float | None:
         if c.left_open_next is not None:
             times.append(c.left_open_next)
     for p in state.parcels.values():
+        if state.compartments[p.compartment].busy:
+            continue  # judged when the door closes (_expire skips it until then)
         if p.status is ParcelStatus.RESERVED:
             times.append(p.dropoff_until)
         elif p.status is ParcelStatus.DEPOSITED and p.pickup_until is not None:
@@ -306,7 +314,8 @@ def _grant(
     if parcel.status not in STATUS_FOR_STEP[step_]:
         _deny(d, "unknown_code", source, rules, now, count=False, detail="parcel_state")
         return
-    if not comp.in_service or comp.busy:
+    if not comp.in_service or comp.busy or comp.door is DoorState.UNKNOWN:
+        # Unknown door: its board is not answering, an unlock could not even be sent.
         _deny(d, "compartment_unavailable", source, rules, now, count=False)
         return
     if credential.startswith("qr:"):

@@ -245,8 +245,8 @@ def _open(d: Draft, a: OpenArgs, rules: machine.Rules, now: float) -> dict[str, 
         raise Refusal("invalid_args", "unknown compartment")
     if comp.busy:
         raise Refusal("busy", "the compartment door is being used right now")
-    if comp.door is DoorState.UNKNOWN and not comp.in_service:
-        raise Refusal("compartment_unavailable", "door state unknown and out of service")
+    if comp.door is DoorState.UNKNOWN:
+        raise Refusal("compartment_unavailable", "door state unknown: its board is not answering")
     recent = tuple(t for t in d.get("remote_opens") if t > now - HOUR_S)
     if len(recent) >= rules.max_remote_opens_per_hour:
         d.emit("remote_open_limited", comp.id, limit=rules.max_remote_opens_per_hour)

@@ -296,7 +296,7 @@ def test_base_is_valid_and_typed() -> None:
     assert [c.id for c in cfg.gpio_compartments()] == ["A1", "A2"]
     assert [c.id for c in cfg.board_compartments("b1")] == ["B2"]
     assert cfg.compartment("B1").channel == 1
-    assert cfg.boards[0].item_sensors and cfg.boards[0].lock_bit_locked == 1
+    assert not cfg.boards[0].item_sensors and cfg.boards[0].lock_bit_locked == 1
     assert cfg.compartments[1].door_closed_level == "high"
     assert cfg.compartments[0].door_closed_level == "low"
     assert isinstance(cfg.security.command_public_keys()["ops1"], Ed25519PublicKey)

@@ -294,3 +294,20 @@ def test_rev_is_strictly_increasing(rig: Rig) -> None:
 
 
 _ = machine
+
+
+def test_queued_acks_are_applied_once_and_other_events_keep_their_order(rig: Rig) -> None:
+    drop, _ = _assign(rig)
+    rig.put(*[KeyPressed(k) for k in drop + "#"])
+    last = rig.ctl.store.last_seq()
+    freed: list[int] = []
+    acknowledge = rig.ctl.store.acknowledge
+    rig.ctl.store.acknowledge = lambda upto: freed.append(upto) or acknowledge(upto)  # type: ignore[method-assign]
+    rig.ctl.submit(ServerAck(1))
+    rig.ctl.submit(ServerAck(2))
+    rig.ctl.submit(DoorChanged("A1", DoorState.OPEN))
+    rig.ctl.submit(ServerAck(last))
+    rig.drain()
+    assert freed == [2, last]
+    assert rig.ctl.state.compartments["A1"].door is DoorState.OPEN
+    assert [e["type"] for e in rig.ctl.store.outbox()] == ["door_opened"]

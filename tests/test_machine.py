@@ -499,3 +499,43 @@ def test_any_key_sequence_gives_only_typed_outcomes(keys: list[str]) -> None:
     assert len(sim.state.keypad.digits) <= machine.MAX_CODE_DIGITS
     for e in only(sim.events[start:], "access_denied"):
         assert e.data["reason"] in {"malformed", "unknown_code", "throttled", "locked_out"}
+
+
+def test_a_crash_long_before_the_restart_is_not_taken_for_a_jam() -> None:
+    sim = Sim()
+    cid, drop, _ = sim.assign("P1")
+    sim.type_code(drop)
+    sim.now += 3600  # the daemon was down for an hour after committing the unlock
+    before = len(sim.events)
+    sim.feed(machine.Boot({c: DoorState.CLOSED for c in sim.state.compartments}, {}, "t"))
+    assert "unlock_outcome_unknown" in sim.types(before)
+    assert "door_jammed" not in sim.types(before)
+    sim.type_code(drop)
+    assert sim.unlocks() == [cid]
+
+
+def test_a_compartment_whose_board_is_silent_is_unavailable() -> None:
+    sim = Sim()
+    cid, drop, _ = sim.assign("P1")
+    sim.door(cid, "unknown")
+    sim.type_code(drop)
+    assert only(sim.events, "access_denied")[-1].data["reason"] == "compartment_unavailable"
+    reply = sim.feed(command("open", sim.now, compartment=cid, reason="t")).actions[-1].reply  # type: ignore[union-attr]
+    assert reply["error"]["code"] == "compartment_unavailable"
+    sim.door(cid, "closed")
+    sim.type_code(drop)
+    assert sim.unlocks() == [cid]
+
+
+def test_a_deadline_that_cannot_act_yet_is_not_reported_as_due() -> None:
+    """A window that ends while the door is open is judged when it closes; until then it must
+    not be announced as due, or the controller would spin on it."""
+    sim = Sim()
+    cid, drop, _ = sim.assign("P1", dropoff_until=int(T0 + 30))
+    sim.type_code(drop)
+    sim.door(cid, "open")
+    sim.advance(60)
+    due = machine.next_deadline(sim.state, sim.rules)
+    assert due is None or due > sim.now
+    sim.door(cid, "closed")
+    assert sim.types()[-1] == "parcel_deposited"
