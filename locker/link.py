@@ -410,7 +410,9 @@ class MqttLink(Uplink):
         logger.info("MQTT link up (session %s)", "resumed" if session_present else "new")
         self._emit(LinkChanged(True, "session resumed" if session_present else "new session"))
         # Subscribe on every connect: a broker that lost the session has lost these too.
-        opts = SubscribeOptions(qos=1)
+        # retainAsPublished: without it the broker clears the flag on live deliveries, and a
+        # command published with retain while we are connected would look like a normal one.
+        opts = SubscribeOptions(qos=1, retainAsPublished=True)
         self._client.subscribe([(self._topic("cmd"), opts), (self._topic("ack"), opts)])
         self._publish_birth()
         self._go_back()
