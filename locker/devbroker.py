@@ -11,6 +11,8 @@ Loopback only: nothing here is meant for a production broker (see README, "Scale
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -25,6 +27,16 @@ from locker import provision
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 SERVER_CN = provision.BACKEND_USER
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for helper processes: the kernel sends SIGTERM to the child when the
+    process that started it dies, so a crashed test run leaves no broker or daemon behind."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+PR_SET_PDEATHSIG = 1
 
 
 class BrokerStartError(RuntimeError):
@@ -141,6 +153,7 @@ class Broker:
                 [MOSQUITTO, "-c", str(self.conf)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - only a prctl, no locks taken
             )
         deadline = time.monotonic() + timeout
         while not port_open(self.port):

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hardware.kerong_emulator import KerongEmulator
 from locker import credentials, jws, provision
-from locker.devbroker import Broker
+from locker.devbroker import Broker, die_with_parent
 
 COMMAND_KID = "sim"
 TOKEN_KID = 1
@@ -193,6 +193,7 @@ class SimCabinet:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     env=env,
+                    preexec_fn=die_with_parent,  # noqa: PLW1509 - only a prctl
                 )
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
