@@ -41,6 +41,17 @@ def wait_for(
         time.sleep(interval)
 
 
+def never_within(predicate: Callable[[], object], seconds: float, what: str) -> None:
+    """Fail if ``predicate()`` becomes true at any time during the next ``seconds``.
+
+    Asserting an absence needs a window: this polls through it instead of sleeping blindly."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            pytest.fail(f"{what} happened within {seconds}s")
+        time.sleep(0.02)
+
+
 class _FailOnCallbackError(logging.Handler):
     """Production code logs exceptions caught in adapter callbacks and carries on; in tests
     such a log is a failure (Home Assistant's fail_on_log_exception idea)."""

@@ -26,7 +26,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from locker import jws
 from locker.devbroker import HOST, Broker
 from locker.simkit import COMMAND_KID, SimCabinet
 from tests.broker import ServerClient
-from tests.conftest import wait_for
+from tests.conftest import never_within, wait_for  # noqa: F401 - re-exported
 
 # --- cabinets ---------------------------------------------------------------------------------
 
@@ -187,17 +187,6 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
-
-
-def never_within(predicate: Callable[[], object], seconds: float, what: str) -> None:
-    """Fail if ``predicate()`` becomes true at any time during the next ``seconds``.
-
-    Asserting an absence needs a window; this polls through it instead of sleeping blindly."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            pytest.fail(f"{what} happened within {seconds}s")
-        time.sleep(0.02)
 
 
 # --- a TCP relay we can cut -------------------------------------------------------------------

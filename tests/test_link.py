@@ -33,7 +33,7 @@ from tests.broker import (
     make_link,
     tls_broker,  # noqa: F401 - fixture
 )
-from tests.conftest import wait_for
+from tests.conftest import never_within, wait_for
 from tests.contract import validate_topic_message
 
 LOCKER = "LKR-0001"
@@ -88,15 +88,6 @@ def connected(rec: LinkRecorder, times: int = 1) -> Callable[[], bool]:
 def check_contract(messages: list[Received]) -> None:
     for m in messages:
         validate_topic_message(m.topic, m.payload, m.retain, m.qos)
-
-
-def stay_quiet(condition: Callable[[], bool], seconds: float, what: str) -> None:
-    """Watch for ``seconds`` that ``condition`` never becomes true (an absence check:
-    nothing to wait *for*, so the window itself is the test)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert not condition(), what
-        time.sleep(0.02)
 
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(60)]
@@ -366,7 +357,7 @@ def test_reconnect_within_the_will_delay_does_not_flap(
     _second, _rec2 = harness.start(broker, will_delay_s=2, boot_id="boot-2")
     wait_for(lambda: len(server.statuses(LOCKER)) == 2, what="second birth")
     assert server.statuses(LOCKER)[-1]["boot_id"] == "boot-2"
-    stay_quiet(
+    never_within(
         lambda: any(not s["online"] for s in server.statuses(LOCKER)),
         3.0,
         "an offline status flapped although the locker came back within the will delay",
@@ -504,7 +495,7 @@ def test_ack_window_bounds_what_is_sent_beyond_the_last_ack(
         outbox.add(100)
         lk, _rec = harness.start(broker, ack_window=30)
         wait_for(lambda: len(server.unique_seqs(LOCKER)) == 30, what="one window")
-        stay_quiet(lambda: len(server.unique_seqs(LOCKER)) > 30, 0.5, "sent past the window")
+        never_within(lambda: len(server.unique_seqs(LOCKER)) > 30, 0.5, "sent past the window")
         server.ack(LOCKER, 30)
         wait_for(lambda: len(server.unique_seqs(LOCKER)) == 60, what="the next window")
         assert lk.counters.published == 60
