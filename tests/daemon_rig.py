@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import secrets
 import sqlite3
 import threading
@@ -42,6 +41,7 @@ from locker.config import Config, parse_config
 from locker.controller import Controller
 from locker.ports import CommandMessage
 from tests.conftest import wait_for
+from tests.ptys import PtyPort
 
 LOCKER_ID = "LKR-D1"
 COMMAND_KID = "ops1"
@@ -111,36 +111,6 @@ class Keyring:
             "args": dict(args),
         }
         return jws.sign_command(self.command_key, COMMAND_KID, claims)
-
-
-class PtyPort:
-    """A pty whose slave is reachable at a stable symlink, like a /dev/serial/by-id name:
-    ``unplug`` removes the link and closes the master, ``plug`` makes a new pty behind it."""
-
-    def __init__(self, link: Path) -> None:
-        self.link = link
-        self.master: int | None = None
-
-    def plug(self) -> None:
-        master, slave = os.openpty()
-        target = os.ttyname(slave)
-        os.close(slave)  # the daemon opens it by path
-        tmp = self.link.with_name(self.link.name + ".new")
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(target)
-        tmp.replace(self.link)
-        self.master = master
-
-    def unplug(self) -> None:
-        # the link goes first, as udev removes it: the freed pty number may be reused at once
-        self.link.unlink(missing_ok=True)
-        if self.master is not None:
-            os.close(self.master)
-            self.master = None
-
-    def write(self, data: bytes) -> None:
-        assert self.master is not None, "port is unplugged"
-        os.write(self.master, data)
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,6 @@ on pySerial ``loop://`` and on real ptys (unplug and replug)."""
 from __future__ import annotations
 
 import itertools
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ from locker.ports import (
 )
 from tests.conftest import wait_for
 from tests.lockbank_contract import Recorder
+from tests.ptys import PtyPort
 
 
 class FakeClock:
@@ -331,36 +331,6 @@ def test_close_is_prompt_and_idempotent(
 
 
 # -- faults: real ptys behind a by-id style symlink ---------------------------------------
-
-
-class PtyPort:
-    """A pty whose slave is reachable at a stable path, like /dev/serial/by-id links."""
-
-    def __init__(self, link: Path) -> None:
-        self.link = link
-        self.master: int | None = None
-
-    def plug(self) -> None:
-        master, slave = os.openpty()
-        target = os.ttyname(slave)
-        os.close(slave)  # the reader opens it by path
-        tmp = self.link.with_suffix(".new")
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(target)
-        tmp.replace(self.link)
-        self.master = master
-
-    def unplug(self) -> None:
-        # the link goes first, as udev removes it: a freed pty number may be reused at once
-        # by another process, and the reader must not open that one
-        self.link.unlink(missing_ok=True)
-        if self.master is not None:
-            os.close(self.master)
-            self.master = None
-
-    def write(self, data: bytes) -> None:
-        assert self.master is not None
-        os.write(self.master, data)
 
 
 @pytest.fixture
