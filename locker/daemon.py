@@ -41,6 +41,12 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("--config", metavar="FILE", help="run with this configuration")
     group.add_argument("--check-config", metavar="FILE", help="only validate FILE and exit")
     p.add_argument(
+        "--no-file-checks",
+        action="store_true",
+        help="with --check-config: do not require the key and certificate files to exist "
+        "(checking a file on another machine than the locker)",
+    )
+    p.add_argument(
         "--simulate-doors",
         metavar="OPEN_S,CLOSE_S",
         help="simulation only (pin_factory = 'mock'): a simulated person opens a GPIO door "
@@ -63,7 +69,7 @@ def setup_logging(level: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.check_config:
-        return check_config_cli(args.check_config)
+        return check_config_cli(args.check_config, check_files=not args.no_file_checks)
     setup_logging(args.log_level)
     try:
         cfg = load_config(args.config)

@@ -1,0 +1,51 @@
+"""``lockerd``'s command line: exit statuses an installer and systemd rely on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from locker import daemon
+from locker.config import EXIT_CONFIG
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "locker.example.toml"
+
+
+def test_check_config_of_the_example_without_file_checks(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert daemon.main(["--check-config", str(EXAMPLE), "--no-file-checks"]) == 0
+    assert capsys.readouterr().out.startswith("OK: ")
+
+
+def test_check_config_names_missing_files_and_exits_78(capsys: pytest.CaptureFixture[str]) -> None:
+    assert daemon.main(["--check-config", str(EXAMPLE)]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "security.device_key_file" in err and "does not exist" in err
+
+
+def test_running_with_a_bad_file_exits_78_before_touching_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "locker.toml"
+    bad.write_text('[locker]\nid = "X"\nstate_dir = "s"\ncolour = 1\n')
+    assert daemon.main(["--config", str(bad)]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "locker.toml: locker.colour: unknown key" in err
+    assert not (tmp_path / "s").exists()  # no state directory made, no database opened
+
+
+def test_simulated_doors_are_refused_on_real_pins(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = tmp_path / "device.key"
+    key.write_bytes(b"k" * 32)
+    cfg = tmp_path / "locker.toml"
+    cfg.write_text(
+        '[locker]\nid = "X"\nstate_dir = "s"\n[security]\ndevice_key_file = "device.key"\n'
+        '[gpio]\npin_factory = "lgpio"\n'
+        '[[compartments]]\nid = "A1"\nsize = "S"\nlock_pin = 17\ndoor_pin = 27\n'
+    )
+    assert daemon.main(["--config", str(cfg), "--simulate-doors", "0.3,1"]) == EXIT_CONFIG
+    assert "mock" in capsys.readouterr().err
