@@ -538,7 +538,7 @@ def _jammed(d: Draft, comp: Compartment, rules: Rules, now: float) -> None:
         _rearm(d, unlock)
         return
     if len(pulses) >= MAX_PULSES_IN_WINDOW:
-        _set_service(d, comp.id, False, "door_jammed")
+        set_service(d, comp.id, False, "door_jammed")
     _rearm(d, unlock)
 
 
@@ -550,7 +550,7 @@ def _move_parcel(d: Draft, comp: Compartment, unlock: Unlock, now: float) -> boo
     target = best_fit(d.compartments, parcel.size, exclude=comp.id)
     if target is None:
         return False
-    _set_service(d, comp.id, False, "door_jammed")
+    set_service(d, comp.id, False, "door_jammed")
     d.update_compartment(comp.id, parcel=None)
     d.update_compartment(target.id, parcel=parcel.id)
     d.update_parcel(parcel.id, compartment=target.id)
@@ -583,7 +583,7 @@ def best_fit(
     return min(fitting, key=lambda c: SIZE_RANK[c.size], default=None)
 
 
-def _set_service(d: Draft, cid: str, in_service: bool, reason: str) -> None:
+def set_service(d: Draft, cid: str, in_service: bool, reason: str) -> None:
     if d.compartments[cid].in_service == in_service:
         return
     d.update_compartment(cid, in_service=in_service, service_reason="" if in_service else reason)
@@ -661,5 +661,3 @@ _HANDLERS: dict[type, Any] = {
     Stop: _on_stop,
     CommandArrived: _on_command,
 }
-
-set_service = _set_service

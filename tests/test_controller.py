@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from locker import machine
 from locker.controller import Controller, DomainClock
 from locker.ports import (
     DoorChanged,
@@ -291,9 +290,6 @@ def test_rev_is_strictly_increasing(rig: Rig) -> None:
     rig.ctl.uplink.publish_state = lambda s: seen.append(int(s["rev"]))  # type: ignore[method-assign]
     _assign(rig, "P3")
     assert seen == sorted(set(seen)) and len(seen) >= 3
-
-
-_ = machine
 
 
 def test_queued_acks_are_applied_once_and_other_events_keep_their_order(rig: Rig) -> None:
