@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -35,9 +33,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import paho.mqtt  # noqa: E402
 
-from locker.devbroker import MOSQUITTO, SERVER_CN, Broker, ClientCert, Endpoint, Pki  # noqa: E402
+from bench.common import write_results  # noqa: E402
+from locker.devbroker import SERVER_CN, Broker, ClientCert, Endpoint, Pki  # noqa: E402
 from locker.simkit import SimCabinet  # noqa: E402
 from tests.broker import ServerClient  # noqa: E402
 from tests.e2e import db_last_seq, db_outbox_depth, scan_burst  # noqa: E402
@@ -171,21 +169,12 @@ def main() -> None:
             f"{d['seconds_from_connect_to_outbox_empty']:.2f} s; server got {s['unique']} "
             f"unique of {s['received']}, contiguous: {s['contiguous']}, in order: {s['in_order']}"
         )
-    mosquitto = subprocess.run([MOSQUITTO, "-h"], capture_output=True, text=True, check=False)
-    doc = {
-        "what": "drain of a 10k-event backlog committed by the real lockerd while the broker "
+    write_results(
+        RESULTS,
+        "drain of a 10k-event backlog committed by the real lockerd while the broker "
         "was down, acked by a server process",
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "paho_mqtt": paho.mqtt.__version__,
-            "mosquitto": mosquitto.stdout.splitlines()[0] if mosquitto.stdout else "?",
-            "load_average_1min_at_end": round(os.getloadavg()[0], 2),
-        },
-        "results": results,
-    }
-    RESULTS.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {RESULTS.relative_to(ROOT)}")
+        results,
+    )
 
 
 if __name__ == "__main__":

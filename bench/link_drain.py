@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -29,11 +27,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import paho.mqtt  # noqa: E402
 
+from bench.common import write_results  # noqa: E402
 from locker.ports import LinkChanged, LinkEvent  # noqa: E402
 from tests.broker import (  # noqa: E402
-    MOSQUITTO,
     SERVER_CN,
     Broker,
     ClientCert,
@@ -153,21 +150,11 @@ def main() -> None:
             f"{result['events_per_s']} events/s; server got {result['server']['unique']} unique "
             f"of {result['server']['received']}, in order: {result['server']['in_order']}"
         )
-    mosquitto = subprocess.run([MOSQUITTO, "-h"], capture_output=True, text=True, check=False)
-    doc = {
-        "what": "drain of an outbox backlog through locker.link, acked by a server process",
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "paho_mqtt": paho.mqtt.__version__,
-            "mosquitto": mosquitto.stdout.splitlines()[0] if mosquitto.stdout else "?",
-            # The figures are only as quiet as the machine: note what else was running.
-            "load_average_1min_at_end": round(os.getloadavg()[0], 2),
-        },
-        "results": results,
-    }
-    RESULTS.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {RESULTS.relative_to(ROOT)}")
+    write_results(
+        RESULTS,
+        "drain of an outbox backlog through locker.link, acked by a server process",
+        results,
+    )
 
 
 if __name__ == "__main__":
