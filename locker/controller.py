@@ -210,6 +210,7 @@ class Controller:
                 self._publish_state(force=True)
         elif isinstance(event, CommandMessage):
             self._run_machine(self._verified(event))
+            self.uplink.command_done(event.receipt)
         else:
             self._run_machine(event)  # type: ignore[arg-type]
 

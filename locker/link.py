@@ -94,6 +94,7 @@ class _Requests:
     resync: bool = False
     state: bytes | None = None
     replies: list[tuple[bytes, bytes | None]] = field(default_factory=list)
+    done: list[tuple[int, int]] = field(default_factory=list)  # (client generation, mid)
 
 
 @dataclass
@@ -106,7 +107,7 @@ class _Reply:
 class MqttLink(Uplink):
     """The locker's MQTT 5 connection to the fleet broker."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0915 - one assignment per setting and counter
         self,
         *,
         locker_id: str,
@@ -168,6 +169,7 @@ class MqttLink(Uplink):
         self._heartbeat = time.monotonic()
         self._closing = False
         self._client: mqtt.Client | None = None
+        self._generation = 0  # which client a command's receipt belongs to
         self._callbacks: deque[tuple[Any, ...]] = deque()
         self._connected = False
         self._connack_deadline = 0.0
@@ -212,6 +214,10 @@ class MqttLink(Uplink):
     def resync(self) -> None:
         self._request(resync=True)
 
+    def command_done(self, receipt: object) -> None:
+        if isinstance(receipt, tuple):
+            self._request(done=receipt)
+
     def close(self, clean: bool = True) -> None:
         thread = self._thread
         self._request(close=clean)
@@ -239,9 +245,12 @@ class MqttLink(Uplink):
         resync: bool = False,
         state: bytes | None = None,
         reply: tuple[bytes, bytes | None] | None = None,
+        done: tuple[int, int] | None = None,
     ) -> None:
         with self._lock:
             req = self._req
+            if done is not None:
+                req.done.append(done)
             if close is not None and req.close is None:
                 req.close = close
             req.outbox |= outbox
@@ -302,6 +311,11 @@ class MqttLink(Uplink):
         return req
 
     def _apply(self, req: _Requests) -> None:
+        for generation, mid in req.done:
+            # A command committed under an older connection is redelivered by the broker
+            # anyway (persistent session) and answered "duplicate": nothing to ack here.
+            if generation == self._generation and self._client is not None:
+                self._client.ack(mid, 1)
         if req.state is not None:
             self._state_payload, self._state_dirty = req.state, True
         for payload, corr in req.replies:
@@ -347,9 +361,15 @@ class MqttLink(Uplink):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _new_client(self) -> mqtt.Client:
+        # manual_ack: a command is PUBACKed only once the controller has committed it, so a
+        # crash before that leaves it with the broker, which delivers it again.
         client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=self.locker_id, protocol=mqtt.MQTTv5
+            CallbackAPIVersion.VERSION2,
+            client_id=self.locker_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,
         )
+        self._generation += 1
         client.username_pw_set(self.locker_id)
         if self._tls is not None:
             client.tls_set_context(self._tls)
@@ -643,6 +663,7 @@ class MqttLink(Uplink):
                 bytes(msg.payload),
                 bool(msg.retain),
                 getattr(msg, "properties", None),
+                (self._generation, msg.mid, msg.qos),
             )
         )
 
@@ -694,19 +715,30 @@ class MqttLink(Uplink):
             logger.error("publish refused by the broker: %s", reason)
 
     def _handle_message(
-        self, topic: str, payload: bytes, retained: bool, props: Properties | None
+        self,
+        topic: str,
+        payload: bytes,
+        retained: bool,
+        props: Properties | None,
+        delivery: tuple[int, int, int],
     ) -> None:
+        generation, mid, qos = delivery
         if topic == self._topic("cmd"):
-            # Verified on the controller thread, over these exact bytes.
+            # Verified on the controller thread, over these exact bytes; PUBACKed when the
+            # controller says it is committed (command_done).
             self._emit(
                 CommandMessage(
                     payload=payload,
                     retained=retained,
                     response_topic=getattr(props, "ResponseTopic", None),
                     correlation_data=getattr(props, "CorrelationData", None),
+                    receipt=(generation, mid) if qos else None,
                 )
             )
-        elif topic == self._topic("ack"):
+            return
+        if qos and self._client is not None and generation == self._generation:
+            self._client.ack(mid, qos)  # an ack or a stray message: nothing to keep
+        if topic == self._topic("ack"):
             upto = parse_ack(payload)
             if upto is None:
                 # Dropping a bad ack is safe: an ack only allows deleting rows, so ignoring

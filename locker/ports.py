@@ -217,6 +217,7 @@ class CommandMessage:
     retained: bool = False
     response_topic: str | None = None
     correlation_data: bytes | None = None
+    receipt: object = None  # handed back to ``Uplink.command_done`` once committed
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +294,11 @@ class Uplink(abc.ABC):
     @abc.abstractmethod
     def close(self, clean: bool = True) -> None:
         """``clean``: publish offline status and disconnect normally (will suppressed)."""
+
+    def command_done(self, receipt: object) -> None:  # noqa: B027 - optional hook
+        """The command carrying ``receipt`` is committed (executed or refused, its id
+        recorded): only now may the broker forget it. Until then a crash means redelivery
+        from the persistent session, and the stored id answers it ``duplicate``."""
 
     def healthy(self) -> bool:
         """Whether the link's own thread is alive and turning (gates the systemd watchdog)."""
