@@ -19,6 +19,7 @@ from typing import Any
 
 from locker import machine
 from locker.command_types import Command, CommandRejected
+from locker.commands import rfc3339
 from locker.draft import (
     IndicateAction,
     ReplyAction,
@@ -43,7 +44,6 @@ from locker.ports import (
     UnlockResult,
     Uplink,
 )
-from locker.remote import rfc3339
 from locker.store import Store
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,6 @@ changes nothing but the outbox (``command_rejected``) and the reply.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from locker import machine, throttle
@@ -17,12 +16,14 @@ from locker.command_types import (
     AssignArgs,
     CancelArgs,
     Command,
+    CommandRejected,
     ExtendArgs,
     LockdownArgs,
     OpenArgs,
     RetrieveArgs,
     SetServiceArgs,
 )
+from locker.commands import ReplyStatus, rejection_reply, reply_payload
 from locker.draft import Draft, ReplyAction, ResyncAction
 from locker.model import SIZE_RANK, CommandRecord, Credential, Parcel, ParcelStatus, Step, Unlock
 from locker.ports import DoorState
@@ -37,21 +38,11 @@ class Refusal(Exception):  # noqa: N818 - a business outcome, not a bug
         self.message = message
 
 
-def rfc3339(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def handle(d: Draft, ev: machine.CommandArrived, rules: machine.Rules, now: float) -> None:
     if ev.rejected is not None or ev.command is None:
-        rej = ev.rejected
-        code = rej.code if rej else "malformed"
-        message = rej.message if rej else "no command"
-        cmd_id = rej.cmd_id if rej else None
-        d.emit("command_rejected", cmd_id=cmd_id, code=code, message=message)
-        status = "expired" if code == "expired" else "rejected"
-        _reply(
-            d, cmd_id, status, ev.correlation_data, now, error={"code": code, "message": message}
-        )
+        rej = ev.rejected or CommandRejected("malformed", "no command")
+        d.emit("command_rejected", cmd_id=rej.cmd_id, code=rej.code, message=rej.message)
+        d.act(ReplyAction(rejection_reply(rej, ts=now), ev.correlation_data))
         return
     cmd = ev.command
     seen = d.commands.get(cmd.cmd_id)
@@ -87,19 +78,15 @@ def handle(d: Draft, ev: machine.CommandArrived, rules: machine.Rules, now: floa
 def _reply(
     d: Draft,
     cmd_id: str | None,
-    status: str,
+    status: ReplyStatus,
     correlation: bytes | None,
     now: float,
     *,
     result: Any = None,
     error: Any = None,
 ) -> None:
-    reply: dict[str, Any] = {"v": 1, "cmd_id": cmd_id, "status": status, "ts": rfc3339(now)}
-    if error is not None:
-        reply["error"] = dict(error)
-    if result is not None:
-        reply["result"] = dict(result)
-    d.act(ReplyAction(reply, correlation))
+    err = None if error is None else (str(error["code"]), str(error["message"]))
+    d.act(ReplyAction(reply_payload(cmd_id, status, err, result, ts=now), correlation))
 
 
 def _execute(d: Draft, cmd: Command, rules: machine.Rules, now: float) -> dict[str, Any]:

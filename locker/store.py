@@ -22,6 +22,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from locker.commands import rfc3339
 from locker.model import (
     CommandRecord,
     Compartment,
@@ -37,7 +38,6 @@ from locker.model import (
     fresh_state,
 )
 from locker.ports import DoorState, OutboxReader, OutboxRow
-from locker.remote import rfc3339
 
 logger = logging.getLogger(__name__)
 
