@@ -125,6 +125,11 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._con = connect(path)
         self._migrate()
+        # Kept in memory (this connection is the only writer) so that the state snapshot
+        # published after every event costs no query; read from disk once, here.
+        row = self._con.execute("SELECT max(seq), count(*) FROM outbox").fetchone()
+        self._last_seq = max(int(row[0] or 0), int(self.meta("last_seq", 0)))
+        self._depth = int(row[1])
 
     def _migrate(self) -> None:
         version = self._con.execute("PRAGMA user_version").fetchone()[0]
@@ -246,6 +251,9 @@ class Store:
         except BaseException:
             con.execute("ROLLBACK")
             raise
+        if rows:
+            self._last_seq = rows[-1].seq
+            self._depth += len(rows)
         return rows
 
     def _write_table(
@@ -285,16 +293,15 @@ class Store:
             self._con.execute("DELETE FROM commands WHERE jti=?", (k,))
 
     def last_seq(self) -> int:
-        row = self._con.execute("SELECT max(seq) FROM outbox").fetchone()
-        return max(int(row[0] or 0), int(self.meta("last_seq", 0)))
+        """The highest seq ever committed (never reused, even after its row was deleted)."""
+        return self._last_seq
 
     def _append(self, events: Iterable[Out], now: float, clock_synced: bool) -> list[OutboxRow]:
         rows: list[OutboxRow] = []
         seq = None
         for ev in events:
             if seq is None:
-                # seq is never reused, even after acknowledged rows were deleted.
-                seq = self.last_seq()
+                seq = self._last_seq
             seq += 1
             payload: dict[str, Any] = {
                 "v": 1,
@@ -322,17 +329,19 @@ class Store:
 
     def acknowledge(self, upto_seq: int) -> int:
         """The server holds every event up to ``upto_seq``: forget them. Returns rows freed."""
-        cur = self._con.execute("DELETE FROM outbox WHERE seq <= ?", (upto_seq,))
-        return cur.rowcount
+        freed = self._con.execute("DELETE FROM outbox WHERE seq <= ?", (upto_seq,)).rowcount
+        self._depth -= freed
+        return freed
 
     def delivered(self, seqs: Iterable[int]) -> int:
         freed = 0
         for s in seqs:
             freed += self._con.execute("DELETE FROM outbox WHERE seq = ?", (s,)).rowcount
+        self._depth -= freed
         return freed
 
     def outbox_depth(self) -> int:
-        return int(self._con.execute("SELECT count(*) FROM outbox").fetchone()[0])
+        return self._depth
 
     def outbox(self) -> list[dict[str, Any]]:
         """Every unacknowledged event, decoded (tests and diagnostics)."""

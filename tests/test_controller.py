@@ -307,3 +307,25 @@ def test_queued_acks_are_applied_once_and_other_events_keep_their_order(rig: Rig
     assert freed == [2, last]
     assert rig.ctl.state.compartments["A1"].door is DoorState.OPEN
     assert [e["type"] for e in rig.ctl.store.outbox()] == ["door_opened"]
+
+
+def test_outbox_counters_match_the_database_across_acks_and_restarts(rig: Rig) -> None:
+    def on_disk() -> tuple[int, int]:
+        con = sqlite3.connect(rig.db)
+        depth = con.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        con.close()
+        return depth, rig.ctl.store.last_seq()
+
+    drop, _ = _assign(rig)
+    rig.put(*[KeyPressed(k) for k in drop + "#"])
+    assert on_disk() == (rig.ctl.store.outbox_depth(), len(rig.ctl.store.outbox()))
+    rig.put(ServerAck(2))
+    depth, last = on_disk()
+    assert (depth, last) == (rig.ctl.store.outbox_depth(), rig.ctl.store.outbox()[-1]["seq"])
+    rig.put(ServerAck(last))
+    assert rig.ctl.store.outbox_depth() == 0
+    rig.restart()
+    after = rig.ctl.store.outbox()
+    assert after[0]["type"] == "started" and after[0]["seq"] == last + 1
+    assert rig.ctl.store.outbox_depth() == on_disk()[0] == len(after)
+    assert rig.ctl.store.last_seq() == after[-1]["seq"]
