@@ -136,11 +136,9 @@ def run(cfg: Config, simulate_doors: tuple[float, float | None] | None = None) -
     try:
         locker.controller.run(stop, watchdog_every=min(1.0, interval or 1.0))
     finally:
-        for device in locker.inputs:
-            device.close()
         if actor is not None:
             actor.close()
-        locker.controller.store.close()
+        locker.close()  # the controller already shut down at the end of its loop
     logger.info("stopped")
     return EXIT_OK
 
