@@ -27,7 +27,7 @@ from hardware.kerong_emulator import KerongEmulator
 from locker import qr
 from locker.credentials import TokenAction
 from locker.devbroker import SERVER_CN, Broker, BrokerStartError, Pki
-from locker.fleet import FleetClient, Incoming, Reply, TlsFiles
+from locker.fleet import FleetClient, FleetView, Incoming, Reply, TlsFiles
 from locker.simkit import SimCabinet, SimError
 
 BOLD, DIM, GREEN, RED, CYAN, YELLOW, RESET = (
@@ -72,8 +72,9 @@ class Server:
         self.events: list[dict[str, Any]] = []
         self.state: dict[str, Any] = {}
         self.online: bool | None = None
-        self._next = 1
-        self._seen: set[int] = set()
+        # The reference bookkeeping of lockerctl watch: dedup by seq, hold events past a gap,
+        # acknowledge only the highest contiguous seq.
+        self.view = FleetView()
         self._cond = threading.Condition()
         self.client.add_listener(self._on_message)
 
@@ -97,28 +98,25 @@ class Server:
                 self.online = online
             elif channel == "state":
                 self.state = doc
-            elif channel.startswith("evt/") and doc["seq"] not in self._seen:
-                self._seen.add(doc["seq"])
-                self.events.append(doc)
-                self._print_event(doc)
+            elif channel.startswith("evt/"):
+                self.view.handle(msg)
+                news = self.view.lockers[self.locker_id].events[len(self.events) :]
+                for ev in news:
+                    self._print_event(ev)
+                self.events += news
+                due = self.view.acks_due().get(self.locker_id)
+                if due is not None:
+                    threading.Thread(target=self._send_ack, args=(due,), daemon=True).start()
             self._cond.notify_all()
-        if channel.startswith("evt/"):
-            self._ack()
-
-    def _ack(self) -> None:
-        with self._cond:
-            upto = self._next - 1
-            while self._next in self._seen:
-                upto = self._next
-                self._next += 1
-        if upto > 0:
-            threading.Thread(target=self._send_ack, args=(upto,), daemon=True).start()
 
     def _send_ack(self, upto: int) -> None:
         try:
             self.client.ack(self.locker_id, upto)
         except Exception as err:
-            say("server", f"ack failed ({err}); will ack again", RED)
+            say("server", f"ack failed ({err}); the next event acks again", RED)
+            return
+        with self._cond:
+            self.view.mark_acked(self.locker_id, upto)
 
     @staticmethod
     def _print_event(ev: dict[str, Any]) -> None:
