@@ -1,0 +1,45 @@
+"""``make simulate`` is the first thing a newcomer runs: its whole story must keep working."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+STORY = [
+    "parcel_deposited",
+    "parcel_collected",
+    "door_jammed",
+    "compartment_out_of_service",
+    "door_forced",
+    "keypad_throttled",
+    "keypad_unlocked",
+    "stopping",
+]
+
+
+@pytest.mark.broker
+@pytest.mark.timeout(240)
+def test_the_simulator_tells_its_whole_story(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "locker.sim", "--pause", "0", "--workdir", str(tmp_path / "sim")],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=200,
+        check=False,
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-3000:]
+    for event in STORY:
+        assert event in out, f"{event} missing from the story:\n{out[-3000:]}"
+    assert "every event held while offline arrived" in out
+    log = (tmp_path / "sim" / "cabinet" / "lockerd.log").read_text()
+    assert "Traceback" not in log
+    codes = re.findall(r"(?:courier|customer) code \S*?(\d{8})", out)
+    assert codes, "the story shows the codes it types"
+    leaked = [c for c in codes if c in log]
+    assert not leaked, "a keypad code reached lockerd's log"
