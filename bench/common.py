@@ -26,7 +26,7 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def write_results(path: Path, what: str, results: Any) -> None:
-    doc = {"what": what, "machine": machine_info(), "results": results}
+def write_results(path: Path, what: str, results: Any, **extra: Any) -> None:
+    doc = {"what": what, **extra, "machine": machine_info(), "results": results}
     path.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {path.name}")

@@ -16,7 +16,6 @@ real 19200 baud line add about 2.6 ms for the five bytes of the frame.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import sys
@@ -28,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import write_results
 from hardware.kerong import CMD_UNLOCK, Frame
 from hardware.kerong_emulator import KerongEmulator
 from hardware.rs485_bus import BoardSpec, BusTiming, KerongBus
@@ -153,14 +153,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['scenario']!s:40} {r['p50_ms']:>8} {r['p95_ms']:>8} {r['max_ms']:>8}"
             f" {r['polls_during_run']:>6}"
         )
-    report = {
-        "what": "KerongBus.unlock() call -> unlock frame fully received by the emulator (pty)",
-        "quiet_gap_s": BusTiming().quiet_gap_s,
-        "note": "pty has no baud rate; add ~2.6 ms for 5 bytes at 19200 baud",
-        "python": sys.version.split()[0],
-        "results": results,
-    }
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_results(
+        args.out,
+        "KerongBus.unlock() call -> unlock frame fully received by the emulator (pty)",
+        results,
+        quiet_gap_s=BusTiming().quiet_gap_s,
+        note="pty has no baud rate; add ~2.6 ms for 5 bytes at 19200 baud",
+    )
     return 0
 
 

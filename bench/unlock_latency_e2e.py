@@ -19,7 +19,6 @@ five bytes of the frame.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import write_results
 from tests.daemon_rig import BoardCabinet, percentile, unlock_latencies
 
 SCENARIOS = (("fast polling (50 ms)", 0.05), ("default polling (200 ms)", 0.2))
@@ -69,14 +69,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['scenario']!s:28} {r['samples']:>4} {r['p50_ms']:>8} {r['p95_ms']:>8}"
             f" {r['max_ms']:>8} {r['mean_ms']:>8}"
         )
-    report = {
-        "what": "code submitted ('#' written to the keypad pty) -> unlock frame fully received "
-        "by the KR-CU16 emulator; whole in-process daemon, SQLite commit included",
-        "note": "pty has no baud rate; add ~2.6 ms for 5 bytes at 19200 baud",
-        "python": sys.version.split()[0],
-        "results": results,
-    }
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_results(
+        args.out,
+        "code submitted ('#' written to the keypad pty) -> unlock frame fully received by the "
+        "KR-CU16 emulator; whole in-process daemon, SQLite commit included",
+        results,
+        note="pty has no baud rate; add ~2.6 ms for 5 bytes at 19200 baud",
+    )
     return 0
 
 
