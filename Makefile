@@ -32,6 +32,7 @@ system-deps:
 lint: $(STAMP)
 	$(VENV)/bin/ruff check locker hardware tests bench
 	$(VENV)/bin/ruff format --check locker hardware tests bench
+	$(VENV)/bin/lint-imports
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

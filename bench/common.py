@@ -11,7 +11,7 @@ from typing import Any
 
 import paho.mqtt
 
-from locker.devbroker import MOSQUITTO
+from locker.sim.broker import MOSQUITTO
 
 
 def machine_info() -> dict[str, Any]:

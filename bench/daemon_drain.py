@@ -35,8 +35,8 @@ sys.path.insert(0, str(ROOT))
 
 
 from bench.common import write_results  # noqa: E402
-from locker.devbroker import SERVER_CN, Broker, ClientCert, Endpoint, Pki  # noqa: E402
-from locker.simkit import SimCabinet  # noqa: E402
+from locker.sim.broker import SERVER_CN, Broker, ClientCert, Endpoint, Pki  # noqa: E402
+from locker.sim.cabinet import SimCabinet  # noqa: E402
 from tests.broker import ServerClient  # noqa: E402
 from tests.e2e import db_last_seq, db_outbox_depth, scan_burst  # noqa: E402
 

@@ -152,7 +152,7 @@ def main() -> None:
         )
     write_results(
         RESULTS,
-        "drain of an outbox backlog through locker.link, acked by a server process",
+        "drain of an outbox backlog through locker.cabinet.link, acked by a server process",
         results,
     )
 

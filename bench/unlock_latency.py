@@ -28,9 +28,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import write_results
-from hardware.kerong import CMD_UNLOCK, Frame
-from hardware.kerong_emulator import KerongEmulator
-from hardware.rs485_bus import BoardSpec, BusTiming, KerongBus
+from hardware.boards.kerong import CMD_UNLOCK, Frame
+from hardware.boards.rs485_bus import BoardSpec, BusTiming, KerongBus
+from hardware.emulators.kerong import KerongEmulator
 from locker.ports import HardwareEvent
 
 # Shorter than a real board's 0.5 s pulse to keep the run short, and no shorter than the

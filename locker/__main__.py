@@ -2,6 +2,6 @@
 
 import sys
 
-from locker.daemon import main
+from locker.cabinet.daemon import main
 
 sys.exit(main())

@@ -2,9 +2,9 @@
 
 - ``Broker``: Debian's ``/usr/sbin/mosquitto`` on a free loopback port with its own config and
   persistence directory under ``tmp_path``, plain (anonymous) or mutual TLS with the per-locker
-  ACL of ``locker.provision``; stop/kill/pause/resume/restart on the same port and directory.
+  ACL of ``locker.fleet.provision``; stop/kill/pause/resume/restart on the same port and directory.
 - ``Pki``: a fleet CA, the broker's certificate and client certificates, all made by
-  ``locker.provision`` (the same code ``lockerctl`` provisions real fleets with).
+  ``locker.fleet.provision`` (the same code ``lockerctl`` provisions real fleets with).
 - ``ServerClient``: a paho client playing the central server: subscribes to every locker's
   status/state/evt/res, records what arrives (topic, payload, retain flag, properties), can
   ack events (deduplicated by ``seq``, contiguous high-water mark) and send commands.
@@ -35,8 +35,16 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from locker.commands import rfc3339
-from locker.devbroker import (  # noqa: F401 - re-exported for the tests
+from locker.cabinet.link import MqttLink
+from locker.contract.replies import rfc3339
+from locker.ports import (
+    EventsDelivered,
+    LinkEvent,
+    OutboxReader,
+    OutboxRow,
+    ServerAck,
+)
+from locker.sim.broker import (  # noqa: F401 - re-exported for the tests
     HOST,
     MOSQUITTO,
     SERVER_CN,
@@ -46,14 +54,6 @@ from locker.devbroker import (  # noqa: F401 - re-exported for the tests
     Pki,
     free_port,
     port_open,
-)
-from locker.link import MqttLink
-from locker.ports import (
-    EventsDelivered,
-    LinkEvent,
-    OutboxReader,
-    OutboxRow,
-    ServerAck,
 )
 from tests.conftest import wait_for
 

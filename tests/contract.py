@@ -26,8 +26,8 @@ from referencing import Registry, Resource
 
 import locker
 
-SCHEMA_DIR = Path(locker.__file__).parent / "schemas"
-ASYNCAPI_FILE = Path(locker.__file__).parent / "asyncapi.yaml"
+SCHEMA_DIR = Path(locker.__file__).parent / "contract" / "schemas"
+ASYNCAPI_FILE = Path(locker.__file__).parent / "contract" / "asyncapi.yaml"
 BASE_URI = "https://schemas.parcel-locker.invalid/v1/"
 
 KINDS = (

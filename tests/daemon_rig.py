@@ -1,6 +1,6 @@
 """An in-process lockerd for daemon-level tests and the end-to-end latency benchmark.
 
-``DaemonRig`` runs the real daemon as ``lockerd`` assembles it (``locker.assembly.build``:
+``DaemonRig`` runs the real daemon as ``lockerd`` assembles it (``locker.cabinet.assembly.build``:
 configuration, SQLite store, GPIO lock bank on a gpiozero ``MockFactory`` the test holds,
 RS-485 bus on the KR-CU16 emulator's pty, serial keypad and QR scanner on real ptys) with the
 controller loop on its own thread, and no MQTT link. The test plays everyone around it:
@@ -32,13 +32,15 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gpiozero.pins.mock import MockFactory, MockPin
 
-from hardware.kerong import CMD_UNLOCK, CMD_UNLOCK_ALL, Frame
-from hardware.kerong_emulator import KerongEmulator
-from hardware.rs485_bus import KerongBus
-from locker import credentials, jws, machine, provision
-from locker.assembly import Locker, build
-from locker.config import Config, parse_config
-from locker.controller import Controller
+from hardware.boards.kerong import CMD_UNLOCK, CMD_UNLOCK_ALL, Frame
+from hardware.boards.rs485_bus import KerongBus
+from hardware.emulators.kerong import KerongEmulator
+from locker.cabinet.assembly import Locker, build
+from locker.cabinet.config import Config, parse_config
+from locker.cabinet.controller import Controller
+from locker.cabinet.domain import machine
+from locker.contract import credentials, jws
+from locker.fleet import provision
 from locker.ports import CommandMessage
 from tests.conftest import wait_for
 from tests.ptys import PtyPort

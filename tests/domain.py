@@ -12,15 +12,15 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from locker import credentials as creds
-from locker import machine
-from locker.command_types import (
+from locker.cabinet.domain import machine
+from locker.cabinet.domain.draft import Transition, UnlockAction
+from locker.cabinet.domain.model import LockerState, fresh_state
+from locker.contract import credentials as creds
+from locker.contract.actions import (
     ARGS_FOR_ACTION,
     Action,
     Command,
 )
-from locker.draft import Transition, UnlockAction
-from locker.model import LockerState, fresh_state
 from locker.ports import DoorChanged, DoorState, KeyPressed
 
 LOCKER_ID = "LKR-T1"

@@ -33,9 +33,9 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from locker import jws
-from locker.devbroker import HOST, Broker
-from locker.simkit import COMMAND_KID, SimCabinet
+from locker.contract import jws
+from locker.sim.broker import HOST, Broker
+from locker.sim.cabinet import COMMAND_KID, SimCabinet
 from tests.broker import ServerClient
 from tests.conftest import never_within, wait_for  # noqa: F401 - re-exported
 

@@ -13,7 +13,7 @@ import pytest
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from locker.link import MqttLink
+from locker.cabinet.link import MqttLink
 from locker.ports import CommandMessage, LinkChanged
 from tests.broker import (
     Broker,
@@ -239,7 +239,7 @@ def test_the_link_checks_the_broker_certificate_and_host_name(
     b = Broker(tmp_path / "broker", pki=pki)
     b.start()
     try:
-        with caplog.at_level(logging.WARNING, logger="locker.link"):
+        with caplog.at_level(logging.WARNING, logger="locker.cabinet.link"):
             lk, rec = start_link(b, tmp_path, L1)
             try:
                 wait_for(lambda: "certificate verify failed" in caplog.text, what="TLS refusal")

@@ -1,4 +1,4 @@
-"""locker.commands: every rejection code of DESIGN section 5, and every action accepted."""
+"""locker.contract.commands: every rejection code of DESIGN section 5, and every action accepted."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from locker import commands, jws
-from locker.command_types import (
+from locker.contract import commands, jws, replies
+from locker.contract.actions import (
     Action,
     AssignArgs,
     CancelArgs,
@@ -262,7 +262,7 @@ def test_exp_not_after_iat_is_malformed() -> None:
 def test_expired() -> None:
     rej = rejected(token(iat=NOW - 100, exp=NOW))
     assert (rej.code, rej.cmd_id) == ("expired", "cmd-0001-abcdef")
-    reply = commands.rejection_reply(rej, ts=NOW)
+    reply = replies.rejection_reply(rej, ts=NOW)
     assert reply["status"] == "expired"
     validate_payload("res", reply)
 
@@ -373,7 +373,7 @@ def test_checks_run_in_contract_order() -> None:
 
 
 def test_reply_payloads_follow_the_contract() -> None:
-    done = commands.reply_payload("cmd-1", "done", result={"compartment": "A1"}, ts=NOW + 0.25)
+    done = replies.reply_payload("cmd-1", "done", result={"compartment": "A1"}, ts=NOW + 0.25)
     assert done == {
         "v": 1,
         "cmd_id": "cmd-1",
@@ -381,9 +381,9 @@ def test_reply_payloads_follow_the_contract() -> None:
         "result": {"compartment": "A1"},
         "ts": "2027-01-15T08:00:00.250Z",
     }
-    failed = commands.reply_payload("cmd-1", "rejected", ("no_compartment", "all full"), ts=NOW)
+    failed = replies.reply_payload("cmd-1", "rejected", ("no_compartment", "all full"), ts=NOW)
     assert failed["error"] == {"code": "no_compartment", "message": "all full"}
-    unknown = commands.rejection_reply(rejected(b"garbage"), ts=NOW)
+    unknown = replies.rejection_reply(rejected(b"garbage"), ts=NOW)
     assert (unknown["cmd_id"], unknown["status"]) == (None, "rejected")
     for reply in (done, failed, unknown):
         validate_payload("res", reply)

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from locker.config import (
+from locker.cabinet.config import (
     EXIT_CONFIG,
     Config,
     ConfigError,

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from locker.controller import Controller, DomainClock
+from locker.cabinet.controller import Controller, DomainClock
+from locker.cabinet.store import Store
 from locker.ports import (
     DoorChanged,
     DoorState,
@@ -21,7 +22,6 @@ from locker.ports import (
     ServerAck,
     UnlockResult,
 )
-from locker.store import Store
 from tests.domain import SIZES, T0, Keys, command, rules
 
 

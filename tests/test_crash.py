@@ -1,6 +1,6 @@
 """The crash test of issue 2: SIGKILL the real ``lockerd`` at random moments during flows.
 
-A simulated cabinet (``locker.simkit.SimCabinet``, offline) runs ``lockerd`` as a child process
+A simulated cabinet (``locker.sim.cabinet.SimCabinet``, offline) runs ``lockerd`` as a child process
 on mock pins with simulated GPIO doors, the KR-CU16 emulator for the board compartments, and
 ptys for the keypad and the scanner. Each iteration, with the daemon down, the "server" writes
 its commands straight into the SQLite file through the real store and state machine (assign new
@@ -34,16 +34,17 @@ from typing import Any
 
 import pytest
 
-from hardware.kerong import CMD_UNLOCK
-from locker import credentials, machine
-from locker.assembly import rules_from
-from locker.command_types import ARGS_FOR_ACTION, Action, Command
-from locker.config import load_config
-from locker.draft import ReplyAction
-from locker.model import LockerState, ParcelStatus, Step
+from hardware.boards.kerong import CMD_UNLOCK
+from locker.cabinet.assembly import rules_from
+from locker.cabinet.config import load_config
+from locker.cabinet.domain import machine
+from locker.cabinet.domain.draft import ReplyAction
+from locker.cabinet.domain.model import LockerState, ParcelStatus, Step
+from locker.cabinet.store import Store
+from locker.contract import credentials
+from locker.contract.actions import ARGS_FOR_ACTION, Action, Command
 from locker.ports import DoorState
-from locker.simkit import BOARD_LAYOUT, SimCabinet
-from locker.store import Store
+from locker.sim.cabinet import BOARD_LAYOUT, SimCabinet
 from tests.conftest import wait_for
 
 ITERATIONS = 50

@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from locker import credentials as cr
-from locker.credentials import (
+from locker.contract import credentials as cr
+from locker.contract.credentials import (
     CodeFormatError,
     CredentialError,
     Token,

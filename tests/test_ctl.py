@@ -28,7 +28,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from locker import credentials, ctl, fleet, jws, provision
+from locker.contract import credentials, jws
+from locker.fleet import client as fleet
+from locker.fleet import ctl, provision
 from tests import contract
 from tests.conftest import wait_for
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from locker.credentials import TokenAction, parse_token
+from locker.contract.credentials import TokenAction, parse_token
 from locker.ports import DoorState
 from tests.conftest import wait_for
 from tests.daemon_rig import (

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from locker import daemon
-from locker.config import EXIT_CONFIG
+from locker.cabinet import daemon
+from locker.cabinet.config import EXIT_CONFIG
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "locker.example.toml"
 

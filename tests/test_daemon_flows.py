@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from locker.credentials import TokenAction
+from locker.contract.credentials import TokenAction
 from tests.conftest import wait_for
 from tests.daemon_rig import (
     PULSE_S,

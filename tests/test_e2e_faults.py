@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from locker.devbroker import Broker
-from locker.simkit import SimCabinet
+from locker.sim.broker import Broker
+from locker.sim.cabinet import SimCabinet
 from tests.broker import ServerClient, broker  # noqa: F401 - fixture
 from tests.conftest import wait_for
 from tests.contract import validate_payload

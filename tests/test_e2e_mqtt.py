@@ -19,10 +19,10 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from hardware.kerong import CMD_UNLOCK
-from locker.credentials import TokenAction
-from locker.devbroker import Broker
-from locker.simkit import COMMAND_KID, SimCabinet
+from hardware.boards.kerong import CMD_UNLOCK
+from locker.contract.credentials import TokenAction
+from locker.sim.broker import Broker
+from locker.sim.cabinet import COMMAND_KID, SimCabinet
 from tests.broker import ServerClient, tls_broker  # noqa: F401 - fixture
 from tests.conftest import wait_for
 from tests.contract import validate_payload, validate_topic_message

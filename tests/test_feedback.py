@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from gpiozero.pins.mock import MockFactory, MockPin
 
-from hardware.feedback import MAX_PATTERN_S, PATTERNS, Blink, GpioIndicator
+from hardware.gpio.feedback import MAX_PATTERN_S, PATTERNS, Blink, GpioIndicator
 from locker.ports import Feedback
 from tests.conftest import wait_for
 

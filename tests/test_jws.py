@@ -1,4 +1,4 @@
-"""locker.jws: EdDSA compact JWS, pinned algorithm, strict header and claims."""
+"""locker.contract.jws: EdDSA compact JWS, pinned algorithm, strict header and claims."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from locker import jws
+from locker.contract import jws
 
 KEY = Ed25519PrivateKey.generate()
 KEYS = {"ops1": KEY.public_key()}

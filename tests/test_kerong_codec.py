@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hardware.kerong import (
+from hardware.boards.kerong import (
     CMD_QUERY,
     CMD_UNLOCK,
     CMD_UNLOCK_ALL,

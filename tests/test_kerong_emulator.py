@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import serial
 
-from hardware.kerong import (
+from hardware.boards.kerong import (
     CMD_QUERY,
     CMD_UNLOCK,
     BadChecksum,
@@ -24,7 +24,7 @@ from hardware.kerong import (
     encode_status,
     encode_unlock,
 )
-from hardware.kerong_emulator import KerongEmulator
+from hardware.emulators.kerong import KerongEmulator
 from tests.conftest import wait_for
 
 ALL_LOCKED = encode_status(0, 0xFFFF, 0x0000)
@@ -226,7 +226,7 @@ def test_bad_settings_are_refused() -> None:
 @pytest.mark.timeout(30)
 def test_command_line_prints_the_pty_and_takes_commands() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hardware.kerong_emulator", "--boards", "0", "3"],
+        [sys.executable, "-m", "hardware.emulators.kerong", "--boards", "0", "3"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

@@ -1,4 +1,4 @@
-"""locker.link against a real Mosquitto: contract, availability, delivery through faults."""
+"""locker.cabinet.link against a real Mosquitto: contract, availability, delivery through faults."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from locker.link import MqttLink, backoff_delay, parse_ack
+from locker.cabinet.link import MqttLink, backoff_delay, parse_ack
 from locker.ports import (
     CommandMessage,
     EventsDelivered,
@@ -271,7 +271,7 @@ def test_malformed_ack_is_dropped_with_a_warning(
     _lk, rec = harness.start(broker)
     wait_for(connected(rec))
     wait_for(lambda: server.statuses(LOCKER))
-    with caplog.at_level(logging.WARNING, logger="locker.link"):
+    with caplog.at_level(logging.WARNING, logger="locker.cabinet.link"):
         server.publish(f"{P}/ack", b'{"v":1,"upto_seq":"5"}')
         server.publish(f"{P}/ack", b'{"v":1,"upto_seq":7}')
         wait_for(lambda: rec.of(ServerAck), what="the valid ack")
@@ -308,7 +308,7 @@ LINK_SCRIPT = textwrap.dedent(
     """
     import sys, threading
     from pathlib import Path
-    from locker.link import MqttLink
+    from locker.cabinet.link import MqttLink
     from tests.broker import SqliteOutbox
     port, db = int(sys.argv[1]), Path(sys.argv[2])
     up = threading.Event()
@@ -627,7 +627,7 @@ def test_watchdog_rebuilds_the_client_after_an_internal_failure(
     monkeypatch.setattr(outbox, "read", flaky_read)
     lk, rec = harness.start(broker)
     wait_for(connected(rec))
-    with caplog.at_level(logging.ERROR, logger="locker.link"):
+    with caplog.at_level(logging.ERROR, logger="locker.cabinet.link"):
         outbox.add(3)
         lk.outbox_changed()
         wait_for(lambda: server.has_all(LOCKER, 3), what="events after the rebuild")

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 from gpiozero.pins.mock import MockFactory, MockPin
 
-from hardware.gpio import GpioCompartment, GpioLockBank
+from hardware.gpio.locks import GpioCompartment, GpioLockBank
 from tests.conftest import wait_for
 from tests.lockbank_contract import BankRig, CoilPulse, LockBankContract
 

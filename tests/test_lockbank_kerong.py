@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from hardware.kerong_emulator import KerongEmulator
-from hardware.rs485_bus import BoardSpec, BusTiming, KerongBus
+from hardware.boards.rs485_bus import BoardSpec, BusTiming, KerongBus
+from hardware.emulators.kerong import KerongEmulator
 from tests.conftest import wait_for
 from tests.lockbank_contract import BankRig, CoilPulse, LockBankContract
 

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from locker import machine
-from locker.model import Occupancy, ParcelStatus
+from locker.cabinet.domain import machine
+from locker.cabinet.domain.model import Occupancy, ParcelStatus
 from locker.ports import DoorState, InputRejected, InputSource, ItemChanged, LineScanned
 from tests.domain import T0, Sim, command, only
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from gpiozero.pins.mock import MockFactory, MockPin
 
-from hardware.matrix_keypad import KEYMAP_3X4, KEYMAP_4X4, KeyDebouncer, MatrixKeypad
+from hardware.gpio.matrix_keypad import KEYMAP_3X4, KEYMAP_4X4, KeyDebouncer, MatrixKeypad
 from locker.ports import InputRejected, InputSource, KeyPressed
 from tests.conftest import wait_for
 from tests.lockbank_contract import Recorder

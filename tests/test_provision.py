@@ -12,8 +12,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from locker import credentials, provision
-from locker.provision import BoardSpec, CompartmentSpec, ProvisionError
+from locker.contract import credentials
+from locker.fleet import provision
+from locker.fleet.provision import BoardSpec, CompartmentSpec, ProvisionError
 
 COMPARTMENTS = [CompartmentSpec.parse("A1:S:17:27"), CompartmentSpec.parse("B1:m:b0:1")]
 BOARDS = [BoardSpec.parse("b0=loop://@0")]
@@ -225,7 +226,9 @@ def test_provision_fleet_refuses_to_overwrite(fleet_dir: Path) -> None:
 
 
 def test_provision_locker_writes_a_config_that_loads(fleet_dir: Path) -> None:
-    config_mod = pytest.importorskip("locker.config", reason="locker.config is not written yet")
+    config_mod = pytest.importorskip(
+        "locker.cabinet.config", reason="locker.cabinet.config is not written yet"
+    )
     files = provision.provision_locker(
         fleet_dir, "LKR-0001", COMPARTMENTS, BOARDS, pin_factory="mock"
     )

@@ -12,8 +12,8 @@ import pytest
 import qrcode.constants
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from locker import qr
-from locker.credentials import TokenAction, TokenError, mint_token
+from locker.contract.credentials import TokenAction, TokenError, mint_token
+from locker.fleet import qr
 
 MODULES_V8 = 49  # 17 + 4 * version
 SIDE = MODULES_V8 + 2 * qr.QUIET_ZONE

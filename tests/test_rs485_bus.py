@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from hardware.kerong import CMD_QUERY, CMD_UNLOCK, encode_unlock
-from hardware.kerong_emulator import KerongEmulator
-from hardware.rs485_bus import BoardSpec, BusTiming, KerongBus
+from hardware.boards.kerong import CMD_QUERY, CMD_UNLOCK, encode_unlock
+from hardware.boards.rs485_bus import BoardSpec, BusTiming, KerongBus
+from hardware.emulators.kerong import KerongEmulator
 from locker.ports import (
     DoorChanged,
     DoorState,

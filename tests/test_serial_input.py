@@ -14,7 +14,7 @@ import serial
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hardware.serial_input import (
+from hardware.serial_io.input import (
     MAX_LINE,
     KeyDecoder,
     LineAssembler,

@@ -25,10 +25,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from hardware.gpio import GpioCompartment, GpioLockBank
-from locker.controller import Controller
+from hardware.gpio.locks import GpioCompartment, GpioLockBank
+from locker.cabinet.controller import Controller
+from locker.cabinet.store import Store
 from locker.ports import DoorState, EventSink, KeyPressed, LineScanned, LockBank
-from locker.store import Store
 from tests.conftest import wait_for
 from tests.domain import SIZES, T0, Keys, command, rules
 from tests.test_lockbank_gpio import pulses_of

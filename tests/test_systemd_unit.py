@@ -122,7 +122,7 @@ def test_settings_that_would_break_the_hardware_are_absent(unit: Unit) -> None:
 
 
 def test_restart_prevent_status_is_the_config_error_status(unit: Unit) -> None:
-    config = pytest.importorskip("locker.config")
+    config = pytest.importorskip("locker.cabinet.config")
     assert one(unit, "Service", "RestartPreventExitStatus") == str(config.EXIT_CONFIG)
 
 

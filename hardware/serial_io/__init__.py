@@ -1,0 +1,1 @@
+"""pySerial inputs: the QR scanner and the serial keypad."""

@@ -1,0 +1,261 @@
+"""Composition root: turn a validated ``Config`` into a running controller and its adapters.
+
+The only module that imports both ``locker`` and ``hardware`` (DESIGN section 2). Nothing
+here decides anything: it maps configuration keys onto constructor arguments, in the order
+that keeps a failure harmless (config, then database, then hardware, then the link).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from locker import __version__
+from locker.cabinet.config import Config
+from locker.cabinet.controller import Controller
+from locker.cabinet.domain import machine, throttle
+from locker.cabinet.store import OutboxView, Store
+from locker.contract.actions import Command
+from locker.ports import CommandMessage, Indicator, InputDevice, LockBank, NullIndicator, Uplink
+
+if TYPE_CHECKING:
+    from hardware.emulators.doors import DoorActor
+
+logger = logging.getLogger(__name__)
+
+TIMESYNC_FLAG = Path("/run/systemd/timesync/synchronized")
+
+
+def clock_synced() -> bool:
+    """systemd-timesyncd's flag file: present once the clock has been synchronised."""
+    return TIMESYNC_FLAG.exists()
+
+
+def rules_from(cfg: Config) -> machine.Rules:
+    t, s = cfg.timing, cfg.security
+    return machine.Rules(
+        locker_id=cfg.locker.id,
+        device_key=s.read_device_key(),
+        token_keys=s.token_public_keys(),
+        compartment_order=tuple(c.id for c in cfg.compartments),
+        door_open_timeout_s=t.door_open_timeout_s,
+        door_left_open_s=t.door_left_open_s,
+        keypad_entry_timeout_s=t.keypad_entry_timeout_s,
+        pickup_hours=t.pickup_hours,
+        dropoff_hours=t.dropoff_hours,
+        max_remote_opens_per_hour=s.max_remote_opens_per_hour,
+        limits=throttle.Limits(
+            failures_before_backoff=s.failures_before_backoff,
+            hard_lockout=s.hard_lockout_failures,
+            max_per_hour=s.max_failures_per_hour,
+        ),
+    )
+
+
+@dataclass
+class Locker:
+    """Everything one running lockerd owns; ``close`` releases it in reverse order."""
+
+    config: Config
+    controller: Controller
+    inputs: list[InputDevice] = field(default_factory=list)
+    pin_factory: Any = None
+
+    def start(self) -> None:
+        self.controller.start()
+        for device in self.inputs:
+            device.start(self.controller.submit)
+
+    def close(self) -> None:
+        for device in self.inputs:
+            device.close()
+        self.controller.shutdown()
+        self.controller.store.close()
+
+
+def _needs_gpio(cfg: Config) -> bool:
+    return bool(
+        cfg.gpio_compartments()
+        or (cfg.keypad is not None and cfg.keypad.type == "matrix")
+        or cfg.feedback is not None
+    )
+
+
+def build_banks(cfg: Config, pin_factory: Any) -> list[LockBank]:
+    from hardware.boards.rs485_bus import BoardSpec, BusTiming, KerongBus  # noqa: PLC0415
+    from hardware.gpio.locks import GpioCompartment, GpioLockBank  # noqa: PLC0415
+
+    t = cfg.timing
+    banks: list[LockBank] = []
+    gpio = cfg.gpio_compartments()
+    if gpio:
+        banks.append(
+            GpioLockBank(
+                [
+                    GpioCompartment(c.id, c.lock_pin, c.door_pin, c.door_closed_level)  # type: ignore[arg-type]
+                    for c in gpio
+                ],
+                pulse_s=t.unlock_pulse_s,
+                rest_s=t.unlock_rest_s,
+                debounce_s=t.door_debounce_s,
+                pin_factory=pin_factory,
+            )
+        )
+    by_port: dict[str, list[Any]] = defaultdict(list)
+    for board in cfg.boards:
+        by_port[board.port].append(board)
+    for port, boards in by_port.items():
+        names = {b.name for b in boards}
+        banks.append(
+            KerongBus(
+                name="bus:" + ",".join(sorted(names)),
+                port=port,
+                boards=[
+                    BoardSpec(
+                        b.name,
+                        b.address,
+                        b.lock_bit_locked,
+                        b.poll_interval_s,
+                        item_sensors=b.item_sensors,
+                    )
+                    for b in boards
+                ],
+                compartments={
+                    c.id: (c.board, c.channel)
+                    for c in cfg.compartments
+                    if c.board is not None and c.board in names and c.channel is not None
+                },
+                baudrate=boards[0].baudrate,
+                timing=BusTiming(pulse_s=t.unlock_pulse_s, rest_s=t.unlock_rest_s),
+            )
+        )
+    return banks
+
+
+def build_inputs(cfg: Config, pin_factory: Any) -> list[InputDevice]:
+    from hardware.gpio.matrix_keypad import MatrixKeypad  # noqa: PLC0415
+    from hardware.serial_io.input import SerialKeypad, SerialScanner  # noqa: PLC0415
+
+    inputs: list[InputDevice] = []
+    if cfg.keypad is not None:
+        if cfg.keypad.type == "matrix":
+            inputs.append(
+                MatrixKeypad(cfg.keypad.rows or [], cfg.keypad.cols or [], pin_factory=pin_factory)
+            )
+        else:
+            assert cfg.keypad.port is not None
+            inputs.append(SerialKeypad(cfg.keypad.port, baudrate=cfg.keypad.baudrate))
+    if cfg.scanner is not None:
+        inputs.append(SerialScanner(cfg.scanner.port, baudrate=cfg.scanner.baudrate))
+    return inputs
+
+
+def build_indicator(cfg: Config, pin_factory: Any) -> Indicator:
+    if cfg.feedback is None:
+        return NullIndicator()
+    from hardware.gpio.feedback import GpioIndicator  # noqa: PLC0415
+
+    f = cfg.feedback
+    return GpioIndicator(
+        buzzer_pin=f.buzzer_pin,
+        ok_led_pin=f.ok_led_pin,
+        error_led_pin=f.error_led_pin,
+        pin_factory=pin_factory,
+    )
+
+
+def build_uplink(cfg: Config, db: Path, boot_id: str) -> Uplink | None:
+    if cfg.mqtt is None:
+        return None
+    from locker.cabinet.link import MqttLink  # noqa: PLC0415
+
+    m = cfg.mqtt
+    return MqttLink(
+        locker_id=cfg.locker.id,
+        host=m.host,
+        port=m.port,
+        tls=m.tls,
+        ca_file=str(m.ca_file) if m.ca_file else None,
+        cert_file=str(m.cert_file) if m.cert_file else None,
+        key_file=str(m.key_file) if m.key_file else None,
+        topic_prefix=m.topic_prefix,
+        keepalive_s=m.keepalive_s,
+        session_expiry_s=m.session_expiry_s,
+        will_delay_s=m.will_delay_s,
+        require_server_ack=m.require_server_ack,
+        ack_timeout_s=m.ack_timeout_s,
+        max_inflight=m.max_inflight,
+        boot_id=boot_id,
+        version=__version__,
+        clock_synced=clock_synced,
+        outbox=OutboxView(db),
+    )
+
+
+def build_verifier(cfg: Config) -> Callable[[CommandMessage, float], Command] | None:
+    keys = cfg.security.command_public_keys()
+    if not keys:
+        return None
+    from locker.contract.commands import command_verifier  # noqa: PLC0415 - not for --check-config
+
+    prefix = cfg.mqtt.topic_prefix if cfg.mqtt else "lockers"
+    return command_verifier(cfg.locker.id, keys, topic_prefix=prefix)
+
+
+def build(
+    cfg: Config,
+    *,
+    pin_factory: Any = None,
+    watchdog: Callable[[], object] = lambda: None,
+    with_link: bool = True,
+) -> Locker:
+    """Build (not start) a locker from a validated configuration. Raises before touching any
+    hardware if the database or the keys are unusable."""
+    boot_id = str(uuid.uuid4())
+    rules = rules_from(cfg)
+    db = Path(cfg.locker.state_dir) / "locker.db"
+    store = Store(db, boot_id=boot_id)
+    if pin_factory is None and _needs_gpio(cfg):
+        from hardware.gpio.pins import make_pin_factory  # noqa: PLC0415
+
+        pin_factory = make_pin_factory(cfg.gpio.pin_factory)
+    banks = build_banks(cfg, pin_factory)
+    uplink = build_uplink(cfg, db, boot_id) if with_link else None
+
+    def feed_watchdog() -> None:
+        # A dead MQTT thread would leave the locker silently deaf to its server: stop feeding
+        # systemd's watchdog and let it restart the process.
+        if uplink is None or uplink.healthy():
+            watchdog()
+
+    controller = Controller(
+        rules=rules,
+        store=store,
+        compartment_sizes={c.id: c.size for c in cfg.compartments},
+        banks=banks,
+        version=__version__,
+        indicator=build_indicator(cfg, pin_factory),
+        uplink=uplink,
+        clock_synced=clock_synced,
+        verify=build_verifier(cfg),
+        watchdog=feed_watchdog,
+    )
+    return Locker(cfg, controller, build_inputs(cfg, pin_factory), pin_factory)
+
+
+def simulated_doors(locker: Locker, timing: tuple[float, float | None]) -> DoorActor:
+    """Simulation only (``lockerd --simulate-doors``): a simulated person who opens each GPIO
+    door ``timing[0]`` s after its lock pulses and closes it ``timing[1]`` s later (None: never).
+    Not started; the caller starts and closes it."""
+    from hardware.emulators.doors import DoorActor, SimDoor  # noqa: PLC0415 - simulation only
+
+    doors = {
+        c.id: SimDoor(int(c.lock_pin), int(c.door_pin), c.door_closed_level)  # type: ignore[arg-type]
+        for c in locker.config.gpio_compartments()
+    }
+    return DoorActor(locker.pin_factory, doors, open_after_s=timing[0], close_after_s=timing[1])

@@ -1,0 +1,347 @@
+"""The controller: the one thread that owns the locker's state (DESIGN section 3).
+
+Adapters put events on ``queue``; the controller takes them one at a time, runs the pure state
+machine, commits the new state and its events in one transaction, and only then acts: pulse a
+lock, show feedback, reply to a command, wake the MQTT sender. Timers are not threads: the
+machine derives its next deadline from the state, and the controller waits on the queue until
+then. Tests drive it synchronously with ``step_once`` and a fake clock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from locker.cabinet.domain import machine
+from locker.cabinet.domain.draft import (
+    IndicateAction,
+    ReplyAction,
+    ResyncAction,
+    Transition,
+    UnlockAction,
+)
+from locker.cabinet.domain.model import LockerState
+from locker.cabinet.store import Store
+from locker.contract.actions import Command, CommandRejected
+from locker.contract.replies import rfc3339
+from locker.ports import (
+    CommandMessage,
+    DoorState,
+    EventsDelivered,
+    HardwareFault,
+    HardwareUnavailable,
+    Indicator,
+    LinkChanged,
+    LockBank,
+    NullIndicator,
+    NullUplink,
+    PublishRefused,
+    ServerAck,
+    UnlockResult,
+    Uplink,
+)
+
+logger = logging.getLogger(__name__)
+
+HWM_PERSIST_S = 600.0  # how often an idle controller records the time high-water mark
+
+Verifier = Callable[[CommandMessage, float], Command]
+
+
+class DomainClock:
+    """Wall-clock time that never runs backwards (DESIGN 6: durable high-water mark).
+
+    If the wall clock steps back, time keeps advancing from the mark at the monotonic rate,
+    so expiry is judged against max(now, mark) and timers still fire."""
+
+    def __init__(
+        self,
+        start_mark: float = 0.0,
+        wall: Callable[[], float] = time.time,
+        mono: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._wall = wall
+        self._mono = mono
+        self._last = start_mark
+        self._last_mono = mono()
+
+    def now(self) -> float:
+        m = self._mono()
+        t = max(self._wall(), self._last + (m - self._last_mono))
+        self._last, self._last_mono = t, m
+        return t
+
+
+class Controller:
+    def __init__(
+        self,
+        *,
+        rules: machine.Rules,
+        store: Store,
+        compartment_sizes: Mapping[str, str],
+        banks: Sequence[LockBank],
+        version: str,
+        indicator: Indicator | None = None,
+        uplink: Uplink | None = None,
+        wall: Callable[[], float] = time.time,
+        mono: Callable[[], float] = time.monotonic,
+        clock_synced: Callable[[], bool] = lambda: True,
+        verify: Verifier | None = None,
+        watchdog: Callable[[], object] = lambda: None,
+    ) -> None:
+        self.rules = rules
+        self.store = store
+        self.banks = list(banks)
+        self.version = version
+        self.indicator = indicator or NullIndicator()
+        self.uplink = uplink or NullUplink()
+        self.clock = DomainClock(float(store.meta("hwm", 0.0)), wall, mono)
+        self.clock_synced = clock_synced
+        self.verify = verify
+        self.watchdog = watchdog
+        self.queue: queue.Queue[Any] = queue.Queue()
+        self._deferred: Any = None  # taken off the queue while coalescing acks
+        self._tick_floor = 0.0  # no tick before this (guard against a stuck deadline)
+        self._bank_for = {cid: bank for bank in self.banks for cid in bank.compartments}
+        self.state: LockerState = store.load(compartment_sizes)
+        self._hwm_saved = 0.0
+        self._snapshot_key: Any = None
+        self.rev = int(store.meta("rev", 0))
+        self.link_connected = False
+        self.stopped = threading.Event()
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def submit(self, event: object) -> None:
+        """The sink every adapter is given: thread-safe, never blocks, never raises."""
+        self.queue.put(event)
+
+    def start(self) -> None:
+        """Start the hardware (which reports every door), reconcile, then open for business.
+        Nothing is ever pulsed here."""
+        doors: dict[str, DoorState] = {}
+        items: dict[str, bool | None] = {}
+        for bank in self.banks:
+            bank.start(self.submit)
+            doors.update(bank.doors())
+            items.update(bank.items())
+        self.uplink.start(self.submit)
+        self._run_machine(machine.Boot(doors, items, self.version))
+
+    def step_once(self, timeout: float | None = 0.0) -> bool:
+        """Handle one queued event, or a tick if a deadline is due. Returns False when the
+        wait ended with nothing to do."""
+        wait = self._wait_time(timeout)
+        try:
+            if self._deferred is not None:
+                event, self._deferred = self._deferred, None
+            elif wait is None or wait > 0:
+                event = self.queue.get(timeout=wait)
+            else:
+                event = self.queue.get_nowait()
+        except queue.Empty:
+            due = machine.next_deadline(self.state, self.rules)
+            now = self.clock.now()
+            if due is not None and due <= now and now >= self._tick_floor:
+                self._run_machine(machine.Tick())
+                if (again := machine.next_deadline(self.state, self.rules)) is not None and (
+                    again <= now
+                ):
+                    # A deadline the machine could not act on: never spin on it (a bug, but
+                    # a hot loop in a cabinet at 3 a.m. would be worse). Look again in 1 s.
+                    logger.error("deadline %.3f still due after a tick; backing off", again)
+                    self._tick_floor = now + 1.0
+                return True
+            self._persist_hwm(now)
+            return False
+        self.handle(event)
+        return True
+
+    def _wait_time(self, timeout: float | None) -> float | None:
+        due = machine.next_deadline(self.state, self.rules)
+        if due is None:
+            return timeout
+        until_due = max(0.0, max(due, self._tick_floor) - self.clock.now())
+        return until_due if timeout is None else min(timeout, until_due)
+
+    def run(self, stop: threading.Event, watchdog_every: float = 1.0) -> None:
+        """The controller thread's loop; the watchdog is fed only from here, so a hung loop
+        gets the process restarted by systemd."""
+        while not stop.is_set():
+            self.step_once(timeout=watchdog_every)
+            self.watchdog()
+        self.shutdown()
+
+    def shutdown(self, reason: str = "signal") -> None:
+        if self.stopped.is_set():
+            return
+        self.stopped.set()
+        try:
+            self._run_machine(machine.Stop(reason))
+        finally:
+            for bank in self.banks:
+                bank.close()
+            self.indicator.close()
+            self.uplink.close(clean=True)
+
+    # --- one event -------------------------------------------------------------------------
+
+    def handle(self, event: object) -> None:
+        if isinstance(event, ServerAck):
+            self._freed(self.store.acknowledge(self._coalesce_acks(event.upto_seq)))
+        elif isinstance(event, EventsDelivered):
+            self._freed(self.store.delivered(event.seqs))
+        elif isinstance(event, PublishRefused):
+            logger.error(
+                "broker refused event seq %d: %s; kept for resend", event.seq, event.reason
+            )
+            self._run_machine(
+                HardwareFault("mqtt", f"PUBACK refused seq {event.seq}: {event.reason}")
+            )
+        elif isinstance(event, LinkChanged):
+            self.link_connected = event.connected
+            logger.info("link %s %s", "up" if event.connected else "down", event.detail)
+            if event.connected:
+                self._publish_state(force=True)
+        elif isinstance(event, CommandMessage):
+            self._run_machine(self._verified(event))
+            self.uplink.command_done(event.receipt)
+        else:
+            self._run_machine(event)  # type: ignore[arg-type]
+
+    def _coalesce_acks(self, upto: int) -> int:
+        """Acks commute with everything else: take every ack already queued behind this one
+        and free the outbox once (one transaction, one snapshot) instead of once per ack."""
+        while self._deferred is None:
+            try:
+                nxt = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(nxt, ServerAck):
+                upto = max(upto, nxt.upto_seq)
+            else:
+                self._deferred = nxt  # handled next, in order
+        return upto
+
+    def _verified(self, msg: CommandMessage) -> machine.CommandArrived:
+        now = self.clock.now()
+        if self.verify is None:
+            rej = CommandRejected("unknown_kid", "no command keys configured")
+            return machine.CommandArrived(None, rej, msg.correlation_data)
+        try:
+            return machine.CommandArrived(self.verify(msg, now), None, msg.correlation_data)
+        except CommandRejected as rej:
+            logger.warning("command rejected: %s (%s)", rej.code, rej.message)
+            return machine.CommandArrived(None, rej, msg.correlation_data)
+
+    def _run_machine(self, event: machine.Input) -> None:
+        now = self.clock.now()
+        tr = machine.step(self.state, event, self.rules, now)
+        self._apply(tr, now)
+
+    def _apply(self, tr: Transition, now: float) -> None:
+        rows = []
+        if tr.events or _persistent_change(self.state, tr.state):
+            rows = self.store.commit(
+                self.state,
+                tr.state,
+                tr.events,
+                now,
+                self.clock_synced(),
+                {"hwm": now, "rev": self.rev + 1},
+            )
+            self._hwm_saved = now
+        self.state = tr.state
+        for ev in tr.events:
+            logger.info(
+                "event %s%s%s",
+                ev.type,
+                f" compartment={ev.compartment}" if ev.compartment else "",
+                f" parcel={ev.parcel}" if ev.parcel else "",
+            )
+        # Committed: only now may anything move.
+        for action in tr.actions:
+            self._execute(action)
+        if rows:
+            self.uplink.outbox_changed()
+        self._publish_state()
+
+    def _execute(self, action: object) -> None:
+        if isinstance(action, UnlockAction):
+            bank = self._bank_for.get(action.compartment)
+            try:
+                if bank is None:
+                    raise HardwareUnavailable("no lock driver for this compartment")
+                bank.unlock(action.compartment)
+            except (HardwareUnavailable, KeyError) as err:
+                self.submit(UnlockResult(action.compartment, sent=False, detail=str(err)))
+        elif isinstance(action, IndicateAction):
+            self.indicator.show(action.feedback)
+        elif isinstance(action, ReplyAction):
+            self.uplink.publish_reply(action.reply, action.correlation_data)
+        elif isinstance(action, ResyncAction):
+            self.uplink.resync()
+            self._publish_state(force=True)
+
+    def _freed(self, n: int) -> None:
+        if n:
+            self.uplink.outbox_changed()
+            self._publish_state()
+
+    def _persist_hwm(self, now: float) -> None:
+        if now - self._hwm_saved >= HWM_PERSIST_S:
+            self.store.set_meta("hwm", now)
+            self._hwm_saved = now
+
+    # --- the retained state snapshot ----------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        s = self.state
+        return {
+            "v": 1,
+            "rev": self.rev,
+            "ts": rfc3339(self.clock.now()),
+            "lockdown": s.lockdown,
+            "keypad_locked": s.throttle.locked_out,
+            "outbox_depth": self.store.outbox_depth(),
+            "last_seq": self.store.last_seq(),
+            "compartments": [
+                {
+                    "id": c.id,
+                    "size": c.size,
+                    "state": str(s.occupancy(c)),
+                    "door": str(c.door),
+                    "in_service": c.in_service,
+                    "parcel": c.parcel,
+                }
+                for c in s.compartments.values()
+            ],
+        }
+
+    def _publish_state(self, force: bool = False) -> None:
+        snap = self.snapshot()
+        key = {k: v for k, v in snap.items() if k not in ("rev", "ts")}
+        if key != self._snapshot_key:
+            self._snapshot_key = key
+            # Milliseconds of domain time (which never runs back), at least one more than the
+            # last value committed: strictly increasing within a run and across restarts.
+            self.rev = max(self.rev + 1, int(self.clock.now() * 1000))
+            snap["rev"] = self.rev
+        elif not force:
+            return
+        self.uplink.publish_state(snap)
+
+
+def _persistent_change(old: LockerState, new: LockerState) -> bool:
+    """Whether anything but the volatile keypad buffer changed (a key press alone is not
+    worth an fsync)."""
+    return any(
+        getattr(old, f.name) is not getattr(new, f.name)
+        for f in dataclasses.fields(LockerState)
+        if f.name != "keypad"
+    )

@@ -1,0 +1,48 @@
+"""Compartment helpers shared by the keypad/scanner flows and remote commands: best fit,
+starting an unlock, taking a compartment in or out of service. Pure, like the machine."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from locker.cabinet.domain.draft import Draft, UnlockAction
+from locker.cabinet.domain.model import SIZE_RANK, Compartment, Unlock
+from locker.ports import DoorState
+
+JAM_WINDOW_S = 120.0
+
+
+def start_unlock(d: Draft, comp: Compartment, unlock: Unlock, now: float) -> None:
+    """Record the unlock as pending (or as an open session when the door already stands open)
+    and queue the pulse."""
+    pulses = (*(t for t in comp.pulses if t > now - JAM_WINDOW_S), now)
+    if comp.door is DoorState.OPEN:
+        d.update_compartment(comp.id, session=unlock, pulses=pulses)
+    else:
+        d.update_compartment(comp.id, pending=unlock, pulses=pulses)
+    d.act(UnlockAction(comp.id))
+
+
+def best_fit(
+    compartments: Mapping[str, Compartment], size: str, exclude: str | None = None
+) -> Compartment | None:
+    """The smallest free, in-service compartment whose size fits; config order breaks ties."""
+    fitting = [
+        c
+        for c in compartments.values()
+        if c.parcel is None
+        and c.in_service
+        and not c.busy
+        and c.door is not DoorState.UNKNOWN
+        and c.id != exclude
+        and SIZE_RANK[c.size] >= SIZE_RANK[size]
+    ]
+    return min(fitting, key=lambda c: SIZE_RANK[c.size], default=None)
+
+
+def set_service(d: Draft, cid: str, in_service: bool, reason: str) -> None:
+    if d.compartments[cid].in_service == in_service:
+        return
+    d.update_compartment(cid, in_service=in_service, service_reason="" if in_service else reason)
+    kind = "compartment_in_service" if in_service else "compartment_out_of_service"
+    d.emit(kind, cid, d.compartments[cid].parcel, reason=reason)

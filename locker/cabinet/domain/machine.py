@@ -1,0 +1,573 @@
+"""The locker state machine: pure functions from (state, input, time) to a transition.
+
+``step`` takes the current ``LockerState``, one input (a hardware event, a tick, a verified
+command...) and the time, and returns the new state, the events to append to the outbox and the
+actions to carry out once both are committed (pulse a lock, show feedback, reply). It does no
+I/O and never reads a clock, so every flow is tested with plain values.
+
+Flows (DESIGN sections 5 and 6): assign -> drop-off unlock -> door opened -> door closed =
+deposited, pickup armed -> pickup unlock -> opened -> closed = collected; pickup window over =
+expired -> courier retrieval; cancel; extend; returns follow the same steps. Actuation is not
+observation: an unlock whose door is not seen open in time is a jam.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from locker.cabinet.domain import remote, throttle
+from locker.cabinet.domain.compartments import JAM_WINDOW_S, best_fit, set_service, start_unlock
+from locker.cabinet.domain.draft import Draft, IndicateAction, Transition
+from locker.cabinet.domain.inputs import Boot, CommandArrived, Input, Stop, Tick
+from locker.cabinet.domain.model import (
+    Compartment,
+    Credential,
+    KeypadEntry,
+    LockerState,
+    ParcelStatus,
+    Step,
+    Unlock,
+)
+from locker.cabinet.domain.rules import Rules
+from locker.contract import credentials as creds
+from locker.ports import (
+    DoorChanged,
+    DoorState,
+    Feedback,
+    HardwareFault,
+    HardwareRecovered,
+    InputRejected,
+    InputSource,
+    ItemChanged,
+    KeyPressed,
+    LineScanned,
+    UnlockResult,
+)
+
+MAX_CODE_DIGITS = 16
+MIN_CODE_DIGITS = 4
+MAX_PULSES_IN_WINDOW = 3
+
+# Re-exported: callers drive the machine through this module alone.
+__all__ = [
+    "JAM_WINDOW_S",
+    "Boot",
+    "CommandArrived",
+    "Input",
+    "Rules",
+    "Stop",
+    "Tick",
+    "best_fit",
+    "next_deadline",
+    "set_service",
+    "start_unlock",
+    "step",
+]
+
+STEP_FOR_TOKEN_ACTION = {1: Step.PICKUP, 2: Step.DROPOFF, 3: Step.RETRIEVE}
+STATUS_FOR_STEP = {
+    Step.DROPOFF: (ParcelStatus.RESERVED,),
+    Step.PICKUP: (ParcelStatus.DEPOSITED,),
+    Step.RETRIEVE: (ParcelStatus.EXPIRED, ParcelStatus.CANCELLED),
+}
+
+
+def step(state: LockerState, event: Input, rules: Rules, now: float) -> Transition:
+    """Apply one input. Deadlines that have passed are handled first, so a late input never
+    acts on a credential or a window that has already run out."""
+    d = Draft(state)
+    handler = _HANDLERS.get(type(event))
+    if isinstance(event, Boot):
+        # Reconcile first: an unlock left pending by a crash is an unknown outcome, not a
+        # jam, however long ago its deadline passed (a jam would hand the credential back).
+        _on_boot(d, event, rules, now)
+        _expire(d, rules, now)
+        return d.finish()
+    _expire(d, rules, now)
+    if handler is not None:
+        handler(d, event, rules, now)
+    return d.finish()
+
+
+def next_deadline(state: LockerState, rules: Rules) -> float | None:
+    """The earliest time at which ``step`` with a ``Tick`` would change something."""
+    times: list[float] = []
+    for c in state.compartments.values():
+        if c.pending is not None:
+            times.append(c.pending.deadline)
+        if c.left_open_next is not None:
+            times.append(c.left_open_next)
+    for p in state.parcels.values():
+        if state.compartments[p.compartment].busy:
+            continue  # judged when the door closes (_expire skips it until then)
+        if p.status is ParcelStatus.RESERVED:
+            times.append(p.dropoff_until)
+        elif p.status is ParcelStatus.DEPOSITED and p.pickup_until is not None:
+            times.append(p.pickup_until)
+    if state.keypad.digits or state.keypad.overflow:
+        times.append(state.keypad.last_key_at + rules.keypad_entry_timeout_s)
+    return min(times) if times else None
+
+
+# --- keypad and scanner -------------------------------------------------------------------------
+
+
+def _on_key(d: Draft, ev: KeyPressed, rules: Rules, now: float) -> None:
+    entry: KeypadEntry = d.get("keypad")
+    d.act(IndicateAction(Feedback.KEY))
+    if ev.key == "*":
+        d.put("keypad", KeypadEntry(last_key_at=now))
+    elif ev.key == "#":
+        d.put("keypad", KeypadEntry(last_key_at=now))
+        if entry.digits or entry.overflow:
+            _submit_code(d, entry, rules, now)
+    elif ev.key.isdigit() and len(ev.key) == 1:
+        overflow = entry.overflow or len(entry.digits) >= MAX_CODE_DIGITS
+        digits = entry.digits if overflow else entry.digits + ev.key
+        d.put("keypad", KeypadEntry(digits, overflow, now))
+    else:
+        _deny(d, "malformed", InputSource.KEYPAD, rules, now, count=False, detail="bad key")
+
+
+def _submit_code(d: Draft, entry: KeypadEntry, rules: Rules, now: float) -> None:
+    source = InputSource.KEYPAD
+    if _refused_at_the_door(d, source, rules, now):
+        return
+    if entry.overflow or len(entry.digits) < MIN_CODE_DIGITS:
+        _deny(d, "malformed", source, rules, now, count=True, detail="length")
+        return
+    tag = creds.code_tag(rules.device_key, entry.digits)
+    cred = _find_credential(d, tag)
+    if cred is None or not cred.armed:
+        _deny(d, "unknown_code", source, rules, now, count=True)
+        return
+    if now < cred.valid_from:
+        _deny(d, "not_yet_valid", source, rules, now, count=False)
+    elif cred.valid_until is not None and now > cred.valid_until:
+        _deny(d, "expired", source, rules, now, count=False)
+    else:
+        _grant(d, cred.parcel, cred.step, cred.tag, source, rules, now)
+
+
+def _find_credential(d: Draft, tag: str) -> Credential | None:
+    """Look a tag up comparing every live tag in constant time (DESIGN section 6)."""
+    found = None
+    for known, cred in d.credentials.items():
+        if hmac.compare_digest(known, tag):
+            found = cred
+    return found
+
+
+def _on_scan(d: Draft, ev: LineScanned, rules: Rules, now: float) -> None:
+    source = InputSource.SCANNER
+    if _refused_at_the_door(d, source, rules, now):
+        return
+    try:
+        token = creds.parse_token(ev.text)
+        creds.verify_token(token, rules.token_keys)
+    except creds.TokenError as err:
+        # Something that is not one of our tokens is not a guess; a forged one is.
+        _deny(d, err.reason, source, rules, now, count=err.reason != "malformed")
+        return
+    if not hmac.compare_digest(token.locker_ref, creds.locker_ref(rules.locker_id)):
+        _deny(d, "wrong_locker", source, rules, now, count=False)
+        return
+    step_ = STEP_FOR_TOKEN_ACTION.get(int(token.action))
+    window = creds.token_window_reason(token, now)
+    if step_ is None:
+        _deny(d, "malformed", source, rules, now, count=False, detail="action")
+        return
+    if window is not None:
+        _deny(d, window, source, rules, now, count=False)
+        return
+    parcel = next(
+        (
+            p
+            for p in d.parcels.values()
+            if hmac.compare_digest(creds.parcel_ref(p.id), token.parcel_ref)
+        ),
+        None,
+    )
+    token_id = token.token_id.hex()
+    if parcel is None or token_id in d.tokens:
+        _deny(d, "unknown_code", source, rules, now, count=False, detail="used_or_unknown")
+        return
+    if parcel.status not in STATUS_FOR_STEP[step_]:
+        reason = "expired" if parcel.status is ParcelStatus.EXPIRED else "unknown_code"
+        _deny(d, reason, source, rules, now, count=False, detail="parcel_state")
+        return
+    _grant(d, parcel.id, step_, f"qr:{token_id}", source, rules, now, float(token.expires))
+
+
+def _on_rejected_input(d: Draft, ev: InputRejected, rules: Rules, now: float) -> None:
+    _deny(d, "malformed", ev.source, rules, now, count=False, detail=ev.reason)
+
+
+def _refused_at_the_door(d: Draft, source: InputSource, rules: Rules, now: float) -> bool:
+    """Lockdown and throttle refuse input before it is even evaluated (and do not count)."""
+    if d.get("lockdown"):
+        _deny(d, "lockdown", source, rules, now, count=False)
+        return True
+    why = throttle.gate(d.get("throttle"), now)
+    if why is not None:
+        d.emit("access_denied", reason=why, source=str(source))
+        d.act(IndicateAction(Feedback.THROTTLED))
+        return True
+    return False
+
+
+def _deny(
+    d: Draft,
+    reason: str,
+    source: InputSource,
+    rules: Rules,
+    now: float,
+    *,
+    count: bool,
+    detail: str | None = None,
+) -> None:
+    data: dict[str, Any] = {"reason": reason, "source": str(source)}
+    if detail:
+        data["detail"] = detail
+    d.emit("access_denied", **data)
+    if not count:
+        d.act(IndicateAction(Feedback.REFUSED))
+        return
+    t, verdict, delay = throttle.record_failure(d.get("throttle"), now, rules.limits)
+    d.put("throttle", t)
+    if verdict == "locked_out":
+        d.emit("keypad_locked_out", consecutive=t.consecutive, last_hour=len(t.recent))
+        d.act(IndicateAction(Feedback.ALARM))
+    elif verdict == "throttled":
+        d.emit("keypad_throttled", consecutive=t.consecutive, delay_s=delay)
+        d.act(IndicateAction(Feedback.THROTTLED))
+    else:
+        d.act(IndicateAction(Feedback.REFUSED))
+
+
+def _grant(
+    d: Draft,
+    parcel_id: str,
+    step_: Step,
+    credential: str,
+    source: InputSource,
+    rules: Rules,
+    now: float,
+    token_expires: float | None = None,
+) -> None:
+    """Consume the credential and queue the unlock; the controller commits before pulsing."""
+    parcel = d.parcels[parcel_id]
+    comp = d.compartments[parcel.compartment]
+    if parcel.status not in STATUS_FOR_STEP[step_]:
+        _deny(d, "unknown_code", source, rules, now, count=False, detail="parcel_state")
+        return
+    if not comp.in_service or comp.busy or comp.door is DoorState.UNKNOWN:
+        # Unknown door: its board is not answering, an unlock could not even be sent.
+        _deny(d, "compartment_unavailable", source, rules, now, count=False)
+        return
+    if credential.startswith("qr:"):
+        d.put_token(credential[3:], token_expires or now)
+    else:
+        d.update_credential(credential, armed=False)
+    d.put("throttle", throttle.record_success(d.get("throttle")))
+    unlock = Unlock(
+        step_, parcel_id, credential, str(source), now + rules.door_open_timeout_s, token_expires
+    )
+    d.emit("access_granted", comp.id, parcel_id, source=str(source), step=str(step_))
+    d.act(IndicateAction(Feedback.ACCEPTED))
+    start_unlock(d, comp, unlock, now)
+
+
+def _rearm(d: Draft, unlock: Unlock) -> None:
+    """Give the person their credential back (the door never opened, or the step is undone)."""
+    if unlock.credential is None:
+        return
+    if unlock.credential.startswith("qr:"):
+        d.drop_token(unlock.credential[3:])
+    elif unlock.credential in d.credentials:
+        d.update_credential(unlock.credential, armed=True)
+
+
+# --- doors ----------------------------------------------------------------------------------
+
+
+def _on_door(d: Draft, ev: DoorChanged, rules: Rules, now: float) -> None:
+    comp = d.compartments.get(ev.compartment)
+    if comp is None or comp.door is ev.state:
+        return
+    if ev.state is DoorState.OPEN:
+        _door_opened(d, comp, rules, now)
+    elif ev.state is DoorState.CLOSED:
+        _door_closed(d, comp, rules, now)
+    else:
+        d.update_compartment(comp.id, door=DoorState.UNKNOWN)
+
+
+def _door_opened(d: Draft, comp: Compartment, rules: Rules, now: float, **extra: Any) -> None:
+    left = now + rules.door_left_open_s
+    if comp.pending is not None:
+        # The door answered: the run of unanswered pulses (jam retries) is over.
+        d.update_compartment(
+            comp.id,
+            door=DoorState.OPEN,
+            pending=None,
+            session=comp.pending,
+            open_since=now,
+            left_open_next=left,
+            pulses=(),
+        )
+        d.emit(
+            "door_opened", comp.id, comp.pending.parcel, purpose=str(comp.pending.purpose), **extra
+        )
+        return
+    d.update_compartment(comp.id, door=DoorState.OPEN, open_since=now, left_open_next=left)
+    if comp.session is not None:  # opened again before we saw it close (sensor flutter)
+        d.emit("door_opened", comp.id, comp.parcel, purpose=str(comp.session.purpose), **extra)
+        return
+    d.emit("door_opened", comp.id, comp.parcel, purpose="none", **extra)
+    d.emit("door_forced", comp.id, comp.parcel, **extra)
+    d.act(IndicateAction(Feedback.ALARM))
+
+
+def _door_closed(d: Draft, comp: Compartment, rules: Rules, now: float, **extra: Any) -> None:
+    was_open = comp.door is DoorState.OPEN
+    comp = d.update_compartment(
+        comp.id, door=DoorState.CLOSED, open_since=None, left_open_next=None
+    )
+    if was_open or extra:
+        d.emit("door_closed", comp.id, comp.parcel, **extra)
+    session = comp.session
+    if session is None:
+        return
+    d.update_compartment(comp.id, session=None)
+    if session.purpose is Step.REMOTE or session.parcel not in d.parcels:
+        return
+    _complete(d, d.compartments[comp.id], session, rules, now)
+
+
+def _complete(d: Draft, comp: Compartment, session: Unlock, rules: Rules, now: float) -> None:
+    """The door closed after a credential opened it: the step of the flow is done."""
+    assert session.parcel is not None
+    parcel = d.parcels[session.parcel]
+    if session.purpose is Step.DROPOFF:
+        if comp.item is False:
+            d.emit("deposit_empty", comp.id, parcel.id)
+            _rearm(d, session)
+            return
+        until = now + parcel.pickup_hours * 3600
+        d.update_parcel(
+            parcel.id, status=ParcelStatus.DEPOSITED, deposited_at=now, pickup_until=until
+        )
+        for cred in list(d.credentials.values()):
+            if cred.parcel != parcel.id:
+                continue
+            if cred.step is Step.PICKUP:
+                d.update_credential(cred.tag, armed=True, valid_from=now, valid_until=until)
+            else:
+                d.drop_credential(cred.tag)
+        d.emit("parcel_deposited", comp.id, parcel.id, kind=parcel.kind, pickup_until=int(until))
+        return
+    if comp.item is True:
+        d.emit("item_left_behind", comp.id, parcel.id, step=str(session.purpose))
+        _rearm(d, session)
+        return
+    kind = "parcel_collected" if session.purpose is Step.PICKUP else "parcel_retrieved"
+    d.emit(kind, comp.id, parcel.id, kind=parcel.kind)
+    d.drop_parcel(parcel.id)
+    d.update_compartment(comp.id, parcel=None)
+
+
+def _on_item(d: Draft, ev: ItemChanged, rules: Rules, now: float) -> None:
+    if ev.compartment in d.compartments:
+        d.update_compartment(ev.compartment, item=ev.present)
+
+
+def _on_unlock_result(d: Draft, ev: UnlockResult, rules: Rules, now: float) -> None:
+    comp = d.compartments.get(ev.compartment)
+    if ev.sent or comp is None or comp.pending is None:
+        return
+    # Nothing reached the coil: the person may simply try again.
+    _rearm(d, comp.pending)
+    d.update_compartment(comp.id, pending=None, pulses=comp.pulses[:-1])
+    d.emit(
+        "hardware_fault",
+        comp.id,
+        comp.pending.parcel,
+        device="lock",
+        detail=ev.detail or "unlock not sent",
+    )
+    d.act(IndicateAction(Feedback.REFUSED))
+
+
+def _on_fault(d: Draft, ev: HardwareFault, rules: Rules, now: float) -> None:
+    d.emit("hardware_fault", device=ev.device, detail=ev.detail, compartments=list(ev.compartments))
+
+
+def _on_recovered(d: Draft, ev: HardwareRecovered, rules: Rules, now: float) -> None:
+    d.emit("hardware_recovered", device=ev.device, compartments=list(ev.compartments))
+
+
+# --- time -----------------------------------------------------------------------------------
+
+
+def _expire(d: Draft, rules: Rules, now: float) -> None:
+    for cid in list(d.compartments):
+        if (p := d.compartments[cid].pending) is not None and now >= p.deadline:
+            _jammed(d, d.compartments[cid], rules, now)
+        comp = d.compartments[cid]
+        if comp.left_open_next is not None and now >= comp.left_open_next:
+            open_s = int(now - (comp.open_since or now))
+            d.update_compartment(comp.id, left_open_next=now + rules.door_left_open_s)
+            d.emit("door_left_open", comp.id, comp.parcel, open_s=open_s)
+            d.act(IndicateAction(Feedback.ALARM))
+    for parcel in list(d.parcels.values()):
+        comp = d.compartments[parcel.compartment]
+        if comp.busy:
+            continue  # never pull a window shut under someone at the open door
+        if parcel.status is ParcelStatus.RESERVED and now >= parcel.dropoff_until:
+            d.emit("assignment_cancelled", comp.id, parcel.id, reason="dropoff_expired")
+            d.drop_parcel(parcel.id)
+            d.update_compartment(comp.id, parcel=None)
+        elif (
+            parcel.status is ParcelStatus.DEPOSITED
+            and parcel.pickup_until is not None
+            and now >= parcel.pickup_until
+        ):
+            d.update_parcel(parcel.id, status=ParcelStatus.EXPIRED)
+            _disarm(d, parcel.id, Step.PICKUP)
+            d.emit("pickup_expired", comp.id, parcel.id, kind=parcel.kind)
+    _forget_old(d, now)
+    entry: KeypadEntry = d.get("keypad")
+    if (entry.digits or entry.overflow) and now >= entry.last_key_at + rules.keypad_entry_timeout_s:
+        d.put("keypad", KeypadEntry())
+
+
+def _forget_old(d: Draft, now: float) -> None:
+    for token_id, expires in list(d.tokens.items()):
+        if expires < now:
+            d.drop_token(token_id)
+    for jti, record in list(d.commands.items()):
+        if record.exp < now:
+            d.drop_command(jti)
+    for cred in list(d.credentials.values()):
+        if cred.step is Step.RETRIEVE and cred.valid_until is not None and cred.valid_until < now:
+            d.drop_credential(cred.tag)
+
+
+def _disarm(d: Draft, parcel_id: str, step_: Step) -> None:
+    for cred in list(d.credentials.values()):
+        if cred.parcel == parcel_id and cred.step is step_:
+            d.update_credential(cred.tag, armed=False)
+
+
+def _jammed(d: Draft, comp: Compartment, rules: Rules, now: float) -> None:
+    """The door was not seen open in time after a pulse (DESIGN 7: actuation != observation)."""
+    unlock = comp.pending
+    assert unlock is not None
+    pulses = tuple(t for t in comp.pulses if t > now - JAM_WINDOW_S)
+    comp = d.update_compartment(comp.id, pending=None, pulses=pulses)
+    d.emit("door_jammed", comp.id, unlock.parcel, purpose=str(unlock.purpose), pulses=len(pulses))
+    d.act(IndicateAction(Feedback.ALARM))
+    if unlock.purpose is Step.REMOTE:
+        return
+    if unlock.purpose is Step.DROPOFF and _move_parcel(d, comp, unlock, now):
+        _rearm(d, unlock)
+        return
+    if len(pulses) >= MAX_PULSES_IN_WINDOW:
+        set_service(d, comp.id, False, "door_jammed")
+    _rearm(d, unlock)
+
+
+def _move_parcel(d: Draft, comp: Compartment, unlock: Unlock, now: float) -> bool:
+    """A drop-off whose door jams goes to another fitting compartment; the jammed one is
+    taken out of service. False when there is nowhere to go."""
+    assert unlock.parcel is not None
+    parcel = d.parcels[unlock.parcel]
+    target = best_fit(d.compartments, parcel.size, exclude=comp.id)
+    if target is None:
+        return False
+    set_service(d, comp.id, False, "door_jammed")
+    d.update_compartment(comp.id, parcel=None)
+    d.update_compartment(target.id, parcel=parcel.id)
+    d.update_parcel(parcel.id, compartment=target.id)
+    d.emit(
+        "parcel_reserved",
+        target.id,
+        parcel.id,
+        kind=parcel.kind,
+        size=parcel.size,
+        moved_from=comp.id,
+        dropoff_until=int(parcel.dropoff_until),
+    )
+    return True
+
+
+def _on_tick(d: Draft, ev: Tick, rules: Rules, now: float) -> None:
+    pass  # deadlines were handled by _expire
+
+
+# --- start and stop -------------------------------------------------------------------------
+
+
+def _on_boot(d: Draft, ev: Boot, rules: Rules, now: float) -> None:
+    """Reconcile what was stored with what the sensors say. Never pulses anything."""
+    d.emit("started", version=ev.version, compartments=len(d.compartments))
+    for cid in list(d.compartments):
+        if cid in ev.items:
+            d.update_compartment(cid, item=ev.items[cid])
+        comp = d.compartments[cid]
+        door = ev.doors.get(cid, DoorState.UNKNOWN)
+        if comp.pending is not None and door is not DoorState.OPEN:
+            # The daemon died between committing an unlock and seeing the door: we cannot know
+            # whether the coil fired. Report; never retry on our own.
+            d.emit(
+                "unlock_outcome_unknown",
+                cid,
+                comp.pending.parcel,
+                purpose=str(comp.pending.purpose),
+                door=str(door),
+            )
+            comp = d.update_compartment(cid, pending=None)
+        if door is comp.door:
+            continue
+        if comp.door is DoorState.UNKNOWN and not comp.busy:
+            # Nothing was known to contradict (first start, or a board that was silent): learn
+            # the door quietly; an open one is still worth a word, but it is no alarm.
+            if door is DoorState.OPEN:
+                d.update_compartment(
+                    cid, door=door, open_since=now, left_open_next=now + rules.door_left_open_s
+                )
+                d.emit("door_opened", cid, comp.parcel, purpose="none", reconciled=True)
+            else:
+                d.update_compartment(cid, door=door)
+        elif door is DoorState.OPEN:
+            _door_opened(d, comp, rules, now, reconciled=True)
+        elif door is DoorState.CLOSED:
+            _door_closed(d, comp, rules, now, reconciled=True)
+        else:
+            d.update_compartment(cid, door=DoorState.UNKNOWN)
+
+
+def _on_stop(d: Draft, ev: Stop, rules: Rules, now: float) -> None:
+    d.emit("stopping", reason=ev.reason)
+
+
+def _on_command(d: Draft, ev: CommandArrived, rules: Rules, now: float) -> None:
+    remote.handle(d, ev, rules, now)
+
+
+_HANDLERS: dict[type, Any] = {
+    KeyPressed: _on_key,
+    LineScanned: _on_scan,
+    InputRejected: _on_rejected_input,
+    DoorChanged: _on_door,
+    ItemChanged: _on_item,
+    UnlockResult: _on_unlock_result,
+    HardwareFault: _on_fault,
+    HardwareRecovered: _on_recovered,
+    Tick: _on_tick,
+    Boot: _on_boot,
+    Stop: _on_stop,
+    CommandArrived: _on_command,
+}

@@ -1,0 +1,172 @@
+"""The locker's state as plain, immutable data.
+
+Everything the state machine decides on lives here: compartments, parcels, armed credential
+tags, consumed token ids, executed command ids, the throttle and a few flags. ``LockerState``
+is replaced, never mutated: ``locker.cabinet.domain.machine`` returns a new one,
+``locker.cabinet.store`` persists the difference. The keypad entry buffer is the one volatile
+part (never persisted: a half-typed code is not worth keeping across a crash).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from locker.ports import DoorState
+
+SIZE_RANK = {"S": 0, "M": 1, "L": 2, "XL": 3}
+
+
+class ParcelStatus(enum.StrEnum):
+    RESERVED = "reserved"  # waiting for its drop-off
+    DEPOSITED = "deposited"  # inside, pickup armed
+    EXPIRED = "expired"  # pickup window over, waiting for a courier retrieval
+    CANCELLED = "cancelled"  # cancelled after deposit, waiting for a courier retrieval
+
+
+class Step(enum.StrEnum):
+    """What a credential does, and why a door was unlocked."""
+
+    DROPOFF = "dropoff"
+    PICKUP = "pickup"
+    RETRIEVE = "retrieve"
+    REMOTE = "remote"
+
+
+class Occupancy(enum.StrEnum):
+    FREE = "free"
+    RESERVED = "reserved"
+    OCCUPIED = "occupied"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class Parcel:
+    id: str
+    kind: str  # "delivery" | "return"
+    size: str
+    compartment: str
+    status: ParcelStatus
+    dropoff_until: float
+    pickup_hours: float
+    pickup_until: float | None = None
+    deposited_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """A keypad code, known only by its tag. Kept while its parcel exists; ``armed`` says
+    whether typing it opens anything now."""
+
+    tag: str
+    parcel: str
+    step: Step
+    valid_from: float
+    valid_until: float | None
+    armed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Unlock:
+    """An unlock granted and committed: pending until the door is seen open, then the open
+    session until it closes. ``credential`` is a tag or ``qr:<token id hex>``, never a code."""
+
+    purpose: Step
+    parcel: str | None
+    credential: str | None
+    source: str  # keypad | scanner | remote
+    deadline: float  # door must open before this
+    token_expires: float | None = None  # for QR, to re-arm on a jam
+
+
+@dataclass(frozen=True, slots=True)
+class Compartment:
+    id: str
+    size: str
+    in_service: bool = True
+    service_reason: str = ""
+    door: DoorState = DoorState.UNKNOWN
+    item: bool | None = None
+    parcel: str | None = None
+    pending: Unlock | None = None  # unlock sent, door not yet seen open
+    session: Unlock | None = None  # door open for this unlock, waiting for it to close
+    open_since: float | None = None
+    left_open_next: float | None = None
+    pulses: tuple[float, ...] = ()  # recent unlock times, to bound jam retries
+
+    @property
+    def busy(self) -> bool:
+        return self.pending is not None or self.session is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Throttle:
+    consecutive: int = 0
+    recent: tuple[float, ...] = ()  # failure times within the last hour
+    blocked_until: float = 0.0
+    locked_out: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRecord:
+    """A command that was executed or refused after verification, kept until ``exp`` so a
+    repeated ``jti`` is answered ``duplicate`` with the stored outcome."""
+
+    jti: str
+    exp: float
+    status: str
+    result: Mapping[str, Any] | None = None
+    error: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeypadEntry:
+    digits: str = ""
+    overflow: bool = False
+    last_key_at: float = 0.0
+
+
+def _frozen(d: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(d or {}))
+
+
+@dataclass(frozen=True, slots=True)
+class LockerState:
+    compartments: Mapping[str, Compartment]
+    parcels: Mapping[str, Parcel] = field(default_factory=_frozen)
+    credentials: Mapping[str, Credential] = field(default_factory=_frozen)
+    tokens: Mapping[str, float] = field(default_factory=_frozen)  # consumed token id -> expires
+    commands: Mapping[str, CommandRecord] = field(default_factory=_frozen)
+    throttle: Throttle = Throttle()
+    lockdown: bool = False
+    remote_opens: tuple[float, ...] = ()
+    keypad: KeypadEntry = KeypadEntry()  # volatile
+
+    def occupancy(self, compartment: Compartment) -> Occupancy:
+        if compartment.parcel is None:
+            return Occupancy.FREE
+        status = self.parcels[compartment.parcel].status
+        return {
+            ParcelStatus.RESERVED: Occupancy.RESERVED,
+            ParcelStatus.DEPOSITED: Occupancy.OCCUPIED,
+        }.get(status, Occupancy.EXPIRED)
+
+
+@dataclass(frozen=True, slots=True)
+class Out:
+    """An event to append to the outbox; the store gives it seq, id, time and boot id."""
+
+    type: str
+    compartment: str | None = None
+    parcel: str | None = None
+    data: Mapping[str, Any] = field(default_factory=_frozen)
+
+
+def fresh_state(compartments: Mapping[str, str]) -> LockerState:
+    """A new locker: every configured compartment (id -> size) free and in service."""
+    return LockerState(
+        compartments=_frozen({cid: Compartment(id=cid, size=s) for cid, s in compartments.items()})
+    )

@@ -1,0 +1,256 @@
+"""Executing verified remote commands (DESIGN section 5, "Actions and arguments").
+
+Called by ``machine.step`` for a ``CommandArrived``. Every command id (``jti``) is recorded in
+the same transaction as its effects, with its outcome, so a repeated id is answered
+``duplicate`` with the stored result and nothing runs twice, across restarts too. A refusal
+changes nothing but the outbox (``command_rejected``) and the reply.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from locker.cabinet.domain import throttle
+from locker.cabinet.domain.compartments import best_fit, set_service, start_unlock
+from locker.cabinet.domain.draft import Draft, ReplyAction, ResyncAction
+from locker.cabinet.domain.inputs import CommandArrived
+from locker.cabinet.domain.model import (
+    SIZE_RANK,
+    CommandRecord,
+    Credential,
+    Parcel,
+    ParcelStatus,
+    Step,
+    Unlock,
+)
+from locker.cabinet.domain.rules import Rules
+from locker.contract.actions import (
+    Action,
+    AssignArgs,
+    CancelArgs,
+    Command,
+    CommandRejected,
+    ExtendArgs,
+    LockdownArgs,
+    OpenArgs,
+    RetrieveArgs,
+    SetServiceArgs,
+)
+from locker.contract.replies import ReplyStatus, rejection_reply, reply_payload
+from locker.ports import DoorState
+
+HOUR_S = 3600.0
+
+
+class Refusal(Exception):  # noqa: N818 - a business outcome, not a bug
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def handle(d: Draft, ev: CommandArrived, rules: Rules, now: float) -> None:
+    if ev.rejected is not None or ev.command is None:
+        rej = ev.rejected or CommandRejected("malformed", "no command")
+        d.emit("command_rejected", cmd_id=rej.cmd_id, code=rej.code, message=rej.message)
+        d.act(ReplyAction(rejection_reply(rej, ts=now), ev.correlation_data))
+        return
+    cmd = ev.command
+    seen = d.commands.get(cmd.cmd_id)
+    if seen is not None:
+        _reply(
+            d,
+            cmd.cmd_id,
+            "duplicate",
+            ev.correlation_data,
+            now,
+            result=seen.result,
+            error=seen.error,
+        )
+        return
+    try:
+        result = _execute(d, cmd, rules, now)
+    except Refusal as r:
+        error = {"code": r.code, "message": r.message}
+        d.emit(
+            "command_rejected",
+            cmd_id=cmd.cmd_id,
+            code=r.code,
+            message=r.message,
+            action=str(cmd.action),
+        )
+        d.put_command(CommandRecord(cmd.cmd_id, float(cmd.exp), "rejected", None, error))
+        _reply(d, cmd.cmd_id, "rejected", ev.correlation_data, now, error=error)
+        return
+    d.put_command(CommandRecord(cmd.cmd_id, float(cmd.exp), "done", result, None))
+    _reply(d, cmd.cmd_id, "done", ev.correlation_data, now, result=result)
+
+
+def _reply(
+    d: Draft,
+    cmd_id: str | None,
+    status: ReplyStatus,
+    correlation: bytes | None,
+    now: float,
+    *,
+    result: Any = None,
+    error: Any = None,
+) -> None:
+    err = None if error is None else (str(error["code"]), str(error["message"]))
+    d.act(ReplyAction(reply_payload(cmd_id, status, err, result, ts=now), correlation))
+
+
+def _execute(d: Draft, cmd: Command, rules: Rules, now: float) -> dict[str, Any]:
+    args = cmd.args
+    match cmd.action:
+        case Action.ASSIGN:
+            assert isinstance(args, AssignArgs)
+            return _assign(d, args, rules, now)
+        case Action.CANCEL:
+            assert isinstance(args, CancelArgs)
+            return _cancel(d, args)
+        case Action.EXTEND:
+            assert isinstance(args, ExtendArgs)
+            return _extend(d, args, now)
+        case Action.RETRIEVE:
+            assert isinstance(args, RetrieveArgs)
+            return _retrieve(d, args, now)
+        case Action.OPEN:
+            assert isinstance(args, OpenArgs)
+            return _open(d, args, rules, now)
+        case Action.SET_SERVICE:
+            assert isinstance(args, SetServiceArgs)
+            if args.compartment not in d.compartments:
+                raise Refusal("invalid_args", "unknown compartment")
+            set_service(d, args.compartment, args.in_service, args.reason)
+            return {"compartment": args.compartment, "in_service": args.in_service}
+        case Action.LOCKDOWN:
+            assert isinstance(args, LockdownArgs)
+            if d.get("lockdown") != args.on:
+                d.put("lockdown", args.on)
+                d.emit("lockdown_changed", on=args.on)
+            return {"lockdown": args.on}
+        case Action.RESET_LOCKOUT:
+            d.put("throttle", throttle.reset(d.get("throttle")))
+            d.emit("keypad_unlocked", by="command")
+            return {}
+        case Action.RESYNC:
+            d.act(ResyncAction())
+            return {}
+    raise Refusal("unknown_action", str(cmd.action))  # pragma: no cover - enum is exhaustive
+
+
+def _live_tag(d: Draft, tag: str) -> bool:
+    return tag in d.credentials
+
+
+def _assign(d: Draft, a: AssignArgs, rules: Rules, now: float) -> dict[str, Any]:
+    if a.parcel in d.parcels:
+        raise Refusal("duplicate_parcel", "parcel already in this locker")
+    if a.dropoff_tag == a.pickup_tag or _live_tag(d, a.dropoff_tag) or _live_tag(d, a.pickup_tag):
+        raise Refusal("code_collision", "a tag is already live in this locker")
+    if a.compartment is not None:
+        comp = d.compartments.get(a.compartment)
+        if comp is None:
+            raise Refusal("invalid_args", "unknown compartment")
+        if (
+            comp.parcel is not None
+            or comp.busy
+            or not comp.in_service
+            or SIZE_RANK[comp.size] < SIZE_RANK[a.size]
+        ):
+            raise Refusal("no_compartment", f"compartment {comp.id} is not free for size {a.size}")
+    else:
+        comp = best_fit(d.compartments, a.size)
+        if comp is None:
+            raise Refusal("no_compartment", f"no free compartment fits size {a.size}")
+    until = (
+        float(a.dropoff_until) if a.dropoff_until is not None else now + rules.dropoff_hours * 3600
+    )
+    if until <= now:
+        raise Refusal("invalid_args", "dropoff_until is in the past")
+    hours = a.pickup_hours if a.pickup_hours is not None else rules.pickup_hours
+    d.put_parcel(Parcel(a.parcel, a.kind, a.size, comp.id, ParcelStatus.RESERVED, until, hours))
+    d.put_credential(Credential(a.dropoff_tag, a.parcel, Step.DROPOFF, now, until, armed=True))
+    d.put_credential(Credential(a.pickup_tag, a.parcel, Step.PICKUP, now, None, armed=False))
+    d.update_compartment(comp.id, parcel=a.parcel)
+    d.emit("parcel_reserved", comp.id, a.parcel, kind=a.kind, size=a.size, dropoff_until=int(until))
+    return {"compartment": comp.id}
+
+
+def _parcel(d: Draft, pid: str) -> Parcel:
+    parcel = d.parcels.get(pid)
+    if parcel is None:
+        raise Refusal("unknown_parcel", "no such parcel in this locker")
+    if d.compartments[parcel.compartment].busy:
+        raise Refusal("busy", "the compartment door is being used right now")
+    return parcel
+
+
+def _cancel(d: Draft, a: CancelArgs) -> dict[str, Any]:
+    parcel = _parcel(d, a.parcel)
+    if parcel.status is ParcelStatus.RESERVED:
+        d.drop_parcel(parcel.id)
+        d.update_compartment(parcel.compartment, parcel=None)
+        d.emit("assignment_cancelled", parcel.compartment, parcel.id, reason="command")
+        return {"released": True}
+    if parcel.status is ParcelStatus.CANCELLED:
+        raise Refusal("invalid_state", "parcel already cancelled")
+    d.update_parcel(parcel.id, status=ParcelStatus.CANCELLED)
+    for cred in list(d.credentials.values()):
+        if cred.parcel == parcel.id and cred.step is Step.PICKUP:
+            d.update_credential(cred.tag, armed=False)
+    d.emit(
+        "assignment_cancelled", parcel.compartment, parcel.id, reason="command", after_deposit=True
+    )
+    return {"released": False}
+
+
+def _extend(d: Draft, a: ExtendArgs, now: float) -> dict[str, Any]:
+    parcel = _parcel(d, a.parcel)
+    if parcel.status not in (ParcelStatus.DEPOSITED, ParcelStatus.EXPIRED):
+        raise Refusal("invalid_state", f"parcel is {parcel.status}")
+    if a.pickup_until <= now:
+        raise Refusal("invalid_args", "pickup_until is in the past")
+    d.update_parcel(parcel.id, status=ParcelStatus.DEPOSITED, pickup_until=float(a.pickup_until))
+    for cred in list(d.credentials.values()):
+        if cred.parcel == parcel.id and cred.step is Step.PICKUP:
+            d.update_credential(cred.tag, armed=True, valid_until=float(a.pickup_until))
+    d.emit("pickup_extended", parcel.compartment, parcel.id, pickup_until=a.pickup_until)
+    return {"pickup_until": a.pickup_until}
+
+
+def _retrieve(d: Draft, a: RetrieveArgs, now: float) -> dict[str, Any]:
+    parcel = _parcel(d, a.parcel)
+    if parcel.status not in (ParcelStatus.EXPIRED, ParcelStatus.CANCELLED):
+        raise Refusal("invalid_state", f"parcel is {parcel.status}, not expired or cancelled")
+    if _live_tag(d, a.code_tag):
+        raise Refusal("code_collision", "the tag is already live in this locker")
+    if a.valid_until <= now:
+        raise Refusal("invalid_args", "valid_until is in the past")
+    d.put_credential(
+        Credential(a.code_tag, parcel.id, Step.RETRIEVE, now, float(a.valid_until), armed=True)
+    )
+    d.emit("retrieval_armed", parcel.compartment, parcel.id, valid_until=a.valid_until)
+    return {"compartment": parcel.compartment}
+
+
+def _open(d: Draft, a: OpenArgs, rules: Rules, now: float) -> dict[str, Any]:
+    if d.get("lockdown"):
+        raise Refusal("lockdown", "the locker is in lockdown")
+    comp = d.compartments.get(a.compartment)
+    if comp is None:
+        raise Refusal("invalid_args", "unknown compartment")
+    if comp.busy:
+        raise Refusal("busy", "the compartment door is being used right now")
+    if comp.door is DoorState.UNKNOWN:
+        raise Refusal("compartment_unavailable", "door state unknown: its board is not answering")
+    recent = tuple(t for t in d.get("remote_opens") if t > now - HOUR_S)
+    if len(recent) >= rules.max_remote_opens_per_hour:
+        d.emit("remote_open_limited", comp.id, limit=rules.max_remote_opens_per_hour)
+        raise Refusal("rate_limited", "local cap on remote opens per hour reached")
+    d.put("remote_opens", (*recent, now))
+    d.emit("remote_open", comp.id, comp.parcel, reason=a.reason)
+    unlock = Unlock(Step.REMOTE, comp.parcel, None, "remote", now + rules.door_open_timeout_s)
+    start_unlock(d, comp, unlock, now)
+    return {"compartment": comp.id}

@@ -1,0 +1,386 @@
+"""Durable state and the transactional outbox, in one SQLite file.
+
+``commit`` writes, in ONE transaction, every row of the state that changed and the events the
+change produced (each given the next ``seq``). The controller calls it before acting, so a
+crash at any point never opens a door twice and never loses an event (DESIGN section 4).
+WAL + ``synchronous=FULL``: a commit that returned is on disk. Schema version lives in
+``PRAGMA user_version`` with forward-only migrations.
+
+The connection belongs to the controller thread. The MQTT link reads the outbox through
+``OutboxView``, its own connection (WAL lets it read while the controller writes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from locker.cabinet.domain.model import (
+    CommandRecord,
+    Compartment,
+    Credential,
+    KeypadEntry,
+    LockerState,
+    Out,
+    Parcel,
+    ParcelStatus,
+    Step,
+    Throttle,
+    Unlock,
+    fresh_state,
+)
+from locker.contract.replies import rfc3339
+from locker.ports import DoorState, OutboxReader, OutboxRow
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+_MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE compartments (id TEXT PRIMARY KEY, row TEXT NOT NULL);
+    CREATE TABLE parcels (id TEXT PRIMARY KEY, row TEXT NOT NULL);
+    CREATE TABLE credentials (tag TEXT PRIMARY KEY, row TEXT NOT NULL);
+    CREATE TABLE tokens (token_id TEXT PRIMARY KEY, expires REAL NOT NULL);
+    CREATE TABLE commands (jti TEXT PRIMARY KEY, exp REAL NOT NULL, row TEXT NOT NULL);
+    CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY,
+        type TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        created REAL NOT NULL
+    );
+    """,
+}
+
+
+class StoreError(Exception):
+    """The database cannot be used (newer schema, corruption)."""
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    con = sqlite3.connect(path, isolation_level=None, timeout=30)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA synchronous=FULL")
+    con.execute("PRAGMA foreign_keys=ON")
+    return con
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    return value  # StrEnum members serialise as their value
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(_jsonable(value), separators=(",", ":"), sort_keys=True)
+
+
+def _unlock(raw: dict[str, Any] | None) -> Unlock | None:
+    if raw is None:
+        return None
+    return Unlock(**{**raw, "purpose": Step(raw["purpose"])})
+
+
+def _compartment(raw: dict[str, Any]) -> Compartment:
+    return Compartment(
+        **{
+            **raw,
+            "door": DoorState(raw["door"]),
+            "pending": _unlock(raw["pending"]),
+            "session": _unlock(raw["session"]),
+            "pulses": tuple(raw["pulses"]),
+        }
+    )
+
+
+def _parcel(raw: dict[str, Any]) -> Parcel:
+    return Parcel(**{**raw, "status": ParcelStatus(raw["status"])})
+
+
+def _credential(raw: dict[str, Any]) -> Credential:
+    return Credential(**{**raw, "step": Step(raw["step"])})
+
+
+def _command(raw: dict[str, Any]) -> CommandRecord:
+    return CommandRecord(**raw)
+
+
+class Store:
+    """The controller's handle on the database."""
+
+    def __init__(self, path: Path, *, boot_id: str) -> None:
+        self.path = path
+        self.boot_id = boot_id
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._con = connect(path)
+        self._migrate()
+        # Kept in memory (this connection is the only writer) so that the state snapshot
+        # published after every event costs no query; read from disk once, here.
+        row = self._con.execute("SELECT max(seq), count(*) FROM outbox").fetchone()
+        self._last_seq = max(int(row[0] or 0), int(self.meta("last_seq", 0)))
+        self._depth = int(row[1])
+
+    def _migrate(self) -> None:
+        version = self._con.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path}: schema version {version} is newer than this lockerd "
+                f"({SCHEMA_VERSION}); refusing to touch it"
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            # One transaction per step, the version bump inside it (user_version is part of
+            # the database header, so it commits or rolls back with the DDL).
+            script = f"BEGIN IMMEDIATE;{_MIGRATIONS[target]}PRAGMA user_version={target};COMMIT;"
+            try:
+                self._con.executescript(script)
+            except BaseException:
+                if self._con.in_transaction:
+                    self._con.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        self._con.close()
+
+    # --- loading ---------------------------------------------------------------------------
+
+    def meta(self, key: str, default: Any = None) -> Any:
+        row = self._con.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def load(self, configured: Mapping[str, str]) -> LockerState:
+        """The stored state, with compartments reconciled against the configuration
+        (id -> size): new ones are added free; sizes follow the configuration."""
+        base = fresh_state(configured)
+        stored = {
+            r[0]: _compartment(json.loads(r[1]))
+            for r in self._con.execute("SELECT id, row FROM compartments")
+        }
+        comps: dict[str, Compartment] = {}
+        for cid, fresh in base.compartments.items():
+            old = stored.get(cid)
+            comps[cid] = fresh if old is None else dataclasses.replace(old, size=fresh.size)
+        for cid in stored.keys() - comps.keys():
+            logger.warning("compartment %s is in the database but no longer configured", cid)
+        parcels = {
+            p.id: p
+            for p in (
+                _parcel(json.loads(r[0])) for r in self._con.execute("SELECT row FROM parcels")
+            )
+            if p.compartment in comps
+        }
+        for p in parcels.values():
+            if comps[p.compartment].parcel != p.id:
+                comps[p.compartment] = dataclasses.replace(comps[p.compartment], parcel=p.id)
+        return LockerState(
+            compartments=MappingProxyType(comps),
+            parcels=MappingProxyType(parcels),
+            credentials=MappingProxyType(
+                {
+                    c.tag: c
+                    for c in (
+                        _credential(json.loads(r[0]))
+                        for r in self._con.execute("SELECT row FROM credentials")
+                    )
+                    if c.parcel in parcels
+                }
+            ),
+            tokens=MappingProxyType(
+                dict(self._con.execute("SELECT token_id, expires FROM tokens"))
+            ),
+            commands=MappingProxyType(
+                {
+                    r[0]: _command(json.loads(r[1]))
+                    for r in self._con.execute("SELECT jti, row FROM commands")
+                }
+            ),
+            throttle=Throttle(
+                **{
+                    **self.meta("throttle", {}),
+                    "recent": tuple(self.meta("throttle", {}).get("recent", ())),
+                }
+            ),
+            lockdown=bool(self.meta("lockdown", False)),
+            remote_opens=tuple(self.meta("remote_opens", [])),
+            keypad=KeypadEntry(),
+        )
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def commit(
+        self,
+        old: LockerState,
+        new: LockerState,
+        events: Iterable[Out],
+        now: float,
+        clock_synced: bool,
+        extra_meta: Mapping[str, Any] | None = None,
+    ) -> list[OutboxRow]:
+        """Persist ``new`` (only what differs from ``old``) and append ``events``, atomically."""
+        con = self._con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            self._write_table("compartments", "id", old.compartments, new.compartments, _dump)
+            self._write_table("parcels", "id", old.parcels, new.parcels, _dump)
+            self._write_table("credentials", "tag", old.credentials, new.credentials, _dump)
+            self._write_tokens(old.tokens, new.tokens)
+            self._write_commands(old.commands, new.commands)
+            meta: dict[str, Any] = dict(extra_meta or {})
+            if old.throttle != new.throttle:
+                meta["throttle"] = _jsonable(new.throttle)
+            if old.lockdown != new.lockdown:
+                meta["lockdown"] = new.lockdown
+            if old.remote_opens != new.remote_opens:
+                meta["remote_opens"] = list(new.remote_opens)
+            rows = self._append(events, now, clock_synced)
+            if rows:
+                meta["last_seq"] = rows[-1].seq
+            for key, value in meta.items():
+                con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        if rows:
+            self._last_seq = rows[-1].seq
+            self._depth += len(rows)
+        return rows
+
+    def _write_table(
+        self,
+        table: str,
+        key: str,
+        old: Mapping[str, Any],
+        new: Mapping[str, Any],
+        dump: Callable[[Any], str],
+    ) -> None:
+        if old is new:
+            return
+        for k, v in new.items():
+            if old.get(k) is not v and old.get(k) != v:
+                self._con.execute(f"INSERT OR REPLACE INTO {table} VALUES (?, ?)", (k, dump(v)))  # noqa: S608 - fixed table names
+        for k in old.keys() - new.keys():
+            self._con.execute(f"DELETE FROM {table} WHERE {key}=?", (k,))  # noqa: S608
+
+    def _write_tokens(self, old: Mapping[str, float], new: Mapping[str, float]) -> None:
+        if old is new:
+            return
+        for k in new.keys() - old.keys():
+            self._con.execute("INSERT OR REPLACE INTO tokens VALUES (?, ?)", (k, new[k]))
+        for k in old.keys() - new.keys():
+            self._con.execute("DELETE FROM tokens WHERE token_id=?", (k,))
+
+    def _write_commands(
+        self, old: Mapping[str, CommandRecord], new: Mapping[str, CommandRecord]
+    ) -> None:
+        if old is new:
+            return
+        for k in new.keys() - old.keys():
+            self._con.execute(
+                "INSERT INTO commands VALUES (?, ?, ?)", (k, new[k].exp, _dump(new[k]))
+            )
+        for k in old.keys() - new.keys():
+            self._con.execute("DELETE FROM commands WHERE jti=?", (k,))
+
+    def last_seq(self) -> int:
+        """The highest seq ever committed (never reused, even after its row was deleted)."""
+        return self._last_seq
+
+    def _append(self, events: Iterable[Out], now: float, clock_synced: bool) -> list[OutboxRow]:
+        rows: list[OutboxRow] = []
+        seq = None
+        for ev in events:
+            if seq is None:
+                seq = self._last_seq
+            seq += 1
+            payload: dict[str, Any] = {
+                "v": 1,
+                "seq": seq,
+                "event_id": str(uuid.uuid4()),
+                "boot_id": self.boot_id,
+                "ts": rfc3339(now),
+                "clock_synced": clock_synced,
+                "type": ev.type,
+            }
+            if ev.compartment is not None:
+                payload["compartment"] = ev.compartment
+            if ev.parcel is not None:
+                payload["parcel"] = ev.parcel
+            payload["data"] = _jsonable(ev.data)
+            blob = json.dumps(payload, separators=(",", ":")).encode()
+            self._con.execute("INSERT INTO outbox VALUES (?, ?, ?, ?)", (seq, ev.type, blob, now))
+            rows.append(OutboxRow(seq, ev.type, blob))
+        return rows
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self._con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+    # --- outbox bookkeeping ------------------------------------------------------------------
+
+    def acknowledge(self, upto_seq: int) -> int:
+        """The server holds every event up to ``upto_seq``: forget them. Returns rows freed."""
+        freed = self._con.execute("DELETE FROM outbox WHERE seq <= ?", (upto_seq,)).rowcount
+        self._depth -= freed
+        return freed
+
+    def delivered(self, seqs: Iterable[int]) -> int:
+        freed = 0
+        for s in seqs:
+            freed += self._con.execute("DELETE FROM outbox WHERE seq = ?", (s,)).rowcount
+        self._depth -= freed
+        return freed
+
+    def outbox_depth(self) -> int:
+        return self._depth
+
+    def outbox(self) -> list[dict[str, Any]]:
+        """Every unacknowledged event, decoded (tests and diagnostics)."""
+        return [
+            json.loads(r[0]) for r in self._con.execute("SELECT payload FROM outbox ORDER BY seq")
+        ]
+
+    def integrity_ok(self) -> bool:
+        return bool(self._con.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
+
+
+class OutboxView(OutboxReader):
+    """The MQTT link's read-only view of the outbox (its own connection, its own thread)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._con: sqlite3.Connection | None = None
+
+    def _c(self) -> sqlite3.Connection:
+        if self._con is None:
+            self._con = sqlite3.connect(
+                f"file:{self._path}?mode=ro",
+                uri=True,
+                check_same_thread=False,
+                isolation_level=None,
+            )
+        return self._con
+
+    def read(self, after_seq: int, limit: int) -> list[OutboxRow]:
+        cur = self._c().execute(
+            "SELECT seq, type, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, limit),
+        )
+        return [OutboxRow(int(s), str(t), bytes(p)) for s, t, p in cur]
+
+    def depth(self) -> int:
+        return int(self._c().execute("SELECT count(*) FROM outbox").fetchone()[0])
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None

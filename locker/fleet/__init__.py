@@ -1,0 +1,1 @@
+"""The server side: provisioning, lockerctl, the MQTT client of the contract, QR rendering."""

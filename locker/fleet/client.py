@@ -1,0 +1,961 @@
+"""The server side of the MQTT contract (DESIGN section 5) as a library.
+
+``lockerctl`` is built on it, and end-to-end tests use it as "the server". It owns:
+
+- ``FleetClient``: an MQTT 5 connection (paho, TLS client certificate or plain) that signs
+  and sends commands on ``{p}/cmd`` (QoS 1, not retained, ResponseTopic ``{p}/res``,
+  random CorrelationData) and waits, bounded, for the matching reply; ``issue_parcel`` on top
+  (codes, tags with the locker's device key, a signed ``assign``, the customer's QR token).
+- ``FleetView``: pure bookkeeping of what a fleet publishes: status and occupancy from the
+  retained messages, events deduplicated by ``(locker, seq)``, gaps detected, and the highest
+  contiguous ``seq`` per locker, the only thing ever acknowledged on ``{p}/ack``.
+- ``EventLog``: an append-only, fsynced JSON-lines file per locker, so that an ack is a
+  durable receipt as the contract requires.
+- ``Watcher``: a thread that feeds incoming messages to a ``FleetView``, writes the log,
+  reports lines and sends the acks.
+
+Codes and keys never go to the log; only the caller decides to print codes (the operator's
+job).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import secrets
+import ssl
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from locker.contract import credentials, jws
+from locker.contract.actions import LONG_LIFETIME_S, SHORT_LIFETIME_S, SHORT_LIVED_ACTIONS, Action
+from locker.fleet.provision import Fleet
+from locker.ports import guarded
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SHORT_TTL_S = 60
+DEFAULT_LONG_TTL_S = 2 * 24 * 3600
+DEFAULT_DROPOFF_HOURS = 48
+DEFAULT_PICKUP_HOURS = 72
+WATCH_SESSION_EXPIRY_S = 7 * 24 * 3600
+_ACK_EVERY = 200  # events between acks during a burst; otherwise one ack per quiet moment
+
+
+class FleetError(Exception):
+    """A fleet operation that could not be done (bad arguments, broker refused...)."""
+
+
+class BrokerError(FleetError):
+    """Cannot reach or authenticate with the broker."""
+
+
+class ReplyTimeoutError(FleetError):
+    """No reply in time. The command may still run later: it waits in the locker's session
+    until its ``exp``."""
+
+
+# --- commands -------------------------------------------------------------------------------
+
+_T = str | int | bool
+ARG_SPECS: dict[Action, dict[str, tuple[type, bool]]] = {
+    Action.ASSIGN: {
+        "parcel": (str, True),
+        "kind": (str, True),
+        "size": (str, True),
+        "compartment": (str, False),
+        "dropoff_tag": (str, True),
+        "pickup_tag": (str, True),
+        "dropoff_until": (int, False),
+        "pickup_hours": (int, False),
+    },
+    Action.CANCEL: {"parcel": (str, True)},
+    Action.EXTEND: {"parcel": (str, True), "pickup_until": (int, True)},
+    Action.RETRIEVE: {"parcel": (str, True), "code_tag": (str, True), "valid_until": (int, True)},
+    Action.OPEN: {"compartment": (str, True), "reason": (str, True)},
+    Action.SET_SERVICE: {
+        "compartment": (str, True),
+        "in_service": (bool, True),
+        "reason": (str, True),
+    },
+    Action.LOCKDOWN: {"on": (bool, True)},
+    Action.RESET_LOCKOUT: {},
+    Action.RESYNC: {},
+}
+"""Argument names, types and whether required, per action (DESIGN 5)."""
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def parse_action(action: str) -> Action:
+    try:
+        return Action(action)
+    except ValueError:
+        known = ", ".join(a.value for a in Action)
+        raise FleetError(f"unknown action {action!r} (one of: {known})") from None
+
+
+def _coerce(name: str, kind: type, text: str) -> _T:
+    if kind is bool:
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise FleetError(f"argument {name}: expected true or false, got {text!r}")
+    if kind is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise FleetError(f"argument {name}: expected an integer, got {text!r}") from None
+    return text
+
+
+def coerce_args(action: Action | str, raw: Mapping[str, str]) -> dict[str, _T]:
+    """Turn ``name -> text`` (from a command line) into typed, checked command arguments."""
+    act = parse_action(str(action))
+    spec = ARG_SPECS[act]
+    typed = {}
+    for name, text in raw.items():
+        if name not in spec:
+            raise FleetError(
+                f"{act}: unknown argument {name!r} (allowed: {', '.join(spec) or 'none'})"
+            )
+        typed[name] = _coerce(name, spec[name][0], text)
+    return check_args(act, typed)
+
+
+def check_args(action: Action, args: Mapping[str, Any]) -> dict[str, _T]:
+    """Names, types and required arguments of ``args`` for ``action``."""
+    spec = ARG_SPECS[action]
+    unknown = set(args) - set(spec)
+    if unknown:
+        raise FleetError(f"{action}: unknown argument(s) {sorted(unknown)}")
+    missing = [n for n, (_t, required) in spec.items() if required and n not in args]
+    if missing:
+        raise FleetError(f"{action}: missing argument(s) {', '.join(missing)}")
+    for name, value in args.items():
+        kind = spec[name][0]
+        if type(value) is not kind:
+            raise FleetError(f"{action}: argument {name} must be {kind.__name__}")
+    return dict(args)
+
+
+def max_ttl(action: Action) -> int:
+    return SHORT_LIFETIME_S if action in SHORT_LIVED_ACTIONS else LONG_LIFETIME_S
+
+
+def command_claims(
+    locker_id: str,
+    action: Action | str,
+    args: Mapping[str, Any],
+    *,
+    now: float,
+    ttl: int | None = None,
+    jti: str | None = None,
+) -> dict[str, Any]:
+    """The claims of DESIGN 5: aud, jti, iat, exp, act, args; ``exp - iat`` within the limit."""
+    act = parse_action(str(action))
+    limit = max_ttl(act)
+    if ttl is None:
+        ttl = DEFAULT_SHORT_TTL_S if act in SHORT_LIVED_ACTIONS else DEFAULT_LONG_TTL_S
+    if not 1 <= ttl <= limit:
+        raise FleetError(f"{act}: lifetime must be 1-{limit} s, got {ttl}")
+    iat = int(now)
+    return {
+        "aud": locker_id,
+        "jti": jti or str(uuid.uuid4()),
+        "iat": iat,
+        "exp": iat + ttl,
+        "act": act.value,
+        "args": check_args(act, args),
+    }
+
+
+@dataclass(frozen=True)
+class CommandSigner:
+    """The fleet's command signing key and its ``kid`` (``security.command_keys``)."""
+
+    key: Ed25519PrivateKey = field(repr=False)
+    kid: str
+
+    def sign(self, claims: Mapping[str, Any]) -> bytes:
+        return jws.sign_command(self.key, self.kid, claims)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A locker's reply on ``{p}/res``."""
+
+    status: str
+    cmd_id: str | None
+    result: dict[str, Any] | None
+    error: dict[str, Any] | None
+    raw: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        """Done now, or done before (a duplicate with a stored result and no error)."""
+        return self.status == "done" or (self.status == "duplicate" and not self.error)
+
+    @classmethod
+    def parse(cls, payload: bytes) -> Reply:
+        try:
+            raw = json.loads(payload)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise FleetError(f"reply is not JSON: {err}") from None
+        if not isinstance(raw, dict) or not isinstance(raw.get("status"), str):
+            raise FleetError("reply has no status")
+        result, error = raw.get("result"), raw.get("error")
+        return cls(
+            status=raw["status"],
+            cmd_id=raw.get("cmd_id") if isinstance(raw.get("cmd_id"), str) else None,
+            result=result if isinstance(result, dict) else None,
+            error=error if isinstance(error, dict) else None,
+            raw=raw,
+        )
+
+    def describe(self) -> str:
+        text = f"{self.status}"
+        if self.error:
+            text += f" ({self.error.get('code')}: {self.error.get('message')})"
+        if self.result:
+            text += " " + json.dumps(self.result, sort_keys=True)
+        return text
+
+
+@dataclass(frozen=True)
+class IssuedParcel:
+    """A parcel announced to a locker. The codes are for the operator's eyes only."""
+
+    locker_id: str
+    parcel: str
+    kind: str
+    size: str
+    dropoff_until: int
+    pickup_hours: int
+    reply: Reply
+    dropoff_code: str = field(repr=False)
+    pickup_code: str = field(repr=False)
+    qr_token: str | None = field(default=None, repr=False)
+    qr_action: credentials.TokenAction | None = None
+
+    @property
+    def compartment(self) -> str | None:
+        value = (self.reply.result or {}).get("compartment")
+        return value if isinstance(value, str) else None
+
+
+def new_code_pair(device_key: bytes, digits: int = 8) -> tuple[str, str, str, str]:
+    """(dropoff code, pickup code, dropoff tag, pickup tag); the two tags differ."""
+    while True:
+        dropoff, pickup = credentials.generate_code(digits), credentials.generate_code(digits)
+        d_tag, p_tag = (credentials.code_tag(device_key, c) for c in (dropoff, pickup))
+        if d_tag != p_tag:
+            return dropoff, pickup, d_tag, p_tag
+
+
+# --- MQTT client ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One message as received (``retain`` as published: subscriptions use retainAsPublished)."""
+
+    topic: str
+    payload: bytes
+    retain: bool
+    qos: int
+    correlation_data: bytes | None = None
+
+
+def _props(packet: int, **values: Any) -> Properties:
+    props = Properties(packet)  # type: ignore[no-untyped-call]
+    for name, value in values.items():
+        setattr(props, name, value)
+    return props
+
+
+class FleetClient:
+    """An MQTT 5 client for the server side of the contract.
+
+    The broker forces client id = certificate CN, so two clients on the same identity
+    disconnect each other: the fleet has one identity per role (``provision.SERVER_USERS``).
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        client_id: str,
+        prefix: str = "lockers",
+        tls: TlsFiles | None = None,
+        clean_start: bool = True,
+        session_expiry_s: int = 0,
+        keepalive_s: int = 30,
+    ) -> None:
+        self.host, self.port, self.prefix = host, port, prefix.rstrip("/")
+        self._clean_start, self._session_expiry_s, self._keepalive = (
+            clean_start,
+            session_expiry_s,
+            keepalive_s,
+        )
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+        )
+        self._client.suppress_exceptions = True
+        if tls is not None:
+            self._client.tls_set(
+                ca_certs=str(tls.ca_file),
+                certfile=str(tls.cert_file),
+                keyfile=str(tls.key_file),
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        self._client.reconnect_delay_set(1, 30)
+        self._cond = threading.Condition()
+        self._connack: ReasonCode | None = None
+        self._pubacks: dict[int, ReasonCode] = {}
+        self._subacks: dict[int, list[ReasonCode]] = {}
+        self._replies: dict[bytes, Reply | None] = {}
+        self._topics: list[str] = []
+        self._listeners: list[Callable[[Incoming], None]] = []
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_publish = self._on_publish
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_message = self._on_message
+
+    @classmethod
+    def for_fleet(
+        cls,
+        fleet: Fleet,
+        user: str = "lockerctl",
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        tls: bool = True,
+        clean_start: bool = True,
+        session_expiry_s: int = 0,
+    ) -> FleetClient:
+        """A client with one of the fleet's server identities (``clients/<user>.pem``)."""
+        cert, key = fleet.client_cert(user)
+        files = TlsFiles(fleet.ca_file, cert, key) if tls else None
+        if files is not None and not cert.exists():
+            raise FleetError(f"fleet has no client identity {user!r}")
+        return cls(
+            host or fleet.broker_host,
+            port or fleet.broker_port,
+            client_id=user,
+            prefix=fleet.topic_prefix,
+            tls=files,
+            clean_start=clean_start,
+            session_expiry_s=session_expiry_s,
+        )
+
+    # -- connection --
+
+    def connect(self, timeout: float = 10.0) -> None:
+        props = _props(PacketTypes.CONNECT, SessionExpiryInterval=self._session_expiry_s)
+        try:
+            self._client.connect(
+                self.host,
+                self.port,
+                keepalive=self._keepalive,
+                clean_start=self._clean_start,
+                properties=props,
+            )
+        except (OSError, ssl.SSLError) as err:
+            raise BrokerError(f"cannot connect to {self.host}:{self.port}: {err}") from err
+        self._client.loop_start()
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._connack is not None, timeout):
+                self.close()
+                raise BrokerError(f"no CONNACK from {self.host}:{self.port} in {timeout} s")
+            rc = self._connack
+        if rc is not None and rc.is_failure:
+            self.close()
+            raise BrokerError(f"broker refused the connection: {rc}")
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._client.disconnect()
+        self._client.loop_stop()
+
+    def __enter__(self) -> FleetClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._client.is_connected()
+
+    def subscribe(self, topics: Iterable[str], timeout: float = 10.0) -> None:
+        """Subscribe (QoS 1, retain as published) and wait for the SUBACK; kept on reconnect."""
+        new = [t for t in topics if t not in self._topics]
+        if not new:
+            return
+        self._topics.extend(new)
+        opts = SubscribeOptions(qos=1, retainAsPublished=True)
+        rc, mid = self._client.subscribe([(t, opts) for t in new])
+        if rc != mqtt.MQTT_ERR_SUCCESS or mid is None:
+            raise BrokerError(f"subscribe failed: {mqtt.error_string(rc)}")
+        with self._cond:
+            if not self._cond.wait_for(lambda: mid in self._subacks, timeout):
+                raise BrokerError("no SUBACK in time")
+            codes = self._subacks.pop(mid)
+        refused = [str(c) for c in codes if c.is_failure]
+        if refused:
+            raise FleetError(f"subscription refused: {', '.join(refused)}")
+
+    def add_listener(self, listener: Callable[[Incoming], None]) -> None:
+        """Called on paho's thread for every message that is not an awaited reply."""
+        self._listeners.append(listener)
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool = False,
+        properties: Properties | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        """Publish QoS 1 and wait for a successful PUBACK."""
+        info = self._client.publish(topic, payload, qos=1, retain=retain, properties=properties)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise BrokerError(f"publish failed: {mqtt.error_string(info.rc)}")
+        with self._cond:
+            if not self._cond.wait_for(lambda: info.mid in self._pubacks, timeout):
+                raise BrokerError(f"no PUBACK for {topic} in {timeout} s")
+            rc = self._pubacks.pop(info.mid)
+        if rc.is_failure:
+            raise FleetError(f"broker refused the publication on {topic}: {rc}")
+
+    # -- contract operations --
+
+    def topic(self, locker_id: str, channel: str) -> str:
+        return f"{self.prefix}/{locker_id}/{channel}"
+
+    def send_signed(self, locker_id: str, token: bytes, timeout: float = 10.0) -> Reply:
+        """Publish a signed command on ``{p}/cmd`` and wait for its reply on ``{p}/res``."""
+        res_topic = self.topic(locker_id, "res")
+        self.subscribe([res_topic], timeout)
+        correlation = secrets.token_bytes(16)
+        with self._cond:
+            self._replies[correlation] = None
+        try:
+            props = _props(
+                PacketTypes.PUBLISH, ResponseTopic=res_topic, CorrelationData=correlation
+            )
+            self.publish(self.topic(locker_id, "cmd"), token, properties=props, timeout=timeout)
+            with self._cond:
+                if not self._cond.wait_for(lambda: self._replies[correlation] is not None, timeout):
+                    raise ReplyTimeoutError(
+                        f"no reply from {locker_id} in {timeout} s; the command stays queued "
+                        "for the locker until it expires"
+                    )
+                reply = self._replies[correlation]
+        finally:
+            with self._cond:
+                self._replies.pop(correlation, None)
+        assert reply is not None
+        return reply
+
+    def send_command(
+        self,
+        locker_id: str,
+        action: Action | str,
+        args: Mapping[str, Any],
+        *,
+        signer: CommandSigner,
+        ttl: int | None = None,
+        timeout: float = 10.0,
+        now: float | None = None,
+    ) -> Reply:
+        """Sign and send one command of DESIGN 5; returns the locker's reply."""
+        claims = command_claims(
+            locker_id, action, args, now=time.time() if now is None else now, ttl=ttl
+        )
+        logger.info("sending %s to %s (jti %s)", claims["act"], locker_id, claims["jti"])
+        return self.send_signed(locker_id, signer.sign(claims), timeout)
+
+    def ack(self, locker_id: str, upto_seq: int, timeout: float = 10.0) -> None:
+        payload = json.dumps({"v": 1, "upto_seq": upto_seq}, separators=(",", ":")).encode()
+        self.publish(self.topic(locker_id, "ack"), payload, timeout=timeout)
+
+    def issue_parcel(
+        self,
+        locker_id: str,
+        parcel: str,
+        size: str,
+        *,
+        device_key: bytes,
+        signer: CommandSigner,
+        kind: str = "delivery",
+        compartment: str | None = None,
+        digits: int = 8,
+        dropoff_hours: float = DEFAULT_DROPOFF_HOURS,
+        pickup_hours: int = DEFAULT_PICKUP_HOURS,
+        token_key: Ed25519PrivateKey | None = None,
+        token_kid: int = 1,
+        timeout: float = 10.0,
+        now: float | None = None,
+    ) -> IssuedParcel:
+        """Generate both codes, send a signed ``assign`` and return the codes with the reply.
+
+        With ``token_key`` a QR token is minted for the customer's step: pickup for a delivery,
+        drop-off for a return. It is valid from now until the pickup window can last end.
+        """
+        if kind not in ("delivery", "return"):
+            raise FleetError(f"kind must be delivery or return, got {kind!r}")
+        if dropoff_hours <= 0:
+            raise FleetError("dropoff_hours must be positive")
+        t = time.time() if now is None else now
+        dropoff, pickup, d_tag, p_tag = new_code_pair(device_key, digits)
+        until = int(t + dropoff_hours * 3600)
+        args: dict[str, Any] = {
+            "parcel": parcel,
+            "kind": kind,
+            "size": size,
+            "dropoff_tag": d_tag,
+            "pickup_tag": p_tag,
+            "dropoff_until": until,
+            "pickup_hours": pickup_hours,
+        }
+        if compartment is not None:
+            args["compartment"] = compartment
+        token, action = None, None
+        if token_key is not None:
+            action = (
+                credentials.TokenAction.PICKUP
+                if kind == "delivery"
+                else credentials.TokenAction.DROPOFF
+            )
+            expires = until + (pickup_hours * 3600 if kind == "delivery" else 0)
+            token = credentials.mint_token(
+                token_key, token_kid, locker_id, action, parcel, int(t), expires
+            )
+        reply = self.send_command(
+            locker_id, Action.ASSIGN, args, signer=signer, timeout=timeout, now=t
+        )
+        return IssuedParcel(
+            locker_id,
+            parcel,
+            kind,
+            size,
+            until,
+            pickup_hours,
+            reply,
+            dropoff,
+            pickup,
+            token,
+            action,
+        )
+
+    # -- paho callbacks: record and notify, nothing else --
+
+    @guarded(logger)
+    def _on_connect(
+        self, client: mqtt.Client, _u: Any, _flags: Any, rc: ReasonCode, _p: Any
+    ) -> None:
+        with self._cond:
+            self._connack = rc
+            self._cond.notify_all()
+        if not rc.is_failure and self._topics:
+            opts = SubscribeOptions(qos=1, retainAsPublished=True)
+            client.subscribe([(t, opts) for t in self._topics])
+
+    @guarded(logger)
+    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
+        logger.info("disconnected from %s:%s: %s", self.host, self.port, rc)
+        with self._cond:
+            if self._connack is None:  # dropped before CONNACK: refused, not slow
+                self._connack = (
+                    rc if rc.is_failure else ReasonCode(PacketTypes.CONNACK, "Unspecified error")
+                )
+                self._cond.notify_all()
+
+    @guarded(logger)
+    def _on_publish(self, _c: Any, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
+        with self._cond:
+            self._pubacks[mid] = rc
+            self._cond.notify_all()
+
+    @guarded(logger)
+    def _on_subscribe(self, _c: Any, _u: Any, mid: int, codes: list[ReasonCode], _p: Any) -> None:
+        with self._cond:
+            self._subacks[mid] = codes
+            self._cond.notify_all()
+
+    @guarded(logger)
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        correlation = getattr(msg.properties, "CorrelationData", None) if msg.properties else None
+        if correlation is not None and msg.topic.endswith("/res"):
+            with self._cond:
+                if correlation in self._replies:
+                    try:
+                        self._replies[correlation] = Reply.parse(bytes(msg.payload))
+                    except FleetError as err:
+                        self._replies[correlation] = Reply(
+                            "failed", None, None, {"code": "bad_reply", "message": str(err)}, {}
+                        )
+                    self._cond.notify_all()
+                    return
+        incoming = Incoming(msg.topic, bytes(msg.payload), bool(msg.retain), msg.qos, correlation)
+        for listener in list(self._listeners):
+            listener(incoming)
+
+
+# --- watching -------------------------------------------------------------------------------
+
+
+class EventLog:
+    """Append-only JSON lines per locker in ``directory``; fsynced before any ack.
+
+    Lines are ``{"baseline": N}`` (events up to N were acknowledged before this log knew the
+    locker) or an event payload as received.
+    """
+
+    def __init__(self, directory: Path | str) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._files: dict[str, Any] = {}
+
+    def path(self, locker_id: str) -> Path:
+        return self.dir / f"{locker_id}.jsonl"
+
+    def load(self) -> dict[str, tuple[int, list[dict[str, Any]]]]:
+        """locker -> (baseline, events) as stored."""
+        known: dict[str, tuple[int, list[dict[str, Any]]]] = {}
+        for path in sorted(self.dir.glob("*.jsonl")):
+            baseline, events = 0, []
+            for line in path.read_text(encoding="utf-8").splitlines():
+                with contextlib.suppress(json.JSONDecodeError):
+                    row = json.loads(line)
+                    if isinstance(row, dict) and "baseline" in row:
+                        baseline = int(row["baseline"])
+                    elif isinstance(row, dict) and isinstance(row.get("seq"), int):
+                        events.append(row)
+            known[path.stem] = (baseline, events)
+        return known
+
+    def append(self, locker_id: str, row: Mapping[str, Any]) -> None:
+        f = self._files.get(locker_id)
+        if f is None:
+            f = self._files[locker_id] = self.path(locker_id).open("a", encoding="utf-8")
+        f.write(json.dumps(row, separators=(",", ":"), ensure_ascii=False) + "\n")
+
+    def sync(self) -> None:
+        for f in self._files.values():
+            f.flush()
+            os.fsync(f.fileno())
+
+    def close(self) -> None:
+        self.sync()
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+
+@dataclass
+class LockerView:
+    """What the server knows of one locker."""
+
+    locker_id: str
+    status: dict[str, Any] | None = None
+    state: dict[str, Any] | None = None
+    contiguous: int | None = None  # every seq <= this is held (or was acked before us)
+    ahead: dict[int, dict[str, Any]] = field(default_factory=dict)  # received past a gap
+    events: list[dict[str, Any]] = field(default_factory=list)  # new events, in arrival order
+    acked: int = 0  # last upto_seq sent
+    reack: bool = False  # a duplicate came in: the device missed our last ack
+    duplicates: int = 0
+    gap_reported: int | None = None
+
+    @property
+    def online(self) -> bool | None:
+        return None if self.status is None else bool(self.status.get("online"))
+
+
+def _event_line(locker_id: str, ev: Mapping[str, Any]) -> str:
+    where = " ".join(str(ev[k]) for k in ("compartment", "parcel") if ev.get(k))
+    data: dict[str, Any] = ev["data"] if isinstance(ev.get("data"), dict) else {}
+    details = " ".join(f"{k}={v}" for k, v in sorted(data.items()) if v is not None)
+    parts = [
+        str(ev.get("ts", "?")),
+        locker_id,
+        f"#{ev.get('seq')}",
+        str(ev.get("type")),
+        where,
+        details,
+    ]
+    return " ".join(p for p in parts if p)
+
+
+def occupancy_line(locker_id: str, state: Mapping[str, Any]) -> str:
+    comps: list[Any] = state["compartments"] if isinstance(state.get("compartments"), list) else []
+    cells = []
+    for c in comps:
+        if isinstance(c, dict):
+            mark = f"{c.get('id')}:{c.get('state')}"
+            if c.get("parcel"):
+                mark += f"({c['parcel']})"
+            if c.get("door") != "closed":
+                mark += f"[door {c.get('door')}]"
+            if c.get("in_service") is False:
+                mark += "[out of service]"
+            cells.append(mark)
+    flags = [f for f in ("lockdown", "keypad_locked") if state.get(f)]
+    head = f"{locker_id} state rev {state.get('rev')} outbox {state.get('outbox_depth')}"
+    return " ".join([head, *(f"[{f}]" for f in flags), *cells])
+
+
+class FleetView:
+    """Pure bookkeeping of a fleet's messages; ``handle`` returns lines for a human.
+
+    Acknowledgement rule: only the highest contiguous ``seq`` is ever acknowledged. A locker
+    never seen before starts at the first event received (the device sends its outbox from
+    the oldest unacknowledged event), unless ``baselines`` says otherwise.
+    """
+
+    def __init__(
+        self,
+        prefix: str = "lockers",
+        log: EventLog | None = None,
+        baselines: Mapping[str, int] | None = None,
+    ) -> None:
+        self.prefix = prefix.rstrip("/")
+        self.lockers: dict[str, LockerView] = {}
+        self._log = log
+        self._baselines = dict(baselines or {})
+        if log is not None:
+            for locker_id, (baseline, events) in log.load().items():
+                view = self._view(locker_id)
+                view.contiguous = baseline
+                for ev in events:
+                    view.ahead[ev["seq"]] = ev
+                self._advance(view)
+                view.events = []  # history, not news
+
+    def _view(self, locker_id: str) -> LockerView:
+        view = self.lockers.get(locker_id)
+        if view is None:
+            view = self.lockers[locker_id] = LockerView(locker_id)
+        return view
+
+    def handle(self, msg: Incoming) -> list[str]:
+        head = self.prefix + "/"
+        levels = msg.topic[len(head) :].split("/") if msg.topic.startswith(head) else []
+        if len(levels) < 2:
+            return [f"ignored message on unexpected topic {msg.topic}"]
+        locker_id, channel = levels[0], levels[1]
+        if channel in ("ack", "cmd"):
+            return []
+        try:
+            doc = json.loads(msg.payload) if msg.payload else None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            doc = None
+        lines = self._dispatch(locker_id, channel, doc, msg.payload)
+        if lines is None:
+            return [f"{locker_id}: malformed message on {msg.topic} (not acknowledged)"]
+        return lines
+
+    def _dispatch(self, locker_id: str, channel: str, doc: Any, payload: bytes) -> list[str] | None:
+        if channel == "status" and (isinstance(doc, dict) or not payload):
+            return self._status(locker_id, doc)
+        if not isinstance(doc, dict):
+            return None
+        if channel == "state":
+            self._view(locker_id).state = doc
+            return [occupancy_line(locker_id, doc)]
+        if channel == "evt" and _valid_seq(doc.get("seq")):
+            return self._event(locker_id, doc)
+        if channel == "res":
+            return self._reply(locker_id, payload)
+        return None
+
+    @staticmethod
+    def _reply(locker_id: str, payload: bytes) -> list[str] | None:
+        try:
+            reply = Reply.parse(payload)
+        except FleetError:
+            return None
+        return [f"{locker_id} reply {reply.cmd_id}: {reply.describe()}"]
+
+    def _status(self, locker_id: str, doc: dict[str, Any] | None) -> list[str]:
+        view = self._view(locker_id)
+        view.status = doc
+        if doc is None:
+            return [f"{locker_id} status cleared"]
+        if doc.get("online"):
+            synced = "" if doc.get("clock_synced") else " (clock not synced)"
+            version, boot = doc.get("version"), doc.get("boot_id")
+            return [f"{locker_id} online, version {version}, boot {boot}{synced}"]
+        return [f"{locker_id} OFFLINE (boot {doc.get('boot_id')})"]
+
+    def _event(self, locker_id: str, ev: dict[str, Any]) -> list[str]:
+        view = self._view(locker_id)
+        seq: int = ev["seq"]
+        lines: list[str] = []
+        if view.contiguous is None:
+            view.contiguous = self._baselines.get(locker_id, seq - 1)
+            if self._log is not None:
+                self._log.append(locker_id, {"baseline": view.contiguous})
+            lines.append(f"{locker_id}: first contact, events from seq {view.contiguous + 1}")
+        if seq <= view.contiguous or seq in view.ahead:
+            view.duplicates += 1
+            view.reack = True
+            return lines
+        if self._log is not None:
+            self._log.append(locker_id, ev)
+        view.ahead[seq] = ev
+        lines.append(_event_line(locker_id, ev))
+        before = view.contiguous
+        self._advance(view)
+        if view.ahead and view.gap_reported != view.contiguous:
+            view.gap_reported = view.contiguous
+            lines.append(
+                f"{locker_id}: gap, missing seq {_span(view.contiguous + 1, min(view.ahead) - 1)} "
+                f"(have up to {max(view.ahead)}); waiting for the locker to resend"
+            )
+        elif not view.ahead and view.gap_reported is not None and view.contiguous > before:
+            view.gap_reported = None
+            lines.append(f"{locker_id}: gap filled, complete up to seq {view.contiguous}")
+        return lines
+
+    @staticmethod
+    def _advance(view: LockerView) -> None:
+        assert view.contiguous is not None
+        while view.contiguous + 1 in view.ahead:
+            view.contiguous += 1
+            view.events.append(view.ahead.pop(view.contiguous))
+
+    def acks_due(self) -> dict[str, int]:
+        """locker -> upto_seq for every locker whose ack must be (re)sent."""
+        due = {}
+        for view in self.lockers.values():
+            if (
+                view.contiguous is not None
+                and view.contiguous > 0
+                and (view.contiguous > view.acked or view.reack)
+            ):
+                due[view.locker_id] = view.contiguous
+        return due
+
+    def mark_acked(self, locker_id: str, upto_seq: int) -> None:
+        view = self.lockers[locker_id]
+        view.acked = max(view.acked, upto_seq)
+        view.reack = False
+
+
+def _valid_seq(value: object) -> bool:
+    return type(value) is int and value >= 1
+
+
+class Watcher:
+    """Feeds a ``FleetView`` from a connected ``FleetClient`` on its own thread.
+
+    Every message is handled on this thread (paho's only enqueues). After each burst the log
+    is fsynced and then, only then, the acks go out.
+    """
+
+    def __init__(
+        self,
+        client: FleetClient,
+        view: FleetView,
+        on_line: Callable[[str], None] = print,
+        *,
+        locker_id: str | None = None,
+        ack: bool = True,
+        log: EventLog | None = None,
+    ) -> None:
+        self.client, self.view, self.on_line, self.ack, self.log = client, view, on_line, ack, log
+        self.locker_id = locker_id
+        self._queue: queue.Queue[Incoming] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.errors: list[str] = []
+        client.add_listener(self._queue.put)
+
+    def topics(self) -> list[str]:
+        who = self.locker_id or "+"
+        p = self.client.prefix
+        return [f"{p}/{who}/status", f"{p}/{who}/state", f"{p}/{who}/evt/#", f"{p}/{who}/res"]
+
+    def start(self) -> None:
+        self.client.subscribe(self.topics())
+        self._thread = threading.Thread(target=self.run, name="fleet-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def run(self) -> None:
+        handled = 0
+        while not self._stop.is_set():
+            try:
+                msg = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                self._flush()
+                handled = 0
+                continue
+            for line in self.view.handle(msg):
+                self.on_line(line)
+            handled += 1
+            if handled >= _ACK_EVERY or self._queue.empty():
+                self._flush()
+                handled = 0
+        self._flush()
+
+    def _flush(self) -> None:
+        due = self.view.acks_due()
+        if not due:
+            return
+        if self.log is not None:
+            self.log.sync()
+        if not self.ack:
+            return
+        for locker_id, upto in due.items():
+            try:
+                self.client.ack(locker_id, upto, timeout=5.0)
+            except FleetError as err:
+                self.errors.append(f"ack to {locker_id} failed: {err}")
+                self.on_line(f"{locker_id}: ack failed ({err}); will retry")
+                continue
+            self.view.mark_acked(locker_id, upto)
+
+
+def signer_for(fleet: Fleet) -> CommandSigner:
+    return CommandSigner(fleet.command_key(), fleet.command_kid)
+
+
+def _span(first: int, last: int) -> str:
+    return str(first) if first == last else f"{first}-{last}"

@@ -1,0 +1,2 @@
+"""Developer tools that never ship on a locker: the story simulator, the test/dev broker
+launcher and simulated cabinets."""

@@ -1,0 +1,433 @@
+"""``make simulate``: a whole parcel locker on this machine, with a story to watch.
+
+A real Mosquitto with mutual TLS and the per-locker ACL, the real ``lockerd`` on mock pins
+with a simulated KR-CU16 board, a serial keypad and a QR scanner on ptys, and this process
+playing the central server (signed commands, acks), the courier, the customer and the doors.
+After the story, type ``help`` for an interactive prompt (skipped when stdin is not a tty).
+
+Keys and codes are throwaway, made for this run in the work directory; codes are shown on this
+terminal because here you are the courier and the customer. lockerd's own log never has them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hardware.emulators.kerong import KerongEmulator
+from locker.contract.credentials import TokenAction
+from locker.fleet import qr
+from locker.fleet.client import FleetClient, FleetView, Incoming, Reply, TlsFiles
+from locker.sim.broker import SERVER_CN, Broker, BrokerStartError, Pki
+from locker.sim.cabinet import SimCabinet, SimError
+
+BOLD, DIM, GREEN, RED, CYAN, YELLOW, RESET = (
+    "\033[1m",
+    "\033[2m",
+    "\033[32m",
+    "\033[31m",
+    "\033[36m",
+    "\033[33m",
+    "\033[0m",
+)
+ALARMS = {
+    "door_jammed",
+    "door_forced",
+    "door_left_open",
+    "keypad_throttled",
+    "keypad_locked_out",
+    "hardware_fault",
+    "access_denied",
+    "command_rejected",
+    "unlock_outcome_unknown",
+}
+
+
+class Server:
+    """The central server's side: prints what the locker reports and acknowledges events
+    (only the highest contiguous seq, so the locker can free its outbox)."""
+
+    def __init__(self, broker: Broker, locker_id: str) -> None:
+        assert broker.pki is not None
+        cert = broker.pki.client(SERVER_CN)
+        self.client = FleetClient(
+            broker.host,
+            broker.port,
+            client_id=SERVER_CN,
+            tls=TlsFiles(Path(broker.pki.ca_file), Path(cert.cert_file), Path(cert.key_file)),
+            clean_start=False,
+            session_expiry_s=3600,
+            keepalive_s=10,
+        )
+        self.locker_id = locker_id
+        self.events: list[dict[str, Any]] = []
+        self.state: dict[str, Any] = {}
+        self.online: bool | None = None
+        # The reference bookkeeping of lockerctl watch: dedup by seq, hold events past a gap,
+        # acknowledge only the highest contiguous seq.
+        self.view = FleetView()
+        self._cond = threading.Condition()
+        self.client.add_listener(self._on_message)
+
+    def connect(self) -> None:
+        self.client.connect()
+        p = f"lockers/{self.locker_id}"
+        self.client.subscribe([f"{p}/status", f"{p}/state", f"{p}/evt/#"])
+
+    def _on_message(self, msg: Incoming) -> None:
+        doc = json.loads(msg.payload) if msg.payload else {}
+        channel = msg.topic.split("/", 2)[2]
+        with self._cond:
+            if channel == "status":
+                online = bool(doc.get("online"))
+                if online != self.online:  # retained copies come again on every resubscribe
+                    say(
+                        "server",
+                        f"locker is {'ONLINE' if online else 'OFFLINE'}",
+                        GREEN if online else RED,
+                    )
+                self.online = online
+            elif channel == "state":
+                self.state = doc
+            elif channel.startswith("evt/"):
+                self.view.handle(msg)
+                news = self.view.lockers[self.locker_id].events[len(self.events) :]
+                for ev in news:
+                    self._print_event(ev)
+                self.events += news
+                due = self.view.acks_due().get(self.locker_id)
+                if due is not None:
+                    threading.Thread(target=self._send_ack, args=(due,), daemon=True).start()
+            self._cond.notify_all()
+
+    def _send_ack(self, upto: int) -> None:
+        try:
+            self.client.ack(self.locker_id, upto)
+        except Exception as err:
+            say("server", f"ack failed ({err}); the next event acks again", RED)
+            return
+        with self._cond:
+            self.view.mark_acked(self.locker_id, upto)
+
+    @staticmethod
+    def _print_event(ev: dict[str, Any]) -> None:
+        where = " ".join(x for x in (ev.get("compartment"), ev.get("parcel")) if x)
+        data = ", ".join(f"{k}={v}" for k, v in ev["data"].items())
+        colour = RED if ev["type"] in ALARMS else CYAN
+        say(
+            "server",
+            f"evt #{ev['seq']:<4} {colour}{ev['type']:<26}{RESET} {where} {DIM}{data}{RESET}",
+        )
+
+    def wait_event(
+        self, type_: str, after: int = 0, timeout: float = 20.0, **data: Any
+    ) -> dict[str, Any]:
+        """The first event of this type (and these ``data`` keys, if given) after index
+        ``after`` of the events received so far."""
+
+        def match(e: dict[str, Any]) -> bool:
+            return e["type"] == type_ and all(k in e["data"] for k in data)
+
+        def found() -> dict[str, Any] | None:
+            return next((e for e in self.events[after:] if match(e)), None)
+
+        with self._cond:
+            if not self._cond.wait_for(lambda: found() is not None, timeout):
+                raise SimError(f"no {type_} event within {timeout}s")
+            ev = found()
+        assert ev is not None
+        return ev
+
+    def wait(self, predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+        with self._cond:
+            if not self._cond.wait_for(predicate, timeout):
+                raise SimError("the locker did not answer in time")
+
+    def command(self, cab: SimCabinet, action: str, args: dict[str, Any], ttl: int = 60) -> Reply:
+        reply = self.client.send_signed(self.locker_id, cab.sign(action, args, ttl_s=ttl))
+        colour = GREEN if reply.ok else RED
+        say("server", f"{action} -> {colour}{reply.describe()}{RESET}")
+        return reply
+
+
+_PRINT = threading.Lock()
+
+
+def say(who: str, text: str, colour: str = "") -> None:
+    line = (
+        f"{DIM}{time.strftime('%H:%M:%S')}{RESET} {BOLD}{who:>8}{RESET} {colour}{text}"
+        f"{RESET if colour else ''}\n"
+    )
+    with _PRINT:  # the paho thread prints events while the story prints narration
+        sys.stdout.write(line)
+        sys.stdout.flush()
+
+
+def chapter(title: str) -> None:
+    with _PRINT:
+        print(f"\n{BOLD}{YELLOW}== {title} =={RESET}", flush=True)
+
+
+@dataclass(frozen=True)
+class Assigned:
+    parcel: str
+    compartment: str
+    dropoff_code: str
+    pickup_code: str
+
+
+class Story:
+    def __init__(self, cab: SimCabinet, server: Server, broker: Broker, pause: float) -> None:
+        self.cab, self.server, self.broker, self.pause = cab, server, broker, pause
+        self.parcels = 1000
+
+    @property
+    def emulator(self) -> KerongEmulator:
+        assert self.cab.emulator is not None
+        return self.cab.emulator
+
+    def assign(self, size: str, compartment: str | None = None) -> Assigned:
+        self.parcels += 1
+        parcel = f"PKG-{self.parcels}"
+        drop, drop_tag = self.cab.new_code()
+        pick, pick_tag = self.cab.new_code()
+        args: dict[str, Any] = {
+            "parcel": parcel,
+            "kind": "delivery",
+            "size": size,
+            "dropoff_tag": drop_tag,
+            "pickup_tag": pick_tag,
+        }
+        if compartment:
+            args["compartment"] = compartment
+        reply = self.server.command(self.cab, "assign", args, ttl=3600)
+        if not reply.ok:
+            raise SimError(reply.describe())
+        comp = str((reply.result or {}).get("compartment"))
+        say(
+            "server",
+            f"parcel {parcel} reserved in {comp}: courier code {BOLD}{drop}{RESET}, "
+            f"customer code {BOLD}{pick}{RESET}",
+        )
+        return Assigned(parcel, comp, drop, pick)
+
+    def _type(self, who: str, code: str) -> int:
+        mark = len(self.server.events)
+        say(who, f"types {code}# on the keypad")
+        self.cab.press(code + "#")
+        return mark
+
+    def beat(self) -> None:
+        time.sleep(self.pause)  # a pause for the reader, not a synchronisation
+
+    def run(self) -> None:
+        for part in (self.delivery, self.board, self.jam, self.forced, self.offline, self.guessing):
+            part()
+
+    def delivery(self) -> None:
+        chapter("1. A courier delivers a parcel (GPIO compartment)")
+        a = self.assign("M")
+        mark = self._type("courier", a.dropoff_code)
+        self.server.wait_event("parcel_deposited", mark)
+        say("courier", f"put {a.parcel} in {a.compartment} and closed the door")
+        self.beat()
+        chapter("2. The customer picks it up with the QR code from the notification")
+        token = self.cab.token(a.parcel, TokenAction.PICKUP)
+        print(qr.to_terminal(token), flush=True)
+        mark = len(self.server.events)
+        say("customer", "holds the QR code to the scanner")
+        self.cab.scan(token)
+        self.server.wait_event("parcel_collected", mark)
+        say("customer", "has the parcel; the compartment is free again")
+        self.beat()
+
+    def board(self) -> None:
+        chapter("3. A large cabinet: the same flow on a KR-CU16 lock board (RS-485)")
+        a = self.assign("S", "B2")
+        mark = self._type("courier", a.dropoff_code)
+        self.server.wait_event("parcel_deposited", mark)
+        mark = self._type("customer", a.pickup_code)
+        self.server.wait_event("parcel_collected", mark)
+        self.beat()
+
+    def jam(self) -> None:
+        chapter("4. A lock that jams: the parcel moves, the compartment goes out of service")
+        a = self.assign("S", "B1")
+        self.emulator.set_jammed(0, 1)
+        mark = self._type("courier", a.dropoff_code)
+        moved = self.server.wait_event("parcel_reserved", mark, timeout=30, moved_from=1)
+        say("courier", f"the door stayed shut; the same code now opens {moved['compartment']}")
+        mark = self._type("courier", a.dropoff_code)
+        self.server.wait_event("parcel_deposited", mark)
+        self.emulator.set_jammed(0, 1, False)
+        self.server.command(
+            self.cab, "set_service", {"compartment": "B1", "in_service": True, "reason": "repaired"}
+        )
+        self.beat()
+
+    def forced(self) -> None:
+        chapter("5. Someone forces a door open")
+        mark = len(self.server.events)
+        self.emulator.force_open(0, 6)
+        self.server.wait_event("door_forced", mark)
+        self.emulator.close_door(0, 6)
+        self.server.wait_event("door_closed", mark)
+        self.beat()
+
+    def offline(self) -> None:
+        chapter("6. The network goes down; the locker keeps working and loses nothing")
+        a = self.assign("S")
+        self.broker.stop()
+        say("network", "broker stopped", RED)
+        self.cab.press(a.dropoff_code + "#")
+        say("courier", f"types {a.dropoff_code}# and deposits {a.parcel} while offline")
+        time.sleep(4)  # the simulated person needs this long to open and close the door
+        mark = len(self.server.events)
+        self.broker.start()
+        say("network", "broker back", GREEN)
+        self.server.wait_event("parcel_deposited", mark, timeout=60)
+        say("server", "every event held while offline arrived, in order, once")
+        self.beat()
+
+    def guessing(self) -> None:
+        chapter("7. Someone guesses codes: the keypad backs off, then an operator resets it")
+        mark = len(self.server.events)
+        for guess in ("11111111", "22222222", "33333333", "44444444", "55555555"):
+            self.cab.press(guess + "#")
+        throttled = self.server.wait_event("keypad_throttled", mark)
+        say("locker", f"keypad blocked for {throttled['data']['delay_s']:.0f} s")
+        self.server.command(self.cab, "reset_lockout", {})
+
+
+HELP = """commands:
+  assign SIZE [COMPARTMENT]   reserve a compartment (S M L XL); prints both codes
+  key CODE                    type CODE and # on the keypad
+  qr PARCEL                   scan a pickup QR code for PARCEL
+  force ID / shut ID / jam ID / unjam ID   board compartments B1-B6 only (emulator)
+  cmd ACTION [k=v ...]        any signed command, e.g. cmd lockdown on=true
+  state                       the locker's retained state snapshot
+  log                         the last lines of lockerd's log
+  quit"""
+
+
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def interact(story: Story) -> None:
+    cab, server = story.cab, story.server
+    print(f"\n{BOLD}Your turn.{RESET} Type 'help'.")
+    while True:
+        try:
+            line = input("locker> ").strip()
+        except EOFError:
+            return
+        words = shlex.split(line)
+        if not words:
+            continue
+        try:
+            _one(story, cab, server, words)
+        except SystemExit:
+            return
+        except Exception as err:
+            print(f"{RED}{err}{RESET}")
+
+
+def _one(story: Story, cab: SimCabinet, server: Server, words: list[str]) -> None:
+    verb, rest = words[0], words[1:]
+    board = {f"B{i}": i for i in range(1, 7)}
+    if verb == "quit":
+        raise SystemExit
+    if verb == "help":
+        print(HELP)
+    elif verb == "assign":
+        story.assign(rest[0].upper(), rest[1] if len(rest) > 1 else None)
+    elif verb == "key":
+        cab.press(rest[0].rstrip("#") + "#")
+    elif verb == "qr":
+        cab.scan(cab.token(rest[0], TokenAction.PICKUP))
+    elif verb in ("force", "shut", "jam", "unjam") and cab.emulator is not None:
+        emu, ch = cab.emulator, board[rest[0].upper()]
+        {
+            "force": lambda: emu.force_open(0, ch),
+            "shut": lambda: emu.close_door(0, ch),
+            "jam": lambda: emu.set_jammed(0, ch),
+            "unjam": lambda: emu.set_jammed(0, ch, False),
+        }[verb]()
+    elif verb == "cmd":
+        args = {k: _value(v) for k, v in (w.split("=", 1) for w in rest[1:])}
+        server.command(cab, rest[0], args)
+    elif verb == "state":
+        for c in server.state.get("compartments", []):
+            print(
+                f"  {c['id']:<4} {c['size']:<3} {c['state']:<9} door={c['door']:<8}"
+                f" {'' if c['in_service'] else 'OUT OF SERVICE '}{c['parcel'] or ''}"
+            )
+    elif verb == "log":
+        print("\n".join(cab.log().splitlines()[-20:]))
+    else:
+        print(HELP)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m locker.sim", description=__doc__.splitlines()[0])
+    p.add_argument("--workdir", default="var/sim", help="wiped and re-created (default var/sim)")
+    p.add_argument("--pause", type=float, default=1.0, help="seconds between chapters")
+    p.add_argument("--no-story", action="store_true", help="go straight to the prompt")
+    args = p.parse_args(argv)
+    work = Path(args.workdir).resolve()
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    print(
+        f"{BOLD}Parcel locker simulator{RESET}  (work directory {work}, "
+        f"lockerd log {work / 'cabinet' / 'lockerd.log'})"
+    )
+    broker = Broker(work / "broker", pki=Pki(work / "pki", ca_name="Simulated fleet CA"))
+    cab: SimCabinet | None = None
+    try:
+        broker.start()
+        say("broker", f"Mosquitto on 127.0.0.1:{broker.port}, mutual TLS, per-locker ACL")
+        cab = SimCabinet(work / "cabinet", broker=broker, timing={"door_open_timeout_s": 3.0})
+        server = Server(broker, cab.locker_id)
+        server.connect()  # first, so that it sees the locker's very first event
+        cab.start()
+        say(
+            "locker",
+            f"lockerd {cab.locker_id} ready: 6 GPIO compartments (A1-A6) on mock "
+            "pins, 6 on a KR-CU16 board (B1-B6), keypad and scanner on ptys",
+        )
+        server.wait(lambda: server.online is True)
+        story = Story(cab, server, broker, args.pause)
+        if not args.no_story:
+            story.run()
+            chapter("The end of the story")
+        if sys.stdin.isatty():
+            interact(story)
+        cab.stop()
+        server.wait(lambda: server.online is False, timeout=10)
+        return 0
+    except (SimError, BrokerStartError) as err:
+        print(f"{RED}simulation failed: {err}{RESET}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if cab is not None:
+            cab.close()
+        broker.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
