@@ -18,14 +18,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# Mosquitto is the one system package the tests and the simulator need; install it only when
-# absent, and only when we may (root). A developer without root installs it once by hand.
+# The Debian packages the tests and the simulator need: a real broker, a real browser for the
+# web pages, PostgreSQL for the fleet service's database tests, espeak-ng for voice prompts.
+# Installed only when one is absent, and only when we may (root); otherwise the command to run
+# is printed.
+DEB_PACKAGES := mosquitto mosquitto-clients chromium chromium-driver fonts-dejavu-core postgresql espeak-ng sox shellcheck
 system-deps:
-	@if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then \
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto mosquitto-clients; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	  else \
-	    echo "mosquitto is missing: sudo apt-get install mosquitto mosquitto-clients" >&2; exit 1; \
+	    echo "missing Debian packages: sudo apt-get install $$missing" >&2; exit 1; \
 	  fi; \
 	fi
 
