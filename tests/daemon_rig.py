@@ -53,7 +53,7 @@ REST_S = 0.05
 
 # (id, size, lock pin, door pin): GPIO-wired compartments of the default cabinet.
 GPIO_LAYOUT: tuple[tuple[str, str, int, int], ...] = (
-    ("A1", "S", 5, 6),
+    ("A1", "S", 12, 6),
     ("A2", "S", 13, 19),
     ("B1", "M", 26, 16),
     ("C1", "L", 20, 21),

@@ -245,10 +245,40 @@ MISTAKES: list[tuple[Callable[[dict[str, Any]], None], str, str]] = [
         "GPIO17 is already used by compartments[0].lock_pin",
     ),
     (
-        setter("compartments.0.lock_pin", 5),
+        setter("compartments.0.lock_pin", 12),
         "compartments[0].lock_pin",
-        "GPIO5 is already used by keypad.rows[0]",
+        "GPIO12 is already used by keypad.cols[0]",
     ),
+    # DESIGN section 7: lock pins high or toggling at boot would fire the coil at power-on.
+    *(
+        (
+            setter("compartments.0.lock_pin", pin),
+            "compartments[0].lock_pin",
+            f"GPIO{pin} is pulled high while the Pi boots",
+        )
+        for pin in (0, 2, 3, 7, 8)
+    ),
+    *(
+        (
+            setter("compartments.0.lock_pin", pin),
+            "compartments[0].lock_pin",
+            f"GPIO{pin} is the boot UART and toggles while the Pi boots",
+        )
+        for pin in (14, 15)
+    ),
+    (
+        setter("compartments.0.item_pin", 19),
+        "compartments[0].item_pin",
+        "GPIO19 is already used by keypad.rows[3]",
+    ),
+    (
+        setter("compartments.2.item_pin", 9),
+        "compartments[2].item_pin",
+        "only for GPIO compartments",
+    ),
+    (setter("security.code_length", 3), "security.code_length", "at least 4"),
+    (setter("security.code_length", 17), "security.code_length", "at most 16"),
+    (setter("security.lockout_s", 0), "security.lockout_s", "greater than 0"),
     (
         setter("feedback.ok_led_pin", 20),
         "feedback.ok_led_pin",
@@ -293,6 +323,8 @@ def test_base_is_valid_and_typed() -> None:
     assert cfg.mqtt is not None and cfg.mqtt.port == 1883  # default follows tls = false
     assert cfg.timing.unlock_rest_s == 0.3 and cfg.timing.dropoff_hours == 48
     assert cfg.security.max_failures_per_hour == 30
+    assert cfg.security.code_length == 8 and cfg.security.lockout_s == 14400
+    assert cfg.compartments[0].item_pin is None
     assert [c.id for c in cfg.gpio_compartments()] == ["A1", "A2"]
     assert [c.id for c in cfg.board_compartments("b1")] == ["B2"]
     assert cfg.compartment("B1").channel == 1
@@ -613,3 +645,18 @@ def test_device_key_accepted_iff_32_bytes(cabinet: Path, content: bytes) -> None
         assert len(content) != 32 and f"holds {len(content)} bytes" in str(err)
     else:
         assert cfg.security.read_device_key() == content
+
+
+@pytest.mark.parametrize(("count", "cap"), [(1, 1), (4, 1), (5, 2), (12, 3), (16, 4), (17, 5)])
+def test_default_remote_open_cap_is_a_quarter_of_the_compartments(count: int, cap: int) -> None:
+    # Issue 11 item 18: the default cap stops a mass opening of the cabinet.
+    data = base()
+    data["compartments"] = [
+        {"id": f"C{i}", "size": "S", "board": "b0", "channel": i % 16 + 1}
+        if i < 16
+        else {"id": f"C{i}", "size": "S", "board": "b1", "channel": i % 16 + 1}
+        for i in range(count)
+    ]
+    assert parse(data).remote_open_cap == cap
+    data["security"]["max_remote_opens_per_hour"] = 7
+    assert parse(data).remote_open_cap == 7

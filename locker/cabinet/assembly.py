@@ -48,7 +48,7 @@ def rules_from(cfg: Config) -> machine.Rules:
         keypad_entry_timeout_s=t.keypad_entry_timeout_s,
         pickup_hours=t.pickup_hours,
         dropoff_hours=t.dropoff_hours,
-        max_remote_opens_per_hour=s.max_remote_opens_per_hour,
+        max_remote_opens_per_hour=cfg.remote_open_cap,
         limits=throttle.Limits(
             failures_before_backoff=s.failures_before_backoff,
             hard_lockout=s.hard_lockout_failures,

@@ -44,6 +44,8 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from locker.contract.credentials import CODE_MAX_DIGITS, CODE_MIN_DIGITS
+
 EXIT_CONFIG: Final = 78  # sysexits EX_CONFIG; the unit has RestartPreventExitStatus=78
 UNLOCK_PULSE_HARD_CAP_S: Final = 2.0
 DEVICE_KEY_BYTES: Final = 32
@@ -113,6 +115,26 @@ def _matching(pattern: str, what: str) -> AfterValidator:
 def _check_pin(value: int) -> int:
     if not 0 <= value <= 27:
         _reject(f"GPIO{_num(value)} does not exist: BCM GPIO numbers are 0-27")
+    return value
+
+
+BOOT_HIGH_PINS: Final = frozenset(range(9))  # pulled high at power-on (BCM2835 ARM peripherals)
+BOOT_UART_PINS: Final = frozenset((14, 15))  # TXD/RXD: toggle as the boot console
+
+
+def _check_lock_pin(value: int) -> int:
+    # DESIGN section 7: a coil on a pin that is high or toggling at reset fires while the Pi
+    # boots, before lockerd runs, so these pins are refused for locks (fine for inputs).
+    if value in BOOT_HIGH_PINS:
+        _reject(
+            f"GPIO{value} is pulled high while the Pi boots (GPIO 0-8), so the lock would open "
+            "at power-on: use GPIO 9-13 or 16-27 for locks"
+        )
+    if value in BOOT_UART_PINS:
+        _reject(
+            f"GPIO{value} is the boot UART and toggles while the Pi boots, so the lock would "
+            "open at power-on: use GPIO 9-13 or 16-27 for locks"
+        )
     return value
 
 
@@ -221,6 +243,7 @@ def _check_device_key(path: Path, info: ValidationInfo) -> Path:
 
 
 Pin = Annotated[int, AfterValidator(_check_pin)]
+LockPin = Annotated[int, AfterValidator(_check_pin), AfterValidator(_check_lock_pin)]
 Baudrate = Annotated[int, AfterValidator(_check_baudrate)]
 Text = Annotated[str, AfterValidator(_check_text)]
 SerialPort = Annotated[str, _matching(r"[^\x00-\x20\x7f]{1,256}", "a pySerial port or URL")]
@@ -284,7 +307,11 @@ class Security(_Section):
     device_key_file: DeviceKeyFile
     command_keys: dict[CommandKid, PublicKey] = {}
     token_keys: dict[TokenKid, PublicKey] = {}
-    max_remote_opens_per_hour: Annotated[int, _within(0, 1000)] = 20
+    # None: a quarter of the cabinet's compartments (Config.remote_open_cap), so a leaked
+    # signing key or a confused server cannot empty a cabinet in one go (issue: mass opening).
+    max_remote_opens_per_hour: Annotated[int, _within(0, 1000)] | None = None
+    code_length: Annotated[int, _within(CODE_MIN_DIGITS, CODE_MAX_DIGITS)] = 8
+    lockout_s: Annotated[float, _within(0, 30 * 86400, " s", above=True)] = 14400.0
     failures_before_backoff: Annotated[int, _within(1, 1000)] = 5
     hard_lockout_failures: Annotated[int, _within(1, 100000)] = 100
     max_failures_per_hour: Annotated[int, _within(1, 100000)] = 30
@@ -366,9 +393,10 @@ class Compartment(_Section):
 
     id: Name
     size: Size
-    lock_pin: Pin | None = None
+    lock_pin: LockPin | None = None
     door_pin: Pin | None = None
     door_closed_level: Literal["low", "high"] = "low"
+    item_pin: Pin | None = None  # an IR item sensor (GPIO compartments only)
     board: Name | None = None
     channel: Annotated[int, _within(1, 16)] | None = None
 
@@ -429,6 +457,13 @@ class Config(_Section):
             if c.id == compartment_id:
                 return c
         raise KeyError(compartment_id)
+
+    @property
+    def remote_open_cap(self) -> int:
+        """Remote opens allowed per hour: ``security.max_remote_opens_per_hour`` when set,
+        else a quarter of the compartments rounded up (4 for a 16-door cabinet)."""
+        cap = self.security.max_remote_opens_per_hour
+        return -(-len(self.compartments) // 4) if cap is None else cap
 
     def summary(self) -> str:
         """One line for humans; holds no key material."""
@@ -600,11 +635,9 @@ def _wiring(compartments: list[tuple[int, dict[str, object]]]) -> Iterator[Issue
             for key in required:
                 if key not in c:
                     yield (*where, key), f"required for a {kind} compartment"
-            if board and "door_closed_level" in c:
-                yield (
-                    (*where, "door_closed_level"),
-                    "only for GPIO compartments (boards report doors)",
-                )
+            for key in ("door_closed_level", "item_pin") if board else ():
+                if key in c:
+                    yield (*where, key), "only for GPIO compartments (boards report doors and items)"
 
 
 def _unique(entries: list[tuple[int, dict[str, object]]], section: str, key: str) -> list[Issue]:
@@ -686,7 +719,7 @@ def _pin_users(
         if key in feedback:
             yield ("feedback", key), feedback[key]
     for i, c in compartments:
-        for key in ("lock_pin", "door_pin"):
+        for key in ("lock_pin", "door_pin", "item_pin"):
             if key in c:
                 yield ("compartments", i, key), c[key]
 

@@ -38,7 +38,7 @@ TOKEN_KID = 1
 
 # Compartment layout of the simulated cabinet: six GPIO doors, six on board 0 of one bus.
 GPIO_LAYOUT: tuple[tuple[str, str, int, int], ...] = (
-    ("A1", "S", 5, 6),
+    ("A1", "S", 12, 6),
     ("A2", "S", 13, 19),
     ("A3", "M", 26, 16),
     ("A4", "M", 20, 21),
