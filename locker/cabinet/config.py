@@ -637,7 +637,7 @@ def _wiring(compartments: list[tuple[int, dict[str, object]]]) -> Iterator[Issue
                     yield (*where, key), f"required for a {kind} compartment"
             for key in ("door_closed_level", "item_pin") if board else ():
                 if key in c:
-                    yield (*where, key), "only for GPIO compartments (boards report doors and items)"
+                    yield (*where, key), "only for GPIO compartments (boards report doors)"
 
 
 def _unique(entries: list[tuple[int, dict[str, object]]], section: str, key: str) -> list[Issue]:
