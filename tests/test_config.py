@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import importlib.util
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -525,10 +526,46 @@ def test_missing_config_file_and_directory(tmp_path: Path) -> None:
 
 
 def test_check_config_cli_ok(cabinet: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cabinet.write_text(MINIMAL + '\n[scanner]\nport = "loop://"\n')
     assert check_config_cli(cabinet) == 0
     out, err = capsys.readouterr()
     assert out.startswith(f"OK: {cabinet}: locker LKR-9: 1 compartments (1 GPIO") and not err
-    assert "keypad none" in out and "scanner none" in out
+    assert "keypad none" in out and "scanner yes" in out
+
+
+def test_check_config_warns_about_a_cabinet_nobody_can_use(
+    cabinet: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # No keypad and no scanner: legal (remote opens only) but most likely a forgotten section.
+    assert check_config_cli(cabinet) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("OK: ")
+    assert err == f"{cabinet}: warning: no [keypad] and no [scanner]: nobody at the cabinet " + (
+        "can open a compartment; only signed remote commands can\n"
+    )
+
+
+def test_check_config_refuses_a_pin_library_that_is_not_installed(
+    cabinet: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # This machine has no lgpio (a Pi has it); a GPIO cabinet on it cannot start, so the check
+    # says so in one line instead of lockerd failing with tracebacks at start.
+    assert importlib.util.find_spec("lgpio") is None
+    cabinet.write_text(MINIMAL.replace('"mock"', '"lgpio"'))
+    assert check_config_cli(cabinet) == EXIT_CONFIG
+    out, err = capsys.readouterr()
+    assert not out
+    assert err.startswith(f"{cabinet}: gpio.pin_factory: 'lgpio' needs the Python module 'lgpio'")
+    # Away from the locker (--no-file-checks), the library need not be here.
+    assert check_config_cli(cabinet, check_files=False) == 0
+    # A cabinet without any GPIO needs no pin library at all.
+    cabinet.write_text(
+        MINIMAL.replace('"mock"', '"lgpio"').replace(
+            "lock_pin = 17\ndoor_pin = 27", 'board = "b0"\nchannel = 1'
+        )
+        + '\n[[boards]]\nname = "b0"\nport = "loop://"\n'
+    )
+    assert check_config_cli(cabinet) == 0
 
 
 def test_check_config_cli_errors(cabinet: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -49,3 +49,24 @@ def test_simulated_doors_are_refused_on_real_pins(
     )
     assert daemon.main(["--config", str(cfg), "--simulate-doors", "0.3,1"]) == EXIT_CONFIG
     assert "mock" in capsys.readouterr().err
+
+
+def test_a_missing_pin_library_is_one_clear_line_at_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # This machine has no lgpio: lockerd says so and exits 78 (no restart loop), with no
+    # traceback and before any state directory or database exists.
+    (tmp_path / "device.key").write_bytes(b"k" * 32)
+    cfg = tmp_path / "locker.toml"
+    cfg.write_text(
+        '[locker]\nid = "X"\nstate_dir = "s"\n[security]\ndevice_key_file = "device.key"\n'
+        '[gpio]\npin_factory = "lgpio"\n'
+        '[[compartments]]\nid = "A1"\nsize = "S"\nlock_pin = 17\ndoor_pin = 27\n'
+    )
+    assert daemon.main(["--config", str(cfg)]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"{cfg}: gpio.pin_factory: 'lgpio' needs the Python module 'lgpio', which is not "
+        "installed here (pip install lgpio, or apt install python3-lgpio)"
+    ]
+    assert not (tmp_path / "s").exists()

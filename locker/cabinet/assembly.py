@@ -78,14 +78,6 @@ class Locker:
         self.controller.store.close()
 
 
-def _needs_gpio(cfg: Config) -> bool:
-    return bool(
-        cfg.gpio_compartments()
-        or (cfg.keypad is not None and cfg.keypad.type == "matrix")
-        or cfg.feedback is not None
-    )
-
-
 def build_banks(cfg: Config, pin_factory: Any) -> list[LockBank]:
     from hardware.boards.rs485_bus import BoardSpec, BusTiming, KerongBus  # noqa: PLC0415
     from hardware.gpio.locks import GpioCompartment, GpioLockBank  # noqa: PLC0415
@@ -220,7 +212,7 @@ def build(
     rules = rules_from(cfg)
     db = Path(cfg.locker.state_dir) / "locker.db"
     store = Store(db, boot_id=boot_id)
-    if pin_factory is None and _needs_gpio(cfg):
+    if pin_factory is None and cfg.uses_gpio():
         from hardware.gpio.pins import make_pin_factory  # noqa: PLC0415
 
         pin_factory = make_pin_factory(cfg.gpio.pin_factory)

@@ -19,7 +19,14 @@ from types import FrameType
 
 from locker import __version__
 from locker.cabinet import sdnotify
-from locker.cabinet.config import EXIT_CONFIG, Config, ConfigError, check_config_cli, load_config
+from locker.cabinet.config import (
+    EXIT_CONFIG,
+    Config,
+    ConfigError,
+    check_config_cli,
+    environment_problems,
+    load_config,
+)
 
 logger = logging.getLogger("lockerd")
 
@@ -83,6 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("lockerd: --simulate-doors needs gpio.pin_factory = 'mock'", file=sys.stderr)
             return EXIT_CONFIG
         doors = (open_s, close_s or None)
+    if problems := environment_problems(cfg):
+        print("\n".join(f"{args.config}: {p}" for p in problems), file=sys.stderr)
+        return EXIT_CONFIG
     return run(cfg, simulate_doors=doors)
 
 

@@ -1,0 +1,285 @@
+"""The sections of the configuration file (DESIGN section 8) as frozen pydantic models, and
+``Config``, the whole file. Every default of the file lives here and nowhere else."""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated, Any, Literal
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails
+
+from locker.config import messages
+from locker.config.errors import ConfigError
+from locker.config.fields import (
+    Baudrate,
+    CommandKid,
+    DeviceKeyFile,
+    DirPath,
+    LockBit,
+    LockPin,
+    Name,
+    Pin,
+    PinFactoryName,
+    PublicKey,
+    PulseSeconds,
+    ReadableFile,
+    SerialPort,
+    Size,
+    Text,
+    TokenKid,
+    TopicPrefix,
+    matching,
+    within,
+)
+from locker.config.relations import relations
+from locker.contract.credentials import CODE_MAX_DIGITS, CODE_MIN_DIGITS, DEVICE_KEY_BYTES
+
+# --- sections -------------------------------------------------------------------------------
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", strict=True, frozen=True, allow_inf_nan=False, hide_input_in_errors=True
+    )
+
+
+class Locker(_Section):
+    id: Annotated[
+        str,
+        matching(
+            r"[A-Za-z0-9._-]{1,64}",
+            "1-64 of A-Z a-z 0-9 . _ - (it is an MQTT topic level and the TLS CN)",
+        ),
+    ]
+    state_dir: DirPath
+    name: Text | None = None
+
+
+class Mqtt(_Section):
+    host: Annotated[str, matching(r"[^\x00-\x20\x7f/]{1,253}", "a host name or IP address")]
+    port: Annotated[int, within(1, 65535)]
+    tls: bool = True
+    ca_file: ReadableFile | None = None
+    cert_file: ReadableFile | None = None
+    key_file: ReadableFile | None = None
+    topic_prefix: TopicPrefix = "lockers"
+    keepalive_s: Annotated[int, within(5, 3600, " s")] = 30
+    session_expiry_s: Annotated[int, within(0, 0xFFFFFFFF, " s")] = 604800
+    require_server_ack: bool = True
+    will_delay_s: Annotated[int, within(0, 86400, " s")] = 10
+    ack_timeout_s: Annotated[float, within(0, 3600, " s", above=True)] = 30.0
+    max_inflight: Annotated[int, within(1, 100)] = 20
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_port(cls, data: object) -> object:
+        # The port's default follows tls: 8883 with TLS, 1883 without.
+        if isinstance(data, dict) and "port" not in data:
+            return {**data, "port": 1883 if data.get("tls", True) is False else 8883}
+        return data
+
+
+class Security(_Section):
+    device_key_file: DeviceKeyFile
+    command_keys: dict[CommandKid, PublicKey] = {}
+    token_keys: dict[TokenKid, PublicKey] = {}
+    # None: a quarter of the cabinet's compartments (Config.remote_open_cap), so a leaked
+    # signing key or a confused server cannot empty a cabinet in one go (issue: mass opening).
+    max_remote_opens_per_hour: Annotated[int, within(0, 1000)] | None = None
+    code_length: Annotated[int, within(CODE_MIN_DIGITS, CODE_MAX_DIGITS)] = 8
+    lockout_s: Annotated[float, within(0, 30 * 86400, " s", above=True)] = 14400.0
+    failures_before_backoff: Annotated[int, within(1, 1000)] = 5
+    hard_lockout_failures: Annotated[int, within(1, 100000)] = 100
+    max_failures_per_hour: Annotated[int, within(1, 100000)] = 30
+
+    def command_public_keys(self) -> dict[str, Ed25519PublicKey]:
+        """Command-signing public keys by JWS ``kid``."""
+        return {kid: _load_key(b64) for kid, b64 in self.command_keys.items()}
+
+    def token_public_keys(self) -> dict[int, Ed25519PublicKey]:
+        """QR-token public keys by the token's kid byte."""
+        return {int(kid): _load_key(b64) for kid, b64 in self.token_keys.items()}
+
+    def read_device_key(self) -> bytes:
+        """The 32-byte device key; ConfigError (size only, never content) if it is not that."""
+        where = str(self.device_key_file)
+        try:
+            with self.device_key_file.open("rb") as f:
+                key = f.read(DEVICE_KEY_BYTES + 1)
+        except OSError as err:
+            raise ConfigError(self.device_key_file, [f"{where}: cannot read: {err}"]) from None
+        if len(key) != DEVICE_KEY_BYTES:
+            size = f"{len(key)} bytes" if len(key) <= DEVICE_KEY_BYTES else "more than 32 bytes"
+            reason = f"holds {size}; it must hold exactly {DEVICE_KEY_BYTES} raw bytes"
+            raise ConfigError(self.device_key_file, [f"{where}: {reason}"])
+        return key
+
+
+def _load_key(b64: str) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(base64.b64decode(b64, validate=True))
+
+
+class Timing(_Section):
+    unlock_pulse_s: PulseSeconds = 0.5
+    unlock_rest_s: Annotated[float, within(0.05, 10, " s")] = 0.3
+    door_debounce_s: Annotated[float, within(0.005, 1, " s")] = 0.05
+    door_open_timeout_s: Annotated[float, within(0, 600, " s", above=True)] = 10.0
+    door_left_open_s: Annotated[float, within(0, 86400, " s", above=True)] = 120.0
+    keypad_entry_timeout_s: Annotated[float, within(0, 600, " s", above=True)] = 20.0
+    pickup_hours: Annotated[float, within(0, 8760, " h", above=True)] = 72.0
+    dropoff_hours: Annotated[float, within(0, 8760, " h", above=True)] = 48.0
+
+
+class Gpio(_Section):
+    pin_factory: PinFactoryName = "lgpio"
+
+
+class Keypad(_Section):
+    type: Literal["matrix", "serial", "none"]
+    rows: list[Pin] | None = None
+    cols: list[Pin] | None = None
+    port: SerialPort | None = None
+    baudrate: Baudrate = 9600
+
+
+class Scanner(_Section):
+    port: SerialPort
+    baudrate: Baudrate = 9600
+
+
+class Feedback(_Section):
+    buzzer_pin: Pin | None = None
+    ok_led_pin: Pin | None = None
+    error_led_pin: Pin | None = None
+
+
+class Board(_Section):
+    name: Name
+    protocol: Literal["kerong-cu16"] = "kerong-cu16"
+    port: SerialPort
+    baudrate: Baudrate = 19200
+    address: Annotated[int, within(0, 15)] = 0
+    lock_bit_locked: LockBit = 1
+    poll_interval_s: Annotated[float, within(0.02, 10, " s")] = 0.2
+    item_sensors: bool = False  # IR bits read 0 when nothing is wired: opt in, never assume
+
+
+class Compartment(_Section):
+    """Wired either to GPIO (``lock_pin``, ``door_pin``) or to a board (``board``, ``channel``)."""
+
+    id: Name
+    size: Size
+    lock_pin: LockPin | None = None
+    door_pin: Pin | None = None
+    door_closed_level: Literal["low", "high"] = "low"
+    item_pin: Pin | None = None  # an IR item sensor (GPIO compartments only)
+    board: Name | None = None
+    channel: Annotated[int, within(1, 16)] | None = None
+
+    @property
+    def is_gpio(self) -> bool:
+        return self.lock_pin is not None
+
+
+def _defaults(model: type[BaseModel]) -> dict[str, object]:
+    return {name: f.default for name, f in model.model_fields.items()}
+
+
+class Config(_Section):
+    """The whole file. ``keypad`` is None when absent or ``type = "none"``; ``scanner`` is
+    None when absent or ``port = "none"``; ``mqtt`` is None for an offline cabinet."""
+
+    locker: Locker
+    mqtt: Mqtt | None = None
+    security: Security
+    timing: Timing = Timing()
+    gpio: Gpio = Gpio()
+    keypad: Keypad | None = None
+    scanner: Scanner | None = None
+    feedback: Feedback | None = None
+    boards: list[Board] = []
+    compartments: list[Compartment]
+
+    @field_validator("keypad")
+    @classmethod
+    def _no_keypad(cls, value: Keypad | None) -> Keypad | None:
+        return None if value is not None and value.type == "none" else value
+
+    @field_validator("scanner")
+    @classmethod
+    def _no_scanner(cls, value: Scanner | None) -> Scanner | None:
+        return None if value is not None and value.port == "none" else value
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _whole_file(cls, data: Any, handler: ModelWrapValidatorHandler[Config]) -> Config:
+        # Keys are validated one by one by pydantic; relations between keys are checked on
+        # the raw tables as well, so that one broken key does not hide the other mistakes.
+        details: list[InitErrorDetails] = []
+        try:
+            config = handler(data)
+        except ValidationError as err:
+            details = [
+                messages.detail(tuple(e["loc"]), messages.message(e, cls)) for e in err.errors()
+            ]
+        defaults = {"boards": _defaults(Board), "security": _defaults(Security)}
+        details += [messages.detail(loc, reason) for loc, reason in relations(data, defaults)]
+        if details:
+            details.sort(key=lambda d: messages.file_order(d["loc"], list(cls.model_fields)))
+            raise ValidationError.from_exception_data(cls.__name__, details)
+        return config
+
+    def uses_gpio(self) -> bool:
+        """True when any pin of this file is a GPIO (so a pin factory is needed)."""
+        return bool(
+            self.gpio_compartments()
+            or (self.keypad is not None and self.keypad.type == "matrix")
+            or self.feedback is not None
+        )
+
+    def gpio_compartments(self) -> list[Compartment]:
+        return [c for c in self.compartments if c.is_gpio]
+
+    def board_compartments(self, board_name: str) -> list[Compartment]:
+        return [c for c in self.compartments if c.board == board_name]
+
+    def compartment(self, compartment_id: str) -> Compartment:
+        for c in self.compartments:
+            if c.id == compartment_id:
+                return c
+        raise KeyError(compartment_id)
+
+    @property
+    def remote_open_cap(self) -> int:
+        """Remote opens allowed per hour: ``security.max_remote_opens_per_hour`` when set,
+        else a quarter of the compartments rounded up (4 for a 16-door cabinet)."""
+        cap = self.security.max_remote_opens_per_hour
+        return -(-len(self.compartments) // 4) if cap is None else cap
+
+    def summary(self) -> str:
+        """One line for humans; holds no key material."""
+        gpio = len(self.gpio_compartments())
+        boards = ", ".join(b.name for b in self.boards) or "no boards"
+        link = (
+            f"mqtt {self.mqtt.host}:{self.mqtt.port} {'tls' if self.mqtt.tls else 'PLAIN'}"
+            if self.mqtt
+            else "offline (no [mqtt])"
+        )
+        return (
+            f"locker {self.locker.id}: {len(self.compartments)} compartments "
+            f"({gpio} GPIO, {len(self.compartments) - gpio} on boards: {boards}), "
+            f"keypad {self.keypad.type if self.keypad else 'none'}, "
+            f"scanner {'yes' if self.scanner else 'none'}, "
+            f"feedback {'yes' if self.feedback else 'none'}, pins {self.gpio.pin_factory}, "
+            f"{len(self.security.command_keys)} command key(s), "
+            f"{len(self.security.token_keys)} token key(s), {link}"
+        )
