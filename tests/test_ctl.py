@@ -439,7 +439,7 @@ def test_cmd_send_retrieve_with_a_new_code(fake_locker: FakeLocker) -> None:
 @pytest.mark.broker
 @pytest.mark.timeout(30)
 def test_fleet_broker_isolates_lockers(fleet_broker: provision.Fleet, fleet_dir: Path) -> None:
-    assert run("locker", "add", str(fleet_dir), "LKR-0002", "--compartments", "A1:S:5:6")[0] == 0
+    assert run("locker", "add", str(fleet_dir), "LKR-0002", "--compartments", "A1:S:12:6")[0] == 0
     d = fleet_broker.locker_dir("LKR-0002")
     tls = fleet.TlsFiles(d / "ca.pem", d / "device.pem", d / "device-key.pem")
     port = fleet_broker.broker_port

@@ -141,11 +141,13 @@ def test_mosquitto_conf_for_mutual_tls(tmp_path: Path) -> None:
         keyfile=tmp_path / "s.key",
         persistence_dir=tmp_path / "data",
         acl_file=tmp_path / "acl",
-        run_as_root=True,
+        crlfile=tmp_path / "crl.pem",
+        run_as="root",
     )
     lines = conf.splitlines()
     for line in (
         "user root",
+        f"crlfile {tmp_path / 'crl.pem'}",
         "allow_anonymous false",
         "require_certificate true",
         "use_identity_as_username true",
@@ -157,22 +159,27 @@ def test_mosquitto_conf_for_mutual_tls(tmp_path: Path) -> None:
         assert line in lines, line
     with pytest.raises(ProvisionError, match="keyfile"):
         provision.render_mosquitto_conf(
-            port=1, cafile="a", certfile="b", persistence_dir="d", acl_file="e", run_as_root=False
+            port=1, cafile="a", certfile="b", persistence_dir="d", acl_file="e"
         )
-    plain = provision.render_mosquitto_conf(
-        port=1883, persistence_dir="d", run_as_root=False, tls=False
-    )
+    with pytest.raises(ProvisionError, match="user name"):
+        provision.render_mosquitto_conf(port=1, persistence_dir="d", tls=False, run_as="a b")
+    plain = provision.render_mosquitto_conf(port=1883, persistence_dir="d", tls=False)
     assert "allow_anonymous true" in plain and "user root" not in plain and "cafile" not in plain
 
 
-def test_acl_gives_each_locker_only_its_own_topics() -> None:
-    acl = provision.render_acl("site/lockers", ["backend", "lockerctl"]).splitlines()
+def test_acl_gives_each_identity_only_its_job() -> None:
+    acl = provision.render_acl("site/lockers", ["backend"], ["lockerctl"]).splitlines()
     assert (
         acl.index("user backend")
         < acl.index("user lockerctl")
         < acl.index("pattern read site/lockers/%u/cmd")
     )
-    assert "topic readwrite site/lockers/#" in acl
+    reads = [f"topic read site/lockers/+/{t}" for t in ("status", "state", "evt/#", "res")]
+    server = acl[acl.index("user backend") + 1 : acl.index("user lockerctl") - 1]
+    assert server == [*reads, "topic write site/lockers/+/cmd", "topic write site/lockers/+/ack"]
+    operator = acl[acl.index("user lockerctl") + 1 : acl.index("user lockerctl") + 6]
+    assert operator == [*reads, "topic write site/lockers/+/cmd"]  # never ack
+    assert not any("readwrite" in line or line.endswith("/#") and "evt" not in line for line in acl)
     patterns = {line for line in acl if line.startswith("pattern")}
     assert patterns == {
         "pattern read site/lockers/%u/cmd",
@@ -267,8 +274,15 @@ def test_install_dir_config_names_the_device_paths(fleet_dir: Path) -> None:
         ("bad/id", COMPARTMENTS[:1], [], "locker id"),
         ("backend", COMPARTMENTS[:1], [], "server identity"),
         ("LKR-9", [], [], "at least one"),
-        ("LKR-9", COMPARTMENTS, [], "not defined"),
-        ("LKR-9", [COMPARTMENTS[0], COMPARTMENTS[0]], [], "unique"),
+        ("LKR-9", COMPARTMENTS, [], r"no \[\[boards\]\] entry is named"),
+        ("LKR-9", [COMPARTMENTS[0], COMPARTMENTS[0]], [], '"A1" is already used by'),
+        # Issue 7: each of these was written, then refused by lockerd --check-config.
+        ("LKR-9", [CompartmentSpec.parse("A.1:S:17:27")], [], r"compartments\[0\]\.id"),
+        ("LKR-9", [CompartmentSpec.parse("A1:S:17:17")], [], "GPIO17 is already used"),
+        ("LKR-9", [CompartmentSpec.parse("A1:S:40:27")], [], "GPIO40 does not exist"),
+        ("LKR-9", [CompartmentSpec.parse("A1:Q:17:27")], [], "compartments.0..size"),
+        ("LKR-9", [CompartmentSpec.parse("a b:S:17:27")], [], "compartments.0..id"),
+        ("LKR-9", [CompartmentSpec.parse("A1:S:4:27")], [], "pulled high while the Pi boots"),
     ],
 )
 def test_provision_locker_refuses_bad_requests(
@@ -278,9 +292,25 @@ def test_provision_locker_refuses_bad_requests(
     boards: list[BoardSpec],
     match: str,
 ) -> None:
+    before = sorted(fleet_dir.rglob("*"))
     with pytest.raises(ProvisionError, match=match):
         provision.provision_locker(fleet_dir, locker_id, compartments, boards)
-    assert not (fleet_dir / "lockers" / locker_id).exists()
+    assert sorted(fleet_dir.rglob("*")) == before  # no file, no key, no certificate
+
+
+def test_a_refused_spec_can_be_fixed_and_tried_again(fleet_dir: Path) -> None:
+    with pytest.raises(ProvisionError, match="nothing was written"):
+        provision.provision_locker(fleet_dir, "LKR-1", [CompartmentSpec.parse("A.1:S:17:27")])
+    files = provision.provision_locker(
+        fleet_dir, "LKR-1", [CompartmentSpec.parse("A1:S:17:27")], pin_factory="mock"
+    )
+    assert files.config.exists()
+
+
+def test_a_fleet_prefix_lockerd_would_refuse_creates_no_fleet(tmp_path: Path) -> None:
+    with pytest.raises(ProvisionError, match=r"mqtt.topic_prefix: must not start with '\$'"):
+        provision.provision_fleet(tmp_path / "f", "demo", "broker.test", topic_prefix="$lockers")
+    assert not (tmp_path / "f").exists()
 
 
 def test_provision_locker_twice_is_refused(fleet_dir: Path) -> None:
@@ -292,14 +322,14 @@ def test_provision_locker_twice_is_refused(fleet_dir: Path) -> None:
 
 
 def test_compartment_and_board_specs() -> None:
-    gpio = CompartmentSpec.parse("A1:xl:5:6")
-    assert (gpio.size, gpio.lock_pin, gpio.door_pin, gpio.board) == ("XL", 5, 6, None)
+    gpio = CompartmentSpec.parse("A1:xl:12:6")
+    assert (gpio.size, gpio.lock_pin, gpio.door_pin, gpio.board) == ("XL", 12, 6, None)
     board = CompartmentSpec.parse("C3:L:b1:16")
     assert (board.board, board.channel, board.lock_pin) == ("b1", 16, None)
     spec = BoardSpec.parse("b1=rfc2217://host:4000@3")
     assert (spec.name, spec.port, spec.address) == ("b1", "rfc2217://host:4000", 3)
     assert BoardSpec.parse("b2=/dev/ttyUSB0").address == 0
-    for bad in ("A1:S:17", "A1:Q:17:27", "A1:S:17:x", "a b:S:1:2"):
+    for bad in ("A1:S:17", "A1:S:17:x", "A1:S:17:27:9"):
         with pytest.raises(ProvisionError):
             CompartmentSpec.parse(bad)
     for bad_board in ("b0", "=port", "b0=port@x"):

@@ -1,6 +1,5 @@
 """lockerd's view of the configuration file: the shared model (``locker.config``) plus what only
-the cabinet can judge: whether this machine can run the file (the pin library is installed) and
-what is legal but probably a mistake (warnings).
+the cabinet can judge: whether this machine can run the file (the pin library is installed).
 
 ``lockerd --check-config`` runs :func:`check_config_cli`; ``lockerd --config`` runs
 :func:`environment_problems` before touching anything, so a missing pin library is one clear
@@ -25,7 +24,6 @@ __all__ = [
     "environment_problems",
     "load_config",
     "parse_config",
-    "warnings",
 ]
 
 EXIT_CONFIG: Final = 78  # sysexits EX_CONFIG; the unit has RestartPreventExitStatus=78
@@ -65,17 +63,6 @@ def environment_problems(cfg: Config) -> list[str]:
     ]
 
 
-def warnings(cfg: Config) -> list[str]:
-    """Legal but probably wrong, one line each: the file still loads and runs."""
-    found: list[str] = []
-    if cfg.keypad is None and cfg.scanner is None:
-        found.append(
-            "no [keypad] and no [scanner]: nobody at the cabinet can open a compartment; "
-            "only signed remote commands can"
-        )
-    return found
-
-
 def check_config_cli(path: str | Path, *, check_files: bool = True) -> int:
     """``lockerd --check-config``: print a summary or the errors; 0 or EXIT_CONFIG.
 
@@ -91,7 +78,7 @@ def check_config_cli(path: str | Path, *, check_files: bool = True) -> int:
     if problems:
         print("\n".join(f"{path}: {p}" for p in problems), file=sys.stderr)
         return EXIT_CONFIG
-    for warning in warnings(config):
+    for warning in config.warnings():
         print(f"{path}: warning: {warning}", file=sys.stderr)
     print(f"OK: {path}: {config.summary()}")
     return 0

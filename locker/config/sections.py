@@ -238,6 +238,16 @@ class Config(_Section):
             raise ValidationError.from_exception_data(cls.__name__, details)
         return config
 
+    def warnings(self) -> list[str]:
+        """Legal but probably wrong, one line each: the file still loads and runs."""
+        found: list[str] = []
+        if self.keypad is None and self.scanner is None:
+            found.append(
+                "no [keypad] and no [scanner]: nobody at the cabinet can open a compartment; "
+                "only signed remote commands can"
+            )
+        return found
+
     def uses_gpio(self) -> bool:
         """True when any pin of this file is a GPIO (so a pin factory is needed)."""
         return bool(

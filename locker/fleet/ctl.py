@@ -14,14 +14,16 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, TypeVar, get_args
 
+from locker.config.fields import PinFactoryName, Size
 from locker.contract import credentials
 from locker.contract.actions import Action
 from locker.fleet import client as fleet
 from locker.fleet import provision, qr
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -62,6 +64,18 @@ def _key_value(text: str) -> tuple[str, str]:
     if not sep or not name:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
     return name, value
+
+
+def _spec(parse: Callable[[str], _T]) -> Callable[[str], _T]:
+    """An argparse ``type`` from a spec parser: its ProvisionError becomes a usage error."""
+
+    def convert(text: str) -> _T:
+        try:
+            return parse(text)
+        except provision.ProvisionError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return convert
 
 
 def _broker(text: str) -> tuple[str, int | None]:
@@ -112,6 +126,10 @@ def _add_fleet(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     init.add_argument("--broker-bind", help="listener address (default: every interface)")
     init.add_argument("--run-as-root", action="store_true", help="broker config with 'user root'")
     init.add_argument(
+        "--broker-user",
+        help="who Mosquitto becomes when started as root (default: you, the owner of the files)",
+    )
+    init.add_argument(
         "--broker-install-dir", help="where the broker files will live on the broker host"
     )
     init.set_defaults(func=cmd_fleet_init)
@@ -126,7 +144,8 @@ def _add_locker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "add",
         help="client certificate, device key and config for one locker",
         description="Compartments: ID:SIZE:LOCK_PIN:DOOR_PIN (GPIO) or ID:SIZE:BOARD:CHANNEL. "
-        "Boards: NAME=PORT[@ADDRESS].",
+        "Boards: NAME=PORT[@ADDRESS]. The config is checked by lockerd's own rules first: if "
+        "lockerd would refuse it, nothing is written (no key, no certificate).",
     )
     add.add_argument("dir", type=Path, help="fleet directory")
     add.add_argument("locker_id")
@@ -143,8 +162,27 @@ def _add_locker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--install-dir", help="where the files will live on the locker (e.g. /etc/locker)"
     )
     add.add_argument("--state-dir", help="state directory in the config")
-    add.add_argument("--pin-factory", default="lgpio", choices=["lgpio", "mock"])
+    add.add_argument("--pin-factory", default="lgpio", choices=list(get_args(PinFactoryName)))
+    add.add_argument(
+        "--keypad",
+        type=_spec(provision.KeypadSpec.parse),
+        help="serial:PORT[@BAUD], matrix:R,R,R,R:C,C,C[,C] (GPIO pins) or none",
+    )
+    add.add_argument(
+        "--scanner", type=_spec(provision.ScannerSpec.parse), help="QR scanner: PORT[@BAUD] or none"
+    )
     add.set_defaults(func=cmd_locker_add)
+    for name, what in (
+        ("remove", "revoke a locker's certificates and delete its files (the id can be reused)"),
+        ("revoke", "put every certificate of a locker on the fleet's CRL (restart the broker)"),
+        ("renew", "a new key and certificate for a locker, before the old one expires"),
+    ):
+        cmd = p.add_parser(name, help=what, description=what)
+        cmd.add_argument("dir", type=Path, help="fleet directory")
+        cmd.add_argument("locker_id")
+        if name == "renew":
+            cmd.add_argument("--days", type=int, default=provision.CLIENT_DAYS)
+        cmd.set_defaults(func=cmd_locker_lifecycle)
     ls = p.add_parser("list", help="list provisioned lockers")
     ls.add_argument("dir", type=Path, help="fleet directory")
     ls.set_defaults(func=cmd_locker_list)
@@ -168,7 +206,7 @@ def _add_parcel(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     _add_connection(issue, "lockerctl")
     issue.add_argument("--locker", required=True)
     issue.add_argument("--parcel", required=True)
-    issue.add_argument("--size", required=True, choices=list(provision.COMPARTMENT_SIZES))
+    issue.add_argument("--size", required=True, choices=list(get_args(Size)))
     issue.add_argument("--kind", default="delivery", choices=["delivery", "return"])
     issue.add_argument("--compartment", help="exactly this compartment (default: best fit)")
     issue.add_argument("--digits", type=int, default=8, help="code length (6-16)")
@@ -282,6 +320,7 @@ def cmd_fleet_init(args: argparse.Namespace, out: TextIO) -> int:
         command_kid=args.command_kid,
         token_kid=args.token_kid,
         run_as_root=args.run_as_root,
+        broker_user=args.broker_user,
         broker_install_dir=args.broker_install_dir,
         broker_bind=args.broker_bind,
     )
@@ -289,7 +328,8 @@ def cmd_fleet_init(args: argparse.Namespace, out: TextIO) -> int:
     print(f"broker config: {f.dir / 'broker' / 'mosquitto.conf'}", file=out)
     print(
         "private keys (mode 0600): ca-key.pem, broker/server-key.pem, clients/*-key.pem, "
-        "keys/*.key",
+        "keys/*.key; start the broker with: mosquitto -c "
+        f"{f.dir / 'broker' / 'mosquitto.conf'}",
         file=out,
     )
     return EXIT_OK
@@ -325,17 +365,38 @@ def cmd_locker_add(args: argparse.Namespace, out: TextIO) -> int:
         args.locker_id,
         specs,
         boards,
+        keypad=args.keypad,
+        scanner=args.scanner,
         install_dir=args.install_dir,
         state_dir=args.state_dir,
         pin_factory=args.pin_factory,
     )
+    for warning in files.warnings:
+        print(f"lockerctl: warning: {warning}", file=sys.stderr)
     print(f"locker {args.locker_id} provisioned in {files.dir}", file=out)
     print(f"config: {files.config}", file=out)
     print(
-        "copy to the locker: locker.toml, ca.pem, device.pem, device-key.pem (0600), "
-        "device.key (0600)",
+        "copy to the locker: locker.toml, ca.pem, device.pem, device-key.pem, device.key "
+        "(systemd/install.sh's layout: /etc/locker, keys root:locker 0640)",
         file=out,
     )
+    return EXIT_OK
+
+
+def cmd_locker_lifecycle(args: argparse.Namespace, out: TextIO) -> int:
+    who = args.locker_id
+    if args.sub == "renew":
+        until = provision.renew_locker(args.dir, who, args.days)
+        print(f"locker {who}: new certificate valid until {until:%Y-%m-%d %H:%M}Z", file=out)
+        print("copy device.pem and device-key.pem to the locker and restart lockerd", file=out)
+        return EXIT_OK
+    serials = (provision.remove_locker if args.sub == "remove" else provision.revoke_locker)(
+        args.dir, who
+    )
+    print(f"locker {who}: {len(serials)} certificate(s) revoked", file=out)
+    if args.sub == "remove":
+        print(f"locker {who}: files removed", file=out)
+    print("restart the broker so it loads broker/crl.pem (copy it there first)", file=out)
     return EXIT_OK
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -27,6 +28,7 @@ from locker.fleet import provision
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 SERVER_CN = provision.BACKEND_USER
+OPERATOR_CN = provision.OPERATOR_USER
 
 
 def die_with_parent() -> None:
@@ -67,6 +69,7 @@ def port_open(port: int) -> bool:
 class ClientCert:
     cert_file: str
     key_file: str
+    serial: int = 0
 
 
 class Pki:
@@ -89,13 +92,23 @@ class Pki:
             str(directory / "server.key"),
         )
         server.write(self.server_key, self.server_cert)
+        self.crl_file = str(directory / "crl.pem")
+        provision.write_public(self.crl_file, provision.make_crl(self.ca))
         self._clients: dict[str, ClientCert] = {}
+        self._revoked: set[int] = set()
+
+    def revoke(self, cn: str) -> None:
+        """Put the certificate of ``cn`` on the CRL (the broker reads it when it starts)."""
+        self._revoked.add(self.client(cn).serial)
+        provision.write_public(self.crl_file, provision.make_crl(self.ca, self._revoked))
 
     def client(self, cn: str) -> ClientCert:
         """A client certificate with this CN (made once, then reused)."""
         if cn not in self._clients:
             pair = provision.make_client_cert(self.ca, cn)
-            cert = ClientCert(str(self.dir / f"{cn}.pem"), str(self.dir / f"{cn}.key"))
+            cert = ClientCert(
+                str(self.dir / f"{cn}.pem"), str(self.dir / f"{cn}.key"), pair.cert.serial_number
+            )
             pair.write(cert.key_file, cert.cert_file)
             self._clients[cn] = cert
         return self._clients[cn]
@@ -124,25 +137,27 @@ class Broker:
         return self.pki is not None
 
     def _render(self, extra: str) -> str:
-        root = os.geteuid() == 0
+        # Started as root, Mosquitto stays the owner of the files it reads (us).
+        run_as = pwd.getpwuid(os.geteuid()).pw_name
         if self.pki is None:
             return provision.render_mosquitto_conf(
                 port=self.port,
                 persistence_dir=self.data_dir,
-                run_as_root=root,
+                run_as=run_as,
                 tls=False,
                 extra=extra,
             )
         acl = self.dir / "acl"
-        acl.write_text(provision.render_acl("lockers", [SERVER_CN]))
+        acl.write_text(provision.render_acl("lockers", [SERVER_CN], [OPERATOR_CN]))
         return provision.render_mosquitto_conf(
             port=self.port,
             cafile=self.pki.ca_file,
             certfile=self.pki.server_cert,
             keyfile=self.pki.server_key,
+            crlfile=self.pki.crl_file,
             persistence_dir=self.data_dir,
             acl_file=acl,
-            run_as_root=root,
+            run_as=run_as,
             extra=extra,
         )
 

@@ -1,0 +1,138 @@
+"""The fleet directory ``lockerctl`` works with, and where each file lives in it.
+
+Layout: ``fleet.toml`` (public settings), ``ca.pem``/``ca-key.pem``, ``crl.pem`` (revoked
+certificates), ``broker/`` (server certificate, ``mosquitto.conf``, ``acl``, ``crl.pem``,
+``data/``), ``clients/<user>.pem|-key.pem`` (server and operator identities),
+``keys/command-<kid>.key``, ``keys/token-<kid>.key``, ``lockers/<id>/`` (one per locker).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import tomli_w
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from locker.fleet.keys import ProvisionError, load_signing_key, read_device_key
+from locker.fleet.pki import LOCKER_ID_RE
+
+DIR_MODE: Final = 0o750
+"""Every directory of a fleet: never writable by others, whatever the umask."""
+
+
+def make_dir(path: Path) -> None:
+    """Create ``path`` (and missing parents) with :data:`DIR_MODE`, set explicitly."""
+    for part in [*reversed(path.parents), path]:
+        if not part.exists():
+            part.mkdir()
+            os.chmod(part, DIR_MODE)
+
+
+def check_locker_id(locker_id: str) -> None:
+    """A locker id is one MQTT topic level, a certificate CN and a file name: keep it plain.
+
+    :raises ProvisionError: the id does not match ``LOCKER_ID_RE``.
+    """
+    if not LOCKER_ID_RE.fullmatch(locker_id):
+        raise ProvisionError(f"bad locker id {locker_id!r}: expected {LOCKER_ID_RE.pattern}")
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """A provisioned fleet directory, as ``lockerctl`` reads it (public settings only)."""
+
+    dir: Path
+    name: str
+    broker_host: str
+    broker_port: int
+    topic_prefix: str
+    command_kid: str
+    token_kid: int
+    server_users: tuple[str, ...]
+
+    FILE = "fleet.toml"
+
+    @classmethod
+    def load(cls, directory: Path | str) -> Fleet:
+        """:raises ProvisionError: not a fleet directory, or a broken ``fleet.toml``."""
+        d = Path(directory)
+        path = d / cls.FILE
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            return cls(
+                dir=d,
+                name=str(data["name"]),
+                broker_host=str(data["broker_host"]),
+                broker_port=int(data["broker_port"]),
+                topic_prefix=str(data["topic_prefix"]),
+                command_kid=str(data["command_kid"]),
+                token_kid=int(data["token_kid"]),
+                server_users=tuple(str(u) for u in data["server_users"]),
+            )
+        except FileNotFoundError as err:
+            raise ProvisionError(f"{d}: not a fleet directory (no {cls.FILE})") from err
+        except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as err:
+            raise ProvisionError(f"{path.name}: {err}") from err
+
+    def render(self) -> str:
+        """``fleet.toml``'s text."""
+        data = {
+            "name": self.name,
+            "broker_host": self.broker_host,
+            "broker_port": self.broker_port,
+            "topic_prefix": self.topic_prefix,
+            "command_kid": self.command_kid,
+            "token_kid": self.token_kid,
+            "server_users": list(self.server_users),
+        }
+        return "# lockerctl fleet description (public data only)\n" + tomli_w.dumps(data)
+
+    @property
+    def ca_file(self) -> Path:
+        return self.dir / "ca.pem"
+
+    @property
+    def ca_key_file(self) -> Path:
+        return self.dir / "ca-key.pem"
+
+    @property
+    def crl_file(self) -> Path:
+        """The fleet's CRL; ``broker/crl.pem`` is the copy the broker loads."""
+        return self.dir / "crl.pem"
+
+    def client_cert(self, user: str) -> tuple[Path, Path]:
+        """(certificate, key) of one of the fleet's server identities."""
+        return self.dir / "clients" / f"{user}.pem", self.dir / "clients" / f"{user}-key.pem"
+
+    @property
+    def command_key_file(self) -> Path:
+        return self.dir / "keys" / f"command-{self.command_kid}.key"
+
+    @property
+    def token_key_file(self) -> Path:
+        return self.dir / "keys" / f"token-{self.token_kid}.key"
+
+    def command_key(self) -> Ed25519PrivateKey:
+        return load_signing_key(self.command_key_file)
+
+    def token_key(self) -> Ed25519PrivateKey:
+        return load_signing_key(self.token_key_file)
+
+    def locker_dir(self, locker_id: str) -> Path:
+        check_locker_id(locker_id)
+        return self.dir / "lockers" / locker_id
+
+    def device_key(self, locker_id: str) -> bytes:
+        """:raises ProvisionError: the locker is not provisioned in this fleet."""
+        path = self.locker_dir(locker_id) / "device.key"
+        if not path.exists():
+            raise ProvisionError(f"locker {locker_id} is not provisioned in this fleet")
+        return read_device_key(path)
+
+    def lockers(self) -> list[str]:
+        root = self.dir / "lockers"
+        return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
