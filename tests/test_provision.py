@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
+import os
 import stat
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -179,7 +182,9 @@ def test_acl_gives_each_identity_only_its_job() -> None:
     assert server == [*reads, "topic write site/lockers/+/cmd", "topic write site/lockers/+/ack"]
     operator = acl[acl.index("user lockerctl") + 1 : acl.index("user lockerctl") + 6]
     assert operator == [*reads, "topic write site/lockers/+/cmd"]  # never ack
-    assert not any("readwrite" in line or line.endswith("/#") and "evt" not in line for line in acl)
+    assert not any(
+        "readwrite" in line or (line.endswith("/#") and "evt" not in line) for line in acl
+    )
     patterns = {line for line in acl if line.startswith("pattern")}
     assert patterns == {
         "pattern read site/lockers/%u/cmd",
@@ -335,3 +340,84 @@ def test_compartment_and_board_specs() -> None:
     for bad_board in ("b0", "=port", "b0=port@x"):
         with pytest.raises(ProvisionError):
             BoardSpec.parse(bad_board)
+
+
+# --- issue 11 items 24-25: clock skew, modes, revocation, renewal ---------------------------------
+
+
+def test_certificates_start_a_day_early_for_lockers_whose_clock_is_behind(fleet_dir: Path) -> None:
+    files = provision.provision_locker(fleet_dir, "LKR-1", COMPARTMENTS[:1], pin_factory="mock")
+    cert = x509.load_pem_x509_certificate(files.cert.read_bytes())
+    now = datetime.datetime.now(datetime.UTC)
+    # A Pi without RTC hours behind (issue 11 item 25) still sees a valid certificate.
+    assert now - cert.not_valid_before_utc >= datetime.timedelta(hours=23)
+    validity = cert.not_valid_after_utc - now
+    assert datetime.timedelta(days=396) < validity <= datetime.timedelta(days=397)
+
+
+def test_umask_000_makes_nothing_writable_by_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = os.umask(0)
+    try:
+        provision.provision_fleet(tmp_path / "fleet", "demo", "broker.test")
+        provision.provision_locker(tmp_path / "fleet", "LKR-1", COMPARTMENTS[:1])
+    finally:
+        os.umask(old)
+    paths = [tmp_path / "fleet", *(tmp_path / "fleet").rglob("*")]
+    loose = [p for p in paths if stat.S_IMODE(p.stat().st_mode) & 0o022]
+    assert loose == []
+    assert stat.S_IMODE((tmp_path / "fleet" / "ca.pem").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "fleet" / "keys").stat().st_mode) == 0o750
+
+
+def test_revoke_renew_remove(fleet_dir: Path) -> None:
+    provision.provision_locker(fleet_dir, "LKR-1", COMPARTMENTS[:1])
+    d = provision.Fleet.load(fleet_dir).locker_dir("LKR-1")
+    first = x509.load_pem_x509_certificate((d / "device.pem").read_bytes()).serial_number
+    until = provision.renew_locker(fleet_dir, "LKR-1", days=30)
+    second = x509.load_pem_x509_certificate((d / "device.pem").read_bytes()).serial_number
+    assert second != first
+    assert datetime.timedelta(days=29) < until - datetime.datetime.now(datetime.UTC)
+    assert provision.revoke_locker(fleet_dir, "LKR-1") == sorted([first, second])
+    for crl_path in (fleet_dir / "crl.pem", fleet_dir / "broker" / "crl.pem"):
+        crl = x509.load_pem_x509_crl(crl_path.read_bytes())
+        assert {r.serial_number for r in crl} == {first, second}
+    with pytest.raises(ProvisionError, match="revoked"):
+        provision.renew_locker(fleet_dir, "LKR-1")
+    assert provision.remove_locker(fleet_dir, "LKR-1") == sorted([first, second])
+    assert not d.exists()
+    files = provision.provision_locker(fleet_dir, "LKR-1", COMPARTMENTS[:1])  # id reusable
+    third = x509.load_pem_x509_certificate(files.cert.read_bytes()).serial_number
+    crl = x509.load_pem_x509_crl((fleet_dir / "broker" / "crl.pem").read_bytes())
+    assert crl.get_revoked_certificate_by_serial_number(third) is None
+    for missing in (provision.revoke_locker, provision.remove_locker, provision.renew_locker):
+        with pytest.raises(ProvisionError, match="not provisioned"):
+            missing(fleet_dir, "LKR-404")
+
+
+def test_keypad_and_scanner_specs_reach_the_file(fleet_dir: Path) -> None:
+    files = provision.provision_locker(
+        fleet_dir,
+        "LKR-1",
+        COMPARTMENTS[:1],
+        keypad=provision.KeypadSpec.parse("matrix:5,6,13,19:12,16,20"),
+        scanner=provision.ScannerSpec.parse("/dev/serial/by-id/usb-scan-if00@115200"),
+        pin_factory="mock",
+    )
+    assert files.warnings == ()
+    data = tomllib.loads(files.config.read_text())
+    assert data["keypad"] == {"type": "matrix", "rows": [5, 6, 13, 19], "cols": [12, 16, 20]}
+    assert data["scanner"] == {"port": "/dev/serial/by-id/usb-scan-if00", "baudrate": 115200}
+    assert "timing" not in data  # defaults live in the model, not in generated files
+    serial = provision.KeypadSpec.parse("serial:rfc2217://host:4000@9600").table
+    assert serial == {"type": "serial", "port": "rfc2217://host:4000", "baudrate": 9600}
+    assert provision.KeypadSpec.parse("none").table == {"type": "none"}
+    for bad in ("matrix:1,2", "matrix:a,b:c", "usb", "serial:"):
+        with pytest.raises(ProvisionError):
+            provision.KeypadSpec.parse(bad)
+    bare = provision.provision_locker(fleet_dir, "LKR-2", COMPARTMENTS[:1])
+    assert bare.warnings == (
+        "no [keypad] and no [scanner]: nobody at the cabinet can open a compartment; "
+        "only signed remote commands can",
+    )
