@@ -15,6 +15,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from locker.cabinet.link import MqttLink
 from locker.ports import CommandMessage, LinkChanged
+from locker.sim.broker import OPERATOR_CN, SERVER_CN
 from tests.broker import (
     Broker,
     ClientCert,
@@ -250,3 +251,68 @@ def test_the_link_checks_the_broker_certificate_and_host_name(
                 rec.close()
     finally:
         b.stop()
+
+
+# --- issue 11 items 23-24: each identity only its job; revoked certificates refused ---------
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        f"lockers/{L1}/ack",  # deleting a locker's events is the server's job alone
+        f"lockers/{L1}/status",
+        f"lockers/{L1}/state",
+        f"lockers/{L1}/evt/door_forced",
+        f"lockers/{L1}/res",
+        "lockers/x",
+        "elsewhere/topic",
+    ],
+)
+def test_an_operator_only_sends_commands(
+    tls_broker: Broker,  # noqa: F811
+    server: ServerClient,
+    raw_clients: list[RawClient],
+    topic: str,
+) -> None:
+    assert tls_broker.pki is not None
+    operator = raw(raw_clients, tls_broker, OPERATOR_CN, tls_broker.pki.client(OPERATOR_CN))
+    assert operator.connect()
+    rc = operator.publish(topic, b'{"spoofed":true}')
+    assert rc.is_failure and rc.value == 0x87  # Not authorized (MQTT 5)
+    assert not operator.publish(f"lockers/{L1}/cmd", b"a.b.c").is_failure
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        f"lockers/{L1}/status",
+        f"lockers/{L1}/state",
+        f"lockers/{L1}/evt/door_forced",
+        f"lockers/{L1}/res",
+    ],
+)
+def test_the_server_cannot_speak_for_a_locker(
+    tls_broker: Broker,  # noqa: F811
+    raw_clients: list[RawClient],
+    topic: str,
+) -> None:
+    assert tls_broker.pki is not None
+    backend = raw(raw_clients, tls_broker, SERVER_CN, tls_broker.pki.client(SERVER_CN))
+    assert backend.connect()
+    rc = backend.publish(topic, b'{"spoofed":true}')
+    assert rc.is_failure and rc.value == 0x87
+    for allowed in (f"lockers/{L1}/cmd", f"lockers/{L1}/ack"):
+        assert not backend.publish(allowed, b"{}").is_failure, allowed
+
+
+def test_a_revoked_certificate_is_refused_at_the_handshake(
+    tls_broker: Broker,  # noqa: F811
+    raw_clients: list[RawClient],
+) -> None:
+    pki = tls_broker.pki
+    assert pki is not None
+    assert raw(raw_clients, tls_broker, L2, pki.client(L2)).connect()
+    pki.revoke(L2)
+    tls_broker.restart()  # Mosquitto reads its crlfile when it starts
+    assert not raw(raw_clients, tls_broker, L2, pki.client(L2)).connect()
+    assert raw(raw_clients, tls_broker, L1, pki.client(L1)).connect()

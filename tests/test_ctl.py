@@ -44,6 +44,9 @@ SUBCOMMANDS = [
     ["locker"],
     ["locker", "add"],
     ["locker", "list"],
+    ["locker", "remove"],
+    ["locker", "revoke"],
+    ["locker", "renew"],
     ["keys", "show"],
     ["parcel", "issue"],
     ["cmd", "send"],
@@ -501,3 +504,48 @@ def event_doc(seq: int, event_type: str | None = None) -> dict[str, Any]:
         "compartment": "A1",
         "data": {},
     }
+
+
+def _start_fleet_broker(f: provision.Fleet, log: Path) -> subprocess.Popen[bytes]:
+    conf = str(f.dir / "broker" / "mosquitto.conf")
+    with log.open("ab") as out:
+        proc = subprocess.Popen([MOSQUITTO, "-c", conf], stdout=out, stderr=subprocess.STDOUT)
+    wait_for(lambda: _listening(f.broker_port) or proc.poll() is not None, 10, what="mosquitto")
+    assert proc.poll() is None, log.read_text()
+    return proc
+
+
+def _locker_connects(f: provision.Fleet, locker_id: str) -> bool:
+    d = f.locker_dir(locker_id)
+    tls = fleet.TlsFiles(d / "ca.pem", d / "device.pem", d / "device-key.pem")
+    client = fleet.FleetClient("localhost", f.broker_port, client_id=locker_id, tls=tls)
+    try:
+        client.connect(timeout=5)
+    except fleet.BrokerError:
+        return False
+    client.close()
+    return True
+
+
+@pytest.mark.broker
+@pytest.mark.timeout(60)
+def test_renew_and_revoke_are_enforced_by_the_fleet_broker(fleet_dir: Path) -> None:
+    f = provision.Fleet.load(fleet_dir)
+    log = fleet_dir / "broker.log"
+    proc = _start_fleet_broker(f, log)
+    try:
+        code, text = run("locker", "renew", str(fleet_dir), LOCKER, "--days", "30")
+        assert code == ctl.EXIT_OK and "new certificate valid until" in text
+        assert _locker_connects(f, LOCKER)  # the renewed certificate works
+        code, text = run("locker", "revoke", str(fleet_dir), LOCKER)
+        assert code == ctl.EXIT_OK and "2 certificate(s) revoked" in text
+        proc.terminate()
+        proc.wait(10)
+        proc = _start_fleet_broker(f, log)  # the broker reads crl.pem when it starts
+        assert not _locker_connects(f, LOCKER)
+        code, _ = run("locker", "remove", str(fleet_dir), LOCKER)
+        assert code == ctl.EXIT_OK and LOCKER not in f.lockers()
+        assert run("locker", "revoke", str(fleet_dir), LOCKER)[0] == ctl.EXIT_PROVISION
+    finally:
+        proc.terminate()
+        proc.wait(10)
