@@ -303,7 +303,18 @@ def build_parser() -> argparse.ArgumentParser:
         _add_watch,
     ):
         add(sub)
+    _add_service(sub)
     return parser
+
+
+def _add_service(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``serve`` and ``user``: the fleet service, present when its extra is installed."""
+    try:
+        from locker.fleet.service import cli  # noqa: PLC0415 - needs the [fleet] extra
+    except ImportError as err:
+        logger.debug("fleet service commands unavailable: %s", err)
+        return
+    cli.register(sub)
 
 
 # --- commands -------------------------------------------------------------------------------

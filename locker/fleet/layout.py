@@ -3,7 +3,8 @@
 Layout: ``fleet.toml`` (public settings), ``ca.pem``/``ca-key.pem``, ``crl.pem`` (revoked
 certificates), ``broker/`` (server certificate, ``mosquitto.conf``, ``acl``, ``crl.pem``,
 ``data/``), ``clients/<user>.pem|-key.pem`` (server and operator identities),
-``keys/command-<kid>.key``, ``keys/token-<kid>.key``, ``lockers/<id>/`` (one per locker).
+``keys/command-<kid>.key``, ``keys/token-<kid>.key``, ``keys/users/<name>.key|.pub`` (the
+fleet service's users' command keys), ``lockers/<id>/`` (one per locker).
 """
 
 from __future__ import annotations
@@ -17,8 +18,16 @@ from typing import Final
 import tomli_w
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from locker.fleet.keys import ProvisionError, load_signing_key, read_device_key
+from locker.fleet.keys import (
+    ProvisionError,
+    encode_public_key,
+    load_signing_key,
+    read_device_key,
+)
 from locker.fleet.pki import LOCKER_ID_RE
+
+USER_KEYS_DIR: Final = "keys/users"
+"""Where the fleet service keeps its users' command keys (``<name>.key``, ``<name>.pub``)."""
 
 DIR_MODE: Final = 0o750
 """Every directory of a fleet: never writable by others, whatever the umask."""
@@ -121,6 +130,15 @@ class Fleet:
 
     def token_key(self) -> Ed25519PrivateKey:
         return load_signing_key(self.token_key_file)
+
+    def command_public_keys(self) -> dict[str, str]:
+        """kid -> public key of every command signer this fleet's lockers accept: the fleet's
+        own key and each fleet-service user's (``keys/users/<name>.pub``, kid = name)."""
+        keys = {self.command_kid: encode_public_key(self.command_key())}
+        users = self.dir / USER_KEYS_DIR
+        for pub in sorted(users.glob("*.pub")) if users.is_dir() else ():
+            keys.setdefault(pub.stem, pub.read_text(encoding="ascii").strip())
+        return keys
 
     def locker_dir(self, locker_id: str) -> Path:
         check_locker_id(locker_id)

@@ -201,7 +201,7 @@ def locker_config(
         },
         "security": {
             "device_key_file": f"{file_dir}/device.key",
-            "command_keys": {fleet.command_kid: encode_public_key(fleet.command_key())},
+            "command_keys": fleet.command_public_keys(),
             "token_keys": {str(fleet.token_kid): encode_public_key(fleet.token_key())},
         },
         "gpio": {"pin_factory": pin_factory},

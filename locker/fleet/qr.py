@@ -7,6 +7,7 @@ zone. Only well-formed ``LK1`` tokens are rendered, so the version bound always 
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 from typing import Any, Final
@@ -68,9 +69,15 @@ def version(token: str) -> int:
 
 def to_png(token: str, path: str | Path) -> None:
     """Write the QR code as a 1-bit greyscale PNG (pure-Python pypng, no Pillow)."""
+    Path(path).write_bytes(png_bytes(token))
+
+
+def png_bytes(token: str) -> bytes:
+    """The QR code as PNG bytes (what :func:`to_png` writes)."""
     image = build(token).make_image(image_factory=qrcode.image.pure.PyPNGImage)
-    with open(path, "wb") as stream:
-        image.save(stream)
+    stream = io.BytesIO()
+    image.save(stream)
+    return stream.getvalue()
 
 
 def to_svg(token: str) -> str:

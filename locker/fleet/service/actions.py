@@ -1,0 +1,302 @@
+"""What a user can make the fleet do: issue parcels and send signed commands (DESIGN 13).
+
+Shared by the REST API and the web console. Every command is signed with the ACTING USER's
+own key (``kid`` = user name), recorded in ``commands`` (who, why, the reply) and sent on
+``{p}/cmd``; the caller waits, bounded, for the reply on ``{p}/res``.
+
+Issuing a parcel: two codes from the OS CSPRNG (``credentials.generate_code``), only their
+HMAC tags under the locker's device key go into ``assign``; the codes and the pickup token are
+returned to the caller once and never stored or logged. The token's id and validity are
+stored so that the same token (Ed25519 signatures are deterministic) can be rendered again as
+a QR image later.
+
+Errors: :class:`ActionError` with an HTTP-like ``status`` and a stable ``code``: 404
+``unknown_locker``/``unknown_parcel``, 409 ``duplicate_parcel`` or the locker's own rejection
+code, 422 ``invalid_args``, 504 ``locker_timeout`` (the command stays queued for the locker
+until it expires), 503 ``broker_unavailable``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, insert, select, update
+
+from locker.contract import credentials
+from locker.contract.actions import Action
+from locker.fleet import provision
+from locker.fleet.client import (
+    BrokerError,
+    FleetClient,
+    FleetError,
+    Reply,
+    ReplyTimeoutError,
+    command_claims,
+    new_code_pair,
+)
+from locker.fleet.service import ledger, users
+from locker.fleet.service.db import commands, parcels
+from locker.fleet.service.metrics import METRICS
+
+logger = logging.getLogger(__name__)
+
+PARCEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+DROPOFF_HOURS = 48
+RETRIEVE_HOURS = 48
+FINAL_STATES = frozenset({"collected", "retrieved", "cancelled"})
+
+
+class ActionError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclass(frozen=True)
+class Issued:
+    parcel: str
+    locker: str
+    compartment: str | None
+    dropoff_code: str
+    pickup_code: str
+    pickup_token: str | None
+
+
+class Actions:
+    """Signed actions on behalf of users; thread-safe (the client serialises on its own)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        fleet: provision.Fleet,
+        client: FleetClient,
+        *,
+        reply_timeout_s: float = 10.0,
+    ) -> None:
+        self.engine, self.fleet, self.client = engine, fleet, client
+        self.reply_timeout_s = reply_timeout_s
+
+    # -- commands --
+
+    def send(
+        self,
+        user: str,
+        locker: str,
+        action: Action | str,
+        args: dict[str, Any],
+        reason: str | None,
+    ) -> Reply:
+        """Sign as ``user``, record, send and wait for the reply (any status)."""
+        self._check_locker(locker)
+        try:
+            claims = command_claims(locker, action, args, now=time.time())
+        except FleetError as err:
+            raise ActionError(422, "invalid_args", str(err)) from None
+        try:
+            signer = users.signer(self.fleet.dir, user)
+        except provision.ProvisionError as err:
+            raise ActionError(403, "no_signing_key", str(err)) from None
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(commands).values(
+                    id=claims["jti"],
+                    locker=locker,
+                    action=claims["act"],
+                    actor=user,
+                    reason=reason,
+                    sent_at=time.time(),
+                )
+            )
+        started = time.monotonic()
+        logger.info("%s sends %s to %s (jti %s)", user, claims["act"], locker, claims["jti"])
+        try:
+            reply = self.client.send_signed(locker, signer.sign(claims), self.reply_timeout_s)
+        except ReplyTimeoutError as err:
+            self._record(claims["jti"], "timeout", "locker_timeout", None)
+            raise ActionError(504, "locker_timeout", str(err)) from None
+        except BrokerError as err:
+            self._record(claims["jti"], "unsent", "broker_unavailable", None)
+            raise ActionError(503, "broker_unavailable", str(err)) from None
+        except FleetError as err:
+            self._record(claims["jti"], "unsent", "broker_refused", None)
+            raise ActionError(503, "broker_unavailable", str(err)) from None
+        METRICS.command_seconds.labels(claims["act"]).observe(time.monotonic() - started)
+        code = (reply.error or {}).get("code")
+        self._record(claims["jti"], reply.status, code, reply.result)
+        return reply
+
+    def _record(self, jti: str, status: str, code: Any, result: Any) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(commands)
+                .where(commands.c.id == jti)
+                .values(
+                    status=status,
+                    error_code=str(code)[:64] if code else None,
+                    result=result,
+                    replied_at=time.time(),
+                )
+            )
+
+    def command(
+        self, user: str, locker: str, action: str, args: dict[str, Any], reason: str
+    ) -> Reply:
+        """A command of the API (anything but ``assign``, which only parcels may send)."""
+        try:
+            act = Action(action)
+        except ValueError:
+            raise ActionError(422, "invalid_args", f"unknown action {action!r}") from None
+        if act is Action.ASSIGN:
+            raise ActionError(422, "invalid_args", "assign is sent by POST /api/v1/parcels")
+        if act in (Action.OPEN, Action.SET_SERVICE):
+            args = {**args, "reason": args.get("reason", reason)}
+        return self._ok(self.send(user, locker, act, args, reason))
+
+    @staticmethod
+    def _ok(reply: Reply) -> Reply:
+        if not reply.ok:
+            err = reply.error or {}
+            code = str(err.get("code") or reply.status)
+            raise ActionError(409, code, str(err.get("message") or f"locker said {reply.status}"))
+        return reply
+
+    def _check_locker(self, locker: str) -> bytes:
+        try:
+            return self.fleet.device_key(locker)
+        except provision.ProvisionError:
+            raise ActionError(
+                404, "unknown_locker", f"no locker {locker!r} in this fleet"
+            ) from None
+
+    # -- parcels --
+
+    def issue(
+        self,
+        user: str,
+        locker: str,
+        parcel: str,
+        size: str,
+        kind: str,
+        compartment: str | None = None,
+        pickup_hours: int | None = None,
+    ) -> Issued:
+        if not PARCEL_RE.fullmatch(parcel):
+            raise ActionError(422, "invalid_args", f"bad parcel id: expected {PARCEL_RE.pattern}")
+        device_key = self._check_locker(locker)
+        with self.engine.connect() as conn:
+            known = conn.execute(select(parcels.c.state).where(parcels.c.parcel == parcel)).first()
+        if known is not None and known.state not in FINAL_STATES:
+            raise ActionError(409, "duplicate_parcel", f"parcel {parcel} is already active")
+        now = int(time.time())
+        dropoff, pickup, d_tag, p_tag = new_code_pair(device_key)
+        hours = pickup_hours if pickup_hours is not None else 72
+        args: dict[str, Any] = {
+            "parcel": parcel,
+            "kind": kind,
+            "size": size,
+            "dropoff_tag": d_tag,
+            "pickup_tag": p_tag,
+            "dropoff_until": now + DROPOFF_HOURS * 3600,
+            "pickup_hours": hours,
+        }
+        if compartment is not None:
+            args["compartment"] = compartment
+        reply = self._ok(self.send(user, locker, Action.ASSIGN, args, f"issue parcel {parcel}"))
+        where = (reply.result or {}).get("compartment")
+        token_id = secrets.token_bytes(16)
+        nb, exp = now - 60, now + DROPOFF_HOURS * 3600 + (hours * 3600 if kind == "delivery" else 0)
+        action = (
+            credentials.TokenAction.PICKUP
+            if kind == "delivery"
+            else credentials.TokenAction.DROPOFF
+        )
+        token = credentials.mint_token(
+            self.fleet.token_key(), self.fleet.token_kid, locker, action, parcel, nb, exp, token_id
+        )
+        with self.engine.begin() as conn:
+            values = {
+                "locker": locker,
+                "kind": kind,
+                "size": size,
+                "compartment": where if isinstance(where, str) else None,
+                "created_by": user,
+                "updated_at": time.time(),
+                "dropoff_until": args["dropoff_until"],
+                "token_id": token_id.hex(),
+                "token_nb": nb,
+                "token_exp": exp,
+            }
+            if known is None:
+                # ingest may already have created the row from parcel_reserved: keep its state
+                exists = conn.execute(select(parcels.c.parcel).where(parcels.c.parcel == parcel))
+                if exists.first() is None:
+                    conn.execute(
+                        insert(parcels).values(
+                            parcel=parcel, state="reserved", created_at=time.time(), **values
+                        )
+                    )
+                else:
+                    conn.execute(update(parcels).where(parcels.c.parcel == parcel).values(**values))
+            else:
+                conn.execute(
+                    update(parcels)
+                    .where(parcels.c.parcel == parcel)
+                    .values(state="reserved", state_epoch=None, state_seq=None, **values)
+                )
+            ledger.record_api(
+                conn, parcel, "issued", user, time.time(), {"locker": locker, "kind": kind}
+            )
+        return Issued(parcel, locker, values["compartment"], dropoff, pickup, token)
+
+    def parcel_row(self, parcel: str) -> Any:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(parcels).where(parcels.c.parcel == parcel)).first()
+        if row is None:
+            raise ActionError(404, "unknown_parcel", f"no parcel {parcel!r}")
+        return row
+
+    def token(self, parcel: str) -> str:
+        row = self.parcel_row(parcel)
+        if row.token_id is None:
+            raise ActionError(404, "no_token", f"parcel {parcel} was not issued by this service")
+        action = (
+            credentials.TokenAction.PICKUP
+            if row.kind == "delivery"
+            else credentials.TokenAction.DROPOFF
+        )
+        return credentials.mint_token(
+            self.fleet.token_key(),
+            self.fleet.token_kid,
+            row.locker,
+            action,
+            parcel,
+            row.token_nb,
+            row.token_exp,
+            bytes.fromhex(row.token_id),
+        )
+
+    def parcel_command(
+        self, user: str, parcel: str, action: Action, extra: dict[str, Any], reason: str
+    ) -> Reply:
+        row = self.parcel_row(parcel)
+        reply = self._ok(self.send(user, row.locker, action, {"parcel": parcel, **extra}, reason))
+        with self.engine.begin() as conn:
+            detail = {k: v for k, v in extra.items() if not k.endswith("_tag")}
+            ledger.record_api(conn, parcel, action.value, user, time.time(), detail)
+        return reply
+
+    def retrieve(self, user: str, parcel: str, valid_hours: int, reason: str) -> str:
+        """Arm a courier code that takes the parcel back; returns the code (once)."""
+        row = self.parcel_row(parcel)
+        code = credentials.generate_code(8)
+        tag = credentials.code_tag(self._check_locker(row.locker), code)
+        until = int(time.time()) + valid_hours * 3600
+        self.parcel_command(
+            user, parcel, Action.RETRIEVE, {"code_tag": tag, "valid_until": until}, reason
+        )
+        return code

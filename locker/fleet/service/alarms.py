@@ -1,0 +1,201 @@
+"""Alarms and customer notifications, decided inside ingest's transaction (DESIGN 13).
+
+An alarm is raised once: while it is open, ``alarms.open_key`` (``locker/kind/compartment``)
+is unique, so a repeat only bumps ``count`` and ``last_at``. Acknowledging or resolving it
+clears the key, so the next occurrence is a new alarm. Each new alarm is queued for delivery
+(``deliveries``) to every webhook taking ``alarm`` and to e-mail, in the same transaction.
+
+Raised by events: door_forced, door_jammed, door_left_open, hardware_fault, storage_fault,
+clock_suspect, keypad_locked_out. Resolved by events: door_closed (door_left_open of that
+compartment), hardware_recovered, keypad_unlocked. By state: ``outbox_growing`` at
+``outbox_depth >= outbox_growth`` (resolved below half of it). By the sweep: ``locker_offline``
+after ``offline_alarm_s`` without a birth (resolved by the next birth).
+
+Customer notifications to webhooks taking ``notification``: ``parcel_deposited``,
+``pickup_reminder`` (``reminder_before_s`` before ``pickup_until``, once), ``pickup_expired``.
+Their idempotency key names the event (locker, epoch, seq), so a redelivery is recognisable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, and_, insert, select, update
+
+from locker.fleet.service import delivery, ledger
+from locker.fleet.service.db import alarms, lockers, parcels
+
+EVENT_ALARMS = frozenset(
+    {
+        "door_forced",
+        "door_jammed",
+        "door_left_open",
+        "hardware_fault",
+        "storage_fault",
+        "clock_suspect",
+        "keypad_locked_out",
+    }
+)
+RESOLVED_BY = {
+    "door_closed": "door_left_open",
+    "hardware_recovered": "hardware_fault",
+    "keypad_unlocked": "keypad_locked_out",
+}
+NOTIFY_EVENTS = {"parcel_deposited": "parcel_deposited", "pickup_expired": "pickup_expired"}
+
+
+@dataclass(frozen=True)
+class Rules:
+    """Thresholds and routes (from ``fleet.toml``); ``routes``: channel targets per kind."""
+
+    outbox_growth: int = 500
+    offline_alarm_s: int = 300
+    reminder_before_s: int = 86400
+    resync_interval_s: float = 60.0
+    routes: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+
+
+def _open_key(locker: str, kind: str, compartment: str | None) -> str:
+    return f"{locker}/{kind}/{compartment or ''}"
+
+
+def raise_alarm(
+    conn: Connection,
+    rules: Rules,
+    locker: str,
+    kind: str,
+    compartment: str | None,
+    detail: dict[str, Any],
+    now: float,
+) -> int | None:
+    """Open an alarm, or count a repeat of the open one; returns the id of a NEW alarm."""
+    key = _open_key(locker, kind, compartment)
+    row = conn.execute(select(alarms.c.id).where(alarms.c.open_key == key)).first()
+    if row is not None:
+        conn.execute(
+            update(alarms)
+            .where(alarms.c.id == row.id)
+            .values(count=alarms.c.count + 1, last_at=now)
+        )
+        return None
+    alarm_id = conn.execute(
+        insert(alarms)
+        .values(
+            locker=locker,
+            kind=kind,
+            compartment=compartment,
+            open_key=key,
+            state="open",
+            first_at=now,
+            last_at=now,
+            count=1,
+            detail=detail,
+        )
+        .returning(alarms.c.id)
+    ).scalar_one()
+    payload = {
+        "type": "alarm",
+        "alarm": {
+            "id": alarm_id,
+            "locker": locker,
+            "kind": kind,
+            "compartment": compartment,
+            "at": now,
+            "detail": detail,
+        },
+    }
+    delivery.enqueue(conn, rules.routes.get("alarm", []), f"alarm-{alarm_id}", payload, now)
+    return int(alarm_id)
+
+
+def resolve(conn: Connection, locker: str, kind: str, compartment: str | None, now: float) -> None:
+    conn.execute(
+        update(alarms)
+        .where(alarms.c.open_key == _open_key(locker, kind, compartment))
+        .values(state="resolved", open_key=None, last_at=now)
+    )
+
+
+def acknowledge(conn: Connection, alarm_id: int, user: str, note: str, now: float) -> bool:
+    """Close an open alarm with a note; False when there is no such open alarm."""
+    result = conn.execute(
+        update(alarms)
+        .where(and_(alarms.c.id == alarm_id, alarms.c.state == "open"))
+        .values(state="acked", open_key=None, acked_by=user, acked_at=now, note=note)
+    )
+    return bool(result.rowcount)
+
+
+def on_event(
+    conn: Connection, rules: Rules, locker: str, epoch: str, ev: dict[str, Any], now: float
+) -> None:
+    kind = ev["type"]
+    compartment = ev.get("compartment")
+    data = ledger.event_data(ev)
+    if kind in EVENT_ALARMS:
+        detail = {"seq": ev["seq"], "epoch": epoch, "ts": ev.get("ts"), "data": data}
+        raise_alarm(conn, rules, locker, kind, compartment, detail, now)
+    elif kind in RESOLVED_BY:
+        target = RESOLVED_BY[kind]
+        resolve(conn, locker, target, compartment if target == "door_left_open" else None, now)
+    if kind in NOTIFY_EVENTS and ev.get("parcel"):
+        payload = {
+            "type": NOTIFY_EVENTS[kind],
+            "parcel": ev["parcel"],
+            "locker": locker,
+            "compartment": compartment,
+            "ts": ev.get("ts"),
+            "pickup_until": data.get("pickup_until"),
+        }
+        key = f"{kind}-{locker}-{epoch}-{ev['seq']}"
+        delivery.enqueue(conn, rules.routes.get("notification", []), key, payload, now)
+
+
+def on_state(
+    conn: Connection, rules: Rules, locker: str, outbox_depth: int | None, now: float
+) -> None:
+    if outbox_depth is None:
+        return
+    if outbox_depth >= rules.outbox_growth:
+        detail = {"outbox_depth": outbox_depth}
+        raise_alarm(conn, rules, locker, "outbox_growing", None, detail, now)
+    elif outbox_depth < rules.outbox_growth // 2:
+        resolve(conn, locker, "outbox_growing", None, now)
+
+
+def sweep(conn: Connection, rules: Rules, now: float) -> None:
+    """Time-driven rules: lockers offline too long, pickup reminders. Idempotent."""
+    late = conn.execute(
+        select(lockers.c.id, lockers.c.offline_since).where(
+            and_(
+                lockers.c.online.is_(False),
+                lockers.c.offline_since.is_not(None),
+                lockers.c.offline_since < now - rules.offline_alarm_s,
+            )
+        )
+    ).all()
+    for row in late:
+        detail = {"offline_since": row.offline_since}
+        raise_alarm(conn, rules, row.id, "locker_offline", None, detail, now)
+    due = conn.execute(
+        select(parcels).where(
+            and_(
+                parcels.c.state == "deposited",
+                parcels.c.reminded.is_(False),
+                parcels.c.pickup_until.is_not(None),
+                parcels.c.pickup_until < now + rules.reminder_before_s,
+            )
+        )
+    ).all()
+    for p in due:
+        payload = {
+            "type": "pickup_reminder",
+            "parcel": p.parcel,
+            "locker": p.locker,
+            "compartment": p.compartment,
+            "pickup_until": p.pickup_until,
+        }
+        key = f"pickup_reminder-{p.parcel}"
+        delivery.enqueue(conn, rules.routes.get("notification", []), key, payload, now)
+        conn.execute(update(parcels).where(parcels.c.parcel == p.parcel).values(reminded=True))

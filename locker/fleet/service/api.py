@@ -1,0 +1,400 @@
+"""The REST API of DESIGN 13 (FastAPI; OpenAPI document at ``/api/v1/openapi.json``).
+
+Every endpoint but ``/metrics`` needs ``Authorization: Bearer <token>``; what each role may
+do is the table ``PERMISSIONS`` (the security test walks it). Errors are JSON
+``{"error": {"code", "message"}}`` with the HTTP status: 401 ``unauthenticated``, 403
+``forbidden``, 404, 409 (a locker's rejection carries the locker's own code), 422
+``invalid_args``, 503, 504 ``locker_timeout``.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import and_, func, select
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from locker.contract.actions import Action
+from locker.fleet import qr
+from locker.fleet.service import alarms as alarm_rules
+from locker.fleet.service import ledger, users
+from locker.fleet.service.actions import ActionError, Actions
+from locker.fleet.service.db import alarms, events, lockers
+
+READ = frozenset({"viewer", "operator", "admin"})
+PARCELS = frozenset({"carrier", "operator", "admin"})
+ACT = frozenset({"operator", "admin"})
+ALL = READ | PARCELS
+
+PERMISSIONS: dict[str, frozenset[str]] = {
+    "GET /api/v1/lockers": ALL,
+    "GET /api/v1/lockers/{id}": ALL,
+    "GET /api/v1/lockers/{id}/events": READ,
+    "POST /api/v1/lockers/{id}/commands": ACT,
+    "POST /api/v1/parcels": PARCELS,
+    "GET /api/v1/parcels/{parcel}": ALL,
+    "GET /api/v1/parcels/{parcel}/qr.svg": PARCELS,
+    "GET /api/v1/parcels/{parcel}/qr.png": PARCELS,
+    "POST /api/v1/parcels/{parcel}/cancel": PARCELS,
+    "POST /api/v1/parcels/{parcel}/extend": PARCELS,
+    "POST /api/v1/parcels/{parcel}/retrieve": PARCELS,
+    "GET /api/v1/alarms": READ,
+    "POST /api/v1/alarms/{id}/ack": ACT,
+}
+"""Endpoint -> roles allowed. An endpoint missing here is a bug (the tests check both ways)."""
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ParcelIn(_Body):
+    locker: str = Field(max_length=64)
+    parcel: str = Field(max_length=128)
+    size: Literal["S", "M", "L", "XL"]
+    kind: Literal["delivery", "return"] = "delivery"
+    compartment: str | None = Field(default=None, max_length=64)
+    pickup_hours: int | None = Field(default=None, ge=1, le=24 * 30)
+    accessible: bool = False  # recorded; compartment choice is the locker's (DESIGN 5 assign)
+
+
+class CommandIn(_Body):
+    action: str = Field(max_length=32)
+    args: dict[str, Any] = {}
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class ReasonIn(_Body):
+    reason: str = Field(default="", max_length=500)
+
+
+class ExtendIn(_Body):
+    pickup_until: int = Field(gt=0)
+    reason: str = Field(default="", max_length=500)
+
+
+class RetrieveIn(_Body):
+    valid_hours: int = Field(default=48, ge=1, le=24 * 7)
+    reason: str = Field(default="", max_length=500)
+
+
+class AckIn(_Body):
+    note: str = Field(default="", max_length=2000)
+
+
+def _bearer(request: Request) -> users.User:
+    header = request.headers.get("authorization", "")
+    scheme, _sep, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError(401, "unauthenticated", "Authorization: Bearer <token> required")
+    with request.app.state.engine.connect() as conn:
+        user = users.by_token(conn, token.strip())
+    if user is None:
+        raise ApiError(401, "unauthenticated", "unknown token")
+    return user
+
+
+def allow(endpoint: str) -> Callable[[Request], users.User]:
+    roles = PERMISSIONS[endpoint]
+
+    def check(request: Request) -> users.User:
+        user = _bearer(request)
+        if user.role not in roles:
+            raise ApiError(403, "forbidden", f"role {user.role} may not {endpoint}")
+        return user
+
+    return check
+
+
+def _actions(request: Request) -> Actions:
+    actions: Actions = request.app.state.actions
+    return actions
+
+
+def locker_doc(row: Any, open_alarms: int) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "name": None,
+        "online": row.online,
+        "last_seen": row.last_seen,
+        "epoch": row.epoch,
+        "last_seq": row.last_seq,
+        "outbox_depth": row.outbox_depth,
+        "lockdown": row.lockdown,
+        "keypad_locked": row.keypad_locked,
+        "open_alarms": open_alarms,
+        "compartments": row.compartments or [],
+    }
+
+
+def fleet_lockers(conn: Any, locker: str | None = None) -> list[dict[str, Any]]:
+    q = select(lockers).order_by(lockers.c.id)
+    if locker is not None:
+        q = q.where(lockers.c.id == locker)
+    counts = dict(
+        conn.execute(
+            select(alarms.c.locker, func.count())
+            .where(alarms.c.state == "open")
+            .group_by(alarms.c.locker)
+        ).all()
+    )
+    return [locker_doc(r, counts.get(r.id, 0)) for r in conn.execute(q)]
+
+
+def parcel_doc(conn: Any, row: Any) -> dict[str, Any]:
+    return {
+        "parcel": row.parcel,
+        "locker": row.locker,
+        "kind": row.kind,
+        "size": row.size,
+        "compartment": row.compartment,
+        "state": row.state,
+        "created_by": row.created_by,
+        "created_at": row.created_at,
+        "pickup_until": row.pickup_until,
+        "history": ledger.history(conn, row.parcel),
+    }
+
+
+def alarm_doc(row: Any) -> dict[str, Any]:
+    return {
+        k: getattr(row, k)
+        for k in (
+            "id",
+            "locker",
+            "kind",
+            "compartment",
+            "state",
+            "first_at",
+            "last_at",
+            "count",
+            "detail",
+            "acked_by",
+            "acked_at",
+            "note",
+        )
+    }
+
+
+def _reply_doc(reply: Any) -> dict[str, Any]:
+    return {
+        "cmd_id": reply.cmd_id,
+        "status": reply.status,
+        "result": reply.result,
+        "error": reply.error,
+    }
+
+
+def router() -> APIRouter:
+    r = APIRouter(prefix="/api/v1")
+
+    @r.get("/lockers")
+    def list_lockers(
+        request: Request, _u: Annotated[users.User, Depends(allow("GET /api/v1/lockers"))]
+    ) -> list[dict[str, Any]]:
+        with request.app.state.engine.connect() as conn:
+            return fleet_lockers(conn)
+
+    @r.get("/lockers/{locker_id}")
+    def get_locker(
+        locker_id: str,
+        request: Request,
+        _u: Annotated[users.User, Depends(allow("GET /api/v1/lockers/{id}"))],
+    ) -> dict[str, Any]:
+        with request.app.state.engine.connect() as conn:
+            found = fleet_lockers(conn, locker_id)
+        if not found:
+            raise ApiError(404, "unknown_locker", f"no locker {locker_id!r} has reported")
+        return found[0]
+
+    @r.get("/lockers/{locker_id}/events")
+    def locker_events(
+        locker_id: str,
+        request: Request,
+        _u: Annotated[users.User, Depends(allow("GET /api/v1/lockers/{id}/events"))],
+        after_seq: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        epoch: str | None = None,
+    ) -> list[dict[str, Any]]:
+        with request.app.state.engine.connect() as conn:
+            if epoch is None:
+                epoch = conn.execute(
+                    select(lockers.c.epoch).where(lockers.c.id == locker_id)
+                ).scalar()
+            q = (
+                select(events.c.body)
+                .where(and_(events.c.locker == locker_id, events.c.seq > after_seq))
+                .order_by(events.c.seq)
+                .limit(limit)
+            )
+            if epoch is not None:
+                q = q.where(events.c.epoch == epoch)
+            return [row.body for row in conn.execute(q)]
+
+    @r.post("/lockers/{locker_id}/commands")
+    def send_command(
+        locker_id: str,
+        body: CommandIn,
+        request: Request,
+        user: Annotated[users.User, Depends(allow("POST /api/v1/lockers/{id}/commands"))],
+    ) -> dict[str, Any]:
+        reply = _actions(request).command(user.name, locker_id, body.action, body.args, body.reason)
+        return _reply_doc(reply)
+
+    @r.post("/parcels", status_code=201)
+    def issue_parcel(
+        body: ParcelIn,
+        request: Request,
+        user: Annotated[users.User, Depends(allow("POST /api/v1/parcels"))],
+    ) -> dict[str, Any]:
+        issued = _actions(request).issue(
+            user.name,
+            body.locker,
+            body.parcel,
+            body.size,
+            body.kind,
+            body.compartment,
+            body.pickup_hours,
+        )
+        doc: dict[str, Any] = {
+            "parcel": issued.parcel,
+            "locker": issued.locker,
+            "compartment": issued.compartment,
+            "dropoff_code": issued.dropoff_code,
+            "pickup_code": issued.pickup_code,
+            "pickup_token": issued.pickup_token,
+        }
+        if issued.pickup_token:
+            doc["qr_svg"] = qr.to_svg(issued.pickup_token)
+            doc["qr_png_base64"] = base64.b64encode(qr.png_bytes(issued.pickup_token)).decode()
+        return doc
+
+    @r.get("/parcels/{parcel}")
+    def get_parcel(
+        parcel: str,
+        request: Request,
+        _u: Annotated[users.User, Depends(allow("GET /api/v1/parcels/{parcel}"))],
+    ) -> dict[str, Any]:
+        row = _actions(request).parcel_row(parcel)
+        with request.app.state.engine.connect() as conn:
+            return parcel_doc(conn, row)
+
+    @r.get("/parcels/{parcel}/qr.svg")
+    def parcel_svg(
+        parcel: str,
+        request: Request,
+        _u: Annotated[users.User, Depends(allow("GET /api/v1/parcels/{parcel}/qr.svg"))],
+    ) -> Response:
+        svg = qr.to_svg(_actions(request).token(parcel))
+        return Response(svg, media_type="image/svg+xml")
+
+    @r.get("/parcels/{parcel}/qr.png")
+    def parcel_png(
+        parcel: str,
+        request: Request,
+        _u: Annotated[users.User, Depends(allow("GET /api/v1/parcels/{parcel}/qr.png"))],
+    ) -> Response:
+        return Response(qr.png_bytes(_actions(request).token(parcel)), media_type="image/png")
+
+    @r.post("/parcels/{parcel}/cancel")
+    def cancel(
+        parcel: str,
+        request: Request,
+        user: Annotated[users.User, Depends(allow("POST /api/v1/parcels/{parcel}/cancel"))],
+        body: ReasonIn | None = None,
+    ) -> dict[str, Any]:
+        reason = body.reason if body else ""
+        reply = _actions(request).parcel_command(user.name, parcel, Action.CANCEL, {}, reason)
+        return _reply_doc(reply)
+
+    @r.post("/parcels/{parcel}/extend")
+    def extend(
+        parcel: str,
+        body: ExtendIn,
+        request: Request,
+        user: Annotated[users.User, Depends(allow("POST /api/v1/parcels/{parcel}/extend"))],
+    ) -> dict[str, Any]:
+        reply = _actions(request).parcel_command(
+            user.name, parcel, Action.EXTEND, {"pickup_until": body.pickup_until}, body.reason
+        )
+        return _reply_doc(reply)
+
+    @r.post("/parcels/{parcel}/retrieve")
+    def retrieve(
+        parcel: str,
+        request: Request,
+        user: Annotated[users.User, Depends(allow("POST /api/v1/parcels/{parcel}/retrieve"))],
+        body: RetrieveIn | None = None,
+    ) -> dict[str, Any]:
+        body = body or RetrieveIn()
+        code = _actions(request).retrieve(user.name, parcel, body.valid_hours, body.reason)
+        return {"parcel": parcel, "retrieve_code": code}
+
+    @r.get("/alarms")
+    def list_alarms(
+        request: Request,
+        _u: Annotated[users.User, Depends(allow("GET /api/v1/alarms"))],
+        state: Literal["open", "acked", "resolved", "all"] = "open",
+        limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+    ) -> list[dict[str, Any]]:
+        q = select(alarms).order_by(alarms.c.id.desc()).limit(limit)
+        if state != "all":
+            q = q.where(alarms.c.state == state)
+        with request.app.state.engine.connect() as conn:
+            return [alarm_doc(row) for row in conn.execute(q)]
+
+    @r.post("/alarms/{alarm_id}/ack")
+    def ack_alarm(
+        alarm_id: int,
+        request: Request,
+        user: Annotated[users.User, Depends(allow("POST /api/v1/alarms/{id}/ack"))],
+        body: AckIn | None = None,
+    ) -> dict[str, Any]:
+        note = body.note if body else ""
+        with request.app.state.engine.begin() as conn:
+            if not alarm_rules.acknowledge(conn, alarm_id, user.name, note, time.time()):
+                raise ApiError(404, "unknown_alarm", f"no open alarm {alarm_id}")
+            row = conn.execute(select(alarms).where(alarms.c.id == alarm_id)).one()
+        return alarm_doc(row)
+
+    return r
+
+
+def install(app: FastAPI) -> None:
+    """Routes and the JSON error handlers."""
+    app.include_router(router())
+
+    @app.exception_handler(ApiError)
+    def _api_error(_r: Request, err: ApiError) -> JSONResponse:
+        return error_response(err.status, err.code, err.message)
+
+    @app.exception_handler(ActionError)
+    def _action_error(_r: Request, err: ActionError) -> JSONResponse:
+        return error_response(err.status, err.code, err.message)
+
+    @app.exception_handler(RequestValidationError)
+    def _invalid(_r: Request, err: RequestValidationError) -> JSONResponse:
+        parts = [".".join(str(p) for p in e["loc"]) + ": " + str(e["msg"]) for e in err.errors()]
+        return error_response(422, "invalid_args", "; ".join(parts))
+
+    @app.exception_handler(StarletteHTTPException)
+    def _http(_r: Request, err: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "http_error")
+        return error_response(err.status_code, code, str(err.detail))

@@ -1,0 +1,159 @@
+"""Assembling and running the fleet service: ``lockerctl serve`` (DESIGN 13).
+
+``FleetService`` wires the pieces: the database (migrated to head at start), one MQTT
+connection (the ``[mqtt] client`` identity, persistent session), the ingest worker on the
+shared subscription, the delivery worker, and the ASGI app (REST API, ``/metrics``, the web
+console) served by uvicorn. ``run`` blocks until SIGTERM/SIGINT; workers keep no state of
+their own beyond the database, so any number may run against one PostgreSQL, each with its
+own MQTT identity.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import Response
+from prometheus_client import CollectorRegistry, generate_latest
+from sqlalchemy import Engine
+
+from locker.fleet.client import CommandSigner, FleetClient, signer_for
+from locker.fleet.service import api, db, delivery
+from locker.fleet.service.actions import Actions
+from locker.fleet.service.alarms import Rules
+from locker.fleet.service.config import ServiceConfig
+from locker.fleet.service.ingest import Ingest
+from locker.fleet.service.live import Hub
+from locker.fleet.service.metrics import METRICS, DbCollector
+from locker.fleet.service.worker import IngestWorker
+
+logger = logging.getLogger(__name__)
+
+SESSION_EXPIRY_S = 3600
+
+
+def rules_for(cfg: ServiceConfig) -> Rules:
+    s = cfg.settings
+    return Rules(
+        outbox_growth=s.alarms.outbox_growth,
+        offline_alarm_s=s.offline_alarm_s,
+        reminder_before_s=s.notifications.reminder_before_s,
+        routes=delivery.routes(s),
+    )
+
+
+def create_app(
+    engine: Engine, actions: Actions, hub: Hub, *, secure_cookies: bool = True
+) -> FastAPI:
+    """The ASGI app: REST API under /api/v1, /metrics, the console at /."""
+    app = FastAPI(
+        title="Parcel locker fleet service",
+        version="1",
+        openapi_url="/api/v1/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.engine = engine
+    app.state.actions = actions
+    app.state.hub = hub
+    app.state.secure_cookies = secure_cookies
+    api.install(app)
+    registry = CollectorRegistry()
+    registry.register(DbCollector(engine))
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        body = METRICS.render() + generate_latest(registry)
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return app
+
+
+class FleetService:
+    """Everything one ``lockerctl serve`` process runs; ``start``/``stop`` or ``run``."""
+
+    def __init__(self, cfg: ServiceConfig, *, tls: bool = True) -> None:
+        self.cfg = cfg
+        fleet = cfg.fleet
+        db.upgrade(cfg.db_url)
+        self.engine = db.make_engine(cfg.db_url)
+        m = cfg.settings.mqtt
+        self.client = FleetClient.for_fleet(
+            fleet,
+            m.client,
+            host=m.host,
+            port=m.port,
+            tls=tls,
+            clean_start=False,
+            session_expiry_s=SESSION_EXPIRY_S,
+        )
+        self.hub = Hub()
+        self.ingest = Ingest(self.engine, fleet.topic_prefix, rules=rules_for(cfg))
+        self.signer: CommandSigner = signer_for(fleet)
+        self.worker = IngestWorker(
+            self.client, self.ingest, self.signer, on_outcome=self.hub.publish
+        )
+        self.deliverer = delivery.Deliverer(self.engine, cfg.settings)
+        self.actions = Actions(self.engine, fleet, self.client)
+        self.app = create_app(
+            self.engine, self.actions, self.hub, secure_cookies=cfg.settings.http.secure_cookies
+        )
+        host, port = cfg.listen
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                self.app,
+                host=host,
+                port=port,
+                log_level="warning",
+                timeout_graceful_shutdown=2,
+                lifespan="off",
+            )
+        )
+        self._http_thread: threading.Thread | None = None
+
+    def start(self, timeout: float = 15.0) -> None:
+        self.client.connect(timeout)
+        self.worker.start()
+        self.deliverer.start()
+        self._http_thread = threading.Thread(target=self.server.run, name="fleet-http", daemon=True)
+        self._http_thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self._http_thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the HTTP server did not start (address in use?)")
+            time.sleep(0.02)
+
+    @property
+    def port(self) -> int:
+        sock = self.server.servers[0].sockets[0]
+        return int(sock.getsockname()[1])
+
+    def stop(self) -> None:
+        self.hub.close()
+        self.server.should_exit = True
+        if self._http_thread is not None:
+            self._http_thread.join(10)
+        self.worker.stop()
+        self.deliverer.stop()
+        self.client.close()
+        self.engine.dispose()
+
+    def run(self) -> None:
+        """Start, then block until SIGTERM or SIGINT; then stop cleanly."""
+        done = threading.Event()
+
+        def _on_signal(_sig: int, _frame: FrameType | None) -> None:
+            done.set()
+
+        signal.signal(signal.SIGTERM, _on_signal)
+        signal.signal(signal.SIGINT, _on_signal)
+        self.start()
+        host, _ = self.cfg.listen
+        logger.warning("fleet service on http://%s:%d/ (API /api/v1)", host, self.port)
+        done.wait()
+        self.stop()

@@ -1,0 +1,407 @@
+"""Storing what lockers publish: one database transaction per batch, acks computed from it.
+
+``Ingest.store(batch)`` takes parsed MQTT messages (status, state, events of any lockers, in
+any order, duplicates included) and, in ONE transaction:
+
+- upserts each locker's status and state;
+- inserts each event once (``ON CONFLICT DO NOTHING`` on ``(locker, epoch, seq)``; only the
+  rows really inserted go on to the ledger and the alarms);
+- per touched ``(locker, epoch)`` stream, locked for the transaction (``FOR UPDATE`` on
+  PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` serialises writers), advances ``contiguous`` over
+  what the DATABASE holds, so N workers sharing a subscription compute the same ack;
+- reports first contacts, epoch changes, gaps and filled gaps (``reports`` table, log).
+
+After the commit it returns the acks due (``{p}/ack`` ``{"v":1,"epoch","upto_seq"}``) and the
+lockers to ask for a ``resync``: a stream first seen past seq 1 has no known baseline, so it is
+never acknowledged until the locker's own state (``last_seq - outbox_depth``: everything below
+was already deleted from its outbox) gives one. Retained events are dropped (DESIGN 5: events
+are never retained; Mosquitto 2.0.11 hands retained messages to every member of a share).
+Until lockers publish ``epoch`` (DESIGN 5) an event without one belongs to epoch ``""``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from locker.fleet.service import alarms as alarm_rules
+from locker.fleet.service import ledger
+from locker.fleet.service.db import events, lockers, reports, streams
+
+logger = logging.getLogger(__name__)
+
+MAX_EVENT_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Message:
+    """One MQTT message as the worker received it."""
+
+    topic: str
+    payload: bytes
+    retain: bool = False
+
+
+@dataclass(frozen=True)
+class Ack:
+    locker: str
+    epoch: str
+    upto_seq: int
+
+    def payload(self) -> bytes:
+        doc: dict[str, Any] = {"v": 1, "upto_seq": self.upto_seq}
+        if self.epoch:  # a locker without epochs (older firmware) gets the old shape
+            doc["epoch"] = self.epoch
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+
+@dataclass
+class Outcome:
+    """What a committed batch asks the worker to do, and what it counted."""
+
+    acks: list[Ack] = field(default_factory=list)
+    resync: list[str] = field(default_factory=list)
+    new_events: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    lines: list[str] = field(default_factory=list)
+    stored: list[dict[str, Any]] = field(default_factory=list)  # the new events, for live views
+
+
+@dataclass
+class _Parsed:
+    statuses: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    states: dict[str, dict[str, Any]] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _valid_event(doc: Any) -> bool:
+    return (
+        isinstance(doc, dict)
+        and type(doc.get("seq")) is int
+        and doc["seq"] >= 1
+        and isinstance(doc.get("type"), str)
+        and 0 < len(doc["type"]) <= 64
+        and isinstance(doc.get("epoch", ""), str)
+        and len(doc.get("epoch", "")) <= 64
+        and all(
+            doc.get(k) is None or (isinstance(doc[k], str) and len(doc[k]) <= 128)
+            for k in ("compartment", "parcel", "ts")
+        )
+    )
+
+
+class Ingest:
+    """The database side of ingest; thread-safe (each call uses its own connection)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        prefix: str = "lockers",
+        *,
+        rules: alarm_rules.Rules | None = None,
+        clock: Any = time.time,
+    ) -> None:
+        self.engine = engine
+        self.prefix = prefix.rstrip("/")
+        self.rules = rules or alarm_rules.Rules()
+        self.clock = clock
+
+    # -- parsing --
+
+    def _parse(self, batch: Iterable[Message], out: Outcome) -> _Parsed:
+        parsed = _Parsed()
+        head = self.prefix + "/"
+        for msg in batch:
+            levels = msg.topic[len(head) :].split("/") if msg.topic.startswith(head) else []
+            if len(levels) < 2 or not levels[0]:
+                out.rejected += 1
+                continue
+            locker, channel = levels[0], levels[1]
+            if channel == "evt" and msg.retain:
+                out.rejected += 1
+                out.lines.append(f"{locker}: retained event on {msg.topic} ignored")
+                continue
+            if len(msg.payload) > MAX_EVENT_BYTES:
+                out.rejected += 1
+                out.lines.append(f"{locker}: oversized message on {msg.topic} ignored")
+                continue
+            try:
+                doc = json.loads(msg.payload) if msg.payload else None
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                doc = ...
+            if channel == "status" and (doc is None or isinstance(doc, dict)):
+                parsed.statuses[locker] = doc
+            elif channel == "state" and isinstance(doc, dict):
+                parsed.states[locker] = doc
+            elif channel == "evt" and _valid_event(doc):
+                assert isinstance(doc, dict)
+                parsed.events.append({**doc, "_locker": locker})
+            else:
+                out.rejected += 1
+                out.lines.append(f"{locker}: malformed message on {msg.topic} ignored")
+        return parsed
+
+    # -- the transaction --
+
+    def store(self, batch: Sequence[Message]) -> Outcome:
+        """Store ``batch`` in one transaction; see the module docstring.
+
+        :raises sqlalchemy.exc.SQLAlchemyError: the database failed; nothing was committed
+            and nothing may be acknowledged (the lockers will resend).
+        """
+        out = Outcome()
+        parsed = self._parse(batch, out)
+        now = self.clock()
+        touched: dict[tuple[str, str], bool] = {}  # stream -> a duplicate came in
+        with self.engine.begin() as conn:
+            for locker, status in sorted(parsed.statuses.items()):
+                self._status(conn, locker, status, now, out)
+            for locker, state in sorted(parsed.states.items()):
+                self._state(conn, locker, state, now, out)
+            by_stream: dict[tuple[str, str], list[dict[str, Any]]] = {}
+            for ev in parsed.events:
+                by_stream.setdefault((ev["_locker"], ev.get("epoch", "")), []).append(ev)
+            for key in sorted(by_stream):  # one lock order: no deadlock between workers
+                dup = self._events(conn, key, by_stream[key], now, out)
+                touched[key] = dup
+            for locker, state in parsed.states.items():
+                key = (locker, str(state.get("epoch", "")))
+                if key not in touched and self._baseline_from_state(conn, key, state):
+                    touched[key] = False
+                    self._advance(conn, key, out)
+            due = self._acks_due(conn, touched)
+        out.acks = due
+        return out
+
+    def _touch_locker(self, conn: Connection, locker: str, now: float) -> None:
+        ins = _insert(conn, lockers).values(id=locker, compartments=[], last_seen=now)
+        conn.execute(ins.on_conflict_do_nothing(index_elements=["id"]))
+
+    def _status(
+        self,
+        conn: Connection,
+        locker: str,
+        doc: dict[str, Any] | None,
+        now: float,
+        out: Outcome,
+    ) -> None:
+        self._touch_locker(conn, locker, now)
+        if doc is None:
+            return
+        online = bool(doc.get("online"))
+        values: dict[str, Any] = {"online": online, "last_seen": now}
+        if isinstance(doc.get("boot_id"), str):
+            values["boot_id"] = doc["boot_id"][:64]
+        if online:
+            values |= {
+                "offline_since": None,
+                "version": str(doc.get("version"))[:64] if doc.get("version") else None,
+                "clock_synced": bool(doc.get("clock_synced")),
+            }
+            alarm_rules.resolve(conn, locker, "locker_offline", None, now)
+        else:
+            row = conn.execute(select(lockers.c.offline_since).where(lockers.c.id == locker))
+            if row.scalar() is None:
+                values["offline_since"] = now
+        conn.execute(update(lockers).where(lockers.c.id == locker).values(**values))
+        out.lines.append(f"{locker} {'online' if online else 'OFFLINE'}")
+
+    def _state(
+        self, conn: Connection, locker: str, doc: dict[str, Any], now: float, out: Outcome
+    ) -> None:
+        self._touch_locker(conn, locker, now)
+        epoch = str(doc.get("epoch", ""))[:64]
+        rev = doc.get("rev") if type(doc.get("rev")) is int else None
+        current = conn.execute(
+            select(lockers.c.epoch, lockers.c.state_rev).where(lockers.c.id == locker)
+        ).one()
+        if current.epoch == epoch and rev is not None and (current.state_rev or 0) > rev:
+            return  # an older snapshot overtaken by a newer one (no ordering across a share)
+        comps = [
+            {k: c.get(k) for k in ("id", "size", "state", "door", "in_service", "parcel")}
+            for c in doc.get("compartments") or []
+            if isinstance(c, dict)
+        ]
+        depth = doc.get("outbox_depth") if type(doc.get("outbox_depth")) is int else None
+        values = {
+            "epoch": epoch,
+            "state_rev": rev,
+            "last_seq": doc.get("last_seq") if type(doc.get("last_seq")) is int else None,
+            "outbox_depth": depth,
+            "lockdown": bool(doc.get("lockdown")),
+            "keypad_locked": bool(doc.get("keypad_locked")),
+            "compartments": comps,
+            "last_seen": now,
+        }
+        conn.execute(update(lockers).where(lockers.c.id == locker).values(**values))
+        alarm_rules.on_state(conn, self.rules, locker, depth, now)
+
+    def _lock_stream(self, conn: Connection, key: tuple[str, str], now: float, out: Outcome) -> Any:
+        locker, epoch = key
+        ins = _insert(conn, streams).values(locker=locker, epoch=epoch, first_seen=now)
+        created = conn.execute(
+            ins.on_conflict_do_nothing(index_elements=["locker", "epoch"]).returning(
+                streams.c.locker
+            )
+        ).first()
+        if created is not None:
+            others = conn.execute(
+                select(func.count())
+                .select_from(streams)
+                .where(and_(streams.c.locker == locker, streams.c.epoch != epoch))
+            ).scalar()
+            kind = "epoch_change" if others else "first_contact"
+            _report(conn, locker, kind, {"epoch": epoch}, now, out)
+        return conn.execute(
+            select(streams)
+            .where(and_(streams.c.locker == locker, streams.c.epoch == epoch))
+            .with_for_update()
+        ).one()
+
+    def _events(
+        self,
+        conn: Connection,
+        key: tuple[str, str],
+        evs: list[dict[str, Any]],
+        now: float,
+        out: Outcome,
+    ) -> bool:
+        locker, epoch = key
+        stream = self._lock_stream(conn, key, now, out)
+        rows = [
+            {
+                "locker": locker,
+                "epoch": epoch,
+                "seq": ev["seq"],
+                "type": ev["type"],
+                "compartment": ev.get("compartment"),
+                "parcel": ev.get("parcel"),
+                "ts": ev.get("ts"),
+                "body": {k: v for k, v in ev.items() if k != "_locker"},
+                "received_at": now,
+            }
+            for ev in {ev["seq"]: ev for ev in evs}.values()
+        ]
+        stmt = (
+            _insert(conn, events)
+            .on_conflict_do_nothing(index_elements=["locker", "epoch", "seq"])
+            .returning(events.c.seq)
+        )
+        inserted = {r.seq for r in conn.execute(stmt, rows)} if rows else set()
+        dup = len(evs) - len(inserted)
+        out.new_events += len(inserted)
+        out.duplicates += dup
+        for row in sorted((r for r in rows if r["seq"] in inserted), key=lambda r: r["seq"]):
+            body = row["body"]
+            ledger.apply_event(conn, locker, epoch, body, now)
+            alarm_rules.on_event(conn, self.rules, locker, epoch, body, now)
+            out.stored.append({"locker": locker, **body})
+        if stream.contiguous is None:
+            seqs = [r["seq"] for r in rows]
+            if 1 in seqs:
+                conn.execute(_stream_where(update(streams), key).values(contiguous=0))
+            elif not self._baseline_from_locker(conn, key):
+                last = stream.resync_at or 0.0
+                if now - last > self.rules.resync_interval_s:
+                    conn.execute(_stream_where(update(streams), key).values(resync_at=now))
+                    out.resync.append(locker)
+        self._advance(conn, key, out)
+        return dup > 0
+
+    def _baseline_from_locker(self, conn: Connection, key: tuple[str, str]) -> bool:
+        row = conn.execute(
+            select(lockers.c.epoch, lockers.c.last_seq, lockers.c.outbox_depth).where(
+                lockers.c.id == key[0]
+            )
+        ).first()
+        if row is None or row.epoch != key[1] or row.last_seq is None or row.outbox_depth is None:
+            return False
+        return self._set_baseline(conn, key, row.last_seq - row.outbox_depth)
+
+    def _baseline_from_state(
+        self, conn: Connection, key: tuple[str, str], state: dict[str, Any]
+    ) -> bool:
+        last, depth = state.get("last_seq"), state.get("outbox_depth")
+        if type(last) is not int or type(depth) is not int:
+            return False
+        return self._set_baseline(conn, key, last - depth)
+
+    @staticmethod
+    def _set_baseline(conn: Connection, key: tuple[str, str], baseline: int) -> bool:
+        """Everything up to ``baseline`` has left the locker's outbox: never resent."""
+        stmt = (
+            _stream_where(update(streams), key)
+            .where(streams.c.contiguous.is_(None))
+            .values(contiguous=max(0, baseline))
+        )
+        return bool(conn.execute(stmt).rowcount)
+
+    def _advance(self, conn: Connection, key: tuple[str, str], out: Outcome) -> None:
+        row = conn.execute(_stream_where(select(streams), key)).one()
+        if row.contiguous is None:
+            return
+        contiguous = row.contiguous
+        ahead = conn.execute(
+            select(events.c.seq)
+            .where(and_(events.c.locker == key[0], events.c.epoch == key[1]))
+            .where(events.c.seq > contiguous)
+            .order_by(events.c.seq)
+        ).scalars()
+        first_missing_after: int | None = None
+        for seq in ahead:
+            if seq == contiguous + 1:
+                contiguous = seq
+            else:
+                first_missing_after = seq
+                break
+        values: dict[str, Any] = {"contiguous": contiguous}
+        now = self.clock()
+        if first_missing_after is not None and row.gap_reported != contiguous:
+            values["gap_reported"] = contiguous
+            detail = {"epoch": key[1], "missing_from": contiguous + 1}
+            detail["missing_to"] = first_missing_after - 1
+            _report(conn, key[0], "gap", detail, now, out)
+        elif first_missing_after is None and row.gap_reported is not None:
+            values["gap_reported"] = None
+            _report(conn, key[0], "gap_filled", {"epoch": key[1], "upto": contiguous}, now, out)
+        conn.execute(_stream_where(update(streams), key).values(**values))
+
+    @staticmethod
+    def _acks_due(conn: Connection, touched: dict[tuple[str, str], bool]) -> list[Ack]:
+        acks = []
+        for key in touched:
+            row = conn.execute(_stream_where(select(streams.c.contiguous), key)).scalar()
+            if row:
+                acks.append(Ack(key[0], key[1], int(row)))
+        return acks
+
+
+def _insert(conn: Connection, table: Any) -> Any:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+def _stream_where(stmt: Any, key: tuple[str, str]) -> Any:
+    return stmt.where(and_(streams.c.locker == key[0], streams.c.epoch == key[1]))
+
+
+def _report(
+    conn: Connection,
+    locker: str,
+    kind: str,
+    detail: dict[str, Any],
+    now: float,
+    out: Outcome,
+) -> None:
+    conn.execute(insert(reports).values(locker=locker, kind=kind, at=now, detail=detail))
+    line = f"{locker}: {kind} " + " ".join(f"{k}={v}" for k, v in detail.items())
+    out.lines.append(line)
+    logger.info("%s", line)

@@ -1,0 +1,77 @@
+"""Prometheus metrics of the fleet service (``GET /metrics``, prometheus-client).
+
+Counters live in this process (``METRICS``); the fleet-wide gauges (lockers online, outbox
+depth per locker, open alarms, ingest lag) are read from the database at scrape time by
+:class:`DbCollector`, so every worker reports the same fleet picture.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import Engine, func, select
+
+from locker.fleet.service.db import alarms, events, lockers
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events_ingested = Counter("fleet_events_ingested", "New events stored", registry=r)
+        self.duplicates = Counter(
+            "fleet_event_duplicates", "Events received again and dropped", registry=r
+        )
+        self.ingest_errors = Counter(
+            "fleet_ingest_errors", "Batches the database refused (not acked)", registry=r
+        )
+        self.ingest_batch_seconds = Histogram(
+            "fleet_ingest_batch_seconds", "Time to store one batch", registry=r
+        )
+        self.command_seconds = Histogram(
+            "fleet_command_round_trip_seconds",
+            "Signed command to the locker's reply",
+            ["action"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+METRICS = Metrics()
+
+
+class DbCollector(Collector):
+    """Gauges read from the database at scrape time."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self.engine.connect() as conn:
+            online = conn.execute(
+                select(func.count()).select_from(lockers).where(lockers.c.online.is_(True))
+            ).scalar_one()
+            depth = conn.execute(select(lockers.c.id, lockers.c.outbox_depth)).all()
+            open_alarms = conn.execute(
+                select(func.count()).select_from(alarms).where(alarms.c.state == "open")
+            ).scalar_one()
+            last = conn.execute(select(func.max(events.c.received_at))).scalar()
+        yield GaugeMetricFamily("fleet_lockers_online", "Lockers online", value=online)
+        g = GaugeMetricFamily(
+            "fleet_locker_outbox_depth", "Events waiting in a locker", labels=["locker"]
+        )
+        for row in depth:
+            if row.outbox_depth is not None:
+                g.add_metric([row.id], row.outbox_depth)
+        yield g
+        yield GaugeMetricFamily("fleet_open_alarms", "Open alarms", value=open_alarms)
+        lag = 0.0 if last is None else max(0.0, time.time() - last)
+        yield GaugeMetricFamily(
+            "fleet_seconds_since_last_event", "Ingest lag: time since the last new event", value=lag
+        )

@@ -1,0 +1,152 @@
+"""The ingest worker: MQTT in, database, acks out (DESIGN 13).
+
+One ``IngestWorker`` per service process. It holds one MQTT connection (a ``FleetClient``
+with the server identity ``[mqtt] client``, persistent session, so a restarted worker gets
+what the broker queued for it) subscribed to the SHARED subscriptions
+``$share/fleet/{prefix}/+/{status,state,evt/#}``: N workers with distinct identities split
+the stream. paho's thread only enqueues; this worker's thread takes batches (up to
+``batch_max`` messages, or what has arrived), stores each in one transaction
+(:class:`~locker.fleet.service.ingest.Ingest`) and only then publishes the acks that the
+database justifies. A locker first seen past seq 1 is sent a ``resync`` (signed with the
+fleet's own command key) on a side thread, so a slow locker never stalls ingest.
+
+If the database fails, nothing is acked: the lockers resend after their ack time-out.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from locker.contract.actions import Action
+from locker.fleet.client import CommandSigner, FleetClient, FleetError, Incoming
+from locker.fleet.service import alarms
+from locker.fleet.service.ingest import Ack, Ingest, Message, Outcome
+from locker.fleet.service.metrics import METRICS
+
+logger = logging.getLogger(__name__)
+
+SHARE_GROUP = "fleet"
+
+
+def shared_topics(prefix: str, group: str = SHARE_GROUP) -> list[str]:
+    return [f"$share/{group}/{prefix}/+/{ch}" for ch in ("status", "state", "evt/#")]
+
+
+class IngestWorker:
+    """Feeds :class:`Ingest` from a connected :class:`FleetClient`; see the module docstring."""
+
+    def __init__(
+        self,
+        client: FleetClient,
+        ingest: Ingest,
+        signer: CommandSigner,
+        *,
+        batch_max: int = 500,
+        sweep_s: float = 5.0,
+        on_outcome: Callable[[Outcome], None] | None = None,
+    ) -> None:
+        self.client, self.ingest, self.signer = client, ingest, signer
+        self.batch_max, self.sweep_s = batch_max, sweep_s
+        self.on_outcome = on_outcome
+        self._queue: queue.Queue[Incoming] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._acked: dict[tuple[str, str], int] = {}
+        self._side = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fleet-resync")
+        self._last_sweep = 0.0
+        client.add_listener(self._on_message)
+
+    def _on_message(self, msg: Incoming) -> None:
+        if "/res" not in msg.topic:  # replies to other workers' commands: not ours to store
+            self._queue.put(msg)
+
+    def start(self) -> None:
+        self.client.subscribe(shared_topics(self.client.prefix))
+        self._thread = threading.Thread(target=self._run, name="fleet-ingest", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._side.shutdown(wait=False, cancel_futures=True)
+
+    def _take(self) -> list[Message]:
+        try:
+            first = self._queue.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        batch = [first]
+        while len(batch) < self.batch_max:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return [Message(m.topic, m.payload, m.retain) for m in batch]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            batch = self._take()
+            if batch:
+                self.process(batch)
+            if time.monotonic() - self._last_sweep > self.sweep_s:
+                self._last_sweep = time.monotonic()
+                self._sweep()
+
+    def process(self, batch: list[Message]) -> None:
+        started = time.monotonic()
+        try:
+            out = self.ingest.store(batch)
+        except SQLAlchemyError:
+            logger.exception("storing %d messages failed; nothing acknowledged", len(batch))
+            METRICS.ingest_errors.inc()
+            return
+        METRICS.events_ingested.inc(out.new_events)
+        METRICS.duplicates.inc(out.duplicates)
+        METRICS.ingest_batch_seconds.observe(time.monotonic() - started)
+        for line in out.lines:
+            logger.info("%s", line)
+        for ack in out.acks:
+            self._ack(ack, force=out.duplicates > 0)
+        for locker in out.resync:
+            self._side.submit(self._resync, locker)
+        if self.on_outcome is not None:
+            try:
+                self.on_outcome(out)
+            except Exception:
+                logger.exception("live listener failed")
+
+    def _ack(self, ack: Ack, *, force: bool) -> None:
+        key = (ack.locker, ack.epoch)
+        if not force and self._acked.get(key, 0) >= ack.upto_seq:
+            return
+        try:
+            self.client.publish(self.client.topic(ack.locker, "ack"), ack.payload(), timeout=5.0)
+        except FleetError as err:
+            logger.warning("ack to %s failed (%s); the locker will resend", ack.locker, err)
+            return
+        self._acked[key] = max(self._acked.get(key, 0), ack.upto_seq)
+
+    def _resync(self, locker: str) -> None:
+        try:
+            reply = self.client.send_command(locker, Action.RESYNC, {}, signer=self.signer)
+            logger.info("%s: resync asked for the backlog: %s", locker, reply.describe())
+        except FleetError as err:
+            logger.warning("%s: resync not answered: %s", locker, err)
+
+    def _sweep(self) -> None:
+        try:
+            with self.ingest.engine.begin() as conn:
+                alarms.sweep(conn, self.ingest.rules, time.time())
+        except SQLAlchemyError:
+            logger.exception("alarm sweep failed")
+
+    def backlog(self) -> int:
+        return self._queue.qsize()

@@ -1,0 +1,157 @@
+"""The fleet service's ingest against a real SQLite database (migrated by Alembic).
+
+Messages are built as lockers publish them (DESIGN 5); the acks are what the database holds
+contiguously per (locker, epoch), whatever the order and repetition of arrival.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Engine, func, select
+
+from locker.fleet.service import db
+from locker.fleet.service.alarms import Rules
+from locker.fleet.service.ingest import Ack, Ingest, Message
+
+P = "lockers"
+
+
+def evt(
+    locker: str, seq: int, type_: str = "door_opened", epoch: str | None = "e1", **kw: Any
+) -> Message:
+    body: dict[str, Any] = {"v": 1, "seq": seq, "type": type_, "ts": "2026-11-29T10:00:00Z"}
+    if epoch is not None:
+        body["epoch"] = epoch
+    body |= kw
+    return Message(f"{P}/{locker}/evt/{type_}", json.dumps(body).encode())
+
+
+def state(locker: str, last_seq: int, depth: int, epoch: str = "e1", rev: int = 1) -> Message:
+    doc = {"v": 1, "rev": rev, "epoch": epoch, "last_seq": last_seq, "outbox_depth": depth}
+    doc["compartments"] = [{"id": "A1", "size": "S", "state": "free", "door": "closed"}]
+    return Message(f"{P}/{locker}/state", json.dumps(doc).encode(), retain=True)
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Engine:
+    url = f"sqlite:///{tmp_path / 'fleet.db'}"
+    db.upgrade(url)
+    return db.make_engine(url)
+
+
+def count(engine: Engine, table: Any) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+
+
+def test_migrations_build_exactly_the_declared_schema_and_go_down_again(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    db.upgrade(url)
+    db.upgrade(url)  # idempotent
+    engine = db.make_engine(url)
+    with engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), db.metadata) == []
+    command.downgrade(db.alembic_config(url), "base")
+    with engine.connect() as conn:
+        names = conn.exec_driver_sql("select name from sqlite_master where type='table'")
+        assert {n for (n,) in names} <= {"alembic_version"}
+
+
+def test_events_stored_once_acked_contiguously_in_any_order(engine: Engine) -> None:
+    ingest = Ingest(engine)
+    out = ingest.store([evt("L1", 1), evt("L1", 3), evt("L1", 3)])
+    assert (out.new_events, out.duplicates) == (2, 1)
+    assert out.acks == [Ack("L1", "e1", 1)], "never past the gap at 2"
+    assert any("gap" in line and "missing_from=2" in line for line in out.lines)
+    out = ingest.store([evt("L1", 2), evt("L1", 1)])
+    assert (out.new_events, out.duplicates) == (1, 1)
+    assert out.acks == [Ack("L1", "e1", 3)]
+    assert any("gap_filled" in line for line in out.lines)
+    assert count(engine, db.events) == 3
+    assert json.loads(Ack("L1", "e1", 3).payload()) == {"v": 1, "epoch": "e1", "upto_seq": 3}
+
+
+def test_a_new_epoch_is_a_new_stream_not_a_duplicate(engine: Engine) -> None:
+    ingest = Ingest(engine)
+    ingest.store([evt("L1", 1), evt("L1", 2)])
+    out = ingest.store([evt("L1", 1, epoch="e2")])
+    assert out.new_events == 1
+    assert out.acks == [Ack("L1", "e2", 1)]
+    with engine.connect() as conn:
+        kinds = [r.kind for r in conn.execute(select(db.reports).order_by(db.reports.c.id))]
+    assert kinds == ["first_contact", "epoch_change"]
+
+
+def test_an_event_without_epoch_belongs_to_the_empty_epoch_and_its_ack_has_none(
+    engine: Engine,
+) -> None:
+    out = Ingest(engine).store([evt("L1", 1, epoch=None)])
+    assert out.acks == [Ack("L1", "", 1)]
+    assert json.loads(out.acks[0].payload()) == {"v": 1, "upto_seq": 1}
+
+
+def test_first_contact_past_seq_1_asks_for_resync_and_acks_only_after_a_baseline(
+    engine: Engine,
+) -> None:
+    ingest = Ingest(engine, rules=Rules(resync_interval_s=3600))
+    out = ingest.store([evt("L9", 41), evt("L9", 42)])
+    assert out.acks == [] and out.resync == ["L9"]
+    assert ingest.store([evt("L9", 43)]).resync == [], "asked once per interval"
+    # the locker's retained state: 3 events (41-43) still in its outbox
+    out = ingest.store([state("L9", 43, 3)])
+    assert out.acks == [Ack("L9", "e1", 43)]
+
+
+def test_retained_and_malformed_events_are_refused_not_stored(engine: Engine) -> None:
+    bad = [
+        Message(f"{P}/L1/evt/door_opened", evt("L1", 1).payload, retain=True),
+        Message(f"{P}/L1/evt/x", b"not json"),
+        Message(f"{P}/L1/evt/x", json.dumps({"seq": 0, "type": "x"}).encode()),
+        Message(f"{P}/L1/evt/x", json.dumps({"seq": True, "type": "x"}).encode()),
+        Message(f"{P}/L1/evt/x", json.dumps({"seq": 1, "type": "x", "epoch": 5}).encode()),
+        Message("elsewhere/L1/evt/x", evt("L1", 1).payload),
+    ]
+    out = Ingest(engine).store(bad)
+    assert (out.new_events, out.rejected, out.acks) == (0, len(bad), [])
+    assert count(engine, db.events) == 0
+
+
+def test_ledger_follows_the_parcel_whatever_the_arrival_order(engine: Engine) -> None:
+    ingest = Ingest(engine)
+    ingest.store([evt("L1", 3, "parcel_collected", parcel="P1", compartment="A1")])
+    ingest.store([evt("L1", 1, "parcel_reserved", parcel="P1", compartment="A1")])
+    ingest.store([evt("L1", 2, "parcel_deposited", parcel="P1", compartment="A1")])
+    with engine.connect() as conn:
+        row = conn.execute(select(db.parcels)).one()
+        hist = conn.execute(select(db.parcel_history.c.what)).scalars().all()
+    assert row.state == "collected"
+    assert sorted(hist) == ["parcel_collected", "parcel_deposited", "parcel_reserved"]
+
+
+def test_alarms_are_raised_once_and_routed_once(engine: Engine) -> None:
+    rules = Rules(routes={"alarm": [("webhook", 0)], "notification": []})
+    ingest = Ingest(engine, rules=rules)
+    ingest.store([evt("L1", 1, "door_forced", compartment="A1")])
+    ingest.store([evt("L1", 2, "door_forced", compartment="A1")])
+    ingest.store([evt("L1", 2, "door_forced", compartment="A1")])  # a resend: no effect
+    with engine.connect() as conn:
+        rows = conn.execute(select(db.alarms)).all()
+    assert [(r.kind, r.compartment, r.count, r.state) for r in rows] == [
+        ("door_forced", "A1", 2, "open")
+    ]
+    assert count(engine, db.deliveries) == 1
+
+
+def test_alarm_resolved_by_its_clearing_event(engine: Engine) -> None:
+    ingest = Ingest(engine)
+    ingest.store([evt("L1", 1, "door_left_open", compartment="B2")])
+    ingest.store([evt("L1", 2, "door_closed", compartment="B2")])
+    with engine.connect() as conn:
+        assert conn.execute(select(db.alarms.c.state)).scalar_one() == "resolved"
