@@ -206,9 +206,7 @@ class Actions:
         }
         if compartment is not None:
             args["compartment"] = compartment
-        reply = self._ok(self.send(user, locker, Action.ASSIGN, args, f"issue parcel {parcel}"))
-        where = (reply.result or {}).get("compartment")
-        token_id = secrets.token_bytes(16)
+        token_id = secrets.token_bytes(credentials.TOKEN_ID_BYTES)
         nb, exp = now - 60, now + DROPOFF_HOURS * 3600 + (hours * 3600 if kind == "delivery" else 0)
         action = (
             credentials.TokenAction.PICKUP
@@ -218,6 +216,8 @@ class Actions:
         token = credentials.mint_token(
             self.fleet.token_key(), self.fleet.token_kid, locker, action, parcel, nb, exp, token_id
         )
+        reply = self._ok(self.send(user, locker, Action.ASSIGN, args, f"issue parcel {parcel}"))
+        where = (reply.result or {}).get("compartment")
         with self.engine.begin() as conn:
             values = {
                 "locker": locker,

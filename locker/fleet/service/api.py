@@ -10,6 +10,7 @@ do is the table ``PERMISSIONS`` (the security test walks it). Errors are JSON
 from __future__ import annotations
 
 import base64
+import logging
 import time
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
@@ -27,6 +28,8 @@ from locker.fleet.service import alarms as alarm_rules
 from locker.fleet.service import ledger, users
 from locker.fleet.service.actions import ActionError, Actions
 from locker.fleet.service.db import alarms, events, lockers
+
+logger = logging.getLogger(__name__)
 
 READ = frozenset({"viewer", "operator", "admin"})
 PARCELS = frozenset({"carrier", "operator", "admin"})
@@ -393,6 +396,11 @@ def install(app: FastAPI) -> None:
     def _invalid(_r: Request, err: RequestValidationError) -> JSONResponse:
         parts = [".".join(str(p) for p in e["loc"]) + ": " + str(e["msg"]) for e in err.errors()]
         return error_response(422, "invalid_args", "; ".join(parts))
+
+    @app.exception_handler(Exception)
+    def _internal(_r: Request, err: Exception) -> JSONResponse:
+        logger.error("internal error: %s", type(err).__name__, exc_info=err)
+        return error_response(500, "internal", "internal error (logged)")
 
     @app.exception_handler(StarletteHTTPException)
     def _http(_r: Request, err: StarletteHTTPException) -> JSONResponse:

@@ -57,8 +57,8 @@ class ConfigError(Exception):
 
 def _host_port(value: str) -> str:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError("expected HOST:PORT with a port 1-65535")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError("expected HOST:PORT with a port 0-65535 (0: any free port)")
     return value
 
 

@@ -1,0 +1,102 @@
+"""A fleet directory wired to a test broker, the fleet service in-process, and its lockers.
+
+- ``fleet_dir(tmp, broker)``: ``provision_fleet`` (real keys, fleet.toml), then pointed at the
+  test broker: its CA and the server identities' certificates come from the broker's Pki.
+- ``service_broker``: a TLS broker whose ACL gives the whole tree to ``backend`` and to the
+  second worker identity ``fleet-2`` (the broker forces client id = certificate CN).
+- ``start_service``: a :class:`FleetService` on a free HTTP port (uvicorn in a thread).
+- ``cabinet``: a real ``lockerd`` (SimCabinet) that trusts the fleet's command keys (every
+  user's too) and token key, its device key registered in the fleet.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from argon2 import PasswordHasher
+from argon2.profiles import CHEAPEST
+
+from locker.fleet import provision
+from locker.fleet.service import db, users
+from locker.fleet.service.app import FleetService
+from locker.fleet.service.config import ServiceConfig
+from locker.sim.broker import SERVER_CN, Broker, Pki
+from locker.sim.cabinet import SimCabinet
+
+WORKER_2 = "fleet-2"
+FAST_HASHER = PasswordHasher.from_parameters(CHEAPEST)
+
+
+@pytest.fixture
+def service_broker(tmp_path: Path) -> Iterator[Broker]:
+    b = Broker(tmp_path / "broker", pki=Pki(tmp_path / "pki"))
+    (b.dir / "acl").write_text(provision.render_acl("lockers", [SERVER_CN, WORKER_2]))
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+def fleet_dir(tmp: Path, broker: Broker, toml: str = "") -> Path:
+    d = tmp / "fleet"
+    provision.provision_fleet(
+        d, "test", "127.0.0.1", broker_port=broker.port, run_as_root=os.geteuid() == 0
+    )
+    assert broker.pki is not None
+    shutil.copyfile(broker.pki.ca_file, d / "ca.pem")
+    for name in (SERVER_CN, WORKER_2, "lockerctl"):
+        cert = broker.pki.client(name)
+        shutil.copyfile(cert.cert_file, d / "clients" / f"{name}.pem")
+        shutil.copyfile(cert.key_file, d / "clients" / f"{name}-key.pem")
+    if toml:
+        with (d / "fleet.toml").open("a") as f:
+            f.write("\n" + toml)
+    return d
+
+
+def add_user(d: Path, name: str, role: str, url: str | None = None) -> users.NewUser:
+    cfg = ServiceConfig.load(d, db=url)
+    db.upgrade(cfg.db_url)
+    engine = db.make_engine(cfg.db_url)
+    try:
+        return users.add_user(engine, cfg.fleet, name, role, hasher=FAST_HASHER)
+    finally:
+        engine.dispose()
+
+
+def start_service(d: Path, *, db_url: str | None = None, client: str | None = None) -> FleetService:
+    cfg = ServiceConfig.load(d, db=db_url, http="127.0.0.1:0", mqtt_client=client)
+    service = FleetService(cfg)
+    service.start()
+    return service
+
+
+def cabinet(
+    d: Path, broker: Broker, workdir: Path, locker_id: str = "SIM-0001", **kw: Any
+) -> SimCabinet:
+    """A lockerd trusting this fleet's keys; its device key registered in the fleet."""
+    fleet = provision.Fleet.load(d)
+    security = {
+        "command_keys": provision.command_public_keys(fleet),
+        "token_keys": {str(fleet.token_kid): provision.encode_public_key(fleet.token_key())},
+    }
+    cab = SimCabinet(workdir, broker=broker, locker_id=locker_id, security=security, **kw)
+    where = fleet.dir / "lockers" / locker_id
+    where.mkdir(parents=True, exist_ok=True)
+    provision.write_private(where / "device.key", cab.device_key)
+    return cab
+
+
+def api(service: FleetService, token: str) -> httpx.Client:
+    return httpx.Client(
+        base_url=f"http://127.0.0.1:{service.port}",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )

@@ -1,0 +1,184 @@
+"""The fleet service end to end: a real Mosquitto with TLS, a real lockerd, the REST API.
+
+A carrier's system issues a parcel through the API; a courier deposits it with the keypad
+code the API returned; the customer collects it with the QR token the API returned; the
+ledger shows each step. Then ``lockerctl serve`` is SIGKILLed while events stream and started
+again: nothing lost or doubled, and the locker's outbox is emptied by the acks.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import func, select
+
+from locker.fleet.service import db
+from tests.broker import Broker, free_port
+from tests.conftest import wait_for
+from tests.fleet_rig import add_user, api, cabinet, fleet_dir, service_broker, start_service
+
+_ = service_broker
+
+
+def _states(client: object, parcel: str) -> list[str]:
+    doc = client.get(f"/api/v1/parcels/{parcel}").json()  # type: ignore[attr-defined]
+    return [h["what"] for h in doc["history"]]
+
+
+def test_parcel_issued_by_api_deposited_by_keypad_collected_by_qr(
+    tmp_path: Path, service_broker: Broker
+) -> None:
+    d = fleet_dir(tmp_path, service_broker)
+    carrier = add_user(d, "acme", "carrier")
+    viewer = add_user(d, "watcher", "viewer")
+    cab = cabinet(d, service_broker, tmp_path / "cab")
+    service = start_service(d)
+    try:
+        cab.start()
+        with api(service, carrier.token) as c, api(service, viewer.token) as v:
+            wait_for(
+                lambda: [x["online"] for x in v.get("/api/v1/lockers").json()] == [True],
+                15,
+                what="locker online in the API",
+            )
+            r = c.post(
+                "/api/v1/parcels",
+                json={"locker": "SIM-0001", "parcel": "PCL-1", "size": "S"},
+            )
+            assert r.status_code == 201, r.text
+            issued = r.json()
+            assert issued["compartment"] and issued["pickup_token"].startswith("LK1:")
+            assert issued["dropoff_code"] != issued["pickup_code"]
+            assert issued["qr_svg"].lstrip().startswith("<")
+            cab.press(issued["dropoff_code"] + "#")
+            wait_for(
+                lambda: v.get("/api/v1/parcels/PCL-1").json()["state"] == "deposited",
+                15,
+                what="deposit in the ledger",
+            )
+            cab.scan(issued["pickup_token"])
+            wait_for(
+                lambda: v.get("/api/v1/parcels/PCL-1").json()["state"] == "collected",
+                15,
+                what="collection in the ledger",
+            )
+            hist = _states(v, "PCL-1")
+            for step in ("issued", "parcel_reserved", "parcel_deposited", "parcel_collected"):
+                assert step in hist, hist
+            # the command was signed with the carrier's own key: the locker accepted kid acme
+            with service.engine.connect() as conn:
+                actors = conn.execute(select(db.commands.c.actor, db.commands.c.status)).all()
+            assert ("acme", "done") in [tuple(a) for a in actors]
+            # the QR image can be fetched again, identical token
+            assert c.get("/api/v1/parcels/PCL-1/qr.svg").text == issued["qr_svg"]
+            assert c.get("/api/v1/parcels/PCL-1/qr.png").content.startswith(b"\x89PNG")
+            # codes never reach the locker's or the service's logs
+            assert issued["dropoff_code"] not in cab.log()
+            assert issued["pickup_code"] not in cab.log()
+            # a second issue of the same active parcel is refused with its code
+            again = {"locker": "SIM-0001", "parcel": "PCL-2", "size": "M"}
+            assert c.post("/api/v1/parcels", json=again).status_code == 201
+            r = c.post("/api/v1/parcels", json=again)
+            assert (r.status_code, r.json()["error"]["code"]) == (409, "duplicate_parcel")
+    finally:
+        service.stop()
+        cab.close()
+
+
+def test_service_sigkilled_while_events_stream_loses_and_doubles_nothing(
+    tmp_path: Path, service_broker: Broker
+) -> None:
+    d = fleet_dir(tmp_path, service_broker)
+    op = add_user(d, "ops", "operator")
+    cab = cabinet(d, service_broker, tmp_path / "cab")
+    port = free_port()
+    proc = serve_process(d, port, tmp_path / "serve.log")
+    cab.start()
+    url = f"sqlite:///{d / 'fleet.db'}"
+    engine = db.make_engine(url)
+    try:
+        with api_at(port, op.token) as c:
+            wait_for(lambda: _get_ok(c, "/api/v1/lockers"), 20, what="service up, locker known")
+            for i in range(4):
+                r = c.post(
+                    "/api/v1/lockers/SIM-0001/commands",
+                    json={"action": "lockdown", "args": {"on": i % 2 == 0}, "reason": "drill"},
+                )
+                assert r.status_code == 200, r.text
+            for _ in range(3):
+                cab.press("1#")  # access_denied events streaming in
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            for _ in range(3):
+                cab.press("2#")  # more while the service is dead
+            proc = serve_process(d, port, tmp_path / "serve.log")
+
+            def complete() -> bool:
+                with engine.connect() as conn:
+                    last = conn.execute(select(db.lockers.c.last_seq)).scalar()
+                    n = conn.execute(select(func.count()).select_from(db.events)).scalar_one()
+                    upto = conn.execute(select(db.streams.c.contiguous)).scalar()
+                return (
+                    bool(last) and n == last == upto and _types(engine).count("access_denied") >= 6
+                )
+
+            wait_for(complete, 40, what="every event stored once after the SIGKILL")
+            with engine.connect() as conn:
+                seqs = conn.execute(select(db.events.c.seq).order_by(db.events.c.seq)).scalars()
+                seqs = list(seqs)
+            assert seqs == list(range(1, len(seqs) + 1))
+            wait_for(lambda: _outbox_empty(c), 20, what="the locker's outbox emptied by acks")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+        engine.dispose()
+        cab.close()
+
+
+def _types(engine: Any) -> list[str]:
+    with engine.connect() as conn:
+        return list(conn.execute(select(db.events.c.type)).scalars())
+
+
+def _get_ok(c: httpx.Client, path: str) -> bool:
+    try:
+        r = c.get(path)
+    except httpx.TransportError:
+        return False
+    return r.status_code == 200 and bool(r.json())
+
+
+def _outbox_empty(c: httpx.Client) -> bool:
+    doc = c.get("/api/v1/lockers/SIM-0001").json()
+    return doc["outbox_depth"] == 0
+
+
+def serve_process(d: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(  # noqa: S603 - our interpreter, our module
+            [
+                sys.executable,
+                "-m",
+                "locker.fleet.ctl",
+                "serve",
+                "--fleet",
+                str(d),
+                "--http",
+                f"127.0.0.1:{port}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def api_at(port: int, token: str) -> httpx.Client:
+    return httpx.Client(
+        base_url=f"http://127.0.0.1:{port}",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
