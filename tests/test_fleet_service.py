@@ -160,7 +160,7 @@ def _outbox_empty(c: httpx.Client) -> bool:
 
 def serve_process(d: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
-        return subprocess.Popen(  # noqa: S603 - our interpreter, our module
+        return subprocess.Popen(
             [
                 sys.executable,
                 "-m",
