@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from sqlalchemy import Engine
 
 from locker.fleet.client import CommandSigner, FleetClient, signer_for
-from locker.fleet.service import api, db, delivery
+from locker.fleet.service import api, console, db, delivery
 from locker.fleet.service.actions import Actions
 from locker.fleet.service.alarms import Rules
 from locker.fleet.service.config import ServiceConfig
@@ -71,6 +71,7 @@ def create_app(
         body = METRICS.render() + generate_latest(registry)
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    console.install(app)
     return app
 
 

@@ -73,6 +73,8 @@ class Outcome:
     rejected: int = 0
     lines: list[str] = field(default_factory=list)
     stored: list[dict[str, Any]] = field(default_factory=list)  # the new events, for live views
+    statuses: list[tuple[str, bool]] = field(default_factory=list)  # (locker, online) births/wills
+    states: list[str] = field(default_factory=list)  # lockers whose state snapshot changed
 
 
 @dataclass
@@ -213,6 +215,7 @@ class Ingest:
                 values["offline_since"] = now
         conn.execute(update(lockers).where(lockers.c.id == locker).values(**values))
         out.lines.append(f"{locker} {'online' if online else 'OFFLINE'}")
+        out.statuses.append((locker, online))
 
     def _state(
         self, conn: Connection, locker: str, doc: dict[str, Any], now: float, out: Outcome
@@ -242,6 +245,7 @@ class Ingest:
             "last_seen": now,
         }
         conn.execute(update(lockers).where(lockers.c.id == locker).values(**values))
+        out.states.append(locker)
         alarm_rules.on_state(conn, self.rules, locker, depth, now)
 
     def _lock_stream(self, conn: Connection, key: tuple[str, str], now: float, out: Outcome) -> Any:

@@ -20,7 +20,7 @@ QUEUE_MAX = 1000
 
 @dataclass(frozen=True)
 class Item:
-    kind: str  # "event" | "status"
+    kind: str  # "event" | "status" | "state"
     locker: str
     data: dict[str, Any]
 
@@ -58,9 +58,10 @@ class Hub:
     def publish(self, out: Outcome) -> None:
         for ev in out.stored:
             self._put(Item("event", str(ev["locker"]), ev))
-        for line in out.lines:
-            locker = line.split(" ", 1)[0].rstrip(":")
-            self._put(Item("status", locker, {"line": line}))
+        for locker in out.states:
+            self._put(Item("state", locker, {"locker": locker}))
+        for locker, online in out.statuses:
+            self._put(Item("status", locker, {"locker": locker, "online": online}))
 
     def close(self) -> None:
         self.closed = True

@@ -1,0 +1,333 @@
+"""The operators' web console at ``/`` (DESIGN 13): server-rendered Jinja2, live by SSE.
+
+Pages: fleet overview, locker page (compartment grid, live event timeline, actions with a
+reason: open, set service, lockdown, reset lockout), alarm inbox (acknowledge with a note),
+parcel search with history. Plain HTML forms work without JavaScript; ``static/console.js``
+adds the live layer (``EventSource`` on ``/console/events``).
+
+Sessions: login with name and password (argon2, :func:`users.check_password`); the session
+id is 256 random bits in the ``fleet_session`` cookie (HttpOnly, SameSite=Strict, Secure
+unless ``[http] secure_cookies = false``), stored only as its SHA-256 with the user, an
+expiry and the session's CSRF token. CSRF: every form carries that token (synchronizer token
+pattern) and every POST compares it in constant time; the login form uses a double-submit
+cookie (``fleet_login``) so a forged login is refused too. A viewer sees no action and any
+action it posts is refused with 403.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import hmac
+import json
+import secrets
+import time
+import urllib.parse
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from anyio import to_thread
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import delete, desc, insert, select
+
+from locker.fleet.service import alarms as alarm_rules
+from locker.fleet.service import api, ledger, users
+from locker.fleet.service.actions import ActionError, Actions
+from locker.fleet.service.db import alarms, events, parcels, sessions
+from locker.fleet.service.db import users as user_table
+from locker.fleet.service.live import Hub
+
+HERE = Path(__file__).parent
+SESSION_COOKIE = "fleet_session"
+LOGIN_COOKIE = "fleet_login"
+SESSION_S = 12 * 3600
+TIMELINE = 50
+CAN_ACT = api.ACT
+KEEPALIVE_S = 15.0
+
+templates = Jinja2Templates(directory=str(HERE / "templates"))
+templates.env.filters["utc"] = lambda ts: (
+    dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ") if ts else ""
+)
+
+
+class _Session:
+    def __init__(self, user: users.User, csrf: str) -> None:
+        self.user, self.csrf = user, csrf
+
+
+def _hash(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def _session(request: Request) -> _Session | None:
+    sid = request.cookies.get(SESSION_COOKIE)
+    if not sid:
+        return None
+    with request.app.state.engine.connect() as conn:
+        row = conn.execute(
+            select(sessions.c.user, sessions.c.csrf, sessions.c.expires).where(
+                sessions.c.id_hash == _hash(sid)
+            )
+        ).first()
+        if row is None or row.expires < time.time():
+            return None
+        role = conn.execute(select(user_table.c.role).where(user_table.c.name == row.user))
+        return _Session(users.User(row.user, role.scalar_one()), row.csrf)
+
+
+def _page(request: Request, name: str, s: _Session | None, **ctx: Any) -> HTMLResponse:
+    base = {"user": s.user if s else None, "csrf": s.csrf if s else "", "live_url": None}
+    return templates.TemplateResponse(request, name, base | ctx)
+
+
+def _to_login() -> RedirectResponse:
+    return RedirectResponse("/login", status_code=303)
+
+
+def _csrf_ok(s: _Session, form: Any) -> bool:
+    return hmac.compare_digest(str(form.get("csrf", "")), s.csrf)
+
+
+def _forbidden(request: Request, s: _Session, why: str) -> HTMLResponse:
+    resp = _page(request, "base.html", s, message=why, message_kind="error")
+    resp.status_code = 403
+    return resp
+
+
+def install(app: FastAPI) -> None:  # noqa: PLR0915 - the console's routes, flat
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+
+    def cookie(resp: Response, name: str, value: str, max_age: int) -> None:
+        resp.set_cookie(
+            name,
+            value,
+            max_age=max_age,
+            httponly=True,
+            samesite="strict",
+            secure=bool(app.state.secure_cookies),
+        )
+
+    @app.get("/login", include_in_schema=False)
+    def login_form(request: Request) -> Response:
+        token = secrets.token_urlsafe(24)
+        resp = _page(request, "login.html", None, login_csrf=token)
+        cookie(resp, LOGIN_COOKIE, token, 3600)
+        return resp
+
+    @app.post("/login", include_in_schema=False)
+    async def login(request: Request) -> Response:
+        form = await request.form()
+        expected = request.cookies.get(LOGIN_COOKIE, "")
+        if not expected or not hmac.compare_digest(str(form.get("csrf", "")), expected):
+            return HTMLResponse("CSRF token missing or wrong", status_code=403)
+        name, password = str(form.get("name", ""))[:64], str(form.get("password", ""))[:256]
+        engine = request.app.state.engine
+
+        def check() -> users.User | None:  # argon2 costs ~90 ms: off the event loop
+            with engine.connect() as conn:
+                return users.check_password(conn, name, password)
+
+        user = await to_thread.run_sync(check)
+        if user is None:
+            token = secrets.token_urlsafe(24)
+            resp = _page(
+                request,
+                "login.html",
+                None,
+                login_csrf=token,
+                message="Wrong name or password",
+                message_kind="error",
+            )
+            resp.status_code = 401
+            cookie(resp, LOGIN_COOKIE, token, 3600)
+            return resp
+        sid = secrets.token_urlsafe(32)
+        with engine.begin() as conn:
+            conn.execute(delete(sessions).where(sessions.c.expires < time.time()))
+            conn.execute(
+                insert(sessions).values(
+                    id_hash=_hash(sid),
+                    user=user.name,
+                    csrf=secrets.token_urlsafe(24),
+                    expires=time.time() + SESSION_S,
+                )
+            )
+        done = RedirectResponse("/", status_code=303)
+        cookie(done, SESSION_COOKIE, sid, SESSION_S)
+        done.delete_cookie(LOGIN_COOKIE)
+        return done
+
+    @app.post("/logout", include_in_schema=False)
+    async def logout(request: Request) -> Response:
+        s = _session(request)
+        form = await request.form()
+        if s is not None and _csrf_ok(s, form):
+            with request.app.state.engine.begin() as conn:
+                sid = request.cookies.get(SESSION_COOKIE, "")
+                conn.execute(delete(sessions).where(sessions.c.id_hash == _hash(sid)))
+        resp = _to_login()
+        resp.delete_cookie(SESSION_COOKIE)
+        return resp
+
+    @app.get("/", include_in_schema=False)
+    def fleet_page(request: Request) -> Response:
+        s = _session(request)
+        if s is None:
+            return _to_login()
+        with request.app.state.engine.connect() as conn:
+            docs = api.fleet_lockers(conn)
+        return _page(request, "fleet.html", s, lockers=docs, live_url="/console/events")
+
+    @app.get("/lockers/{locker_id}", include_in_schema=False)
+    def locker_page(request: Request, locker_id: str, msg: str = "", kind: str = "ok") -> Response:
+        s = _session(request)
+        if s is None:
+            return _to_login()
+        with request.app.state.engine.connect() as conn:
+            found = api.fleet_lockers(conn, locker_id)
+            if not found:
+                return HTMLResponse("unknown locker", status_code=404)
+            rows = conn.execute(
+                select(events.c.body)
+                .where(events.c.locker == locker_id)
+                .where(events.c.epoch == found[0]["epoch"])
+                .order_by(desc(events.c.seq))
+                .limit(TIMELINE)
+            )
+            evs = [r.body for r in rows]
+        return _page(
+            request,
+            "locker.html",
+            s,
+            locker=found[0],
+            events=evs,
+            can_act=s.user.role in CAN_ACT,
+            live_url=f"/console/events?locker={locker_id}",
+            message=msg[:300],
+            message_kind="error" if kind == "error" else "ok",
+        )
+
+    @app.post("/lockers/{locker_id}/actions", include_in_schema=False)
+    async def locker_action(request: Request, locker_id: str) -> Response:
+        s = _session(request)
+        if s is None:
+            return _to_login()
+        form = await request.form()
+        if not _csrf_ok(s, form):
+            return HTMLResponse("CSRF token missing or wrong", status_code=403)
+        if s.user.role not in CAN_ACT:
+            return _forbidden(request, s, "Your role may not act on lockers.")
+        action = str(form.get("action", ""))
+        reason = str(form.get("reason", "")).strip()[:200]
+        flag = str(form.get("flag", "")) == "true"
+        args: dict[str, Any] = {}
+        if action == "open":
+            args = {"compartment": str(form.get("compartment", ""))}
+        elif action == "set_service":
+            args = {"compartment": str(form.get("compartment", "")), "in_service": flag}
+        elif action == "lockdown":
+            args = {"on": flag}
+        actions: Actions = request.app.state.actions
+        if not reason:
+            msg, kind = "A reason is required.", "error"
+        else:
+            try:
+                reply = await to_thread.run_sync(
+                    actions.command, s.user.name, locker_id, action, args, reason
+                )
+                msg, kind = f"{action}: {reply.status}", "ok"
+            except ActionError as err:
+                msg, kind = f"{action}: {err.code}: {err.message}", "error"
+        query = urllib.parse.urlencode({"msg": msg, "kind": kind})
+        where = urllib.parse.quote(locker_id, safe="")
+        return RedirectResponse(f"/lockers/{where}?{query}", status_code=303)
+
+    @app.get("/alarms", include_in_schema=False)
+    def alarm_inbox(request: Request, state: str = "open") -> Response:
+        s = _session(request)
+        if s is None:
+            return _to_login()
+        q = select(alarms).order_by(desc(alarms.c.id)).limit(200)
+        if state != "all":
+            q = q.where(alarms.c.state == "open")
+        with request.app.state.engine.connect() as conn:
+            rows = conn.execute(q).all()
+        return _page(request, "alarms.html", s, alarms=rows, can_act=s.user.role in CAN_ACT)
+
+    @app.post("/alarms/{alarm_id}/ack", include_in_schema=False)
+    async def alarm_ack(request: Request, alarm_id: int) -> Response:
+        s = _session(request)
+        if s is None:
+            return _to_login()
+        form = await request.form()
+        if not _csrf_ok(s, form):
+            return HTMLResponse("CSRF token missing or wrong", status_code=403)
+        if s.user.role not in CAN_ACT:
+            return _forbidden(request, s, "Your role may not acknowledge alarms.")
+        note = str(form.get("note", ""))[:500]
+        with request.app.state.engine.begin() as conn:
+            alarm_rules.acknowledge(conn, alarm_id, s.user.name, note, time.time())
+        return RedirectResponse("/alarms", status_code=303)
+
+    @app.get("/parcels", include_in_schema=False)
+    def parcel_search(request: Request, q: str = "") -> Response:
+        s = _session(request)
+        if s is None:
+            return _to_login()
+        q = q.strip()[:128]
+        with request.app.state.engine.connect() as conn:
+            exact = conn.execute(select(parcels).where(parcels.c.parcel == q)).first()
+            if exact is not None:
+                hist = ledger.history(conn, exact.parcel)
+                return _page(request, "parcels.html", s, q=q, parcel=exact, history=hist)
+            like = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            found = conn.execute(
+                select(parcels)
+                .where(parcels.c.parcel.like(f"%{like}%", escape="\\"))
+                .order_by(desc(parcels.c.updated_at))
+                .limit(100)
+            ).all()
+        return _page(request, "parcels.html", s, q=q, parcel=None, parcels=found)
+
+    @app.get("/console/events", include_in_schema=False)
+    async def live(request: Request, locker: str | None = None) -> Response:
+        if _session(request) is None:
+            return Response(status_code=401)
+        hub: Hub = request.app.state.hub
+        row = templates.env.get_template("event_row.html")
+
+        async def stream() -> AsyncIterator[str]:
+            q = hub.subscribe()
+            try:
+                yield ": connected\n\n"
+                while not hub.closed:
+                    try:
+                        item = await asyncio.wait_for(q.get(), KEEPALIVE_S)
+                    except TimeoutError:
+                        if await request.is_disconnected():
+                            return
+                        yield ": keepalive\n\n"
+                        continue
+                    if item is None:
+                        return
+                    if locker is not None and item.locker != locker:
+                        continue
+                    if item.kind == "event":
+                        html = row.render(e=item.data).replace("\n", " ")
+                        yield f"event: event\ndata: {html}\n\n"
+                    else:
+                        yield f"event: {item.kind}\ndata: {json.dumps(item.data)}\n\n"
+            finally:
+                hub.unsubscribe(q)
+
+        return StreamingResponse(
+            stream(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
