@@ -171,12 +171,11 @@ class Ingest:
             by_stream: dict[tuple[str, str], list[dict[str, Any]]] = {}
             for ev in parsed.events:
                 by_stream.setdefault((ev["_locker"], ev.get("epoch", "")), []).append(ev)
-            for key in sorted(by_stream):  # one lock order: no deadlock between workers
-                dup = self._events(conn, key, by_stream[key], now, out)
-                touched[key] = dup
-            for locker, state in parsed.states.items():
-                key = (locker, str(state.get("epoch", "")))
-                if key not in touched and self._baseline_from_state(conn, key, state):
+            state_of = {(lk, str(st.get("epoch", ""))): st for lk, st in parsed.states.items()}
+            for key in sorted(set(by_stream) | set(state_of)):  # one lock order for all workers
+                if key in by_stream:
+                    touched[key] = self._events(conn, key, by_stream[key], now, out)
+                elif self._baseline_from_state(conn, key, state_of[key]):
                     touched[key] = False
                     self._advance(conn, key, out)
             due = self._acks_due(conn, touched)

@@ -33,6 +33,7 @@ from locker.fleet.service.metrics import METRICS
 logger = logging.getLogger(__name__)
 
 SHARE_GROUP = "fleet"
+STORE_ATTEMPTS = 3
 
 
 def shared_topics(prefix: str, group: str = SHARE_GROUP) -> list[str]:
@@ -61,6 +62,7 @@ class IngestWorker:
         self._acked: dict[tuple[str, str], int] = {}
         self._side = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fleet-resync")
         self._last_sweep = 0.0
+        self.new_events = 0  # stored by this worker (the others count their own)
         client.add_listener(self._on_message)
 
     def _on_message(self, msg: Incoming) -> None:
@@ -102,12 +104,20 @@ class IngestWorker:
 
     def process(self, batch: list[Message]) -> None:
         started = time.monotonic()
-        try:
-            out = self.ingest.store(batch)
-        except SQLAlchemyError:
-            logger.exception("storing %d messages failed; nothing acknowledged", len(batch))
-            METRICS.ingest_errors.inc()
-            return
+        for attempt in range(1, STORE_ATTEMPTS + 1):
+            try:
+                out = self.ingest.store(batch)
+                break
+            except SQLAlchemyError as err:
+                # a deadlock with another worker or a dropped connection: the transaction
+                # was rolled back whole, so trying again is safe
+                METRICS.ingest_errors.inc()
+                if attempt == STORE_ATTEMPTS:
+                    logger.error("storing %d messages failed (%s); not acked", len(batch), err)
+                    return
+                logger.warning("storing a batch failed (%s); attempt %d", err, attempt + 1)
+                self._stop.wait(0.05 * attempt)
+        self.new_events += out.new_events
         METRICS.events_ingested.inc(out.new_events)
         METRICS.duplicates.inc(out.duplicates)
         METRICS.ingest_batch_seconds.observe(time.monotonic() - started)

@@ -1,0 +1,110 @@
+"""The fleet service on PostgreSQL: migrations, and two workers sharing one subscription.
+
+Three light lockers (paho clients with their own certificates, speaking the contract) publish
+events with repeats and out of order; two service workers, each with its own MQTT identity,
+share ``$share/fleet/...``. Every event is stored exactly once, both workers took part, and
+each locker is acknowledged up to its last event (acks computed from the database).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import func, select
+
+from locker.fleet.service import db
+from locker.fleet.service.ingest import Ack, Ingest, Message
+from tests.broker import Broker, paho_client
+from tests.conftest import wait_for
+from tests.fleet_rig import WORKER_2, fleet_dir, service_broker, start_service
+from tests.pg import Postgres, postgres
+
+_ = (service_broker, postgres)
+LOCKERS = ("LIGHT-1", "LIGHT-2", "LIGHT-3")
+N = 150
+
+
+def test_postgres_schema_matches_and_ingest_is_idempotent(postgres: Postgres) -> None:
+    url = postgres.create_database("schema_check")
+    db.upgrade(url)
+    engine = db.make_engine(url)
+    try:
+        with engine.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn), db.metadata) == []
+        ingest = Ingest(engine)
+        body = {"v": 1, "epoch": "e", "seq": 1, "type": "started"}
+        msg = Message("lockers/L/evt/started", json.dumps(body).encode())
+        assert ingest.store([msg, msg]).acks == [Ack("L", "e", 1)]
+        assert ingest.store([msg]).new_events == 0
+    finally:
+        engine.dispose()
+
+
+class LightLocker:
+    """A locker reduced to the contract: publishes events, records the acks it gets."""
+
+    def __init__(self, broker: Broker, locker: str) -> None:
+        self.locker = locker
+        self.acked = 0
+        self._lock = threading.Lock()
+        self.client = paho_client(broker.endpoint(locker), locker)
+        self.client.on_message = self._on_ack
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        self.client.subscribe(f"lockers/{locker}/ack", qos=1)
+
+    def _on_ack(self, _c: Any, _u: Any, msg: Any) -> None:
+        doc = json.loads(msg.payload)
+        if doc.get("epoch") == "pg":
+            with self._lock:
+                self.acked = max(self.acked, int(doc["upto_seq"]))
+
+    def publish(self, seqs: list[int]) -> None:
+        for seq in seqs:
+            body = {"v": 1, "epoch": "pg", "seq": seq, "type": "door_opened", "data": {}}
+            info = self.client.publish(
+                f"lockers/{self.locker}/evt/door_opened", json.dumps(body), qos=1
+            )
+            info.wait_for_publish(10)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def test_two_workers_share_the_stream_and_store_every_event_once(
+    tmp_path: Path, service_broker: Broker, postgres: Postgres
+) -> None:
+    url = postgres.create_database("two_workers")
+    d = fleet_dir(tmp_path, service_broker)
+    one = start_service(d, db_url=url)
+    two = start_service(d, db_url=url, client=WORKER_2)
+    lights = [LightLocker(service_broker, name) for name in LOCKERS]
+    try:
+        order = list(range(1, N + 1))
+        order = order[::2] + order[1::2] + order[: N // 3]  # out of order, a third repeated
+        threads = [threading.Thread(target=light.publish, args=(order,)) for light in lights]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        wait_for(lambda: all(x.acked == N for x in lights), 30, what="every locker acked to N")
+        with one.engine.connect() as conn:
+            rows = conn.execute(
+                select(db.events.c.locker, func.count(), func.count(func.distinct(db.events.c.seq)))
+                .group_by(db.events.c.locker)
+                .order_by(db.events.c.locker)
+            ).all()
+        assert [tuple(r) for r in rows] == [(name, N, N) for name in LOCKERS]
+        assert one.worker.new_events > 0 and two.worker.new_events > 0, "both workers worked"
+        assert one.worker.new_events + two.worker.new_events == N * len(LOCKERS)
+    finally:
+        for light in lights:
+            light.close()
+        one.stop()
+        two.stop()
