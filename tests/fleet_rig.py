@@ -84,7 +84,7 @@ def cabinet(
     """A lockerd trusting this fleet's keys; its device key registered in the fleet."""
     fleet = provision.Fleet.load(d)
     security = {
-        "command_keys": provision.command_public_keys(fleet),
+        "command_keys": fleet.command_public_keys(),
         "token_keys": {str(fleet.token_kid): provision.encode_public_key(fleet.token_key())},
     }
     cab = SimCabinet(workdir, broker=broker, locker_id=locker_id, security=security, **kw)

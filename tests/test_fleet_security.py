@@ -18,14 +18,12 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from locker.fleet.service import api as api_mod
 from locker.fleet.service import db, delivery
-from locker.fleet.service.app import FleetService, create_app
+from locker.fleet.service.app import FleetService
 from locker.fleet.service.config import ServiceSettings
-from locker.fleet.service.live import Hub
 from tests.broker import Broker
 from tests.conftest import wait_for
 from tests.fleet_rig import add_user, fleet_dir, service_broker, start_service
@@ -176,10 +174,11 @@ def test_webhook_that_fails_then_recovers_gets_one_message_retried_with_one_key(
     assert (row.state, row.attempts) == ("sent", 3)
 
 
-def test_console_cookies_are_secure_httponly_strict_by_default(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'c.db'}"
-    db.upgrade(url)
-    app = create_app(db.make_engine(url), None, Hub())  # type: ignore[arg-type]
-    with TestClient(app) as c:
-        header = c.get("/login").headers["set-cookie"].lower()
-    assert "secure" in header and "httponly" in header and "samesite=strict" in header
+def test_console_cookies_are_secure_httponly_strict_by_default(
+    running: tuple[FleetService, dict[str, str], Path],
+) -> None:
+    service, _tokens, _d = running
+    header = httpx.get(f"http://127.0.0.1:{service.port}/login", timeout=10).headers["set-cookie"]
+    assert {"secure", "httponly", "samesite=strict"} <= {
+        part.strip().lower() for part in header.split(";")
+    }
