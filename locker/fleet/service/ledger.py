@@ -44,6 +44,10 @@ def apply_event(
         return None
     kind = ev["type"]
     state = STATE_OF_EVENT.get(kind)
+    data = event_data(ev)
+    until: dict[str, Any] = {}
+    if kind in ("parcel_deposited", "pickup_extended") and type(data.get("pickup_until")) is int:
+        until["pickup_until"] = data["pickup_until"]
     row = conn.execute(select(parcels).where(parcels.c.parcel == parcel)).first()
     if row is None:
         conn.execute(
@@ -58,22 +62,17 @@ def apply_event(
                 updated_at=now,
                 state_epoch=epoch,
                 state_seq=ev["seq"] if state else None,
+                **until,
             )
         )
     else:
-        values: dict[str, Any] = {"updated_at": now}
+        values: dict[str, Any] = {"updated_at": now, **until}
         newer = row.state_seq is None or row.state_epoch != epoch or ev["seq"] > row.state_seq
         if state is not None and newer:
             values |= {"state": state, "state_epoch": epoch, "state_seq": ev["seq"]}
         if ev.get("compartment") and newer:
             values["compartment"] = ev["compartment"]
-        data = event_data(ev)
-        if kind == "pickup_extended" and type(data.get("pickup_until")) is int:
-            values["pickup_until"] = data["pickup_until"]
-        if kind == "parcel_deposited" and type(data.get("pickup_until")) is int:
-            values["pickup_until"] = data["pickup_until"]
         conn.execute(update(parcels).where(parcels.c.parcel == parcel).values(**values))
-    data = event_data(ev)
     conn.execute(
         insert(parcel_history).values(
             parcel=parcel,
