@@ -98,13 +98,13 @@ def measure(scenario: Scenario, samples: int, seed: int = 1) -> dict[str, object
         )
         emu.start()
         specs = [
-            BoardSpec(f"b{a}", a, poll_interval_s=scenario.poll_interval_s)
+            BoardSpec(f"b{a}", a, 1, scenario.poll_interval_s, item_sensors=False)
             for a in range(scenario.boards)
         ]
         compartments = {
             f"C{a}-{ch}": (f"b{a}", ch) for a in range(scenario.boards) for ch in (1, 8, 16)
         }
-        bus = KerongBus("bench", emu.path, specs, compartments, timing=timing)
+        bus = KerongBus("bench", emu.path, specs, compartments, baudrate=19200, timing=timing)
         names = list(compartments)
         latencies: list[float] = []
         try:
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out,
         "KerongBus.unlock() call -> unlock frame fully received by the emulator (pty)",
         results,
-        quiet_gap_s=BusTiming().quiet_gap_s,
+        quiet_gap_s=BusTiming(pulse_s=PULSE_S, rest_s=REST_S).quiet_gap_s,
         note="pty has no baud rate; add ~2.6 ms for 5 bytes at 19200 baud",
     )
     return 0

@@ -36,6 +36,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from locker.cabinet.link import MqttLink
+from locker.config.sections import Mqtt
 from locker.contract.replies import rfc3339
 from locker.ports import (
     EventsDelivered,
@@ -437,7 +438,10 @@ def make_link(
     **settings: Any,
 ) -> MqttLink:
     """An ``MqttLink`` for ``broker`` with test-friendly timings (override any setting)."""
+    mqtt = Mqtt.model_fields  # the configuration's defaults, as lockerd would use them
+    defaults = ("topic_prefix", "session_expiry_s", "require_server_ack", "max_inflight")
     kwargs: dict[str, Any] = {
+        **{name: mqtt[name].default for name in defaults},
         "keepalive_s": 5,
         "will_delay_s": 2,
         "ack_timeout_s": 30.0,

@@ -70,6 +70,9 @@ def rules(keys: Keys, **overrides: Any) -> machine.Rules:
         "pickup_hours": 72,
         "dropoff_hours": 48,
         "max_remote_opens_per_hour": 3,
+        "limits": machine.throttle.Limits(
+            failures_before_backoff=5, hard_lockout=100, max_per_hour=30
+        ),
     }
     base.update(overrides)
     return machine.Rules(**base)

@@ -319,9 +319,9 @@ def test_failed_construction_releases_claimed_pins(mock_factory: MockFactory) ->
         GpioCompartment("B2", lock_pin=17, door_pin=13),  # 17 is taken by the blocker
     ]
     with pytest.raises(GPIOPinInUse):
-        GpioLockBank(layout, pulse_s=0.1, pin_factory=mock_factory)
+        GpioLockBank(layout, pulse_s=0.1, rest_s=0.1, debounce_s=0.01, pin_factory=mock_factory)
     blocker.close()
-    GpioLockBank(layout, pulse_s=0.1, pin_factory=mock_factory).close()
+    GpioLockBank(layout, pulse_s=0.1, rest_s=0.1, debounce_s=0.01, pin_factory=mock_factory).close()
 
 
 @pytest.mark.parametrize(
@@ -336,7 +336,7 @@ def test_layout_is_validated(
     mock_factory: MockFactory, layout: list[GpioCompartment], match: str
 ) -> None:
     with pytest.raises(ValueError, match=match):
-        GpioLockBank(layout, pulse_s=0.1, pin_factory=mock_factory)
+        GpioLockBank(layout, pulse_s=0.1, rest_s=0.1, debounce_s=0.01, pin_factory=mock_factory)
 
 
 @pytest.mark.parametrize(

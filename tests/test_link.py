@@ -314,7 +314,9 @@ LINK_SCRIPT = textwrap.dedent(
     up = threading.Event()
     link = MqttLink(locker_id="LKR-0001", host="127.0.0.1", port=port, tls=False,
                     outbox=SqliteOutbox(db), boot_id="boot-killed", version="t",
-                    clock_synced=lambda: False, will_delay_s=1, keepalive_s=5)
+                    clock_synced=lambda: False, will_delay_s=1, keepalive_s=5,
+                    topic_prefix="lockers", session_expiry_s=604800,
+                    require_server_ack=True, ack_timeout_s=30.0, max_inflight=20)
     link.start(lambda e: up.set() if getattr(e, "connected", False) else None)
     up.wait(10)
     print("up", flush=True)

@@ -40,8 +40,9 @@ class KerongRig:
         self.bus = KerongBus(
             "rig",
             emu.path,
-            [BoardSpec("b0", 0, poll_interval_s=0.03), BoardSpec("b1", 1, poll_interval_s=0.03)],
+            [BoardSpec(f"b{a}", a, 1, 0.03, item_sensors=False) for a in (0, 1)],
             {c: (f"b{addr}", ch) for c, (addr, ch) in WHERE.items()},
+            baudrate=19200,
             timing=TIMING,
         )
         self.bank = self.bus

@@ -38,6 +38,14 @@ FAST = BusTiming(
     backoff_max_s=0.2,
     reopen_first_s=0.05,
 )
+
+
+def spec(
+    name: str, address: int, lock_bit_locked: int = 1, poll_interval_s: float = POLL_S
+) -> BoardSpec:
+    return BoardSpec(name, address, lock_bit_locked, poll_interval_s, item_sensors=False)
+
+
 COMPARTMENTS = {"A1": ("b0", 1), "A2": ("b0", 2), "A16": ("b0", 16), "B1": ("b1", 1)}
 WAIT = 5.0
 CLOSED, OPEN, UNKNOWN = DoorState.CLOSED, DoorState.OPEN, DoorState.UNKNOWN
@@ -71,7 +79,9 @@ def make_bus(emu: KerongEmulator) -> Iterator[MakeBus]:
             BoardSpec(name, int(name[1:]), polarity, POLL_S, item_sensors=items) for name in boards
         ]
         compartments = {c: where for c, where in COMPARTMENTS.items() if where[0] in boards}
-        bus = KerongBus("main", port or emu.path, specs, compartments, timing=timing)
+        bus = KerongBus(
+            "main", port or emu.path, specs, compartments, baudrate=19200, timing=timing
+        )
         buses.append(bus)
         return bus
 
@@ -363,8 +373,9 @@ def test_door_left_open_stays_open(tmp_path: Path) -> None:
         bus = KerongBus(
             "left",
             emu.path,
-            [BoardSpec("b0", 0, 1, POLL_S)],
+            [BoardSpec("b0", 0, 1, POLL_S, item_sensors=False)],
             {"A1": ("b0", 1), "A2": ("b0", 2)},
+            baudrate=19200,
             timing=FAST,
         )
         try:
@@ -500,26 +511,26 @@ def test_refusals_before_start_and_for_unknown_compartments(make_bus: MakeBus) -
     ("boards", "compartments"),
     [
         ([], {}),
-        ([BoardSpec("b0", 0), BoardSpec("b0", 1)], {}),
-        ([BoardSpec("b0", 0), BoardSpec("b1", 0)], {}),
-        ([BoardSpec("b0", 0)], {"A1": ("b9", 1)}),
-        ([BoardSpec("b0", 0)], {"A1": ("b0", 17)}),
-        ([BoardSpec("b0", 0)], {"A1": ("b0", 1), "A2": ("b0", 1)}),
+        ([spec("b0", 0), spec("b0", 1)], {}),
+        ([spec("b0", 0), spec("b1", 0)], {}),
+        ([spec("b0", 0)], {"A1": ("b9", 1)}),
+        ([spec("b0", 0)], {"A1": ("b0", 17)}),
+        ([spec("b0", 0)], {"A1": ("b0", 1), "A2": ("b0", 1)}),
     ],
 )
 def test_bad_bus_configuration_is_refused(
     boards: list[BoardSpec], compartments: dict[str, tuple[str, int]]
 ) -> None:
     with pytest.raises(ValueError):
-        KerongBus("bad", "loop://", boards, compartments)
+        KerongBus("bad", "loop://", boards, compartments, baudrate=19200, timing=FAST)
 
 
 def test_bad_board_and_timing_values_are_refused() -> None:
     with pytest.raises(ValueError):
-        BoardSpec("b0", 16)
+        spec("b0", 16)
     with pytest.raises(ValueError):
-        BoardSpec("b0", 0, lock_bit_locked=2)
+        spec("b0", 0, lock_bit_locked=2)
     with pytest.raises(ValueError):
-        BoardSpec("b0", 0, poll_interval_s=0)
+        spec("b0", 0, poll_interval_s=0)
     with pytest.raises(ValueError):
-        BusTiming(response_timeout_s=0)
+        BusTiming(pulse_s=0.5, rest_s=0.1, response_timeout_s=0)

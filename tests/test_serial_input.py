@@ -253,7 +253,7 @@ def loop_port() -> serial.SerialBase:
 @pytest.fixture
 def scanner_on_loop() -> Iterator[tuple[serial.SerialBase, SerialScanner, Recorder]]:
     port = loop_port()
-    scanner = SerialScanner("loop://", opener=lambda: port, read_timeout_s=0.05)
+    scanner = SerialScanner("loop://", baudrate=9600, opener=lambda: port, read_timeout_s=0.05)
     rec = Recorder()
     scanner.start(rec)
     wait_for(lambda: scanner.connected, 5, what="scanner open")
@@ -281,7 +281,9 @@ def test_scanner_reads_lines_from_the_port(
 @pytest.mark.timeout(20)
 def test_scanner_drops_a_line_left_incomplete() -> None:
     port = loop_port()
-    scanner = SerialScanner("loop://", opener=lambda: port, read_timeout_s=0.05, idle_timeout_s=0.1)
+    scanner = SerialScanner(
+        "loop://", baudrate=9600, opener=lambda: port, read_timeout_s=0.05, idle_timeout_s=0.1
+    )
     rec = Recorder()
     scanner.start(rec)
     try:
@@ -298,7 +300,7 @@ def test_scanner_drops_a_line_left_incomplete() -> None:
 @pytest.mark.timeout(20)
 def test_serial_keypad_reads_keys() -> None:
     port = loop_port()
-    keypad = SerialKeypad("loop://", opener=lambda: port, read_timeout_s=0.05)
+    keypad = SerialKeypad("loop://", baudrate=9600, opener=lambda: port, read_timeout_s=0.05)
     rec = Recorder()
     keypad.start(rec)
     try:
@@ -354,7 +356,7 @@ class CountingOpener:
 
 def fast_scanner(url: str, opener: CountingOpener | None = None) -> SerialScanner:
     return SerialScanner(
-        url, retry_base_s=0.01, retry_max_s=0.05, read_timeout_s=0.05, opener=opener
+        url, baudrate=9600, retry_base_s=0.01, retry_max_s=0.05, read_timeout_s=0.05, opener=opener
     )
 
 
@@ -394,7 +396,7 @@ def test_unplug_is_one_fault_and_replug_one_recovery(pty_port: PtyPort) -> None:
 @pytest.mark.timeout(30)
 def test_missing_port_at_start_is_one_fault_until_it_appears(pty_port: PtyPort) -> None:
     keypad = SerialKeypad(
-        str(pty_port.link), retry_base_s=0.01, retry_max_s=0.02, read_timeout_s=0.05
+        str(pty_port.link), baudrate=9600, retry_base_s=0.01, retry_max_s=0.02, read_timeout_s=0.05
     )
     rec = Recorder()
     keypad.start(rec)
@@ -426,6 +428,6 @@ def test_a_url_that_never_works_never_crashes() -> None:
 
 def test_settings_are_validated() -> None:
     with pytest.raises(ValueError, match="read_timeout_s"):
-        SerialScanner("loop://", read_timeout_s=5)
+        SerialScanner("loop://", baudrate=9600, read_timeout_s=5)
     with pytest.raises(ValueError, match="retry"):
-        SerialKeypad("loop://", retry_base_s=10, retry_max_s=1)
+        SerialKeypad("loop://", baudrate=9600, retry_base_s=10, retry_max_s=1)

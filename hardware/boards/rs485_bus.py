@@ -77,11 +77,12 @@ _MAX_BURST = 256  # bytes read for one reply before the line is declared babblin
 class BoardSpec:
     """One board of the bus, as configured (``[[boards]]``)."""
 
+    # No defaults: the config model's are the only ones (locker.config.sections.Board).
     name: str
     address: int
-    lock_bit_locked: int = 1
-    poll_interval_s: float = 0.2
-    item_sensors: bool = True  # False: IR inputs not wired, items are reported as None
+    lock_bit_locked: int
+    poll_interval_s: float
+    item_sensors: bool  # False: IR inputs not wired, items are reported as None
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -102,13 +103,13 @@ class BusTiming:
     sooner than ``pulse_s + rest_s`` after the previous one, so at most one coil is on.
     """
 
+    pulse_s: float  # timing.unlock_pulse_s and timing.unlock_rest_s: no defaults here, the
+    rest_s: float  # config model's are the only ones
     response_timeout_s: float = 0.5
     quiet_gap_s: float = 0.025
     turnaround_s: float = 0.005
     unlock_reply_window_s: float = 0.1
     resync_quiet_s: float = 0.1
-    pulse_s: float = 0.5
-    rest_s: float = 0.1
     fail_threshold: int = 3
     start_attempts: int = 2
     backoff_max_s: float = 5.0
@@ -193,13 +194,13 @@ class KerongBus(LockBank):
         boards: Sequence[BoardSpec],
         compartments: Mapping[str, tuple[str, int]],
         *,
-        baudrate: int = 19200,
-        timing: BusTiming | None = None,
+        baudrate: int,
+        timing: BusTiming,
     ) -> None:
         self.name = name
         self._url = port
         self._baudrate = baudrate
-        self._t = timing or BusTiming()
+        self._t = timing
         self._boards = _build_boards(boards, compartments)
         self._where: dict[str, tuple[_Board, int]] = {}
         for board in self._boards:

@@ -143,8 +143,8 @@ class GpioLockBank(LockBank):
         compartments: Sequence[GpioCompartment],
         *,
         pulse_s: float,
-        rest_s: float = 0.2,
-        debounce_s: float = 0.05,
+        rest_s: float,  # no defaults: the config model's are the only ones (via the assembly)
+        debounce_s: float,
         pin_factory: Factory | None = None,
         name: str = "gpio",
     ) -> None:

@@ -234,7 +234,7 @@ class SerialInput(InputDevice):
         url: str,
         *,
         name: str,
-        baudrate: int = 9600,
+        baudrate: int,  # [keypad]/[scanner] baudrate: the config model holds the default
         read_timeout_s: float = 0.1,
         retry_base_s: float = 0.5,
         retry_max_s: float = 30.0,
@@ -382,7 +382,7 @@ class SerialScanner(SerialInput):
         url: str,
         *,
         name: str = "scanner",
-        baudrate: int = 9600,
+        baudrate: int,  # [keypad]/[scanner] baudrate: the config model holds the default
         read_timeout_s: float = 0.1,
         retry_base_s: float = 0.5,
         retry_max_s: float = 30.0,
@@ -420,7 +420,7 @@ class SerialKeypad(SerialInput):
         url: str,
         *,
         name: str = "keypad",
-        baudrate: int = 9600,
+        baudrate: int,  # [keypad]/[scanner] baudrate: the config model holds the default
         read_timeout_s: float = 0.1,
         retry_base_s: float = 0.5,
         retry_max_s: float = 30.0,

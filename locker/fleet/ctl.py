@@ -250,7 +250,9 @@ def _add_token(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     mint.add_argument("--locker", required=True)
     mint.add_argument("--parcel", required=True)
     mint.add_argument("--action", default="pickup", choices=list(TOKEN_ACTIONS))
-    mint.add_argument("--hours", type=float, default=72.0, help="validity from not-before")
+    mint.add_argument(
+        "--hours", type=float, default=fleet.DEFAULT_PICKUP_HOURS, help="validity from not-before"
+    )
     mint.add_argument("--not-before", type=int, help="Unix seconds (default: now)")
     mint.add_argument("--png", type=Path, help="also write the QR code as PNG")
     mint.add_argument("--svg", type=Path, help="also write the QR code as SVG")

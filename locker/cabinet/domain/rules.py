@@ -1,7 +1,7 @@
 """What the state machine needs from configuration, as plain values (DESIGN section 8).
 
-The defaults here are the domain's; ``locker.cabinet.config`` fills every field from the
-validated file, so a field's default only matters to tests that build ``Rules`` by hand.
+No defaults here: the assembly fills every field from the validated file, so the config
+model (``locker.config``) holds the only defaults.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ class Rules:
     locker_id: str
     device_key: bytes = dataclasses.field(repr=False)
     token_keys: Mapping[int, Ed25519PublicKey] = dataclasses.field(repr=False)
+    door_open_timeout_s: float
+    door_left_open_s: float
+    keypad_entry_timeout_s: float
+    pickup_hours: float
+    dropoff_hours: float
+    max_remote_opens_per_hour: int
+    limits: throttle.Limits
     compartment_order: tuple[str, ...] = ()
-    door_open_timeout_s: float = 10.0
-    door_left_open_s: float = 120.0
-    keypad_entry_timeout_s: float = 20.0
-    pickup_hours: float = 72.0
-    dropoff_hours: float = 48.0
-    max_remote_opens_per_hour: int = 20
-    limits: throttle.Limits = dataclasses.field(default_factory=throttle.Limits)

@@ -23,9 +23,10 @@ Verdict = Literal["refused", "throttled", "locked_out"]
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Limits:
-    failures_before_backoff: int = 5
-    hard_lockout: int = 100
-    max_per_hour: int = 30
+    # No defaults: security.* of the config model are the only ones (via the assembly).
+    failures_before_backoff: int
+    hard_lockout: int
+    max_per_hour: int
 
 
 def gate(t: Throttle, now: float) -> Literal["locked_out", "throttled"] | None:
