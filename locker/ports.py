@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
+from locker import errors
+
 
 class DoorState(enum.StrEnum):
     OPEN = "open"
@@ -126,7 +128,7 @@ class Feedback(enum.StrEnum):
 # --- output ports: controller -> adapters ---------------------------------------------------
 
 
-class HardwareUnavailable(Exception):  # noqa: N818 - reads as a state, like gpiozero's
+class HardwareUnavailable(errors.HardwareError):
     """Raised by ``unlock`` when the driver knows up front that nothing can be sent."""
 
 

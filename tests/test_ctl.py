@@ -28,7 +28,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from locker import errors
 from locker.contract import credentials, jws
+from locker.contract.actions import Action, arg_fields
 from locker.fleet import client as fleet
 from locker.fleet import ctl, provision
 from tests import contract
@@ -168,9 +170,79 @@ def test_cmd_send_checks_arguments_before_connecting(fleet_dir: Path, extra: lis
     assert code == ctl.EXIT_USAGE
 
 
-def test_unknown_locker_is_a_provisioning_error(fleet_dir: Path) -> None:
-    argv = ["parcel", "issue", "--fleet", str(fleet_dir), "--locker", "LKR-404"]
-    assert run(*argv, "--parcel", "P", "--size", "S")[0] == ctl.EXIT_PROVISION
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["parcel", "issue", "--parcel", "P", "--size", "S"],
+        ["cmd", "send", "resync"],
+        ["token", "mint", "--parcel", "P"],
+        ["code", "new"],
+        ["watch", "--duration", "0"],
+    ],
+)
+def test_unknown_locker_is_refused_before_anything_is_sent(
+    fleet_dir: Path, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A typo in a locker id would sign a command for nobody (and time out) or mint a token
+    no locker accepts: every subcommand that names a locker checks the fleet directory."""
+    code, text = run(*argv, "--fleet", str(fleet_dir), "--locker", "LKR-404", "--json")
+    assert code == ctl.EXIT_NOT_FOUND
+    doc = json.loads(text)
+    assert doc["ok"] is False and doc["error"]["kind"] == "not_found"
+    assert "LKR-404" in doc["error"]["message"] and LOCKER in doc["error"]["message"]
+    assert "no locker 'LKR-404'" in capsys.readouterr().err
+
+
+def test_every_exit_status_is_distinct_and_documented(capsys: pytest.CaptureFixture[str]) -> None:
+    statuses = [ctl.EXIT_OK, ctl.EXIT_REFUSED, ctl.EXIT_USAGE, ctl.EXIT_BROKER, ctl.EXIT_TIMEOUT,
+                ctl.EXIT_CONFIG, ctl.EXIT_NOT_FOUND, ctl.EXIT_FILE, ctl.EXIT_INTERNAL]  # fmt: skip
+    assert len(set(statuses)) == len(statuses)
+    ctl.main(["--help"])
+    text = capsys.readouterr().out
+    for status in statuses:
+        assert re.search(rf"^  {status}  \w", text, re.MULTILINE), status
+
+
+def test_exit_status_follows_the_error_category() -> None:
+    assert ctl.exit_status(fleet.ReplyTimeoutError("x")) == ctl.EXIT_TIMEOUT
+    assert ctl.exit_status(fleet.BrokerError("x")) == ctl.EXIT_BROKER
+    assert ctl.exit_status(fleet.FleetError("x")) == ctl.EXIT_USAGE
+    assert ctl.exit_status(provision.ProvisionError("x")) == ctl.EXIT_CONFIG
+    assert ctl.exit_status(errors.NotFoundError("x")) == ctl.EXIT_NOT_FOUND
+    assert ctl.exit_status(errors.StorageError("x")) == ctl.EXIT_FILE
+    assert ctl.exit_status(credentials.CodeFormatError("x")) == ctl.EXIT_USAGE
+
+
+def test_cmd_send_help_lists_every_action_and_argument_from_the_models(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert ctl.main(["cmd", "send", "--help"]) == ctl.EXIT_OK
+    text = capsys.readouterr().out
+    for action in Action:
+        assert f"  {action.value}" in text
+        for f in arg_fields(action):
+            assert f"{f.name}=" in text, (action, f.name)
+    assert "[accessible=true|false]" in text
+    assert "never connected" in text  # what really happens to a command for an absent locker
+
+
+def test_file_that_cannot_be_written_is_a_file_error(fleet_dir: Path, tmp_path: Path) -> None:
+    argv = ["token", "mint", "--fleet", str(fleet_dir), "--locker", LOCKER, "--parcel", "P"]
+    code, text = run(*argv, "--png", str(tmp_path / "no" / "such" / "dir.png"), "--json")
+    assert code == ctl.EXIT_FILE
+    assert json.loads(text)["error"]["kind"] == "file"
+
+
+def test_human_output_has_no_epoch_seconds_and_no_reprs(fleet_dir: Path) -> None:
+    for argv in (
+        ["fleet", "show", str(fleet_dir)],
+        ["locker", "list", str(fleet_dir)],
+        ["code", "new", "--fleet", str(fleet_dir), "--locker", LOCKER],
+    ):
+        code, text = run(*argv)
+        assert code == ctl.EXIT_OK
+        assert not re.search(r"\b1[0-9]{9}\b", text), text
+        assert "PosixPath(" not in text and "<" not in text, text
 
 
 # --- the fleet view (pure) ------------------------------------------------------------------------
@@ -527,6 +599,51 @@ def _locker_connects(f: provision.Fleet, locker_id: str) -> bool:
     return True
 
 
+# --- --json ---------------------------------------------------------------------------------------
+
+
+def _json(*argv: str) -> tuple[int, Any]:
+    code, text = run(*argv, "--json")
+    assert text.endswith("\n") and text.count("\n") == 1, text  # one document, nothing else
+    return code, json.loads(text)
+
+
+def test_every_subcommand_takes_json() -> None:
+    leaves = ctl._leaves(ctl.build_parser())
+    assert len(leaves) >= len(SUBCOMMANDS) - 3
+    for leaf in leaves:
+        assert "--json" in leaf._option_string_actions, leaf.prog
+
+
+def test_json_of_every_offline_subcommand(tmp_path: Path) -> None:
+    d = tmp_path / "fleet"
+    code, doc = _json("fleet", "init", str(d), "--broker-host", "localhost")
+    assert code == ctl.EXIT_OK and doc["ok"] is True and doc["fleet"] == "fleet"
+    code, doc = _json("locker", "add", str(d), LOCKER, "--compartments", "A1:S:17:27")
+    assert code == ctl.EXIT_OK and doc["locker"] == LOCKER
+    code, doc = _json("locker", "list", str(d))
+    assert doc == {"ok": True, "lockers": [LOCKER]}
+    code, doc = _json("fleet", "show", str(d))
+    assert doc["broker"] == {"host": "localhost", "port": 8883} and doc["lockers"] == [LOCKER]
+    assert _json("keys", "show", str(d))[1] == doc
+    code, doc = _json("code", "new", "--fleet", str(d), "--locker", LOCKER)
+    assert re.fullmatch(r"[0-9]{8}", doc["code"]) and re.fullmatch(r"[0-9a-f]{64}", doc["tag"])
+    code, doc = _json(
+        "token", "mint", "--fleet", str(d), "--locker", LOCKER, "--parcel", "P",
+        "--not-before", "1800000000", "--hours", "1", "--qr",
+    )  # fmt: skip
+    assert doc["token"].startswith("LK1:") and doc["not_before"] == "2027-01-15T08:00:00Z"
+    assert doc["expires"] == "2027-01-15T09:00:00Z"
+    code, doc = _json("fleet", "init", str(d), "--broker-host", "x")
+    assert code == ctl.EXIT_CONFIG and doc["ok"] is False and doc["error"]["kind"] == "config"
+    code, doc = _json("cmd", "send", "--fleet", str(d), "--locker", LOCKER, "lockdown",
+                      "--arg", "on=maybe")  # fmt: skip
+    assert code == ctl.EXIT_USAGE and "on" in doc["error"]["message"]
+    code, doc = _json("cmd", "send", "--fleet", str(d), "--locker", LOCKER, "resync",
+                      "--broker", "127.0.0.1:1", "--timeout", "2")  # fmt: skip
+    assert code == ctl.EXIT_BROKER and doc["error"]["kind"] == "broker"
+
+
 @pytest.mark.broker
 @pytest.mark.timeout(60)
 def test_renew_and_revoke_are_enforced_by_the_fleet_broker(fleet_dir: Path) -> None:
@@ -549,3 +666,39 @@ def test_renew_and_revoke_are_enforced_by_the_fleet_broker(fleet_dir: Path) -> N
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.mark.broker
+@pytest.mark.timeout(60)
+def test_json_of_every_subcommand_that_talks_to_lockers(fake_locker: FakeLocker) -> None:
+    f = fake_locker.fleet
+    base = ["--fleet", str(f.dir), "--locker", LOCKER]
+    code, doc = _json("parcel", "issue", *base, "--parcel", "P-9", "--size", "S")
+    assert code == ctl.EXIT_OK and doc["compartment"] == "A1" and doc["reply"]["status"] == "done"
+    assert re.fullmatch(r"[0-9]{8}", doc["pickup_code"])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", doc["dropoff_until"])
+    code, doc = _json("cmd", "send", *base, "open", "--arg", "compartment=A1", "--arg", "reason=x")
+    assert code == ctl.EXIT_OK and doc["args"] == {"compartment": "A1", "reason": "x"}
+    fake_locker.answer = lambda claims: {
+        "status": "rejected",
+        "error": {"code": "no_compartment", "message": "full"},
+    }
+    code, doc = _json("cmd", "send", *base, "assign", "--arg", "parcel=P", "--arg", "kind=return",
+                      "--arg", "size=XL", "--arg", f"dropoff_tag={'a' * 64}",
+                      "--arg", f"pickup_tag={'b' * 64}", "--arg", "accessible=yes")  # fmt: skip
+    assert code == ctl.EXIT_REFUSED and doc["ok"] is False
+    assert doc["reply"]["error"]["code"] == "no_compartment"
+    assert fake_locker.commands[-1]["args"]["accessible"] is True
+    fake_locker.answer = lambda claims: None
+    code, doc = _json("cmd", "send", *base, "resync", "--timeout", "1")
+    assert code == ctl.EXIT_TIMEOUT and doc["error"]["kind"] == "timeout"
+    assert "never connected" in doc["error"]["message"]
+    fake_locker.publish("state", {
+        "v": 1, "rev": 1, "ts": "2025-01-01T00:00:00Z", "lockdown": False,
+        "keypad_locked": False, "outbox_depth": 0, "last_seq": 1, "compartments": [],
+    }, retain=True)  # fmt: skip
+    code, text = run("watch", "--fleet", str(f.dir), "--duration", "1", "--no-ack", "--json")
+    assert code == ctl.EXIT_OK
+    records = [json.loads(line) for line in text.splitlines()]
+    assert records, "watch printed nothing"
+    assert any(r["channel"] == "state" and r["message"]["rev"] == 1 for r in records)

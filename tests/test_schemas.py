@@ -13,8 +13,14 @@ import jsonschema
 import pytest
 
 import locker
-from locker.contract import jws
-from locker.contract.actions import Action
+from locker.contract import commands, jws, schema
+from locker.contract.actions import (
+    LONG_LIFETIME_S,
+    SHORT_LIFETIME_S,
+    SHORT_LIVED_ACTIONS,
+    Action,
+    arg_fields,
+)
 from locker.fleet import client as fleet
 from locker.fleet.provision import generate_signing_key
 from tests import contract
@@ -351,13 +357,57 @@ GOOD_ARGS: dict[Action, dict[str, Any]] = {
 }
 
 
-def test_fleet_argument_specs_match_the_schema() -> None:
+def test_committed_command_schema_is_the_one_generated_from_the_models() -> None:
+    """schemas/command.json is generated (python -m locker.contract.schema), never edited."""
+    assert schema.COMMAND_SCHEMA_FILE.read_text(encoding="utf-8") == schema.render()
     defs = contract.schemas()["command"]["$defs"]
-    assert set(fleet.ARG_SPECS) == set(Action) == set(GOOD_ARGS)
-    for action, spec in fleet.ARG_SPECS.items():
-        schema = defs[f"args_{action.value}"]
-        assert set(schema["properties"]) == set(spec), action
-        assert set(schema["required"]) == {n for n, (_t, req) in spec.items() if req}, action
+    assert set(Action) == set(GOOD_ARGS)
+    for action in Action:
+        fields = arg_fields(action)
+        args = defs[f"args_{action.value}"]
+        assert list(args["properties"]) == [f.name for f in fields], action
+        assert set(args["required"]) == {f.name for f in fields if f.required}, action
+        assert args["additionalProperties"] is False
+
+
+def _plain(prop: dict[str, Any]) -> dict[str, Any]:
+    """A model property without its description, null option and default."""
+    options = [p for p in prop.get("anyOf", [prop]) if p.get("type") != "null"]
+    return {k: v for k, v in options[0].items() if k not in ("description", "default")}
+
+
+@pytest.mark.parametrize(
+    ("common", "action", "field"),
+    [
+        ("parcel_id", Action.ASSIGN, "parcel"),
+        ("compartment_id", Action.OPEN, "compartment"),
+        ("reason_text", Action.OPEN, "reason"),
+        ("tag", Action.ASSIGN, "dropoff_tag"),
+        ("unix_s", Action.EXTEND, "pickup_until"),
+        ("size", Action.ASSIGN, "size"),
+    ],
+)
+def test_common_definitions_agree_with_the_models(common: str, action: Action, field: str) -> None:
+    """common.json (used by events and state) and the argument models say the same thing."""
+    prop = contract.schemas()["command"]["$defs"][f"args_{action.value}"]["properties"][field]
+    mine = {k: v for k, v in COMMON[common].items() if k != "description"}
+    theirs = _plain(prop)
+    if "enum" in mine:
+        theirs.pop("type", None)
+    assert mine == theirs
+
+
+def test_asyncapi_command_message_agrees_with_the_verifier() -> None:
+    yaml = pytest.importorskip("yaml")
+    doc = yaml.safe_load(ASYNCAPI)
+    assert doc["components"]["schemas"]["CommandClaims"] == {"$ref": "./schemas/command.json"}
+    payload = doc["components"]["messages"]["Command"]["payload"]
+    assert payload["maxLength"] == commands.MAX_COMMAND_BYTES
+    description = doc["info"]["description"]
+    assert f"most {SHORT_LIFETIME_S} s for" in description
+    assert f"at most {LONG_LIFETIME_S // 86400} days" in description
+    for action in SHORT_LIVED_ACTIONS:
+        assert f"`{action.value}`" in description
 
 
 @pytest.mark.parametrize("action", list(Action))
@@ -386,7 +436,14 @@ def test_signed_command_of_every_action_validates(action: Action) -> None:
     ],
 )
 def test_bad_command_arguments_fail(action: Action, args: dict[str, Any]) -> None:
-    claims = {"aud": "LKR-1", "jti": "j1", "iat": 1, "exp": 2, "act": action.value, "args": args}
+    claims = {
+        "aud": "LKR-1",
+        "jti": "jti-0001",
+        "iat": 1,
+        "exp": 2,
+        "act": action.value,
+        "args": args,
+    }
     assert "args" in invalid("command", claims)
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from locker.errors import ContractError
+
 STX = 0x02
 ETX = 0x03
 
@@ -47,7 +49,7 @@ _KNOWN_LENGTHS: dict[int, int] = {
 _REFUSED_COMMANDS = frozenset({CMD_UNLOCK_ALL})
 
 
-class ProtocolError(ValueError):
+class ProtocolError(ContractError):
     """A well-formed frame that is not what was expected (wrong command, address or size)."""
 
 

@@ -52,6 +52,7 @@ from hardware.boards.kerong import (
     encode_query,
     encode_unlock,
 )
+from locker.errors import HardwareError
 from locker.ports import (
     DoorChanged,
     DoorState,
@@ -168,7 +169,7 @@ class _Board:
         return tuple(self.channels[ch] for ch in sorted(self.channels))
 
 
-class _PortError(Exception):
+class _PortError(HardwareError):
     pass
 
 

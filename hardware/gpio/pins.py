@@ -13,6 +13,8 @@ import logging
 
 from gpiozero import Factory
 
+from locker.errors import HardwareError
+
 logger = logging.getLogger(__name__)
 
 # name -> (module, class); the modules are imported lazily since each needs its own C library
@@ -27,7 +29,7 @@ _FACTORIES: dict[str, tuple[str, str]] = {
 FACTORY_NAMES: tuple[str, ...] = tuple(_FACTORIES)
 
 
-class PinFactoryError(RuntimeError):
+class PinFactoryError(HardwareError, RuntimeError):
     """The configured pin factory is unknown or cannot be loaded on this machine."""
 
 

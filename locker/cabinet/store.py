@@ -22,6 +22,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from locker import errors
 from locker.cabinet.domain.model import (
     CommandRecord,
     Compartment,
@@ -60,7 +61,7 @@ _MIGRATIONS: dict[int, str] = {
 }
 
 
-class StoreError(Exception):
+class StoreError(errors.StorageError):
     """The database cannot be used (newer schema, corruption)."""
 
 

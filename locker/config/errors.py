@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from locker import errors
 
-class ConfigError(Exception):
+
+class ConfigError(errors.ConfigError):
     """A configuration file that cannot be used; ``errors`` holds one line per mistake."""
 
     def __init__(self, path: Path, errors: list[str]) -> None:

@@ -28,6 +28,8 @@ import base45
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from locker import errors
+
 logger = logging.getLogger(__name__)
 
 DEVICE_KEY_BYTES: Final = 32
@@ -61,7 +63,7 @@ TokenErrorReason = Literal["malformed", "bad_signature"]
 WindowReason = Literal["not_yet_valid", "expired"]
 
 
-class CredentialError(ValueError):
+class CredentialError(errors.ContractError):
     """Base of every credential error: a bad code, key, token or minting argument."""
 
 

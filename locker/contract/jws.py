@@ -17,6 +17,8 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from locker import errors
+
 ALGORITHM = "EdDSA"
 
 # Three base64url segments, nothing else (no padding, no whitespace, no JSON serialization).
@@ -28,7 +30,7 @@ _JWS = jwt.PyJWS(algorithms=[ALGORITHM])
 _HEADER_KEYS = frozenset({"alg", "kid", "typ"})
 
 
-class JwsError(Exception):
+class JwsError(errors.ContractError):
     """A token that cannot be accepted; the subclass says why."""
 
 

@@ -44,7 +44,16 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from locker.contract import credentials, jws
-from locker.contract.actions import LONG_LIFETIME_S, SHORT_LIFETIME_S, SHORT_LIVED_ACTIONS, Action
+from locker.contract.actions import (
+    LONG_LIFETIME_S,
+    SHORT_LIFETIME_S,
+    SHORT_LIVED_ACTIONS,
+    Action,
+    args_from_json,
+    args_from_text,
+    args_to_json,
+)
+from locker.errors import ContractError, LinkError, LinkTimeoutError, UsageError
 from locker.fleet.provision import Fleet
 from locker.ports import guarded
 
@@ -58,50 +67,20 @@ WATCH_SESSION_EXPIRY_S = 7 * 24 * 3600
 _ACK_EVERY = 200  # events between acks during a burst; otherwise one ack per quiet moment
 
 
-class FleetError(Exception):
+class FleetError(UsageError):
     """A fleet operation that could not be done (bad arguments, broker refused...)."""
 
 
-class BrokerError(FleetError):
+class BrokerError(FleetError, LinkError):
     """Cannot reach or authenticate with the broker."""
 
 
-class ReplyTimeoutError(FleetError):
+class ReplyTimeoutError(FleetError, LinkTimeoutError):
     """No reply in time. The command may still run later: it waits in the locker's session
     until its ``exp``."""
 
 
 # --- commands -------------------------------------------------------------------------------
-
-_T = str | int | bool
-ARG_SPECS: dict[Action, dict[str, tuple[type, bool]]] = {
-    Action.ASSIGN: {
-        "parcel": (str, True),
-        "kind": (str, True),
-        "size": (str, True),
-        "compartment": (str, False),
-        "dropoff_tag": (str, True),
-        "pickup_tag": (str, True),
-        "dropoff_until": (int, False),
-        "pickup_hours": (int, False),
-    },
-    Action.CANCEL: {"parcel": (str, True)},
-    Action.EXTEND: {"parcel": (str, True), "pickup_until": (int, True)},
-    Action.RETRIEVE: {"parcel": (str, True), "code_tag": (str, True), "valid_until": (int, True)},
-    Action.OPEN: {"compartment": (str, True), "reason": (str, True)},
-    Action.SET_SERVICE: {
-        "compartment": (str, True),
-        "in_service": (bool, True),
-        "reason": (str, True),
-    },
-    Action.LOCKDOWN: {"on": (bool, True)},
-    Action.RESET_LOCKOUT: {},
-    Action.RESYNC: {},
-}
-"""Argument names, types and whether required, per action (DESIGN 5)."""
-
-_TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off"}
 
 
 def parse_action(action: str) -> Action:
@@ -112,49 +91,22 @@ def parse_action(action: str) -> Action:
         raise FleetError(f"unknown action {action!r} (one of: {known})") from None
 
 
-def _coerce(name: str, kind: type, text: str) -> _T:
-    if kind is bool:
-        if text.lower() in _TRUE:
-            return True
-        if text.lower() in _FALSE:
-            return False
-        raise FleetError(f"argument {name}: expected true or false, got {text!r}")
-    if kind is int:
-        try:
-            return int(text)
-        except ValueError:
-            raise FleetError(f"argument {name}: expected an integer, got {text!r}") from None
-    return text
-
-
-def coerce_args(action: Action | str, raw: Mapping[str, str]) -> dict[str, _T]:
-    """Turn ``name -> text`` (from a command line) into typed, checked command arguments."""
+def coerce_args(action: Action | str, raw: Mapping[str, str]) -> dict[str, Any]:
+    """Turn ``name -> text`` (from a command line) into checked command arguments; the rules
+    are the action's model in ``locker.contract.actions``."""
     act = parse_action(str(action))
-    spec = ARG_SPECS[act]
-    typed = {}
-    for name, text in raw.items():
-        if name not in spec:
-            raise FleetError(
-                f"{act}: unknown argument {name!r} (allowed: {', '.join(spec) or 'none'})"
-            )
-        typed[name] = _coerce(name, spec[name][0], text)
-    return check_args(act, typed)
+    try:
+        return args_to_json(args_from_text(act, raw))
+    except UsageError as err:
+        raise FleetError(str(err)) from None
 
 
-def check_args(action: Action, args: Mapping[str, Any]) -> dict[str, _T]:
-    """Names, types and required arguments of ``args`` for ``action``."""
-    spec = ARG_SPECS[action]
-    unknown = set(args) - set(spec)
-    if unknown:
-        raise FleetError(f"{action}: unknown argument(s) {sorted(unknown)}")
-    missing = [n for n, (_t, required) in spec.items() if required and n not in args]
-    if missing:
-        raise FleetError(f"{action}: missing argument(s) {', '.join(missing)}")
-    for name, value in args.items():
-        kind = spec[name][0]
-        if type(value) is not kind:
-            raise FleetError(f"{action}: argument {name} must be {kind.__name__}")
-    return dict(args)
+def check_args(action: Action, args: Mapping[str, Any]) -> dict[str, Any]:
+    """``args`` checked against ``action``'s model, as the locker will check them."""
+    try:
+        return args_to_json(args_from_json(action, args))
+    except ContractError as err:
+        raise FleetError(f"{action}: {err}") from None
 
 
 def max_ttl(action: Action) -> int:

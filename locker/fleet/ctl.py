@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
+import traceback
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TextIO, TypeVar, get_args
+from typing import Any, TextIO, TypeVar, get_args
 
+from locker import errors
 from locker.config.fields import PinFactoryName, Size
 from locker.contract import credentials
-from locker.contract.actions import Action
+from locker.contract.actions import ACTION_SUMMARY, Action, arg_fields, usage_line
 from locker.fleet import client as fleet
 from locker.fleet import provision, qr
 
@@ -30,15 +33,26 @@ EXIT_REFUSED = 1
 EXIT_USAGE = 2
 EXIT_BROKER = 3
 EXIT_TIMEOUT = 4
-EXIT_PROVISION = 5
+EXIT_CONFIG = 5
+EXIT_PROVISION = EXIT_CONFIG  # the older name of the same status
+EXIT_NOT_FOUND = 6
+EXIT_FILE = 7
+EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug; the traceback goes to stderr
 
 EXIT_CODES_HELP = f"""exit status:
   {EXIT_OK}  success
   {EXIT_REFUSED}  the locker refused or failed the command (rejected, failed, expired)
   {EXIT_USAGE}  bad usage or arguments
   {EXIT_BROKER}  cannot reach or authenticate with the MQTT broker
-  {EXIT_TIMEOUT}  no reply from the locker in time (the command stays queued until it expires)
-  {EXIT_PROVISION}  fleet directory or provisioning error (missing files, refusing to overwrite)
+  {EXIT_TIMEOUT}  no reply from the locker in time (see "cmd send --help": it may still run)
+  {EXIT_CONFIG}  fleet directory or provisioning error (missing files, refusing to overwrite)
+  {EXIT_NOT_FOUND}  no such locker in the fleet directory
+  {EXIT_FILE}  a local file could not be read or written
+  {EXIT_INTERNAL}  internal error (a bug: please report the traceback)
+
+With --json, stdout carries exactly one JSON document ({{"ok": true, ...}} or
+{{"ok": false, "error": {{"kind": ..., "message": ...}}}}), or one JSON object per line for
+watch; messages for people go to stderr.
 """
 
 TOKEN_ACTIONS = {
@@ -47,13 +61,68 @@ TOKEN_ACTIONS = {
     "retrieve": credentials.TokenAction.RETRIEVE,
 }
 
-
-class UsageError(Exception):
-    """Arguments that parse but make no sense."""
+UsageError = errors.UsageError  # raised by handlers for arguments that parse but make no sense
 
 
 def _utc(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    """RFC 3339 in UTC, for JSON documents."""
+    return (
+        dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    )
+
+
+def _local(ts: float) -> str:
+    """RFC 3339 in the operator's local time zone, for people."""
+    return dt.datetime.fromtimestamp(ts, dt.UTC).astimezone().isoformat(timespec="seconds")
+
+
+class Output:
+    """What one subcommand reports: text for a person, or one JSON document for a script.
+
+    Handlers write text with ``say`` (or ``print(..., file=out)``: ``write`` is the same) and
+    put the JSON document's fields with ``put``. With ``--json`` the text is dropped and
+    ``main`` prints ``{"ok": true, **fields}`` once at the end; ``line`` writes one JSON object
+    at once (JSON lines, for ``watch``).
+    """
+
+    def __init__(self, stream: TextIO, as_json: bool) -> None:
+        self.stream, self.as_json = stream, as_json
+        self.fields: dict[str, Any] = {}
+        self.streamed = False
+
+    def say(self, text: str = "") -> None:
+        if not self.as_json:
+            print(text, file=self.stream, flush=True)
+
+    def write(self, text: str) -> int:
+        if not self.as_json:
+            self.stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return not self.as_json and self.stream.isatty()
+
+    def put(self, **fields: Any) -> None:
+        self.fields.update(fields)
+
+    def line(self, doc: Mapping[str, Any]) -> None:
+        """One JSON object on its own line, now (``--json`` streams such as ``watch``)."""
+        self.streamed = True
+        print(json.dumps(doc, separators=(",", ":"), sort_keys=True), file=self.stream, flush=True)
+
+    def finish(self, status: int, error: BaseException | None = None) -> None:
+        """Print the JSON document (``--json`` only; not after JSON lines)."""
+        if not self.as_json or (self.streamed and error is None):
+            return
+        doc: dict[str, Any]
+        if error is None:
+            doc = {"ok": status == EXIT_OK, **self.fields}
+        else:
+            doc = {"ok": False, "error": {"kind": _kind(status), "message": str(error)}}
+        print(json.dumps(doc, sort_keys=True), file=self.stream, flush=True)
 
 
 # --- argument parsing -----------------------------------------------------------------------
@@ -220,14 +289,34 @@ def _add_parcel(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     issue.set_defaults(func=cmd_parcel_issue)
 
 
+def _actions_help() -> str:
+    """Every action with its arguments, read from the models in locker.contract.actions."""
+    lines = ["actions and their arguments (--arg NAME=VALUE; [optional]):"]
+    for action in Action:
+        lines.append(f"  {usage_line(action)}")
+        lines.append(f"      {ACTION_SUMMARY[action].replace('``', '')}")
+        lines.extend(
+            f"      {f.name}: {f.help}" for f in arg_fields(action) if f.help and f.kind != "text"
+        )
+    return "\n".join(lines)
+
+
+SEND_NOTE = """delivery: the command is published once (QoS 1, not retained) on {prefix}/LOCKER/cmd.
+The broker keeps it for a locker that is offline only if that locker has a session there,
+i.e. it has connected before and not longer ago than its session expiry (7 days by
+default); it then runs when the locker reconnects, unless its signed lifetime (--ttl) ended
+first. A locker that has never connected has no session: the command is lost, and this
+command times out (status 4). Only lockers provisioned in the fleet directory are accepted.
+"""
+
+
 def _add_cmd(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("cmd", help="signed commands").add_subparsers(dest="sub", required=True)
     send = p.add_parser(
         "send",
         help="sign and send one command, print the reply",
-        description="Arguments per action: "
-        + "; ".join(f"{a.value}: {', '.join(spec) or '-'}" for a, spec in fleet.ARG_SPECS.items()),
-        epilog=EXIT_CODES_HELP,
+        description="Sign one command (DESIGN section 5) and wait for the locker's reply.",
+        epilog=f"{_actions_help()}\n\n{SEND_NOTE}\n{EXIT_CODES_HELP}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_connection(send, "lockerctl")
@@ -284,6 +373,28 @@ def _add_watch(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     w.set_defaults(func=cmd_watch)
 
 
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
+    _add_fleet,
+    _add_locker,
+    _add_keys,
+    _add_parcel,
+    _add_cmd,
+    _add_token,
+    _add_code,
+    _add_watch,
+]
+"""The registration hook: each function adds one top-level subcommand (with its own
+subcommands) whose handlers take ``(args, out: Output)`` and return an exit status. Every leaf
+gets ``--json`` automatically."""
+
+
+def _leaves(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        return [parser]
+    return [leaf for s in subs for p in dict.fromkeys(s.choices.values()) for leaf in _leaves(p)]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lockerctl",
@@ -294,18 +405,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (
-        _add_fleet,
-        _add_locker,
-        _add_keys,
-        _add_parcel,
-        _add_cmd,
-        _add_token,
-        _add_code,
-        _add_watch,
-    ):
+    for add in SUBCOMMANDS:
         add(sub)
     _add_service(sub)
+    for leaf in _leaves(parser):
+        if "--json" not in leaf._option_string_actions:
+            leaf.add_argument(
+                "--json",
+                action="store_true",
+                help="print one JSON document (JSON lines for watch) and nothing else on stdout",
+            )
     return parser
 
 
@@ -322,7 +431,7 @@ def _add_service(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 # --- commands -------------------------------------------------------------------------------
 
 
-def cmd_fleet_init(args: argparse.Namespace, out: TextIO) -> int:
+def cmd_fleet_init(args: argparse.Namespace, out: Output) -> int:
     f = provision.provision_fleet(
         args.dir,
         args.name,
@@ -337,35 +446,37 @@ def cmd_fleet_init(args: argparse.Namespace, out: TextIO) -> int:
         broker_install_dir=args.broker_install_dir,
         broker_bind=args.broker_bind,
     )
-    print(f"fleet {f.name} created in {f.dir}", file=out)
-    print(f"broker config: {f.dir / 'broker' / 'mosquitto.conf'}", file=out)
-    print(
+    broker_conf = f.dir / "broker" / "mosquitto.conf"
+    out.put(fleet=f.name, dir=str(f.dir), broker_config=str(broker_conf))
+    out.say(f"fleet {f.name} created in {f.dir}")
+    out.say(f"broker config: {broker_conf}")
+    out.say(
         "private keys (mode 0600): ca-key.pem, broker/server-key.pem, clients/*-key.pem, "
-        "keys/*.key; start the broker with: mosquitto -c "
-        f"{f.dir / 'broker' / 'mosquitto.conf'}",
-        file=out,
+        f"keys/*.key; start the broker with: mosquitto -c {broker_conf}"
     )
     return EXIT_OK
 
 
-def cmd_fleet_show(args: argparse.Namespace, out: TextIO) -> int:
+def cmd_fleet_show(args: argparse.Namespace, out: Output) -> int:
     f = provision.Fleet.load(args.dir)
-    print(
-        f"fleet {f.name}: broker {f.broker_host}:{f.broker_port}, prefix {f.topic_prefix}", file=out
+    command_key = provision.encode_public_key(f.command_key())
+    token_key = provision.encode_public_key(f.token_key())
+    out.put(
+        fleet=f.name,
+        broker={"host": f.broker_host, "port": f.broker_port},
+        topic_prefix=f.topic_prefix,
+        command_keys={f.command_kid: command_key},
+        token_keys={str(f.token_kid): token_key},
+        lockers=f.lockers(),
     )
-    print(
-        f'command_keys = {{ {f.command_kid} = "{provision.encode_public_key(f.command_key())}" }}',
-        file=out,
-    )
-    print(
-        f'token_keys = {{ "{f.token_kid}" = "{provision.encode_public_key(f.token_key())}" }}',
-        file=out,
-    )
-    print(f"lockers: {', '.join(f.lockers()) or '(none)'}", file=out)
+    out.say(f"fleet {f.name}: broker {f.broker_host}:{f.broker_port}, prefix {f.topic_prefix}")
+    out.say(f'command_keys = {{ {f.command_kid} = "{command_key}" }}')
+    out.say(f'token_keys = {{ "{f.token_kid}" = "{token_key}" }}')
+    out.say(f"lockers: {', '.join(f.lockers()) or '(none)'}")
     return EXIT_OK
 
 
-def cmd_locker_add(args: argparse.Namespace, out: TextIO) -> int:
+def cmd_locker_add(args: argparse.Namespace, out: Output) -> int:
     specs = [
         provision.CompartmentSpec.parse(item)
         for group in args.compartments
@@ -386,6 +497,12 @@ def cmd_locker_add(args: argparse.Namespace, out: TextIO) -> int:
     )
     for warning in files.warnings:
         print(f"lockerctl: warning: {warning}", file=sys.stderr)
+    out.put(
+        locker=args.locker_id,
+        dir=str(files.dir),
+        config=str(files.config),
+        warnings=list(files.warnings),
+    )
     print(f"locker {args.locker_id} provisioned in {files.dir}", file=out)
     print(f"config: {files.config}", file=out)
     print(
@@ -396,27 +513,46 @@ def cmd_locker_add(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
-def cmd_locker_lifecycle(args: argparse.Namespace, out: TextIO) -> int:
+def cmd_locker_lifecycle(args: argparse.Namespace, out: Output) -> int:
     who = args.locker_id
     if args.sub == "renew":
         until = provision.renew_locker(args.dir, who, args.days)
-        print(f"locker {who}: new certificate valid until {until:%Y-%m-%d %H:%M}Z", file=out)
-        print("copy device.pem and device-key.pem to the locker and restart lockerd", file=out)
+        out.put(locker=who, action="renew", certificate_valid_until=f"{until:%Y-%m-%dT%H:%M:%S}Z")
+        out.say(f"locker {who}: new certificate valid until {until:%Y-%m-%d %H:%M}Z")
+        out.say("copy device.pem and device-key.pem to the locker and restart lockerd")
         return EXIT_OK
     serials = (provision.remove_locker if args.sub == "remove" else provision.revoke_locker)(
         args.dir, who
     )
-    print(f"locker {who}: {len(serials)} certificate(s) revoked", file=out)
+    out.put(locker=who, action=args.sub, revoked_certificates=len(serials))
+    out.say(f"locker {who}: {len(serials)} certificate(s) revoked")
     if args.sub == "remove":
-        print(f"locker {who}: files removed", file=out)
-    print("restart the broker so it loads broker/crl.pem (copy it there first)", file=out)
+        out.say(f"locker {who}: files removed")
+    out.say("restart the broker so it loads broker/crl.pem (copy it there first)")
     return EXIT_OK
 
 
-def cmd_locker_list(args: argparse.Namespace, out: TextIO) -> int:
-    for locker_id in provision.Fleet.load(args.dir).lockers():
-        print(locker_id, file=out)
+def cmd_locker_list(args: argparse.Namespace, out: Output) -> int:
+    lockers = provision.Fleet.load(args.dir).lockers()
+    out.put(lockers=lockers)
+    for locker_id in lockers:
+        out.say(locker_id)
     return EXIT_OK
+
+
+def known_locker(f: provision.Fleet, locker_id: str) -> str:
+    """``locker_id`` if it is provisioned in fleet ``f``.
+
+    :raises errors.NotFoundError: it is not (a typo would otherwise sign a command for
+        nobody, or mint a token no locker accepts).
+    """
+    provision.check_locker_id(locker_id)
+    if locker_id not in f.lockers():
+        raise errors.NotFoundError(
+            f"no locker {locker_id!r} in the fleet directory {f.dir} "
+            f"(provisioned: {', '.join(f.lockers()) or 'none'})"
+        )
+    return locker_id
 
 
 def _client(args: argparse.Namespace, f: provision.Fleet, **kw: object) -> fleet.FleetClient:
@@ -433,9 +569,14 @@ def _client(args: argparse.Namespace, f: provision.Fleet, **kw: object) -> fleet
     return client
 
 
-def cmd_parcel_issue(args: argparse.Namespace, out: TextIO) -> int:
+def _reply_doc(reply: fleet.Reply) -> dict[str, Any]:
+    return {"status": reply.status, "cmd_id": reply.cmd_id, "result": reply.result,
+            "error": reply.error}  # fmt: skip
+
+
+def cmd_parcel_issue(args: argparse.Namespace, out: Output) -> int:
     f = provision.Fleet.load(args.fleet)
-    device_key = f.device_key(args.locker)
+    device_key = f.device_key(known_locker(f, args.locker))
     with _client(args, f) as client:
         issued = client.issue_parcel(
             args.locker,
@@ -452,52 +593,66 @@ def cmd_parcel_issue(args: argparse.Namespace, out: TextIO) -> int:
             token_kid=f.token_kid,
             timeout=args.timeout,
         )
+    out.put(locker=args.locker, parcel=args.parcel, reply=_reply_doc(issued.reply))
     if not issued.reply.ok:
-        print(f"assign refused by {args.locker}: {issued.reply.describe()}", file=out)
+        out.say(f"assign refused by {args.locker}: {issued.reply.describe()}")
         return EXIT_REFUSED
     _print_issued(issued, args, out)
     return EXIT_OK
 
 
-def _print_issued(issued: fleet.IssuedParcel, args: argparse.Namespace, out: TextIO) -> None:
+def _print_issued(issued: fleet.IssuedParcel, args: argparse.Namespace, out: Output) -> None:
     courier, customer = (
         ("courier", "customer") if issued.kind == "delivery" else ("customer", "courier")
     )
-    print(
+    step = "pickup" if issued.qr_action is credentials.TokenAction.PICKUP else "drop-off"
+    out.put(
+        kind=issued.kind,
+        size=issued.size,
+        compartment=issued.compartment,
+        dropoff_code=issued.dropoff_code,
+        dropoff_until=_utc(issued.dropoff_until),
+        pickup_code=issued.pickup_code,
+        pickup_hours=issued.pickup_hours,
+        qr_token=issued.qr_token,
+        qr_step=step if issued.qr_token is not None else None,
+    )
+    out.say(
         f"parcel {issued.parcel} ({issued.kind}, size {issued.size}) assigned to "
-        f"{issued.locker_id} compartment {issued.compartment}",
-        file=out,
+        f"{issued.locker_id} compartment {issued.compartment}"
     )
-    print(
+    out.say(
         f"drop-off code ({courier}): {issued.dropoff_code}  "
-        f"valid until {_utc(issued.dropoff_until)}",
-        file=out,
+        f"valid until {_local(issued.dropoff_until)}"
     )
-    print(
+    out.say(
         f"pickup code ({customer}):   {issued.pickup_code}  "
-        f"valid {issued.pickup_hours} h after deposit",
-        file=out,
+        f"valid {issued.pickup_hours} h after deposit"
     )
     if issued.qr_token is None:
         return
-    step = "pickup" if issued.qr_action is credentials.TokenAction.PICKUP else "drop-off"
-    print(f"{step} QR token: {issued.qr_token}", file=out)
+    out.say(f"{step} QR token: {issued.qr_token}")
     _render_qr(issued.qr_token, args.qr_png, args.qr_svg, not args.no_qr, out)
 
 
-def _render_qr(token: str, png: Path | None, svg: Path | None, terminal: bool, out: TextIO) -> None:
-    if png is not None:
-        qr.to_png(token, png)
-        print(f"QR written to {png}", file=out)
-    if svg is not None:
-        svg.write_text(qr.to_svg(token), encoding="utf-8")
-        print(f"QR written to {svg}", file=out)
-    if terminal:
+def _render_qr(token: str, png: Path | None, svg: Path | None, terminal: bool, out: Output) -> None:
+    try:
+        if png is not None:
+            qr.to_png(token, png)
+            out.say(f"QR written to {png}")
+        if svg is not None:
+            svg.write_text(qr.to_svg(token), encoding="utf-8")
+            out.say(f"QR written to {svg}")
+    except OSError as err:
+        raise errors.StorageError(f"cannot write the QR code: {err}") from err
+    out.put(qr_files=[str(p) for p in (png, svg) if p is not None])
+    if terminal and not out.as_json:
         out.write(qr.to_terminal(token, ansi=out.isatty()))
 
 
-def cmd_send(args: argparse.Namespace, out: TextIO) -> int:
+def cmd_send(args: argparse.Namespace, out: Output) -> int:
     f = provision.Fleet.load(args.fleet)
+    known_locker(f, args.locker)
     raw = dict(args.arg)
     code = None
     if args.new_code:
@@ -508,23 +663,33 @@ def cmd_send(args: argparse.Namespace, out: TextIO) -> int:
     typed = fleet.coerce_args(args.action, raw)
     fleet.command_claims(args.locker, args.action, typed, now=time.time(), ttl=args.ttl)  # checks
     with _client(args, f) as client:
-        reply = client.send_command(
-            args.locker,
-            args.action,
-            typed,
-            signer=fleet.signer_for(f),
-            ttl=args.ttl,
-            timeout=args.timeout,
-        )
-    print(f"{args.action} -> {args.locker}: {reply.describe()}", file=out)
+        try:
+            reply = client.send_command(
+                args.locker,
+                args.action,
+                typed,
+                signer=fleet.signer_for(f),
+                ttl=args.ttl,
+                timeout=args.timeout,
+            )
+        except fleet.ReplyTimeoutError as err:
+            raise fleet.ReplyTimeoutError(
+                f"no reply from {args.locker} in {args.timeout:g} s. If it has connected to "
+                "this broker before (within its session expiry), the broker holds the command "
+                "and it runs when the locker is back, unless its signed lifetime ends first; "
+                "if it has never connected, the command is lost."
+            ) from err
+    out.put(locker=args.locker, action=str(args.action), args=typed, reply=_reply_doc(reply))
+    out.say(f"{args.action} -> {args.locker}: {reply.describe()}")
     if code is not None and reply.ok:
-        print(f"retrieval code (courier): {code}", file=out)
+        out.put(retrieval_code=code)
+        out.say(f"retrieval code (courier): {code}")
     return EXIT_OK if reply.ok else EXIT_REFUSED
 
 
-def cmd_token_mint(args: argparse.Namespace, out: TextIO) -> int:
+def cmd_token_mint(args: argparse.Namespace, out: Output) -> int:
     f = provision.Fleet.load(args.fleet)
-    provision.check_locker_id(args.locker)
+    known_locker(f, args.locker)
     not_before = int(time.time()) if args.not_before is None else args.not_before
     if args.hours <= 0:
         raise UsageError("--hours must be positive")
@@ -538,28 +703,69 @@ def cmd_token_mint(args: argparse.Namespace, out: TextIO) -> int:
         not_before,
         expires,
     )
-    print(token, file=out)
+    out.put(
+        token=token,
+        locker=args.locker,
+        parcel=args.parcel,
+        action=args.action,
+        not_before=_utc(not_before),
+        expires=_utc(expires),
+    )
+    out.say(token)
     _render_qr(token, args.png, args.svg, args.qr, out)
     return EXIT_OK
 
 
-def cmd_code_new(args: argparse.Namespace, out: TextIO) -> int:
+def cmd_code_new(args: argparse.Namespace, out: Output) -> int:
     f = provision.Fleet.load(args.fleet)
+    device_key = f.device_key(known_locker(f, args.locker))
     code = credentials.generate_code(args.digits)
-    print(f"code: {code}", file=out)
-    print(f"tag:  {credentials.code_tag(f.device_key(args.locker), code)}", file=out)
+    tag = credentials.code_tag(device_key, code)
+    out.put(locker=args.locker, code=code, tag=tag)
+    out.say(f"code: {code}")
+    out.say(f"tag:  {tag}")
     return EXIT_OK
 
 
-def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
+class _JsonView(fleet.FleetView):
+    """``FleetView`` whose lines are JSON objects: ``{"locker", "channel", "message",
+    "notes"}`` with the payload as received (events once each, duplicates dropped)."""
+
+    def handle(self, msg: fleet.Incoming) -> list[str]:
+        head = self.prefix + "/"
+        levels = msg.topic[len(head) :].split("/") if msg.topic.startswith(head) else []
+        locker_id = levels[0] if levels else ""
+        dups_before = self.lockers[locker_id].duplicates if locker_id in self.lockers else 0
+        notes = super().handle(msg)
+        if locker_id in self.lockers and self.lockers[locker_id].duplicates > dups_before:
+            return []
+        try:
+            message: Any = json.loads(msg.payload) if msg.payload else None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            message = None
+        doc = {
+            "locker": locker_id or None,
+            "channel": levels[1] if len(levels) > 1 else None,
+            "topic": msg.topic,
+            "retained": msg.retain,
+            "message": message,
+            "notes": notes,
+        }
+        return [json.dumps(doc, separators=(",", ":"), sort_keys=True)]
+
+
+def cmd_watch(args: argparse.Namespace, out: Output) -> int:
     f = provision.Fleet.load(args.fleet)
     if args.locker:
-        provision.check_locker_id(args.locker)
+        known_locker(f, args.locker)
     log = fleet.EventLog(args.log_dir or f.dir / "events")
-    view = fleet.FleetView(f.topic_prefix, log)
+    view = (_JsonView if out.as_json else fleet.FleetView)(f.topic_prefix, log)
 
     def line(text: str) -> None:
-        print(text, file=out, flush=True)
+        if out.as_json:
+            out.line(json.loads(text))
+        else:
+            out.say(text)
 
     with _client(
         args, f, clean_start=False, session_expiry_s=fleet.WATCH_SESSION_EXPIRY_S
@@ -584,21 +790,33 @@ def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
 
 # --- entry point ----------------------------------------------------------------------------
 
-_ERRORS: tuple[tuple[type[BaseException], int], ...] = (
-    (fleet.ReplyTimeoutError, EXIT_TIMEOUT),
-    (fleet.BrokerError, EXIT_BROKER),
-    (UsageError, EXIT_USAGE),
-    (fleet.FleetError, EXIT_USAGE),
-    (credentials.CredentialError, EXIT_USAGE),
-    (qr.QrError, EXIT_USAGE),
-    (provision.ProvisionError, EXIT_PROVISION),
-    (OSError, EXIT_PROVISION),
+# Most specific first: a ReplyTimeoutError is also a LinkError and a UsageError (FleetError).
+_STATUS_BY_CATEGORY: tuple[tuple[type[BaseException], int, str], ...] = (
+    (errors.LinkTimeoutError, EXIT_TIMEOUT, "timeout"),
+    (errors.LinkError, EXIT_BROKER, "broker"),
+    (errors.NotFoundError, EXIT_NOT_FOUND, "not_found"),
+    (errors.StorageError, EXIT_FILE, "file"),
+    (errors.ConfigError, EXIT_CONFIG, "config"),
+    (errors.ProvisionError, EXIT_CONFIG, "config"),
+    (errors.UsageError, EXIT_USAGE, "usage"),
+    (errors.ContractError, EXIT_USAGE, "usage"),
+    (errors.LockerError, EXIT_INTERNAL, "internal"),
 )
+_KINDS = {EXIT_REFUSED: "refused", **{code: kind for _c, code, kind in _STATUS_BY_CATEGORY}}
+
+
+def _kind(status: int) -> str:
+    return _KINDS.get(status, "internal")
+
+
+def exit_status(err: BaseException) -> int:
+    """The exit status of an error, by its category in ``locker.errors``."""
+    return next((code for cls, code, _k in _STATUS_BY_CATEGORY if isinstance(err, cls)), 70)
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Run lockerctl; returns the exit status (never raises SystemExit itself)."""
-    out = out or sys.stdout
+    stream = out or sys.stdout
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -608,13 +826,21 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="lockerctl: %(levelname)s %(name)s: %(message)s",
     )
-    func: Callable[[argparse.Namespace, TextIO], int] = args.func
+    output = Output(stream, as_json=getattr(args, "json", False))
+    func: Callable[[argparse.Namespace, Output], int] = args.func
     try:
-        return func(args, out)
-    except tuple(e for e, _ in _ERRORS) as err:
-        code = next(c for e, c in _ERRORS if isinstance(err, e))
+        status = func(args, output)
+    except errors.LockerError as err:
+        status = exit_status(err)
         print(f"lockerctl: error: {err}", file=sys.stderr)
-        return code
+        output.finish(status, err)
+        return status
+    except Exception as err:  # a bug: say so, with the traceback, and a status of its own
+        traceback.print_exc()
+        output.finish(EXIT_INTERNAL, err)
+        return EXIT_INTERNAL
+    output.finish(status)
+    return status
 
 
 if __name__ == "__main__":

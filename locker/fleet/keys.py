@@ -20,11 +20,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from locker import errors
 from locker.contract.credentials import DEVICE_KEY_BYTES
 
-
-class ProvisionError(Exception):
-    """A provisioning request that cannot be honoured (bad id, existing fleet, bad spec...)."""
+ProvisionError = errors.ProvisionError  # a request that cannot be honoured (bad id, spec...)
 
 
 # --- files ----------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import qrcode.image.pure
 import qrcode.image.svg
 import qrcode.util
 
+from locker import errors
 from locker.contract.credentials import parse_token
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ _ANSI_BLACK_ON_WHITE: Final = "\x1b[30;107m"
 _ANSI_RESET: Final = "\x1b[0m"
 
 
-class QrError(ValueError):
+class QrError(errors.ContractError):
     """The token does not fit the QR parameters (should not happen for a valid token)."""
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from locker import errors
 from locker.fleet import provision
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -41,7 +42,7 @@ def die_with_parent() -> None:
 PR_SET_PDEATHSIG = 1
 
 
-class BrokerStartError(RuntimeError):
+class BrokerStartError(errors.LinkError):
     """Mosquitto did not come up (missing binary, bad config, port taken)."""
 
 

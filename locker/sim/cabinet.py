@@ -29,6 +29,7 @@ import tomli_w
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hardware.emulators.kerong import KerongEmulator
+from locker import errors
 from locker.contract import credentials, jws
 from locker.fleet import provision
 from locker.sim.broker import Broker, die_with_parent
@@ -55,7 +56,7 @@ BOARD_LAYOUT: tuple[tuple[str, str, int], ...] = (
 )
 
 
-class SimError(RuntimeError):
+class SimError(errors.HardwareError):
     """The simulated cabinet could not be started or did not answer in time."""
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from locker import errors
 from locker.cabinet.domain import throttle
 from locker.cabinet.domain.compartments import best_fit, set_service, start_unlock
 from locker.cabinet.domain.draft import Draft, ReplyAction, ResyncAction
@@ -42,7 +43,7 @@ from locker.ports import DoorState
 HOUR_S = 3600.0
 
 
-class Refusal(Exception):  # noqa: N818 - a business outcome, not a bug
+class Refusal(errors.LockerError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
