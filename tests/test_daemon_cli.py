@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
 
+from locker import errors
 from locker.cabinet import daemon
 from locker.cabinet.config import EXIT_CONFIG
 
@@ -70,3 +72,38 @@ def test_a_missing_pin_library_is_one_clear_line_at_start(
         "installed here (pip install lgpio, or apt install python3-lgpio)"
     ]
     assert not (tmp_path / "s").exists()
+
+
+def test_a_database_from_a_newer_version_exits_74_without_a_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """StorageError -> 74 (EX_IOERR): systemd restarts, and the log says why in one line."""
+    (tmp_path / "device.key").write_bytes(b"k" * 32)
+    (tmp_path / "s").mkdir()
+    with sqlite3.connect(tmp_path / "s" / "locker.db") as con:
+        con.execute("PRAGMA user_version = 999")
+    cfg = tmp_path / "locker.toml"
+    cfg.write_text(
+        '[locker]\nid = "X"\nstate_dir = "s"\n[security]\ndevice_key_file = "device.key"\n'
+        '[gpio]\npin_factory = "mock"\n'
+        '[[compartments]]\nid = "A1"\nsize = "S"\nlock_pin = 17\ndoor_pin = 27\n'
+    )
+    assert daemon.main(["--config", str(cfg)]) == daemon.EXIT_STORAGE
+    [record] = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert "cannot start" in record.getMessage() and "newer" in record.getMessage()
+    assert record.exc_info is None
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (errors.ConfigError("x"), EXIT_CONFIG),
+        (errors.StorageError("x"), 74),
+        (errors.HardwareError("x"), 69),
+        (errors.LinkError("x"), 69),
+        (RuntimeError("a bug"), 1),
+    ],
+)
+def test_exit_status_follows_the_error_category(error: Exception, status: int) -> None:
+    assert daemon.exit_status(error) == status
+    assert f"  {status} " in daemon.EXIT_STATUS_HELP

@@ -1,8 +1,11 @@
 """``lockerd``: the cabinet daemon's command line, signals, logging and systemd integration.
 
-Exit statuses (also in the README):
+Exit statuses (also in the README and ``lockerd --help``), by the category of the error in
+``locker.errors`` (sysexits.h numbers):
   0   stopped cleanly (SIGTERM / SIGINT)
-  1   a fault at run time (hardware could not be started, database unusable)
+  1   an unexpected fault (a bug: the traceback is in the log)
+  69  a device or the broker settings cannot be used (EX_UNAVAILABLE: HardwareError, LinkError)
+  74  the state database cannot be used (EX_IOERR: StorageError)
   78  the configuration is invalid (EX_CONFIG; the unit's RestartPreventExitStatus=78 stops
       systemd from restart-looping on a file that will not get better by itself)
 """
@@ -17,7 +20,7 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from locker import __version__
+from locker import __version__, errors
 from locker.cabinet import sdnotify
 from locker.cabinet.config import (
     EXIT_CONFIG,
@@ -32,13 +35,36 @@ logger = logging.getLogger("lockerd")
 
 EXIT_OK = 0
 EXIT_FAULT = 1
+EXIT_UNAVAILABLE = 69
+EXIT_STORAGE = 74
+
+EXIT_STATUS_HELP = f"""exit status:
+  {EXIT_OK}   clean stop (SIGTERM/SIGINT)
+  {EXIT_FAULT}   unexpected fault (a bug; the traceback is in the log)
+  {EXIT_UNAVAILABLE}  a device cannot be opened or the link cannot be set up
+  {EXIT_STORAGE}  the state database cannot be used (newer schema, corrupt, read-only, full)
+  {EXIT_CONFIG}  the configuration is invalid (systemd does not restart: RestartPreventExitStatus)
+"""
+
+_STATUS_BY_CATEGORY: tuple[tuple[type[Exception], int], ...] = (
+    (errors.ConfigError, EXIT_CONFIG),
+    (errors.StorageError, EXIT_STORAGE),
+    (errors.HardwareError, EXIT_UNAVAILABLE),
+    (errors.LinkError, EXIT_UNAVAILABLE),
+)
+
+
+def exit_status(err: BaseException) -> int:
+    """The exit status for an error that stopped the start, by its ``locker.errors`` category."""
+    return next((code for cls, code in _STATUS_BY_CATEGORY if isinstance(err, cls)), EXIT_FAULT)
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lockerd",
         description="Parcel-locker cabinet daemon.",
-        epilog="Exit status: 0 clean stop, 1 run-time fault, 78 invalid configuration.",
+        epilog=EXIT_STATUS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--config", metavar="FILE", help="run with this configuration")
@@ -114,6 +140,9 @@ def run(cfg: Config, simulate_doors: tuple[float, float | None] | None = None) -
     except ConfigError as err:
         print(str(err), file=sys.stderr)
         return EXIT_CONFIG
+    except errors.LockerError as err:
+        logger.error("cannot start: %s", err)
+        return exit_status(err)
     except Exception:
         logger.exception("cannot start")
         return EXIT_FAULT
@@ -122,6 +151,10 @@ def run(cfg: Config, simulate_doors: tuple[float, float | None] | None = None) -
         if actor is not None:
             actor.start()
         locker.start()
+    except errors.LockerError as err:
+        logger.error("hardware or link failed to start: %s", err)
+        locker.close()
+        return exit_status(err)
     except Exception:
         logger.exception("hardware or link failed to start")
         locker.close()
