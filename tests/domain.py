@@ -63,7 +63,6 @@ def rules(keys: Keys, **overrides: Any) -> machine.Rules:
         "locker_id": LOCKER_ID,
         "device_key": keys.device_key,
         "token_keys": {1: keys.token_private.public_key()},
-        "compartment_order": tuple(SIZES),
         "door_open_timeout_s": 10.0,
         "door_left_open_s": 120.0,
         "keypad_entry_timeout_s": 20.0,

@@ -37,7 +37,7 @@ from locker.contract import jws
 from locker.sim.broker import HOST, Broker
 from locker.sim.cabinet import COMMAND_KID, SimCabinet
 from tests.broker import ServerClient
-from tests.conftest import never_within, wait_for  # noqa: F401 - re-exported
+from tests.conftest import wait_for
 
 # --- cabinets ---------------------------------------------------------------------------------
 

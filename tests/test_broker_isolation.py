@@ -15,13 +15,9 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from locker.cabinet.link import MqttLink
 from locker.ports import CommandMessage, LinkChanged
-from locker.sim.broker import OPERATOR_CN, SERVER_CN
+from locker.sim.broker import OPERATOR_CN, SERVER_CN, Broker, ClientCert, Endpoint, Pki
 from tests.broker import (
-    Broker,
-    ClientCert,
-    Endpoint,
     LinkRecorder,
-    Pki,
     ServerClient,
     SqliteOutbox,
     make_link,

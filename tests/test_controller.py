@@ -221,7 +221,11 @@ def test_replayed_command_after_restart_is_a_duplicate(rig: Rig) -> None:
     rig.put(cmd)
     rig.restart()
     replies: list[Any] = []
-    rig.ctl.uplink.publish_reply = lambda reply, corr: replies.append(reply)  # type: ignore[method-assign]
+
+    def publish_reply(reply: Mapping[str, object], correlation_data: bytes | None) -> None:
+        replies.append(reply)
+
+    rig.ctl.uplink.publish_reply = publish_reply  # type: ignore[method-assign]
     rig.put(cmd)
     assert replies[-1]["status"] == "duplicate"
     assert [u for u, _ in rig.bank.unlocked] == ["D1"]
@@ -283,11 +287,17 @@ def test_snapshot_matches_the_contract_shape(rig: Rig) -> None:
 
 def test_rev_is_strictly_increasing(rig: Rig) -> None:
     seen: list[int] = []
-    rig.ctl.uplink.publish_state = lambda s: seen.append(int(s["rev"]))  # type: ignore[method-assign]
+
+    def publish_state(snapshot: Mapping[str, object]) -> None:
+        rev = snapshot["rev"]
+        assert isinstance(rev, int)
+        seen.append(rev)
+
+    rig.ctl.uplink.publish_state = publish_state  # type: ignore[method-assign]
     _assign(rig)
     _assign(rig, "P2")
     rig.restart()
-    rig.ctl.uplink.publish_state = lambda s: seen.append(int(s["rev"]))  # type: ignore[method-assign]
+    rig.ctl.uplink.publish_state = publish_state  # type: ignore[method-assign]
     _assign(rig, "P3")
     assert seen == sorted(set(seen)) and len(seen) >= 3
 
@@ -298,7 +308,12 @@ def test_queued_acks_are_applied_once_and_other_events_keep_their_order(rig: Rig
     last = rig.ctl.store.last_seq()
     freed: list[int] = []
     acknowledge = rig.ctl.store.acknowledge
-    rig.ctl.store.acknowledge = lambda upto: freed.append(upto) or acknowledge(upto)  # type: ignore[method-assign]
+
+    def counting_acknowledge(upto_seq: int) -> int:
+        freed.append(upto_seq)
+        return acknowledge(upto_seq)
+
+    rig.ctl.store.acknowledge = counting_acknowledge  # type: ignore[method-assign]
     rig.ctl.submit(ServerAck(1))
     rig.ctl.submit(ServerAck(2))
     rig.ctl.submit(DoorChanged("A1", DoorState.OPEN))

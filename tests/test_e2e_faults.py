@@ -19,7 +19,7 @@ import pytest
 from locker.sim.broker import Broker
 from locker.sim.cabinet import SimCabinet
 from tests.broker import ServerClient, broker  # noqa: F401 - fixture
-from tests.conftest import wait_for
+from tests.conftest import never_within, wait_for
 from tests.contract import validate_payload
 from tests.e2e import (
     Cabinets,
@@ -34,7 +34,6 @@ from tests.e2e import (
     db_outbox_depth,
     failure_context,
     log_count,
-    never_within,
     replies,
     reply_for,
     scan_burst,

@@ -24,8 +24,8 @@ from locker.ports import (
     PublishRefused,
     ServerAck,
 )
+from locker.sim.broker import Broker
 from tests.broker import (
-    Broker,
     LinkRecorder,
     Received,
     ServerClient,

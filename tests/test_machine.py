@@ -2,21 +2,39 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import base45
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from locker.cabinet.domain import machine
+from locker.cabinet.domain import machine, throttle
+from locker.cabinet.domain.draft import ReplyAction, Transition
 from locker.cabinet.domain.model import Occupancy, ParcelStatus
-from locker.ports import DoorState, InputRejected, InputSource, ItemChanged, LineScanned
+from locker.ports import (
+    DoorState,
+    InputRejected,
+    InputSource,
+    ItemChanged,
+    KeyPressed,
+    LineScanned,
+)
 from tests.domain import T0, Sim, command, only
 
 
 def _flip_last_bit(token: str) -> str:
     raw = bytearray(base45.b45decode(token[4:]))
     raw[-1] ^= 1
-    return "LK1:" + base45.b45encode(bytes(raw)).decode()
+    return "LK1:" + str(base45.b45encode(bytes(raw)).decode())
+
+
+def last_reply(transition: Transition) -> Mapping[str, Any]:
+    """The reply document of a command's transition (its last action)."""
+    action = transition.actions[-1]
+    assert isinstance(action, ReplyAction)
+    return action.reply
 
 
 def test_delivery_dropoff_then_pickup_emits_the_whole_story_in_order() -> None:
@@ -77,9 +95,7 @@ def test_pickup_code_is_not_armed_before_the_deposit() -> None:
 
 
 def test_wrong_codes_back_off_then_lock_out_and_a_reset_lifts_it() -> None:
-    sim = Sim(
-        limits=machine.throttle.Limits(failures_before_backoff=3, hard_lockout=6, max_per_hour=100)
-    )
+    sim = Sim(limits=throttle.Limits(failures_before_backoff=3, hard_lockout=6, max_per_hour=100))
     for _ in range(3):
         sim.type_code("11112222")
     assert sim.types()[-1] == "keypad_throttled"
@@ -102,11 +118,7 @@ def test_wrong_codes_back_off_then_lock_out_and_a_reset_lifts_it() -> None:
 
 
 def test_hourly_failure_cap_locks_out() -> None:
-    sim = Sim(
-        limits=machine.throttle.Limits(
-            failures_before_backoff=100, hard_lockout=100, max_per_hour=4
-        )
-    )
+    sim = Sim(limits=throttle.Limits(failures_before_backoff=100, hard_lockout=100, max_per_hour=4))
     for _ in range(5):
         sim.type_code("99998888")
         sim.advance(60)
@@ -126,10 +138,10 @@ def test_a_right_code_resets_the_consecutive_count() -> None:
 def test_star_clears_and_entry_times_out() -> None:
     sim = Sim()
     cid, drop, _ = sim.assign("P1")
-    sim.feed(*[machine.KeyPressed(k) for k in "999*"])
-    sim.feed(*[machine.KeyPressed(k) for k in drop[:4]])
+    sim.feed(*[KeyPressed(k) for k in "999*"])
+    sim.feed(*[KeyPressed(k) for k in drop[:4]])
     sim.advance(21)  # entry timeout: the half-typed code is dropped
-    sim.feed(*[machine.KeyPressed(k) for k in drop[4:] + "#"])
+    sim.feed(*[KeyPressed(k) for k in drop[4:] + "#"])
     assert sim.unlocks() == []
     sim.type_code(drop)
     assert sim.unlocks() == [cid]
@@ -347,7 +359,7 @@ def test_commands_run_once_and_duplicates_get_the_stored_result() -> None:
 def test_assign_refusals(args, code) -> None:  # type: ignore[no-untyped-def]
     sim = Sim()
     sim.assign("P1")
-    reply = (
+    reply = last_reply(
         sim.feed(
             command(
                 "assign",
@@ -358,9 +370,7 @@ def test_assign_refusals(args, code) -> None:  # type: ignore[no-untyped-def]
                 **args,
             )
         )
-        .actions[-1]
-        .reply
-    )  # type: ignore[union-attr]
+    )
     assert reply["status"] == "rejected" and reply["error"]["code"] == code
     assert sim.types()[-1] == "command_rejected"
 
@@ -379,7 +389,7 @@ def test_code_collision_is_refused() -> None:
             pickup_tag=sim.keys.tag("34343434"),
         )
     )
-    reply = (
+    reply = last_reply(
         sim.feed(
             command(
                 "assign",
@@ -391,9 +401,7 @@ def test_code_collision_is_refused() -> None:
                 pickup_tag=sim.keys.tag("56565656"),
             )
         )
-        .actions[-1]
-        .reply
-    )  # type: ignore[union-attr]
+    )
     assert reply["error"]["code"] == "code_collision"
 
 
@@ -401,7 +409,7 @@ def test_no_compartment_when_full() -> None:
     sim = Sim()
     for i in range(6):
         sim.assign(f"P{i}", "S")
-    reply = (
+    reply = last_reply(
         sim.feed(
             command(
                 "assign",
@@ -413,9 +421,7 @@ def test_no_compartment_when_full() -> None:
                 pickup_tag=sim.keys.tag("20202020"),
             )
         )
-        .actions[-1]
-        .reply
-    )  # type: ignore[union-attr]
+    )
     assert reply["error"]["code"] == "no_compartment"
 
 
@@ -494,7 +500,7 @@ def test_any_key_sequence_gives_only_typed_outcomes(keys: list[str]) -> None:
     pass on), the machine answers with typed events and never raises."""
     sim = Sim()
     start = len(sim.events)
-    sim.feed(*[machine.KeyPressed(k) for k in keys])
+    sim.feed(*[KeyPressed(k) for k in keys])
     assert set(sim.types(start)) <= KNOWN
     assert len(sim.state.keypad.digits) <= machine.MAX_CODE_DIGITS
     for e in only(sim.events[start:], "access_denied"):

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
+from locker.cabinet.config import load_config
 from locker.contract import credentials
 from locker.fleet import provision
 from locker.fleet.provision import BoardSpec, CompartmentSpec, ProvisionError
@@ -238,9 +239,6 @@ def test_provision_fleet_refuses_to_overwrite(fleet_dir: Path) -> None:
 
 
 def test_provision_locker_writes_a_config_that_loads(fleet_dir: Path) -> None:
-    config_mod = pytest.importorskip(
-        "locker.cabinet.config", reason="locker.cabinet.config is not written yet"
-    )
     files = provision.provision_locker(
         fleet_dir, "LKR-0001", COMPARTMENTS, BOARDS, pin_factory="mock"
     )
@@ -250,10 +248,11 @@ def test_provision_locker_writes_a_config_that_loads(fleet_dir: Path) -> None:
     assert cn(cert) == "LKR-0001"
     text = files.config.read_text()
     assert "PRIVATE" not in text
-    config = config_mod.load_config(files.config)
+    config = load_config(files.config)
     f = provision.Fleet.load(fleet_dir)
     assert config.locker.id == "LKR-0001"
     assert [c.id for c in config.compartments] == ["A1", "B1"]
+    assert config.mqtt is not None
     assert config.mqtt.host == "broker.test" and config.mqtt.tls
     assert config.security.command_keys == {"ops1": provision.encode_public_key(f.command_key())}
     assert config.security.read_device_key() == f.device_key("LKR-0001")

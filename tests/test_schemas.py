@@ -11,6 +11,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+import yaml
 
 import locker
 from locker.contract import commands, jws, schema
@@ -173,7 +174,6 @@ def test_asyncapi_text_references_existing_schemas_and_all_event_types() -> None
 
 
 def test_asyncapi_parses_as_yaml_with_the_contract_channels() -> None:
-    yaml = pytest.importorskip("yaml", reason="PyYAML is not installed in this environment")
     doc = yaml.safe_load(ASYNCAPI)
     assert doc["asyncapi"] == "3.0.0"
     addresses = {c["address"] for c in doc["channels"].values()}
@@ -398,7 +398,6 @@ def test_common_definitions_agree_with_the_models(common: str, action: Action, f
 
 
 def test_asyncapi_command_message_agrees_with_the_verifier() -> None:
-    yaml = pytest.importorskip("yaml")
     doc = yaml.safe_load(ASYNCAPI)
     assert doc["components"]["schemas"]["CommandClaims"] == {"$ref": "./schemas/command.json"}
     payload = doc["components"]["messages"]["Command"]["payload"]

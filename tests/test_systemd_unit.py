@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from locker.cabinet.config import EXIT_CONFIG
+
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "lockerd.service"
 INSTALL = ROOT / "systemd" / "install.sh"
@@ -122,8 +124,7 @@ def test_settings_that_would_break_the_hardware_are_absent(unit: Unit) -> None:
 
 
 def test_restart_prevent_status_is_the_config_error_status(unit: Unit) -> None:
-    config = pytest.importorskip("locker.cabinet.config")
-    assert one(unit, "Service", "RestartPreventExitStatus") == str(config.EXIT_CONFIG)
+    assert one(unit, "Service", "RestartPreventExitStatus") == str(EXIT_CONFIG)
 
 
 def test_install_section(unit: Unit) -> None:

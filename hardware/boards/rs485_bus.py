@@ -52,6 +52,7 @@ from hardware.boards.kerong import (
     encode_query,
     encode_unlock,
 )
+from hardware.serial_io.ports import waiting
 from locker.errors import HardwareError
 from locker.ports import (
     DoorChanged,
@@ -523,14 +524,14 @@ class KerongBus(LockBank):
     def _read_some(self) -> bytes:
         port = self._port_or_fail()
         try:
-            return bytes(port.read(max(1, port.in_waiting)))
+            return bytes(port.read(max(1, waiting(port))))
         except _PORT_ERRORS as exc:
             raise _PortError(f"read failed: {exc}") from exc
 
     def _pending(self) -> int:
         port = self._port_or_fail()
         try:
-            return int(port.in_waiting)
+            return waiting(port)
         except _PORT_ERRORS as exc:
             raise _PortError(f"port status failed: {exc}") from exc
 

@@ -28,6 +28,7 @@ from typing import Final, Protocol
 
 import serial
 
+from hardware.serial_io.ports import waiting
 from locker.ports import (
     EventSink,
     HardwareEvent,
@@ -328,7 +329,7 @@ class SerialInput(InputDevice):
             self._port = port
         try:
             while not self._stop.is_set():
-                data = port.read(max(1, port.in_waiting))
+                data = port.read(max(1, waiting(port)))
                 self._handle(decoder, data)
         except Exception as exc:
             if not self._stop.is_set():

@@ -42,7 +42,6 @@ def rules_from(cfg: Config) -> machine.Rules:
         locker_id=cfg.locker.id,
         device_key=s.read_device_key(),
         token_keys=s.token_public_keys(),
-        compartment_order=tuple(c.id for c in cfg.compartments),
         door_open_timeout_s=t.door_open_timeout_s,
         door_left_open_s=t.door_left_open_s,
         keypad_entry_timeout_s=t.keypad_entry_timeout_s,

@@ -112,7 +112,6 @@ class Controller:
         self._hwm_saved = 0.0
         self._snapshot_key: Any = None
         self.rev = int(store.meta("rev", 0))
-        self.link_connected = False
         self.stopped = threading.Event()
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -204,7 +203,6 @@ class Controller:
                 HardwareFault("mqtt", f"PUBACK refused seq {event.seq}: {event.reason}")
             )
         elif isinstance(event, LinkChanged):
-            self.link_connected = event.connected
             logger.info("link %s %s", "up" if event.connected else "down", event.detail)
             if event.connected:
                 self._publish_state(force=True)

@@ -350,9 +350,6 @@ class Store:
             json.loads(r[0]) for r in self._con.execute("SELECT payload FROM outbox ORDER BY seq")
         ]
 
-    def integrity_ok(self) -> bool:
-        return bool(self._con.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
-
 
 class OutboxView(OutboxReader):
     """The MQTT link's read-only view of the outbox (its own connection, its own thread)."""

@@ -28,4 +28,3 @@ class Rules:
     dropoff_hours: float
     max_remote_opens_per_hour: int
     limits: throttle.Limits
-    compartment_order: tuple[str, ...] = ()
