@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import shutil
 import sys
 import threading
 import time
@@ -29,6 +27,8 @@ from locker.fleet import qr
 from locker.fleet.client import FleetClient, FleetView, Incoming, Reply, TlsFiles
 from locker.sim.broker import SERVER_CN, Broker, BrokerStartError, Pki
 from locker.sim.cabinet import SimCabinet, SimError
+from locker.sim.prompt import interact
+from locker.sim.workdir import DEFAULT_WORKDIR, WorkdirError, claim_default, claim_workdir
 
 BOLD, DIM, GREEN, RED, CYAN, YELLOW, RESET = (
     "\033[1m",
@@ -308,88 +308,31 @@ class Story:
         self.server.command(self.cab, "reset_lockout", {})
 
 
-HELP = """commands:
-  assign SIZE [COMPARTMENT]   reserve a compartment (S M L XL); prints both codes
-  key CODE                    type CODE and # on the keypad
-  qr PARCEL                   scan a pickup QR code for PARCEL
-  force ID / shut ID / jam ID / unjam ID   board compartments B1-B6 only (emulator)
-  cmd ACTION [k=v ...]        any signed command, e.g. cmd lockdown on=true
-  state                       the locker's retained state snapshot
-  log                         the last lines of lockerd's log
-  quit"""
-
-
-def _value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def interact(story: Story) -> None:
-    cab, server = story.cab, story.server
-    print(f"\n{BOLD}Your turn.{RESET} Type 'help'.")
-    while True:
-        try:
-            line = input("locker> ").strip()
-        except EOFError:
-            return
-        words = shlex.split(line)
-        if not words:
-            continue
-        try:
-            _one(story, cab, server, words)
-        except SystemExit:
-            return
-        except Exception as err:
-            print(f"{RED}{err}{RESET}")
-
-
-def _one(story: Story, cab: SimCabinet, server: Server, words: list[str]) -> None:
-    verb, rest = words[0], words[1:]
-    board = {f"B{i}": i for i in range(1, 7)}
-    if verb == "quit":
-        raise SystemExit
-    if verb == "help":
-        print(HELP)
-    elif verb == "assign":
-        story.assign(rest[0].upper(), rest[1] if len(rest) > 1 else None)
-    elif verb == "key":
-        cab.press(rest[0].rstrip("#") + "#")
-    elif verb == "qr":
-        cab.scan(cab.token(rest[0], TokenAction.PICKUP))
-    elif verb in ("force", "shut", "jam", "unjam") and cab.emulator is not None:
-        emu, ch = cab.emulator, board[rest[0].upper()]
-        {
-            "force": lambda: emu.force_open(0, ch),
-            "shut": lambda: emu.close_door(0, ch),
-            "jam": lambda: emu.set_jammed(0, ch),
-            "unjam": lambda: emu.set_jammed(0, ch, False),
-        }[verb]()
-    elif verb == "cmd":
-        args = {k: _value(v) for k, v in (w.split("=", 1) for w in rest[1:])}
-        server.command(cab, rest[0], args)
-    elif verb == "state":
-        for c in server.state.get("compartments", []):
-            print(
-                f"  {c['id']:<4} {c['size']:<3} {c['state']:<9} door={c['door']:<8}"
-                f" {'' if c['in_service'] else 'OUT OF SERVICE '}{c['parcel'] or ''}"
-            )
-    elif verb == "log":
-        print("\n".join(cab.log().splitlines()[-20:]))
-    else:
-        print(HELP)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m locker.sim", description=__doc__.splitlines()[0])
-    p.add_argument("--workdir", default="var/sim", help="wiped and re-created (default var/sim)")
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        help="emptied and re-created if the simulator made it before, refused otherwise "
+        f"(default {DEFAULT_WORKDIR}, or {DEFAULT_WORKDIR}-2... while another run uses it)",
+    )
     p.add_argument("--pause", type=float, default=1.0, help="seconds between chapters")
     p.add_argument("--no-story", action="store_true", help="go straight to the prompt")
     args = p.parse_args(argv)
-    work = Path(args.workdir).resolve()
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    try:
+        if args.workdir is None:
+            work, lock = claim_default(DEFAULT_WORKDIR.resolve())
+        else:
+            work = args.workdir.resolve()
+            lock = claim_workdir(work)
+    except WorkdirError as err:
+        print(f"{RED}{err}{RESET}", file=sys.stderr)
+        return 2
+    with lock:
+        return _simulate(work, args)
+
+
+def _simulate(work: Path, args: argparse.Namespace) -> int:
     print(
         f"{BOLD}Parcel locker simulator{RESET}  (work directory {work}, "
         f"lockerd log {work / 'cabinet' / 'lockerd.log'})"
