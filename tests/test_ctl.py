@@ -673,8 +673,9 @@ def test_renew_and_revoke_are_enforced_by_the_fleet_broker(fleet_dir: Path) -> N
 def test_json_of_every_subcommand_that_talks_to_lockers(fake_locker: FakeLocker) -> None:
     f = fake_locker.fleet
     base = ["--fleet", str(f.dir), "--locker", LOCKER]
-    code, doc = _json("parcel", "issue", *base, "--parcel", "P-9", "--size", "S")
+    code, doc = _json("parcel", "issue", *base, "--parcel", "P-9", "--size", "S", "--accessible")
     assert code == ctl.EXIT_OK and doc["compartment"] == "A1" and doc["reply"]["status"] == "done"
+    assert fake_locker.commands[-1]["args"]["accessible"] is True
     assert re.fullmatch(r"[0-9]{8}", doc["pickup_code"])
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", doc["dropoff_until"])
     code, doc = _json("cmd", "send", *base, "open", "--arg", "compartment=A1", "--arg", "reason=x")

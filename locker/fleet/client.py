@@ -471,6 +471,7 @@ class FleetClient:
         signer: CommandSigner,
         kind: str = "delivery",
         compartment: str | None = None,
+        accessible: bool = False,
         digits: int = 8,
         dropoff_hours: float = DEFAULT_DROPOFF_HOURS,
         pickup_hours: int = DEFAULT_PICKUP_HOURS,
@@ -502,6 +503,8 @@ class FleetClient:
         }
         if compartment is not None:
             args["compartment"] = compartment
+        if accessible:
+            args["accessible"] = True
         token, action = None, None
         if token_key is not None:
             action = (

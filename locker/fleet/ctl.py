@@ -278,6 +278,11 @@ def _add_parcel(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     issue.add_argument("--size", required=True, choices=list(get_args(Size)))
     issue.add_argument("--kind", default="delivery", choices=["delivery", "return"])
     issue.add_argument("--compartment", help="exactly this compartment (default: best fit)")
+    issue.add_argument(
+        "--accessible",
+        action="store_true",
+        help="ask for a compartment within reach of a wheelchair user",
+    )
     issue.add_argument("--digits", type=int, default=8, help="code length (6-16)")
     issue.add_argument("--dropoff-hours", type=float, default=fleet.DEFAULT_DROPOFF_HOURS)
     issue.add_argument("--pickup-hours", type=int, default=fleet.DEFAULT_PICKUP_HOURS)
@@ -586,6 +591,7 @@ def cmd_parcel_issue(args: argparse.Namespace, out: Output) -> int:
             signer=fleet.signer_for(f),
             kind=args.kind,
             compartment=args.compartment,
+            accessible=args.accessible,
             digits=args.digits,
             dropoff_hours=args.dropoff_hours,
             pickup_hours=args.pickup_hours,

@@ -72,8 +72,19 @@ def write_device_key(path: Path | str, key: bytes | None = None) -> bytes:
     return key
 
 
+def read_file(path: Path | str) -> bytes:
+    """The bytes of a fleet file.
+
+    :raises errors.StorageError: it cannot be read (missing, no permission), naming the file.
+    """
+    try:
+        return Path(path).read_bytes()
+    except OSError as err:
+        raise errors.StorageError(f"cannot read {path}: {err.strerror or err}") from err
+
+
 def read_device_key(path: Path | str) -> bytes:
-    key = Path(path).read_bytes()
+    key = read_file(path)
     if len(key) != DEVICE_KEY_BYTES:
         raise ProvisionError(f"{Path(path).name}: a device key file holds exactly 32 bytes")
     return key
@@ -95,7 +106,7 @@ def signing_key_pem(key: Ed25519PrivateKey) -> bytes:
 def load_signing_key(path: Path | str) -> Ed25519PrivateKey:
     """Read an Ed25519 private key (PEM PKCS#8)."""
     try:
-        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+        key = serialization.load_pem_private_key(read_file(path), password=None)
     except ValueError as err:
         raise ProvisionError(f"{Path(path).name}: not a PEM private key") from err
     if not isinstance(key, Ed25519PrivateKey):

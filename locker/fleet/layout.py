@@ -18,6 +18,7 @@ from typing import Final
 import tomli_w
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from locker import errors
 from locker.fleet.keys import (
     ProvisionError,
     encode_public_key,
@@ -86,6 +87,8 @@ class Fleet:
             raise ProvisionError(f"{d}: not a fleet directory (no {cls.FILE})") from err
         except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as err:
             raise ProvisionError(f"{path.name}: {err}") from err
+        except OSError as err:
+            raise errors.StorageError(f"cannot read {path}: {err.strerror or err}") from err
 
     def render(self) -> str:
         """``fleet.toml``'s text."""

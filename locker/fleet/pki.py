@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from locker.fleet.keys import ProvisionError, write_private, write_public
+from locker.fleet.keys import ProvisionError, read_file, write_private, write_public
 
 LOCKER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 """A locker id is one MQTT topic level, a certificate CN and a file name: keep it plain."""
@@ -61,7 +61,7 @@ class PemPair:
 
     @classmethod
     def load(cls, key_path: Path | str, cert_path: Path | str) -> PemPair:
-        return cls(Path(key_path).read_bytes(), Path(cert_path).read_bytes())
+        return cls(read_file(key_path), read_file(cert_path))
 
 
 def _new_key() -> ec.EllipticCurvePrivateKey:
