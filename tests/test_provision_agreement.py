@@ -21,7 +21,7 @@ from locker.fleet import ctl, provision
 _ids = itertools.count()
 
 SAFE_LOCK_PINS = [*range(9, 14), *range(16, 28)]
-MISTAKES = {
+MISTAKES: dict[str, list[object]] = {
     "id": ["A.1", "a b", "x" * 17, "Ä1", ""],
     "size": ["Q", "", "XXL"],
     "pin": [0, 4, 8, 14, 15, 28, 40],
@@ -63,7 +63,7 @@ def spec(draw: st.DrawFn) -> list[str]:
             if entry[2].isdigit() == (kind == "pin") or kind == "channel":
                 entry[slot] = str(draw(st.sampled_from(MISTAKES[kind])))
         elif kind in ("id", "size"):
-            entry[0 if kind == "id" else 1] = draw(st.sampled_from(MISTAKES[kind]))
+            entry[0 if kind == "id" else 1] = str(draw(st.sampled_from(MISTAKES[kind])))
     argv = ["--compartments", ",".join(":".join(f) for f in fields)]
     if any(on_board) or draw(st.booleans()):
         argv += ["--board", f"b0=/dev/ttyUSB0@{draw(st.sampled_from([0, 3, 15, 16]))}"]
