@@ -52,7 +52,8 @@ EXIT_CODES_HELP = f"""exit status:
 
 With --json, stdout carries exactly one JSON document ({{"ok": true, ...}} or
 {{"ok": false, "error": {{"kind": ..., "message": ...}}}}), or one JSON object per line for
-watch; messages for people go to stderr.
+watch; messages for people go to stderr. A command line argparse cannot parse (status 2)
+prints only its usage message, on stderr.
 """
 
 TOKEN_ACTIONS = {
