@@ -12,7 +12,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from locker.cabinet.domain import machine
+from locker.cabinet.domain import machine, throttle
 from locker.cabinet.domain.draft import Transition, UnlockAction
 from locker.cabinet.domain.model import LockerState, fresh_state
 from locker.contract import credentials as creds
@@ -69,9 +69,7 @@ def rules(keys: Keys, **overrides: Any) -> machine.Rules:
         "pickup_hours": 72,
         "dropoff_hours": 48,
         "max_remote_opens_per_hour": 3,
-        "limits": machine.throttle.Limits(
-            failures_before_backoff=5, hard_lockout=100, max_per_hour=30
-        ),
+        "limits": throttle.Limits(failures_before_backoff=5, hard_lockout=100, max_per_hour=30),
     }
     base.update(overrides)
     return machine.Rules(**base)

@@ -18,8 +18,9 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from locker.fleet.service.app import FleetService
+from locker.sim.broker import Broker
 from locker.sim.cabinet import SimCabinet
-from tests.broker import Broker, paho_client
+from tests.broker import paho_client
 from tests.conftest import wait_for
 from tests.fleet_rig import add_user, api, cabinet, fleet_dir, service_broker, start_service
 

@@ -143,7 +143,7 @@ def test_alarms_are_raised_once_and_routed_once(engine: Engine) -> None:
     ingest.store([evt("L1", 2, "door_forced", compartment="A1")])  # a resend: no effect
     with engine.connect() as conn:
         rows = conn.execute(select(db.alarms)).all()
-    assert [(r.kind, r.compartment, r.count, r.state) for r in rows] == [
+    assert [(r.kind, r.compartment, r._mapping["count"], r.state) for r in rows] == [
         ("door_forced", "A1", 2, "open")
     ]
     assert count(engine, db.deliveries) == 1

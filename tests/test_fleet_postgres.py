@@ -19,7 +19,8 @@ from sqlalchemy import func, select
 
 from locker.fleet.service import db
 from locker.fleet.service.ingest import Ack, Ingest, Message
-from tests.broker import Broker, paho_client
+from locker.sim.broker import Broker
+from tests.broker import paho_client
 from tests.conftest import wait_for
 from tests.fleet_rig import WORKER_2, fleet_dir, service_broker, start_service
 from tests.pg import Postgres, postgres

@@ -24,7 +24,7 @@ from locker.fleet.service import api as api_mod
 from locker.fleet.service import db, delivery
 from locker.fleet.service.app import FleetService
 from locker.fleet.service.config import ServiceSettings
-from tests.broker import Broker
+from locker.sim.broker import Broker
 from tests.conftest import wait_for
 from tests.fleet_rig import add_user, fleet_dir, service_broker, start_service
 

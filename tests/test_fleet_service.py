@@ -18,7 +18,7 @@ import httpx
 from sqlalchemy import func, select
 
 from locker.fleet.service import db
-from tests.broker import Broker, free_port
+from locker.sim.broker import Broker, free_port
 from tests.conftest import wait_for
 from tests.fleet_rig import add_user, api, cabinet, fleet_dir, service_broker, start_service
 
@@ -129,8 +129,9 @@ def test_service_sigkilled_while_events_stream_loses_and_doubles_nothing(
 
             wait_for(complete, 40, what="every event stored once after the SIGKILL")
             with engine.connect() as conn:
-                seqs = conn.execute(select(db.events.c.seq).order_by(db.events.c.seq)).scalars()
-                seqs = list(seqs)
+                seqs = list(
+                    conn.execute(select(db.events.c.seq).order_by(db.events.c.seq)).scalars()
+                )
             assert seqs == list(range(1, len(seqs) + 1))
             wait_for(lambda: _outbox_empty(c), 20, what="the locker's outbox emptied by acks")
     finally:
@@ -150,12 +151,12 @@ def _get_ok(c: httpx.Client, path: str) -> bool:
         r = c.get(path)
     except httpx.TransportError:
         return False
-    return r.status_code == 200 and bool(r.json())
+    return r.status_code == 200 and bool(r.json())  # bool(): json() is Any
 
 
 def _outbox_empty(c: httpx.Client) -> bool:
     doc = c.get("/api/v1/lockers/SIM-0001").json()
-    return doc["outbox_depth"] == 0
+    return bool(doc["outbox_depth"] == 0)
 
 
 def serve_process(d: Path, port: int, log: Path) -> subprocess.Popen[bytes]:

@@ -90,13 +90,16 @@ class Output:
         self.stream, self.as_json = stream, as_json
         self.fields: dict[str, Any] = {}
         self.streamed = False
+        self._written: list[str] = []  # text written in --json mode (dropped unless JSON)
 
     def say(self, text: str = "") -> None:
         if not self.as_json:
             print(text, file=self.stream, flush=True)
 
     def write(self, text: str) -> int:
-        if not self.as_json:
+        if self.as_json:
+            self._written.append(text)
+        else:
             self.stream.write(text)
         return len(text)
 
@@ -119,11 +122,26 @@ class Output:
         if not self.as_json or (self.streamed and error is None):
             return
         doc: dict[str, Any]
-        if error is None:
+        own = self._own_document()
+        if error is None and own is not None:
+            doc = own  # a registered handler that prints its own --json document
+        elif error is None:
             doc = {"ok": status == EXIT_OK, **self.fields}
+            if status not in (EXIT_OK, EXIT_REFUSED):
+                doc["error"] = {"kind": _kind(status), "message": "see stderr"}
         else:
             doc = {"ok": False, "error": {"kind": _kind(status), "message": str(error)}}
         print(json.dumps(doc, sort_keys=True), file=self.stream, flush=True)
+
+    def _own_document(self) -> dict[str, Any] | None:
+        """The JSON object a handler printed itself with ``--json``, if it did and put nothing."""
+        if self.fields or not self._written:
+            return None
+        try:
+            doc = json.loads("".join(self._written))
+        except ValueError:
+            return None
+        return doc if isinstance(doc, dict) else None
 
 
 # --- argument parsing -----------------------------------------------------------------------
@@ -813,7 +831,7 @@ _KINDS = {EXIT_REFUSED: "refused", **{code: kind for _c, code, kind in _STATUS_B
 
 
 def _kind(status: int) -> str:
-    return _KINDS.get(status, "internal")
+    return _KINDS.get(status, "error")
 
 
 def exit_status(err: BaseException) -> int:

@@ -27,6 +27,7 @@ from typing import Any
 
 from sqlalchemy import Engine, insert, select, update
 
+from locker import errors
 from locker.contract import credentials
 from locker.contract.actions import Action
 from locker.fleet import provision
@@ -51,7 +52,7 @@ RETRIEVE_HOURS = 48
 FINAL_STATES = frozenset({"collected", "retrieved", "cancelled"})
 
 
-class ActionError(Exception):
+class ActionError(errors.UsageError):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message

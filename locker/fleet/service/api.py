@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import and_, func, select
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from locker import errors
 from locker.contract.actions import Action
 from locker.fleet import qr
 from locker.fleet.service import alarms as alarm_rules
@@ -54,7 +55,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
 """Endpoint -> roles allowed. An endpoint missing here is a bug (the tests check both ways)."""
 
 
-class ApiError(Exception):
+class ApiError(errors.UsageError):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message

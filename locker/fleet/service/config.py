@@ -30,6 +30,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from locker import errors
 from locker.fleet.provision import Fleet, ProvisionError
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
@@ -47,7 +48,7 @@ _PROVISION_KEYS = frozenset(
 )
 
 
-class ConfigError(Exception):
+class ConfigError(errors.ConfigError):
     """The service configuration is invalid; ``errors`` lists ``key.path: reason`` lines."""
 
     def __init__(self, source: str, errors: list[str]) -> None:

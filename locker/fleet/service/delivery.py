@@ -33,6 +33,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from locker import errors
 from locker.fleet.service.config import ServiceSettings
 from locker.fleet.service.db import deliveries
 
@@ -87,7 +88,7 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
     return "sha256=" + mac.hexdigest()
 
 
-class DeliveryError(Exception):
+class DeliveryError(errors.LinkError):
     """One attempt failed (the message says why; it is retried)."""
 
 

@@ -27,6 +27,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import Connection, Engine, insert, select
 
+from locker import errors
 from locker.fleet import layout, provision
 from locker.fleet.client import CommandSigner
 from locker.fleet.service.db import users
@@ -38,7 +39,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
 _HASHER = PasswordHasher()
 
 
-class UserError(Exception):
+class UserError(errors.UsageError):
     """A user that cannot be created (bad name or role, already exists)."""
 
 
