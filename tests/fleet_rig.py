@@ -35,8 +35,7 @@ FAST_HASHER = PasswordHasher.from_parameters(CHEAPEST)
 
 @pytest.fixture
 def service_broker(tmp_path: Path) -> Iterator[Broker]:
-    b = Broker(tmp_path / "broker", pki=Pki(tmp_path / "pki"))
-    (b.dir / "acl").write_text(provision.render_acl("lockers", [SERVER_CN, WORKER_2]))
+    b = Broker(tmp_path / "broker", pki=Pki(tmp_path / "pki"), server_users=(SERVER_CN, WORKER_2))
     b.start()
     try:
         yield b

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,17 @@ STORY = [
 @pytest.mark.timeout(240)
 def test_the_simulator_tells_its_whole_story(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "locker.sim", "--pause", "0", "--workdir", str(tmp_path / "sim")],
+        [
+            sys.executable,
+            "-m",
+            "locker.sim",
+            "--pause",
+            "0",
+            "--workdir",
+            str(tmp_path / "sim"),
+            "--console",
+            "127.0.0.1:0",
+        ],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -43,3 +54,13 @@ def test_the_simulator_tells_its_whole_story(tmp_path: Path) -> None:
     assert codes, "the story shows the codes it types"
     leaked = [c for c in codes if c in log]
     assert not leaked, "a keypad code reached lockerd's log"
+    # the fleet service ran beside it: console address and login printed, every event stored once
+    assert re.search(r"console \S*http://127\.0\.0\.1:\d+/", out), out[-3000:]
+    assert re.search(r"login \S*operator\S* password \S{12,}", out), out[-3000:]
+    with sqlite3.connect(tmp_path / "sim" / "fleet" / "fleet.db") as db:
+        (n, distinct, types) = db.execute(
+            "select count(*), count(distinct seq), group_concat(type) from events"
+        ).fetchone()
+    assert n == distinct and n > 0
+    for event in STORY:
+        assert event in types, f"{event} not stored by the fleet service"

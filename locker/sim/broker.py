@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,9 +122,19 @@ class Pki:
 class Broker:
     """One Mosquitto process; its port and persistence directory survive restarts."""
 
-    def __init__(self, directory: Path, *, pki: Pki | None = None, extra: str = "") -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        pki: Pki | None = None,
+        extra: str = "",
+        server_users: Sequence[str] = (SERVER_CN,),
+    ) -> None:
+        """``server_users``: identities the ACL gives a server's rights (read everything,
+        write cmd and ack), e.g. one per fleet-service worker."""
         self.dir = directory
         self.pki = pki
+        self.server_users = tuple(server_users)
         self.host = HOST
         self.port = free_port()
         self.data_dir = directory / "data"
@@ -149,7 +160,7 @@ class Broker:
                 extra=extra,
             )
         acl = self.dir / "acl"
-        acl.write_text(provision.render_acl("lockers", [SERVER_CN], [OPERATOR_CN]))
+        acl.write_text(provision.render_acl("lockers", self.server_users, [OPERATOR_CN]))
         return provision.render_mosquitto_conf(
             port=self.port,
             cafile=self.pki.ca_file,

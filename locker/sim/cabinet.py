@@ -82,6 +82,9 @@ class SimCabinet:
     require_server_ack: bool = True
     log_level: str = "INFO"
     mqtt: Mapping[str, Any] = field(default_factory=dict)  # merged over the [mqtt] defaults
+    # more signers to trust, kid -> public key (e.g. a fleet service's users and token key)
+    extra_command_keys: Mapping[str, str] = field(default_factory=dict)
+    extra_token_keys: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Absolute paths: the config resolves relative ones against its own directory.
@@ -118,10 +121,12 @@ class SimCabinet:
             "security": {
                 "device_key_file": str(self.workdir / "device.key"),
                 "command_keys": {
-                    COMMAND_KID: provision.encode_public_key(self.command_key.public_key())
+                    COMMAND_KID: provision.encode_public_key(self.command_key.public_key()),
+                    **self.extra_command_keys,
                 },
                 "token_keys": {
-                    str(TOKEN_KID): provision.encode_public_key(self.token_key.public_key())
+                    str(TOKEN_KID): provision.encode_public_key(self.token_key.public_key()),
+                    **self.extra_token_keys,
                 },
                 **self.security,
             },

@@ -25,6 +25,7 @@ from hardware.emulators.kerong import KerongEmulator
 from locker.contract.credentials import TokenAction
 from locker.fleet import qr
 from locker.fleet.client import FleetClient, FleetView, Incoming, Reply, TlsFiles
+from locker.sim import fleet as sim_fleet
 from locker.sim.broker import SERVER_CN, Broker, BrokerStartError, Pki
 from locker.sim.cabinet import SimCabinet, SimError
 from locker.sim.prompt import interact
@@ -318,6 +319,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--pause", type=float, default=1.0, help="seconds between chapters")
     p.add_argument("--no-story", action="store_true", help="go straight to the prompt")
+    p.add_argument(
+        "--console",
+        default="127.0.0.1:8080",
+        help="HOST:PORT of the fleet service's console and API (port 0: any free port)",
+    )
+    p.add_argument("--no-fleet", action="store_true", help="do not start the fleet service")
     args = p.parse_args(argv)
     try:
         if args.workdir is None:
@@ -337,12 +344,26 @@ def _simulate(work: Path, args: argparse.Namespace) -> int:
         f"{BOLD}Parcel locker simulator{RESET}  (work directory {work}, "
         f"lockerd log {work / 'cabinet' / 'lockerd.log'})"
     )
-    broker = Broker(work / "broker", pki=Pki(work / "pki", ca_name="Simulated fleet CA"))
+    broker = Broker(
+        work / "broker",
+        pki=Pki(work / "pki", ca_name="Simulated fleet CA"),
+        server_users=(SERVER_CN, sim_fleet.SERVICE_CN),
+    )
     cab: SimCabinet | None = None
+    fleet: sim_fleet.SimFleet | None = None
     try:
         broker.start()
         say("broker", f"Mosquitto on 127.0.0.1:{broker.port}, mutual TLS, per-locker ACL")
-        cab = SimCabinet(work / "cabinet", broker=broker, timing={"door_open_timeout_s": 3.0})
+        trust: dict[str, Any] = {}
+        if not args.no_fleet and sim_fleet.available():
+            fleet = sim_fleet.SimFleet(work / "fleet", broker, args.console)
+            trust = fleet.trust()
+        cab = SimCabinet(
+            work / "cabinet", broker=broker, timing={"door_open_timeout_s": 3.0}, **trust
+        )
+        if fleet is not None:
+            fleet.register(cab.locker_id, cab.device_key)
+            _start_fleet(fleet)
         server = Server(broker, cab.locker_id)
         server.connect()  # first, so that it sees the locker's very first event
         cab.start()
@@ -369,7 +390,24 @@ def _simulate(work: Path, args: argparse.Namespace) -> int:
     finally:
         if cab is not None:
             cab.close()
+        if fleet is not None:
+            fleet.stop()
         broker.stop()
+
+
+def _start_fleet(fleet: sim_fleet.SimFleet) -> None:
+    try:
+        url = fleet.start()
+    except (RuntimeError, OSError) as err:  # the port is taken: any free one will do
+        say("fleet", f"{fleet.listen} unavailable ({err}); using a free port", YELLOW)
+        fleet.listen = fleet.listen.rpartition(":")[0] + ":0"
+        url = fleet.start()
+    say(
+        "fleet",
+        f"fleet service console {BOLD}{url}{RESET} login {BOLD}{sim_fleet.OPERATOR}{RESET} "
+        f"password {BOLD}{fleet.login.password}{RESET} (API token: {fleet.login.token})",
+        GREEN,
+    )
 
 
 if __name__ == "__main__":

@@ -118,6 +118,18 @@ class FleetService:
         self._http_thread: threading.Thread | None = None
 
     def start(self, timeout: float = 15.0) -> None:
+        """Connect, start the workers and the HTTP server; on failure undo all of it.
+
+        :raises locker.fleet.client.BrokerError: the broker cannot be reached.
+        :raises RuntimeError: the HTTP server did not start (address in use?).
+        """
+        try:
+            self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, timeout: float) -> None:
         self.client.connect(timeout)
         self.worker.start()
         self.deliverer.start()

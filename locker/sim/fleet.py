@@ -1,0 +1,102 @@
+"""The fleet service beside the simulated locker (``make simulate``).
+
+``SimFleet`` makes a fleet directory for the run (``provision_fleet``, then pointed at the
+simulator's broker: its CA and a server identity ``fleet`` from the simulator's Pki), an
+``operator`` user whose password is printed for the console, and runs
+:class:`locker.fleet.service.app.FleetService` in this process (SQLite in the fleet
+directory, plain-HTTP cookies since it listens on loopback only). The simulated cabinet trusts
+the user's command key and the fleet's token key (:meth:`trust`), so the console's actions
+and the API's parcels work on it. The service's log is ``service.log`` in its directory.
+
+Needs the ``[fleet]`` extra; :func:`available` says whether it is installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from locker.fleet import provision
+from locker.sim.broker import Broker
+
+SERVICE_CN = "fleet"
+OPERATOR = "operator"
+TOKEN_KID = 2  # the simulated cabinet's own token key is kid 1
+
+
+def available() -> bool:
+    return all(importlib.util.find_spec(m) for m in ("sqlalchemy", "fastapi", "uvicorn"))
+
+
+class SimFleet:
+    def __init__(self, workdir: Path, broker: Broker, listen: str = "127.0.0.1:8080") -> None:
+        from locker.fleet.service import db, users  # noqa: PLC0415 - needs the [fleet] extra
+
+        assert broker.pki is not None
+        self.dir = workdir
+        self.listen = listen
+        provision.provision_fleet(
+            workdir,
+            "simulated fleet",
+            "127.0.0.1",
+            broker_port=broker.port,
+            token_kid=TOKEN_KID,
+            run_as_root=os.geteuid() == 0,
+        )
+        shutil.copyfile(broker.pki.ca_file, workdir / "ca.pem")
+        cert = broker.pki.client(SERVICE_CN)
+        shutil.copyfile(cert.cert_file, workdir / "clients" / f"{SERVICE_CN}.pem")
+        shutil.copyfile(cert.key_file, workdir / "clients" / f"{SERVICE_CN}-key.pem")
+        with (workdir / "fleet.toml").open("a", encoding="utf-8") as f:
+            f.write(f'\n[mqtt]\nclient = "{SERVICE_CN}"\n\n[http]\nsecure_cookies = false\n')
+        url = f"sqlite:///{workdir / 'fleet.db'}"
+        db.upgrade(url)
+        engine = db.make_engine(url)
+        try:
+            self.login = users.add_user(engine, provision.Fleet.load(workdir), OPERATOR, "operator")
+        finally:
+            engine.dispose()
+        self.service: Any = None
+
+    def trust(self) -> dict[str, Any]:
+        """SimCabinet arguments that make the cabinet accept this fleet's signers."""
+        fleet = provision.Fleet.load(self.dir)
+        return {
+            "extra_command_keys": fleet.command_public_keys(),
+            "extra_token_keys": {
+                str(TOKEN_KID): provision.encode_public_key(fleet.token_key().public_key())
+            },
+        }
+
+    def register(self, locker_id: str, device_key: bytes) -> None:
+        """The service needs each locker's device key to make code tags."""
+        where = self.dir / "lockers" / locker_id
+        where.mkdir(parents=True, exist_ok=True)
+        provision.write_private(where / "device.key", device_key)
+
+    def start(self) -> str:
+        """Start the service; returns the console's URL."""
+        from locker.fleet.service.app import FleetService  # noqa: PLC0415 - [fleet] extra
+        from locker.fleet.service.config import ServiceConfig  # noqa: PLC0415
+
+        # the service's own log goes to a file: the terminal tells the story
+        log = logging.getLogger("locker.fleet.service")
+        if not log.handlers:
+            handler = logging.FileHandler(self.dir / "service.log")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            log.addHandler(handler)
+            log.setLevel(logging.INFO)
+            log.propagate = False
+        cfg = ServiceConfig.load(self.dir, http=self.listen)
+        self.service = FleetService(cfg)
+        self.service.start()
+        host = cfg.listen[0]
+        return f"http://{host}:{self.service.port}/"
+
+    def stop(self) -> None:
+        if self.service is not None:
+            self.service.stop()
