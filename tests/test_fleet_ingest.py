@@ -155,3 +155,21 @@ def test_alarm_resolved_by_its_clearing_event(engine: Engine) -> None:
     ingest.store([evt("L1", 2, "door_closed", compartment="B2")])
     with engine.connect() as conn:
         assert conn.execute(select(db.alarms.c.state)).scalar_one() == "resolved"
+
+
+def test_a_floor_from_the_lockers_state_ends_a_wait_for_events_gone_for_good(
+    engine: Engine,
+) -> None:
+    ingest = Ingest(engine)
+    ingest.store([evt("L1", 1), evt("L1", 2)])
+    # events 3-7 were deleted from the locker (another server's ack): they never come
+    out = ingest.store([state("L1", 10, 3)])
+    assert out.acks == [Ack("L1", "e1", 7)]
+    with engine.connect() as conn:
+        report = conn.execute(
+            select(db.reports.c.detail).where(db.reports.c.kind == "floor_raised")
+        ).scalar_one()
+    assert report == {"epoch": "e1", "from": 3, "to": 7, "never_stored": 5}
+    assert ingest.store([evt("L1", 8), evt("L1", 9), evt("L1", 10)]).acks == [Ack("L1", "e1", 10)]
+    # an older snapshot (lower floor) lowers nothing
+    assert ingest.store([state("L1", 5, 4, rev=0)]).acks == []

@@ -12,10 +12,14 @@ any order, duplicates included) and, in ONE transaction:
 - reports first contacts, epoch changes, gaps and filled gaps (``reports`` table, log).
 
 After the commit it returns the acks due (``{p}/ack`` ``{"v":1,"epoch","upto_seq"}``) and the
-lockers to ask for a ``resync``: a stream first seen past seq 1 has no known baseline, so it is
-never acknowledged until the locker's own state (``last_seq - outbox_depth``: everything below
-was already deleted from its outbox) gives one. Retained events are dropped (DESIGN 5: events
-are never retained; Mosquitto 2.0.11 hands retained messages to every member of a share).
+lockers to ask for a ``resync``. The receipt rule (the same as ``lockerctl watch``'s): a
+stream starts at its floor, 0 (the start of the epoch) or, higher, what the locker's stored
+state of the same epoch says has left its outbox (``last_seq - outbox_depth``: it can never
+be sent again, so waiting for it would stop the stream for good; seqs skipped that way are
+reported as ``floor_raised``); an ack never passes a gap; a first contact that begins past its
+floor acknowledges nothing until the backlog has come in, and asks for it with ``resync``.
+Retained events are dropped (DESIGN 5: events are never retained; Mosquitto 2.0.11 hands
+retained messages to every member of a share).
 Until lockers publish ``epoch`` (DESIGN 5) an event without one belongs to epoch ``""``.
 """
 
@@ -175,9 +179,12 @@ class Ingest:
             for key in sorted(set(by_stream) | set(state_of)):  # one lock order for all workers
                 if key in by_stream:
                     touched[key] = self._events(conn, key, by_stream[key], now, out)
-                elif self._baseline_from_state(conn, key, state_of[key]):
-                    touched[key] = False
-                    self._advance(conn, key, out)
+                if key in state_of:
+                    st = state_of[key]
+                    floor = _floor(st.get("last_seq"), st.get("outbox_depth"))
+                    if self._raise_floor(conn, key, floor, now, out):
+                        touched.setdefault(key, False)
+                        self._advance(conn, key, out)
             due = self._acks_due(conn, touched)
         out.acks = due
         return out
@@ -247,9 +254,16 @@ class Ingest:
         out.states.append(locker)
         alarm_rules.on_state(conn, self.rules, locker, depth, now)
 
-    def _lock_stream(self, conn: Connection, key: tuple[str, str], now: float, out: Outcome) -> Any:
+    def _lock_stream(
+        self, conn: Connection, key: tuple[str, str], now: float, out: Outcome
+    ) -> tuple[Any, bool]:
+        """The stream's row, locked for this transaction, created at floor 0 (the start of
+        the epoch) if new, then raised to the floor its locker's stored state gives; and
+        whether it was created now."""
         locker, epoch = key
-        ins = _insert(conn, streams).values(locker=locker, epoch=epoch, first_seen=now)
+        ins = _insert(conn, streams).values(
+            locker=locker, epoch=epoch, first_seen=now, contiguous=0
+        )
         created = conn.execute(
             ins.on_conflict_do_nothing(index_elements=["locker", "epoch"]).returning(
                 streams.c.locker
@@ -263,11 +277,16 @@ class Ingest:
             ).scalar()
             kind = "epoch_change" if others else "first_contact"
             _report(conn, locker, kind, {"epoch": epoch}, now, out)
-        return conn.execute(
-            select(streams)
-            .where(and_(streams.c.locker == locker, streams.c.epoch == epoch))
-            .with_for_update()
-        ).one()
+        row = conn.execute(_stream_where(select(streams), key).with_for_update()).one()
+        if created is not None:
+            known = conn.execute(
+                select(lockers.c.epoch, lockers.c.last_seq, lockers.c.outbox_depth).where(
+                    lockers.c.id == locker
+                )
+            ).first()
+            if known is not None and known.epoch == epoch:
+                self._raise_floor(conn, key, _floor(known.last_seq, known.outbox_depth), now, out)
+        return row, created is not None
 
     def _events(
         self,
@@ -278,7 +297,7 @@ class Ingest:
         out: Outcome,
     ) -> bool:
         locker, epoch = key
-        stream = self._lock_stream(conn, key, now, out)
+        stream, created = self._lock_stream(conn, key, now, out)
         rows = [
             {
                 "locker": locker,
@@ -307,51 +326,44 @@ class Ingest:
             ledger.apply_event(conn, locker, epoch, body, now)
             alarm_rules.on_event(conn, self.rules, locker, epoch, body, now)
             out.stored.append({"locker": locker, **body})
-        if stream.contiguous is None:
-            seqs = [r["seq"] for r in rows]
-            if 1 in seqs:
-                conn.execute(_stream_where(update(streams), key).values(contiguous=0))
-            elif not self._baseline_from_locker(conn, key):
-                last = stream.resync_at or 0.0
-                if now - last > self.rules.resync_interval_s:
-                    conn.execute(_stream_where(update(streams), key).values(resync_at=now))
-                    out.resync.append(locker)
-        self._advance(conn, key, out)
+        contiguous = self._advance(conn, key, out)
+        held_past_gap = any(r["seq"] > contiguous + 1 for r in rows)
+        if created and held_past_gap:
+            # first contact past the floor: a live event while a backlog may be queued
+            last = stream.resync_at or 0.0
+            if now - last > self.rules.resync_interval_s:
+                conn.execute(_stream_where(update(streams), key).values(resync_at=now))
+                out.resync.append(locker)
         return dup > 0
 
-    def _baseline_from_locker(self, conn: Connection, key: tuple[str, str]) -> bool:
-        row = conn.execute(
-            select(lockers.c.epoch, lockers.c.last_seq, lockers.c.outbox_depth).where(
-                lockers.c.id == key[0]
-            )
-        ).first()
-        if row is None or row.epoch != key[1] or row.last_seq is None or row.outbox_depth is None:
-            return False
-        return self._set_baseline(conn, key, row.last_seq - row.outbox_depth)
-
-    def _baseline_from_state(
-        self, conn: Connection, key: tuple[str, str], state: dict[str, Any]
+    def _raise_floor(
+        self, conn: Connection, key: tuple[str, str], floor: int | None, now: float, out: Outcome
     ) -> bool:
-        last, depth = state.get("last_seq"), state.get("outbox_depth")
-        if type(last) is not int or type(depth) is not int:
+        """Everything up to ``floor`` is gone from the locker's outbox and can never be sent
+        again: stop waiting for it. Reports how many of those seqs were never stored."""
+        if floor is None:
             return False
-        return self._set_baseline(conn, key, last - depth)
+        row = conn.execute(_stream_where(select(streams.c.contiguous), key)).first()
+        current = (row.contiguous or 0) if row is not None else 0
+        if row is None or floor <= current:
+            return False
+        held = conn.execute(
+            select(func.count())
+            .select_from(events)
+            .where(and_(events.c.locker == key[0], events.c.epoch == key[1]))
+            .where(and_(events.c.seq > current, events.c.seq <= floor))
+        ).scalar_one()
+        conn.execute(_stream_where(update(streams), key).values(contiguous=floor))
+        missing = floor - current - int(held)
+        if missing:
+            detail = {"epoch": key[1], "from": current + 1, "to": floor, "never_stored": missing}
+            _report(conn, key[0], "floor_raised", detail, now, out)
+        return True
 
-    @staticmethod
-    def _set_baseline(conn: Connection, key: tuple[str, str], baseline: int) -> bool:
-        """Everything up to ``baseline`` has left the locker's outbox: never resent."""
-        stmt = (
-            _stream_where(update(streams), key)
-            .where(streams.c.contiguous.is_(None))
-            .values(contiguous=max(0, baseline))
-        )
-        return bool(conn.execute(stmt).rowcount)
-
-    def _advance(self, conn: Connection, key: tuple[str, str], out: Outcome) -> None:
+    def _advance(self, conn: Connection, key: tuple[str, str], out: Outcome) -> int:
+        """Move ``contiguous`` over what the database holds; report a new or filled gap."""
         row = conn.execute(_stream_where(select(streams), key)).one()
-        if row.contiguous is None:
-            return
-        contiguous = row.contiguous
+        contiguous = row.contiguous or 0
         ahead = conn.execute(
             select(events.c.seq)
             .where(and_(events.c.locker == key[0], events.c.epoch == key[1]))
@@ -376,6 +388,7 @@ class Ingest:
             values["gap_reported"] = None
             _report(conn, key[0], "gap_filled", {"epoch": key[1], "upto": contiguous}, now, out)
         conn.execute(_stream_where(update(streams), key).values(**values))
+        return int(contiguous)
 
     @staticmethod
     def _acks_due(conn: Connection, touched: dict[tuple[str, str], bool]) -> list[Ack]:
@@ -385,6 +398,16 @@ class Ingest:
             if row:
                 acks.append(Ack(key[0], key[1], int(row)))
         return acks
+
+
+def _floor(last_seq: Any, outbox_depth: Any) -> int | None:
+    """``last_seq - outbox_depth`` of a state: every seq at or below it has left the locker's
+    outbox (the outbox is the contiguous run of unacknowledged seqs); None if unknown."""
+    if type(last_seq) is not int or type(outbox_depth) is not int:
+        return None
+    if last_seq < 0 or outbox_depth < 0:
+        return None
+    return max(0, last_seq - outbox_depth)
 
 
 def _insert(conn: Connection, table: Any) -> Any:
