@@ -183,3 +183,32 @@ def api_at(port: int, token: str) -> httpx.Client:
         headers={"Authorization": f"Bearer {token}"},
         timeout=30,
     )
+
+
+def test_broker_restart_the_service_reconnects_and_keeps_ingesting(
+    tmp_path: Path, service_broker: Broker
+) -> None:
+    d = fleet_dir(tmp_path, service_broker)
+    viewer = add_user(d, "v", "viewer")
+    cab = cabinet(d, service_broker, tmp_path / "cab")
+    service = start_service(d)
+    cab.start()
+    try:
+        with api(service, viewer.token) as v:
+
+            def denied() -> int:
+                evs = v.get("/api/v1/lockers/SIM-0001/events?limit=1000").json()
+                return sum(e["type"] == "access_denied" for e in evs)
+
+            wait_for(lambda: v.get("/api/v1/lockers").json(), 15, what="locker known")
+            service_broker.restart()
+            cab.press("1#")
+            wait_for(lambda: denied() == 1, 40, what="an event after the broker restart")
+            wait_for(
+                lambda: v.get("/api/v1/lockers/SIM-0001").json()["outbox_depth"] == 0,
+                30,
+                what="acked after the restart",
+            )
+    finally:
+        service.stop()
+        cab.close()
