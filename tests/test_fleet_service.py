@@ -8,6 +8,7 @@ again: nothing lost or doubled, and the locker's outbox is emptied by the acks.
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import func, select
 
 from locker.fleet.service import db
@@ -31,8 +33,9 @@ def _states(client: object, parcel: str) -> list[str]:
 
 
 def test_parcel_issued_by_api_deposited_by_keypad_collected_by_qr(
-    tmp_path: Path, service_broker: Broker
+    tmp_path: Path, service_broker: Broker, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     d = fleet_dir(tmp_path, service_broker)
     carrier = add_user(d, "acme", "carrier")
     viewer = add_user(d, "watcher", "viewer")
@@ -80,6 +83,9 @@ def test_parcel_issued_by_api_deposited_by_keypad_collected_by_qr(
             # codes never reach the locker's or the service's logs
             assert issued["dropoff_code"] not in cab.log()
             assert issued["pickup_code"] not in cab.log()
+            for secret in (issued["dropoff_code"], issued["pickup_code"], issued["pickup_token"]):
+                assert secret not in caplog.text
+            assert "acme" in caplog.text  # the service's log names who sent the command
             # a second issue of the same active parcel is refused with its code
             again = {"locker": "SIM-0001", "parcel": "PCL-2", "size": "M"}
             assert c.post("/api/v1/parcels", json=again).status_code == 201
