@@ -100,6 +100,20 @@ def _forbidden(request: Request, s: _Session, why: str) -> HTMLResponse:
     return resp
 
 
+async def _acting(request: Request, refusal: str) -> tuple[_Session, Any] | Response:
+    """The session and form of a POST that acts, or the response refusing it: login page
+    without a session, 403 without the session's CSRF token or for a role that may not act."""
+    s = _session(request)
+    if s is None:
+        return _to_login()
+    form = await request.form()
+    if not _csrf_ok(s, form):
+        return HTMLResponse("CSRF token missing or wrong", status_code=403)
+    if s.user.role not in CAN_ACT:
+        return _forbidden(request, s, refusal)
+    return s, form
+
+
 def install(app: FastAPI) -> None:  # noqa: PLR0915 - the console's routes, flat
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
@@ -215,14 +229,10 @@ def install(app: FastAPI) -> None:  # noqa: PLR0915 - the console's routes, flat
 
     @app.post("/lockers/{locker_id}/actions", include_in_schema=False)
     async def locker_action(request: Request, locker_id: str) -> Response:
-        s = _session(request)
-        if s is None:
-            return _to_login()
-        form = await request.form()
-        if not _csrf_ok(s, form):
-            return HTMLResponse("CSRF token missing or wrong", status_code=403)
-        if s.user.role not in CAN_ACT:
-            return _forbidden(request, s, "Your role may not act on lockers.")
+        checked = await _acting(request, "Your role may not act on lockers.")
+        if isinstance(checked, Response):
+            return checked
+        s, form = checked
         action = str(form.get("action", ""))
         reason = str(form.get("reason", "")).strip()[:200]
         flag = str(form.get("flag", "")) == "true"
@@ -262,14 +272,10 @@ def install(app: FastAPI) -> None:  # noqa: PLR0915 - the console's routes, flat
 
     @app.post("/alarms/{alarm_id}/ack", include_in_schema=False)
     async def alarm_ack(request: Request, alarm_id: int) -> Response:
-        s = _session(request)
-        if s is None:
-            return _to_login()
-        form = await request.form()
-        if not _csrf_ok(s, form):
-            return HTMLResponse("CSRF token missing or wrong", status_code=403)
-        if s.user.role not in CAN_ACT:
-            return _forbidden(request, s, "Your role may not acknowledge alarms.")
+        checked = await _acting(request, "Your role may not acknowledge alarms.")
+        if isinstance(checked, Response):
+            return checked
+        s, form = checked
         note = str(form.get("note", ""))[:500]
         with request.app.state.engine.begin() as conn:
             alarm_rules.acknowledge(conn, alarm_id, s.user.name, note, time.time())
