@@ -2,7 +2,7 @@
 
 A real lockerd and a light second locker (a paho client with that locker's certificate,
 speaking the contract) report to the service. An operator logs in, sees the locker online,
-watches a keypad deposit appear in the locker page's timeline without a reload, and
+go offline and come back online without a reload, watches a keypad deposit appear in the locker page's timeline without a reload, and
 acknowledges an alarm with a note. Screenshots go to ``tests/artifacts/console/``.
 """
 
@@ -108,9 +108,14 @@ def test_console_login_live_deposit_and_alarm_ack(
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 800})
             _login(page, base, "olga", password)
-            expect(page.locator('tr[data-locker="SIM-0001"]')).to_have_attribute(
-                "data-online", "true"
-            )
+            row = page.locator('tr[data-locker="SIM-0001"]')
+            expect(row).to_have_attribute("data-online", "true")
+            page.wait_for_selector("body[data-sse=open]")
+            cab.stop()  # a clean stop publishes offline: the row turns without a reload
+            expect(row).to_have_attribute("data-online", "false", timeout=15_000)
+            page.screenshot(path=str(ARTIFACTS / "fleet-offline.png"), full_page=True)
+            cab.start()
+            expect(row).to_have_attribute("data-online", "true", timeout=20_000)
             page.screenshot(path=str(ARTIFACTS / "fleet.png"), full_page=True)
             page.click('a[href="/lockers/SIM-0001"]')
             page.wait_for_selector("body[data-sse=open]")
@@ -125,11 +130,11 @@ def test_console_login_live_deposit_and_alarm_ack(
             with api(service, token) as c:
                 wait_for(lambda: c.get("/api/v1/alarms").json(), 15, what="alarm raised")
             page.goto(base + "/alarms")
-            row = page.locator('tr.alarm[data-kind="door_forced"]')
-            expect(row).to_have_count(1)
+            alarm = page.locator('tr.alarm[data-kind="door_forced"]')
+            expect(alarm).to_have_count(1)
             page.screenshot(path=str(ARTIFACTS / "alarms.png"), full_page=True)
-            row.locator("input[name=note]").fill("checked on camera")
-            row.locator("button").click()
+            alarm.locator("input[name=note]").fill("checked on camera")
+            alarm.locator("button").click()
             expect(page.locator('tr.alarm[data-kind="door_forced"]')).to_have_count(0)
             page.goto(base + "/parcels?q=WEB-1")
             expect(page.locator("#history li[data-what=parcel_deposited]")).to_have_count(1)

@@ -182,3 +182,24 @@ def test_console_cookies_are_secure_httponly_strict_by_default(
     assert {"secure", "httponly", "samesite=strict"} <= {
         part.strip().lower() for part in header.split(";")
     }
+
+
+def test_metrics_are_prometheus_text_with_the_fleet_gauges(
+    running: tuple[FleetService, dict[str, str], Path],
+) -> None:
+    service, _tokens, _d = running
+    r = httpx.get(f"http://127.0.0.1:{service.port}/metrics", timeout=10)
+    assert r.headers["content-type"].startswith("text/plain")
+    names = {
+        line.split(" ")[0].split("{")[0]
+        for line in r.text.splitlines()
+        if line and not line.startswith("#")
+    }
+    for name in (
+        "fleet_events_ingested_total",
+        "fleet_lockers_online",
+        "fleet_open_alarms",
+        "fleet_seconds_since_last_event",
+    ):
+        assert name in names, sorted(names)
+    assert "fleet_command_round_trip_seconds" in r.text
