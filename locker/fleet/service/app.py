@@ -14,6 +14,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 
 import uvicorn
@@ -156,8 +157,8 @@ class FleetService:
         self.client.close()
         self.engine.dispose()
 
-    def run(self) -> None:
-        """Start, then block until SIGTERM or SIGINT; then stop cleanly."""
+    def run(self, on_ready: Callable[[str], None] | None = None) -> None:
+        """Start, call ``on_ready(url)``, then block until SIGTERM or SIGINT; stop cleanly."""
         done = threading.Event()
 
         def _on_signal(_sig: int, _frame: FrameType | None) -> None:
@@ -167,6 +168,9 @@ class FleetService:
         signal.signal(signal.SIGINT, _on_signal)
         self.start()
         host, _ = self.cfg.listen
-        logger.warning("fleet service on http://%s:%d/ (API /api/v1)", host, self.port)
+        url = f"http://{host}:{self.port}/"
+        logger.info("fleet service on %s (API %sapi/v1)", url, url)
+        if on_ready is not None:
+            on_ready(url)
         done.wait()
         self.stop()

@@ -80,7 +80,15 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     logging.getLogger("locker.fleet.service").setLevel(logging.INFO)
     service = FleetService(cfg, tls=not args.no_tls)
     print(f"fleet service: database {_redact(cfg.db_url)}", file=out, flush=True)
-    service.run()
+
+    def ready(url: str) -> None:
+        print(
+            f"fleet service: console and API on {url} (OpenAPI {url}api/v1/openapi.json)",
+            file=out,
+            flush=True,
+        )
+
+    service.run(ready)
     return 0
 
 
