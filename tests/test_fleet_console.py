@@ -2,8 +2,9 @@
 
 A real lockerd and a light second locker (a paho client with that locker's certificate,
 speaking the contract) report to the service. An operator logs in, sees the locker online,
-go offline and come back online without a reload, watches a keypad deposit appear in the locker page's timeline without a reload, and
-acknowledges an alarm with a note. Screenshots go to ``tests/artifacts/console/``.
+then offline and online again without a reload, watches a keypad deposit appear in the locker
+page's timeline without a reload, and acknowledges an alarm with a note. Screenshots go to
+``tests/artifacts/console/``.
 """
 
 from __future__ import annotations
