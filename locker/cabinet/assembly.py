@@ -20,6 +20,7 @@ from locker.cabinet.config import Config
 from locker.cabinet.controller import Controller
 from locker.cabinet.domain import machine, throttle
 from locker.cabinet.store import OutboxView, Store
+from locker.cabinet.timesync import clock_synced
 from locker.contract.actions import Command
 from locker.ports import CommandMessage, Indicator, InputDevice, LockBank, NullIndicator, Uplink
 
@@ -27,14 +28,6 @@ if TYPE_CHECKING:
     from hardware.emulators.doors import DoorActor
 
 logger = logging.getLogger(__name__)
-
-TIMESYNC_FLAG = Path("/run/systemd/timesync/synchronized")
-
-
-def clock_synced() -> bool:
-    """systemd-timesyncd's flag file: present once the clock has been synchronised."""
-    return TIMESYNC_FLAG.exists()
-
 
 def rules_from(cfg: Config) -> machine.Rules:
     t, s = cfg.timing, cfg.security
