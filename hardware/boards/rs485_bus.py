@@ -1,27 +1,40 @@
 """The driver of one RS-485 bus of Kerong KR-CU16 lock boards (a :class:`LockBank`).
 
 One worker thread owns the serial port and runs one transaction at a time: unlock requests
-first, then the polls that are due. A reply ends on a quiet gap, never on an assumed length.
-After a time-out, a bad checksum, a wrong address or stray bytes, the worker waits for the line
-to go quiet, discards what came in and counts the error (:meth:`KerongBus.counters`), so a late
-reply is never read as the answer to the next query.
+first, then the polls that are due. A reply is framed by its known structure (``02 ADDR 35``
+and 9 bytes, checksum) and told apart by its command byte and board address, never by when it
+arrives: the transaction ends on the reply's last byte, with no quiet-gap wait on the critical
+path (DESIGN section 7, issue 10). Silence inside a frame longer than ``quiet_gap_s``, a bad
+checksum or a time-out fail the transaction; the worker then waits for the line to go quiet,
+discards what came in and counts the error (:meth:`KerongBus.counters`).
+
+An adapter that echoes what it sends (a half-duplex transceiver with its receiver always on)
+hands every written frame back: the echo of the frame just written is recognised and dropped
+(counted as ``echoes``, logged once as "local echo"), so a healthy board never looks dead.
 
 An unlock whose write has started is never repeated: its :class:`UnlockResult` says
 ``sent=True`` and the door sensor tells the rest. Boards may or may not answer an unlock; an
-answer arriving within a short window is consumed and ignored, and the unlocked board is not
-queried again before a response time-out has passed (at most the unlock spacing), so a late
-answer cannot pass for its status. Unlock frames are spaced by the boards' pulse plus a rest:
-one coil at a time per bus.
+answer is a status reading like any other (it came after the unlock), so there is no blind
+window: the unlocked board is polled again at its normal interval and a door open for longer
+than one poll interval is seen. A poll that is waiting for a board which has not started to
+answer gives way to a queued unlock after ``preempt_after_s`` (and is retried right after), so
+an unlock never waits behind a silent board. Unlock frames are spaced by the boards' pulse plus
+a rest: one coil at a time per bus.
 
 Each board is polled every ``poll_interval_s`` and only changes are reported, items before
-doors so that a door closing is judged with the item state of the same reading. A board that
-misses ``fail_threshold`` polls in a row is declared down: its doors become UNKNOWN, its items
-None, one :class:`HardwareFault` is reported, unlocks on it are refused, and it is polled with
-back-off until it answers (:class:`HardwareRecovered`, then fresh states). A failing port (the
-USB-RS485 adapter unplugged) does the same for the whole bus and is reopened with back-off.
+doors so that a door closing is judged with the item state of the same reading. The schedule's
+cost is estimated from the baud rate at start; a schedule the bus cannot keep is reported once
+(:class:`HardwareFault` on the bus, ``poll schedule``) and late polls are counted
+(``late_polls``). A board that misses ``fail_threshold`` polls in a row is declared down: its
+doors become UNKNOWN, its items None, one :class:`HardwareFault` is reported, unlocks on it are
+refused, and it is polled with back-off until it answers (:class:`HardwareRecovered`, then
+fresh states). A failing port (the USB-RS485 adapter unplugged) does the same for the whole bus
+and is reopened with back-off.
 
 Several boards on one bus share one instance; several buses are several instances. Constructor
-arguments are plain values; the daemon maps the ``[[boards]]`` configuration onto them.
+arguments are plain values; the daemon maps the ``[[boards]]`` configuration onto them. (Above
+500 lines: the worker's transactions, line discipline and board state share one thread's
+private state; splitting them would spread that state over modules.)
 """
 
 from __future__ import annotations
@@ -41,12 +54,14 @@ import serial
 from hardware.boards.kerong import (
     CHANNELS,
     MAX_BOARD,
+    REPLY_STATUS,
     BadChecksum,
     BoardStatus,
     Frame,
     FrameSplitter,
     Garbage,
     ProtocolError,
+    SplitResult,
     Truncated,
     decode_status,
     encode_query,
@@ -72,7 +87,9 @@ logger = logging.getLogger(__name__)
 
 # What a failing port raises: pySerial wraps most errors, but not tcdrain's (termios.error).
 _PORT_ERRORS = (serial.SerialException, OSError, termios.error)
-_MAX_BURST = 256  # bytes read for one reply before the line is declared babbling
+_MAX_BURST = 256  # bytes read while waiting for one reply before the line is declared babbling
+_QUERY_LEN, _STATUS_LEN = 5, 9
+_MAX_LOAD = 0.8  # share of the bus a poll schedule may take, leaving room for unlocks
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,25 +120,34 @@ class BusTiming:
 
     ``pulse_s`` is the boards' own unlock pulse; the next unlock frame on the bus is written no
     sooner than ``pulse_s + rest_s`` after the previous one, so at most one coil is on.
+    ``response_timeout_s`` bounds the wait for a reply's first byte; ``quiet_gap_s`` is the
+    longest silence allowed inside a frame (longer: the frame is broken), never a wait after
+    one. ``turnaround_s`` separates transactions (about 3.5 characters at 19200 baud, as
+    Modbus RTU's inter-frame gap). ``preempt_after_s``: a poll whose board has not begun to
+    answer by then gives way to a queued unlock. ``board_response_s`` is the boards' own
+    reply latency, used only to estimate what poll schedule the bus can keep.
     """
 
     pulse_s: float  # timing.unlock_pulse_s and timing.unlock_rest_s: no defaults here, the
     rest_s: float  # config model's are the only ones
     response_timeout_s: float = 0.5
     quiet_gap_s: float = 0.025
-    turnaround_s: float = 0.005
-    unlock_reply_window_s: float = 0.1
+    turnaround_s: float = 0.002
+    unlock_reply_window_s: float = 0.05
     resync_quiet_s: float = 0.1
     fail_threshold: int = 3
     start_attempts: int = 2
     backoff_max_s: float = 5.0
     reopen_first_s: float = 0.2
     write_timeout_s: float = 1.0
+    preempt_after_s: float = 0.03
+    board_response_s: float = 0.002
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if value < 0 or (value == 0 and f.name not in ("turnaround_s", "rest_s")):
+            zero_ok = ("turnaround_s", "rest_s", "board_response_s")
+            if value < 0 or (value == 0 and f.name not in zero_ok):
                 raise ValueError(f"bus timing {f.name} must be positive, got {value}")
 
 
@@ -143,6 +169,14 @@ class BusCounters:
     unlocks_refused: int = 0
     port_errors: int = 0
     reopens: int = 0
+    echoes: int = 0  # our own frames handed back by the adapter (local echo), dropped
+    preempted: int = 0  # polls that gave way to an unlock before their board answered
+    late_polls: int = 0  # polls made more than one interval after they were due
+
+
+def frame_time_s(n_bytes: int, baudrate: int) -> float:
+    """Time ``n_bytes`` take on the wire at 8N1 (10 bits a byte)."""
+    return n_bytes * 10 / baudrate
 
 
 class _Link(enum.Enum):
@@ -159,7 +193,6 @@ class _Board:
     failures: int = 0
     interval: float = 0.0
     next_poll: float = 0.0
-    unlocked_at: float = float("-inf")  # last unlock frame written to this board
 
     @property
     def device(self) -> str:
@@ -168,6 +201,12 @@ class _Board:
     @property
     def compartments(self) -> tuple[str, ...]:
         return tuple(self.channels[ch] for ch in sorted(self.channels))
+
+
+class _Outcome(enum.Enum):
+    TIMEOUT = "timeout"  # no complete reply in time
+    BROKEN = "broken"  # bad checksum or a frame cut short
+    PREEMPTED = "preempted"  # gave way to an unlock before the board began to answer
 
 
 class _PortError(HardwareError):
@@ -228,6 +267,15 @@ class KerongBus(LockBank):
         self._reopen_delay = self._t.reopen_first_s
         self._next_unlock_at = 0.0
         self._last_io = 0.0
+        self._last_rx = 0.0
+        self._last_written = b""
+        self._rx = FrameSplitter()  # carries a partial frame from one read to the next
+        # one poll on the wire: what an unlock due sooner than this does not wait behind
+        self._poll_cost = (
+            frame_time_s(_QUERY_LEN + _STATUS_LEN, baudrate)
+            + self._t.board_response_s
+            + self._t.turnaround_s
+        )
         self._counters = BusCounters()
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -309,8 +357,21 @@ class KerongBus(LockBank):
         attempt = t.response_timeout_s + t.resync_quiet_s * 11 + t.quiet_gap_s + t.turnaround_s
         return 2.0 + len(self._boards) * t.start_attempts * attempt
 
+    def schedule_load(self) -> float:
+        """The share of the bus the configured poll schedule needs (1.0 = all of it),
+        estimated from the baud rate: query and reply frames, the boards' reply latency and
+        the turnaround gap per poll."""
+        t = self._t
+        per_poll = (
+            frame_time_s(_QUERY_LEN + _STATUS_LEN, self._baudrate)
+            + t.board_response_s
+            + t.turnaround_s
+        )
+        return sum(per_poll / b.spec.poll_interval_s for b in self._boards)
+
     def _run(self) -> None:
         try:
+            self._check_schedule()
             try:
                 self._initial_round()
             except _StopRequested:
@@ -327,6 +388,21 @@ class KerongBus(LockBank):
             self._ready.set()
             self._close_port()
             self._refuse_pending("bus closed")
+
+    def _check_schedule(self) -> None:
+        """Say so once when the configured poll intervals need more than the bus can carry
+        (boards would be polled late, so their doors would be seen late)."""
+        load = self.schedule_load()
+        if load <= _MAX_LOAD:
+            return
+        rate = sum(1 / b.spec.poll_interval_s for b in self._boards)
+        detail = (
+            f"poll schedule needs {load:.0%} of the bus ({rate:.0f} polls/s at "
+            f"{self._baudrate} baud): boards will be polled late; raise poll_interval_s "
+            f"or split the boards over more buses"
+        )
+        logger.warning("bus %s: %s", self.name, detail)
+        self._emit(HardwareFault(self._device, detail, ()))
 
     def _step_guarded(self) -> None:
         try:
@@ -347,15 +423,20 @@ class KerongBus(LockBank):
             for board in self._boards:
                 status = None
                 for _ in range(self._t.start_attempts):
-                    status = self._poll_once(board)
-                    if status is not None:
+                    status = self._poll_once(board, preemptible=False)
+                    if isinstance(status, BoardStatus):
                         break
-                if status is not None:
+                if isinstance(status, BoardStatus):
                     self._board_ok(board, status, force=True)
                 else:
-                    self._board_down(board, "no reply at start", force=True)
+                    self._board_down(board, self._no_reply_detail("no reply at start"), True)
         except _PortError as exc:
             self._port_failed(str(exc), force=True)
+
+    def _no_reply_detail(self, what: str) -> str:
+        if self._counters.echoes and not self._counters.replies:
+            return f"{what} (the adapter echoes what it sends: local echo)"
+        return what
 
     def _step(self) -> None:
         now = time.monotonic()
@@ -372,7 +453,7 @@ class KerongBus(LockBank):
                 return
             board = self._due_board(now)
             if board is not None:
-                self._poll(board)
+                self._poll(board, now)
                 return
         except _PortError as exc:
             self._port_failed(str(exc))
@@ -391,20 +472,13 @@ class KerongBus(LockBank):
 
     def _due_board(self, now: float) -> _Board | None:
         with self._cond:
-            if self._unlocks and now + self._t.response_timeout_s > self._next_unlock_at:
-                return None  # a poll now could delay an unlock past its earliest time
-        due = [b for b in self._boards if self._poll_time(b) <= now]
-        return min(due, key=self._poll_time) if due else None
-
-    def _poll_time(self, board: _Board) -> float:
-        # A board that answers an unlock late could have its answer read as the reply to the
-        # next query (same bytes when channel 1 was unlocked): leave it a response time-out,
-        # but no more than the unlock spacing, so back-to-back unlocks cannot starve its polls.
-        hold_off = min(self._t.response_timeout_s, self._t.pulse_s + self._t.rest_s)
-        return max(board.next_poll, board.unlocked_at + hold_off)
+            if self._unlocks and now + self._poll_cost > self._next_unlock_at:
+                return None  # this poll would still be running when the unlock falls due
+        due = [b for b in self._boards if b.next_poll <= now]
+        return min(due, key=lambda b: b.next_poll) if due else None
 
     def _next_wakeup(self) -> float:
-        t = min(self._poll_time(b) for b in self._boards)
+        t = min(b.next_poll for b in self._boards)
         with self._cond:
             if self._unlocks:
                 t = min(t, self._next_unlock_at)
@@ -419,6 +493,10 @@ class KerongBus(LockBank):
             timeout = t - time.monotonic()
             if timeout > 0:
                 self._cond.wait(min(timeout, 1.0))
+
+    def _unlock_due(self) -> bool:
+        with self._cond:
+            return bool(self._unlocks) and time.monotonic() >= self._next_unlock_at
 
     # -- transactions -------------------------------------------------------------------------
 
@@ -443,67 +521,135 @@ class KerongBus(LockBank):
             self._emit(UnlockResult(compartment, True, f"write failed, outcome unknown: {exc}"))
             raise
         finally:
-            board.unlocked_at = time.monotonic()
-            self._next_unlock_at = board.unlocked_at + self._t.pulse_s + self._t.rest_s
+            self._next_unlock_at = time.monotonic() + self._t.pulse_s + self._t.rest_s
         self._counters.unlocks_sent += 1
         self._emit(UnlockResult(compartment, True))
-        if self._read_burst(self._t.unlock_reply_window_s):
-            self._counters.unlock_replies += 1  # some boards answer an unlock; not a poll reply
+        # Some boards answer an unlock with their status: a reading like any other. Waiting
+        # for it (ended by its last byte) keeps the next query from colliding with it.
+        reply = self._await_status(board, self._t.unlock_reply_window_s, preemptible=False)
+        if isinstance(reply, BoardStatus):
+            self._counters.unlock_replies += 1
+            self._board_ok(board, reply)
+        elif reply is _Outcome.BROKEN:
+            self._resync()
 
-    def _poll(self, board: _Board) -> None:
-        status = self._poll_once(board)
-        if status is not None:
+    def _poll(self, board: _Board, now: float) -> None:
+        if now - board.next_poll > board.interval:
+            self._counters.late_polls += 1
+        status = self._poll_once(board, preemptible=True)
+        if status is _Outcome.PREEMPTED:
+            return  # not the board's fault: polled again right after the unlock
+        if isinstance(status, BoardStatus):
             self._board_ok(board, status)
         else:
             self._board_failed(board)
-        board.next_poll = time.monotonic() + board.interval
+        board.next_poll = max(board.next_poll + board.interval, time.monotonic())
+        if board.link is not _Link.UP:
+            board.next_poll = time.monotonic() + board.interval
 
-    def _poll_once(self, board: _Board) -> BoardStatus | None:
-        """One query/reply; None (after resync) if it failed."""
+    def _poll_once(self, board: _Board, *, preemptible: bool) -> BoardStatus | _Outcome:
+        """One query and its reply; on failure (after resync) the outcome."""
         self._settle()
         self._counters.polls += 1
         self._write(encode_query(board.spec.address))
-        burst = self._read_burst(self._t.response_timeout_s)
-        if not burst:
+        reply = self._await_status(board, self._t.response_timeout_s, preemptible=preemptible)
+        if reply is _Outcome.PREEMPTED:
+            self._counters.polls -= 1
+            self._counters.preempted += 1
+        elif reply is _Outcome.TIMEOUT:
             self._counters.timeouts += 1
             self._resync()
-            return None
-        status = self._parse_reply(burst, board)
-        if status is None:
+        elif reply is _Outcome.BROKEN:
             self._resync()
-            return None
-        self._counters.replies += 1
-        return status
+        else:
+            self._counters.replies += 1
+        return reply
 
-    def _parse_reply(self, burst: bytes, board: _Board) -> BoardStatus | None:
-        splitter = FrameSplitter()
-        frames: list[Frame] = []
-        broken = False
-        for item in splitter.feed(burst) + splitter.flush():
-            if isinstance(item, Frame):
-                frames.append(item)
-            elif isinstance(item, Garbage):
+    def _await_status(
+        self, board: _Board, first_byte_timeout: float, *, preemptible: bool
+    ) -> BoardStatus | _Outcome:
+        """Read until a status frame of ``board`` is complete: its last byte ends the wait.
+
+        Frames of other kinds are classified and counted on the way (our own echo, another
+        board's status, stray frames, noise). ``preemptible``: give way to a due unlock while
+        the board has not begun to answer after ``preempt_after_s``."""
+        start = time.monotonic()
+        deadline = start + first_byte_timeout
+        seen = 0
+        while True:
+            if self._stop.is_set():
+                raise _StopRequested
+            now = time.monotonic()
+            if (
+                self._rx.pending
+                and now - self._last_rx >= self._t.quiet_gap_s
+                and (cut := self._classify(self._rx.flush(), board)) is not None
+            ):
+                return cut  # silence inside a frame: it was cut short
+            if not self._rx.pending and now >= deadline:
+                return _Outcome.TIMEOUT
+            if seen > _MAX_BURST:
+                self._counters.garbage_bytes += self._rx.pending
+                return _Outcome.BROKEN
+            if (
+                preemptible
+                and not self._rx.pending
+                and now - start >= self._t.preempt_after_s
+                and self._unlock_due()
+            ):
+                return _Outcome.PREEMPTED
+            chunk = self._read_some()
+            if not chunk:
+                continue
+            seen += len(chunk)
+            self._last_rx = time.monotonic()
+            found = self._classify(self._rx.feed(chunk), board)
+            if found is not None:
+                return found
+
+    def _classify(self, items: list[SplitResult], board: _Board) -> BoardStatus | _Outcome | None:
+        """Sort what the splitter cut: the status of ``board`` ends the wait, a broken frame
+        fails it, the rest is counted and dropped (None: keep waiting)."""
+        for i, item in enumerate(items):
+            if isinstance(item, Garbage):
                 self._counters.garbage_bytes += item.n  # line noise around a frame is tolerated
             elif isinstance(item, BadChecksum):
                 self._counters.bad_checksums += 1
-                broken = True
+                return _Outcome.BROKEN
             elif isinstance(item, Truncated):
                 self._counters.truncated += 1
-                broken = True
-        if broken or not frames:
-            return None
-        if len(frames) > 1:
-            self._counters.unexpected_frames += 1  # a late reply plus ours: trust neither
-            return None
-        (frame,) = frames
-        if frame.addr != board.spec.address << 4:
-            self._counters.wrong_address += 1
-            return None
-        try:
-            return decode_status(frame)
-        except ProtocolError:
-            self._counters.unexpected_frames += 1
-            return None
+                return _Outcome.BROKEN
+            elif item.raw == self._last_written:
+                self._echo()
+            elif item.cmd != REPLY_STATUS:
+                self._counters.unexpected_frames += 1
+            elif item.board != board.spec.address:
+                self._counters.wrong_address += 1
+            else:
+                try:
+                    status = decode_status(item)
+                except ProtocolError:
+                    self._counters.unexpected_frames += 1
+                    continue
+                self._drop_rest(items[i + 1 :])
+                return status
+        return None
+
+    def _drop_rest(self, items: list[SplitResult]) -> None:
+        """What followed the awaited frame in the same read: counted as late, not used."""
+        for item in items:
+            if isinstance(item, Frame) and item.raw == self._last_written:
+                self._echo()
+            else:
+                self._counters.late_bytes += len(item.raw)
+
+    def _echo(self) -> None:
+        self._counters.echoes += 1
+        if self._counters.echoes == 1:
+            logger.warning(
+                "bus %s: the adapter echoes every frame it sends (local echo); echoes are dropped",
+                self.name,
+            )
 
     # -- line discipline ----------------------------------------------------------------------
 
@@ -514,6 +660,7 @@ class KerongBus(LockBank):
 
     def _write(self, frame: bytes) -> None:
         port = self._port_or_fail()
+        self._last_written = frame
         try:
             port.write(frame)
             port.flush()
@@ -535,31 +682,11 @@ class KerongBus(LockBank):
         except _PORT_ERRORS as exc:
             raise _PortError(f"port status failed: {exc}") from exc
 
-    def _read_burst(self, first_byte_timeout: float) -> bytes:
-        """Bytes from the first one until the line is quiet for ``quiet_gap_s`` (b"" if none
-        arrived within ``first_byte_timeout``)."""
-        deadline = time.monotonic() + first_byte_timeout
-        buf = bytearray()
-        last: float | None = None
-        while len(buf) <= _MAX_BURST:
-            if self._stop.is_set():
-                raise _StopRequested
-            now = time.monotonic()
-            if (last is None and now >= deadline) or (
-                last is not None and now - last >= self._t.quiet_gap_s
-            ):
-                break
-            chunk = self._read_some()
-            if chunk:
-                buf += chunk
-                last = time.monotonic()
-        if buf:
-            self._last_io = time.monotonic()
-        return bytes(buf)
-
     def _resync(self) -> None:
         """Wait until the line has been quiet for ``resync_quiet_s``, discarding what comes."""
         t = self._t
+        self._counters.late_bytes += self._rx.pending
+        self._rx.reset()
         give_up = time.monotonic() + t.resync_quiet_s * 10
         quiet_since = time.monotonic()
         while time.monotonic() - quiet_since < t.resync_quiet_s:
@@ -575,11 +702,19 @@ class KerongBus(LockBank):
         self._last_io = time.monotonic()
 
     def _settle(self) -> None:
-        """Before a transaction: no stray bytes pending, and the turnaround gap respected."""
+        """Before a transaction: what arrived since the last one (a late answer, an echo) is
+        counted and dropped without waiting for silence, and the turnaround gap is kept."""
         if self._pending():
-            self._counters.late_bytes += len(self._read_some())
-            self._resync()
-        rest = self._last_io + self._t.turnaround_s - time.monotonic()
+            for item in self._rx.feed(self._read_some()):
+                if isinstance(item, Frame) and item.raw == self._last_written:
+                    self._echo()
+                else:
+                    self._counters.late_bytes += len(item.raw)
+            self._last_rx = time.monotonic()
+        if self._rx.pending and time.monotonic() - self._last_rx >= self._t.quiet_gap_s:
+            self._counters.late_bytes += self._rx.pending
+            self._rx.reset()
+        rest = max(self._last_io, self._last_rx) + self._t.turnaround_s - time.monotonic()
         if rest > 0 and self._stop.wait(rest):
             raise _StopRequested
 

@@ -6,7 +6,8 @@ lock is jammed; the emulated person shuts it with :meth:`KerongEmulator.close_do
 itself after ``auto_close_s``), the item-presence sensor and the board's lock-bit polarity.
 Fault switches, settable at any time from any thread, reproduce what real buses do: a silent
 board, late replies, corrupted checksums, replies split in pieces, noise before replies, a
-jammed lock, a door forced open or left open, inverted polarity, answering unlocks or not, and
+jammed lock, a door forced open or left open, inverted polarity, answering unlocks or not, an
+adapter that echoes what the host sends (:meth:`KerongEmulator.configure_line`), and
 the USB adapter being unplugged (:meth:`KerongEmulator.unplug` / :meth:`replug`).
 
 Every byte received is cut into frames and recorded with its arrival time
@@ -219,6 +220,7 @@ class KerongEmulator:
         self._pulses: list[tuple[int, int, float]] = []
         self._splitter = FrameSplitter()
         self._last_rx = 0.0
+        self._echo = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -337,6 +339,16 @@ class KerongEmulator:
                     raise ValueError("lock_bit_locked must be 0 or 1")
                 b.lock_bit_locked = lock_bit_locked
 
+    def configure_line(self, *, echo: bool | None = None) -> None:
+        """Change bus-level switches; None leaves a switch as it is.
+
+        ``echo``: the host's adapter hands back every byte it sends (a half-duplex RS-485
+        transceiver whose receiver stays enabled while it transmits).
+        """
+        with self._lock:
+            if echo is not None:
+                self._echo = echo
+
     def set_jammed(self, address: int, channel: int, jammed: bool = True) -> None:
         """A jammed lock pulses its coil but the door stays shut."""
         with self._lock:
@@ -446,6 +458,8 @@ class KerongEmulator:
         if transport is None:
             self._stop.wait(timeout)
         now = time.monotonic()
+        if data and self._echo:
+            self._write(data)  # on the wire at once, before any board can answer
         with self._lock:
             if data:
                 self._last_rx = now
@@ -558,6 +572,7 @@ _HELP = """commands (B = board address, C = channel 1-16):
   leftopen B C 0|1 door does not auto-close         silent B 0|1    board stops answering
   delay B SECONDS  late replies                     corrupt B 0|1   bad checksums
   polarity B 0|1   lock_bit_locked of the board     answer B 0|1    reply to unlocks
+  echo 0|1         the adapter echoes what it sends
   status           doors and items of every board   help"""
 
 
@@ -586,6 +601,8 @@ def _command(emu: KerongEmulator, words: Sequence[str]) -> str:
             emu.configure(b, lock_bit_locked=v)
         else:
             emu.configure(b, answer_unlock=bool(v))
+    elif cmd == "echo" and len(args) == 1:
+        emu.configure_line(echo=bool(int(args[0])))
     elif cmd == "delay" and len(args) == 2:
         emu.configure(int(args[0]), reply_delay_s=float(args[1]))
     elif cmd == "status":
