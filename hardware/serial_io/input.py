@@ -6,14 +6,20 @@ The byte rules are pure and separate from the port so they can be fuzzed:
   (one terminator), at most :data:`MAX_LINE` bytes, printable ASCII only, empty lines ignored,
   an identical line repeated within ``repeat_window_s`` of the previous one ignored, a partial
   line left without terminator for ``idle_timeout_s`` dropped. Its buffer never holds more
-  than :data:`MAX_LINE` bytes whatever arrives.
+  than :data:`MAX_LINE` bytes whatever arrives. A scanner set to send the AIM symbology
+  identifier (ISO/IEC 15424: ``]`` + code character + modifier, ``]Q1`` for a QR Code) has it
+  recognised and removed, so the token behind it is read as it would be without.
 - :class:`KeyDecoder` turns serial keypad bytes into keys: ``0-9 * #``, CR or LF as ``#``
   (CRLF once); a run of other bytes is one rejection.
 
 :class:`SerialScanner` and :class:`SerialKeypad` run one reader thread each. A port that cannot
 be opened or fails while reading (USB unplugged) is reported once as ``HardwareFault``; the
-thread then retries with jittered exponential back-off and reports ``HardwareRecovered`` when
-the port opens again. Nothing here raises into the daemon.
+thread then retries with jittered exponential back-off capped at ``retry_max_s`` (half a second:
+a cable that flaps must not leave the port closed for seconds while someone scans; a failed
+open of an absent device costs one syscall) and reports ``HardwareRecovered`` when the port
+opens again. ``start`` returns only after the first attempt to open the port, so a daemon that
+says READY has its inputs open (pySerial discards what is pending when it opens a port).
+Nothing here raises into the daemon.
 """
 
 from __future__ import annotations
@@ -47,6 +53,9 @@ logger = logging.getLogger(__name__)
 MAX_LINE: Final = 512
 REPEAT_WINDOW_S: Final = 2.0
 IDLE_TIMEOUT_S: Final = 1.0
+RETRY_BASE_S: Final = 0.05
+RETRY_MAX_S: Final = 0.5
+START_WAIT_S: Final = 2.0  # longest ``start`` waits for the first open attempt
 
 CR: Final = 0x0D
 LF: Final = 0x0A
@@ -60,6 +69,14 @@ Opener = Callable[[], serial.SerialBase]
 
 def _scanner_rejected(reason: str) -> InputRejected:
     return InputRejected(InputSource.SCANNER, reason)
+
+
+def strip_aim(text: str) -> str:
+    """``text`` without a leading AIM symbology identifier (ISO/IEC 15424 ``]cm``: ``]``, a
+    code character A-Z/a-z, a modifier 0-9/A-Z). No token or code starts with ``]``."""
+    if len(text) >= 3 and text[0] == "]" and text[1].isalpha() and text[2].isalnum():
+        return text[3:]
+    return text
 
 
 def _byte_fault(byte: int) -> str | None:
@@ -151,8 +168,10 @@ class LineAssembler:
             return []
         if not self._buf:
             return []
-        text = self._buf.decode("ascii")
+        text = strip_aim(self._buf.decode("ascii"))
         self._buf.clear()
+        if not text:
+            return []
         last, self._last_line = self._last_line, (text, now)
         # the window slides: a code held in front of a continuous-mode scanner counts once
         if last is not None and last[0] == text and now - last[1] < self._repeat_window_s:
@@ -223,12 +242,11 @@ class SerialInput(InputDevice):
 
     :param url: any pySerial URL or device path.
     :param read_timeout_s: how long one read blocks; bounds how fast ``close`` returns.
-    :param retry_base_s: first back-off after a failure; doubles up to ``retry_max_s``.
+    :param retry_base_s: first back-off after a failure; doubles up to ``retry_max_s`` while
+        the port keeps failing, and starts again from here after every successful open.
     :param opener: builds the open port (tests pass a ``loop://`` port they also write to);
         default ``serial.serial_for_url(url, baudrate, timeout=read_timeout_s)``.
     """
-
-    HEALTHY_AFTER_S: Final = 5.0
 
     def __init__(
         self,
@@ -237,8 +255,8 @@ class SerialInput(InputDevice):
         name: str,
         baudrate: int,  # [keypad]/[scanner] baudrate: the config model holds the default
         read_timeout_s: float = 0.1,
-        retry_base_s: float = 0.5,
-        retry_max_s: float = 30.0,
+        retry_base_s: float = RETRY_BASE_S,
+        retry_max_s: float = RETRY_MAX_S,
         opener: Opener | None = None,
     ) -> None:
         if not 0 < read_timeout_s <= 1.0:
@@ -257,6 +275,7 @@ class SerialInput(InputDevice):
         self._faulted = False
         self._port_lock = threading.Lock()
         self._port: serial.SerialBase | None = None
+        self._first_attempt = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"{name}-reader", daemon=True)
 
     @property
@@ -270,6 +289,9 @@ class SerialInput(InputDevice):
             raise RuntimeError(f"{self.name} already started or closed")
         self._sink = sink
         self._thread.start()
+        # READY means every input is open: wait for the first open (or its failure, reported)
+        if not self._first_attempt.wait(START_WAIT_S):
+            logger.warning("%s: port not open after %.1f s", self.name, START_WAIT_S)
 
     def close(self, timeout: float = 2.0) -> None:
         """Stop the reader and close the port; idempotent, returns within a read timeout."""
@@ -302,13 +324,16 @@ class SerialInput(InputDevice):
         while not self._stop.is_set():
             port = self._try_open()
             if port is not None:
-                opened_at = time.monotonic()
+                with self._port_lock:
+                    self._port = port
+                self._first_attempt.set()
+                delay = self._retry_base_s
                 self._serve(port, decoder)
-                if time.monotonic() - opened_at >= self.HEALTHY_AFTER_S:
-                    delay = self._retry_base_s
+            self._first_attempt.set()
             if self._stop.wait(delay * random.uniform(0.5, 1.0)):
                 break
             delay = min(delay * 2, self._retry_max_s)
+        self._first_attempt.set()
 
     def _try_open(self) -> serial.SerialBase | None:
         try:
@@ -325,8 +350,6 @@ class SerialInput(InputDevice):
         return port
 
     def _serve(self, port: serial.SerialBase, decoder: Decoder) -> None:
-        with self._port_lock:
-            self._port = port
         try:
             while not self._stop.is_set():
                 data = port.read(max(1, waiting(port)))
@@ -385,8 +408,8 @@ class SerialScanner(SerialInput):
         name: str = "scanner",
         baudrate: int,  # [keypad]/[scanner] baudrate: the config model holds the default
         read_timeout_s: float = 0.1,
-        retry_base_s: float = 0.5,
-        retry_max_s: float = 30.0,
+        retry_base_s: float = RETRY_BASE_S,
+        retry_max_s: float = RETRY_MAX_S,
         opener: Opener | None = None,
         repeat_window_s: float = REPEAT_WINDOW_S,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
@@ -423,8 +446,8 @@ class SerialKeypad(SerialInput):
         name: str = "keypad",
         baudrate: int,  # [keypad]/[scanner] baudrate: the config model holds the default
         read_timeout_s: float = 0.1,
-        retry_base_s: float = 0.5,
-        retry_max_s: float = 30.0,
+        retry_base_s: float = RETRY_BASE_S,
+        retry_max_s: float = RETRY_MAX_S,
         opener: Opener | None = None,
     ) -> None:
         super().__init__(

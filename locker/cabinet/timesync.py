@@ -78,7 +78,7 @@ def read_timex() -> Timex | None:
 
 def synced_from(tx: Timex) -> bool:
     """The kernel's verdict: a time service updated the clock within the error budget."""
-    return 0 <= tx.maxerror < MAXERROR_LIMIT_US
+    return bool(0 <= tx.maxerror < MAXERROR_LIMIT_US)
 
 
 def make_clock_synced(

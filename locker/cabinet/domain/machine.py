@@ -402,6 +402,9 @@ def _on_unlock_result(d: Draft, ev: UnlockResult, rules: Rules, now: float) -> N
 
 def _on_fault(d: Draft, ev: HardwareFault, rules: Rules, now: float) -> None:
     d.emit("hardware_fault", device=ev.device, detail=ev.detail, compartments=list(ev.compartments))
+    if ev.device in set(InputSource):
+        # the keypad or scanner went away: whoever is using it now learns it at the cabinet
+        d.act(IndicateAction(Feedback.REFUSED))
 
 
 def _on_recovered(d: Draft, ev: HardwareRecovered, rules: Rules, now: float) -> None:
