@@ -207,6 +207,31 @@ def test_locks_are_outputs_that_start_off(mock_factory: MockFactory, bank: GpioL
 
 
 @pytest.mark.timeout(20)
+def test_on_close_lock_pins_stay_outputs_driven_low(mock_factory: MockFactory) -> None:
+    """Issue 11 item 14: gpiozero turns a closed pin into a floating input; a lock pin must
+    stay an output at 0, also mid-pulse, and a later bank takes it over without a glitch."""
+    b = make_bank(mock_factory, pulse_s=0.5)
+    rec = Recorder()
+    b.start(rec)
+    lock = mock_factory.pin(22)
+    b.unlock("A2")
+    wait_for(lambda: lock.state is True, 5, what="coil on")
+    b.close()  # in the middle of the pulse
+    for pin_no in (17, 22):
+        pin = mock_factory.pin(pin_no)
+        assert pin.function == "output"
+        assert pin.state is False
+    assert [s.state for s in lock.states] == [False, True, False]
+    again = make_bank(mock_factory)  # the pins are free for the next owner
+    try:
+        assert mock_factory.pin(22).function == "output"
+        assert [s.state for s in lock.states] == [False, True, False]
+    finally:
+        again.close()
+    assert mock_factory.pin(22).function == "output"
+
+
+@pytest.mark.timeout(20)
 @pytest.mark.parametrize("pulse_s", [0.05, 0.2])
 def test_pulse_width_on_the_pin(mock_factory: MockFactory, pulse_s: float) -> None:
     b = make_bank(mock_factory, pulse_s=pulse_s)

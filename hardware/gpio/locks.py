@@ -1,7 +1,8 @@
 """The GPIO lock bank: solenoid locks and reed-switch door sensors wired to the Pi's pins.
 
 Owns the gpiozero devices of every GPIO-wired compartment, the pulse worker that drives their
-coils (:mod:`hardware.gpio.pulse`) and a debouncer thread for the door sensors. Debouncing is done
+coils (:mod:`hardware.gpio.pulse`) and a debouncer thread for the door sensors. On close the
+lock pins are left outputs driven low, never floating inputs. Debouncing is done
 here rather than with gpiozero's ``bounce_time`` because the mock pins ignore it and because
 a door must be reported only once its level has been stable for ``debounce_s``.
 """
@@ -269,9 +270,27 @@ class GpioLockBank(LockBank):
                 lock.off()
             except Exception:
                 logger.critical("%s: could not switch a coil off while closing", self.name)
-            lock.close()
+            _release_driven_low(lock)
         for door in self._doors.values():
             door.close()  # also drops its edge callbacks
+
+
+def _release_driven_low(lock: DigitalOutputDevice) -> None:
+    """Close a lock's device but leave its pin an output driven low (DESIGN section 7).
+
+    gpiozero resets a closed pin to a floating input (lgpio: ``gpio_claim_input`` with no
+    pull), and a floating input into a coil driver's gate may switch the coil on. So the pin is
+    claimed again as an output at 0 once the device has let it go: it stays so until the
+    process exits, and a later device may take it over without a glitch. Our pin factory is
+    not gpiozero's global one, so its exit hook does not reset it again."""
+    pin = lock.pin
+    lock.close()
+    if pin is None:
+        return
+    try:
+        pin.output_with_state(False)
+    except Exception:
+        logger.critical("could not leave lock pin %s driven low", pin)
 
 
 def _check_layout(compartments: Sequence[GpioCompartment]) -> None:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+
 def rules_from(cfg: Config) -> machine.Rules:
     t, s = cfg.timing, cfg.security
     return machine.Rules(
