@@ -17,7 +17,14 @@ from gpiozero.pins.mock import MockFactory
 from hardware.gpio.locks import GpioCompartment, GpioLockBank
 from hardware.gpio.pins import FACTORY_NAMES, PinFactoryError, make_pin_factory
 from hardware.gpio.pulse import MAX_PULSE_S, CallableCoil, PulseScheduler
-from locker.ports import DoorChanged, DoorState, HardwareUnavailable, UnlockResult
+from locker.ports import (
+    DoorChanged,
+    DoorState,
+    HardwareFault,
+    HardwareRecovered,
+    HardwareUnavailable,
+    UnlockResult,
+)
 from tests.conftest import wait_for
 from tests.lockbank_contract import Recorder
 
@@ -184,7 +191,12 @@ def make_bank(
         GpioCompartment("A2", lock_pin=22, door_pin=23, door_closed_level=level),  # type: ignore[arg-type]
     ]
     return GpioLockBank(
-        layout, pulse_s=pulse_s, rest_s=0.01, debounce_s=debounce_s, pin_factory=factory
+        layout,
+        pulse_s=pulse_s,
+        rest_s=0.01,
+        debounce_s=debounce_s,
+        unstable_after_s=10.0,
+        pin_factory=factory,
     )
 
 
@@ -344,9 +356,23 @@ def test_failed_construction_releases_claimed_pins(mock_factory: MockFactory) ->
         GpioCompartment("B2", lock_pin=17, door_pin=13),  # 17 is taken by the blocker
     ]
     with pytest.raises(GPIOPinInUse):
-        GpioLockBank(layout, pulse_s=0.1, rest_s=0.1, debounce_s=0.01, pin_factory=mock_factory)
+        GpioLockBank(
+            layout,
+            pulse_s=0.1,
+            rest_s=0.1,
+            debounce_s=0.01,
+            unstable_after_s=10.0,
+            pin_factory=mock_factory,
+        )
     blocker.close()
-    GpioLockBank(layout, pulse_s=0.1, rest_s=0.1, debounce_s=0.01, pin_factory=mock_factory).close()
+    GpioLockBank(
+            layout,
+            pulse_s=0.1,
+            rest_s=0.1,
+            debounce_s=0.01,
+            unstable_after_s=10.0,
+            pin_factory=mock_factory,
+        ).close()
 
 
 @pytest.mark.parametrize(
@@ -361,7 +387,14 @@ def test_layout_is_validated(
     mock_factory: MockFactory, layout: list[GpioCompartment], match: str
 ) -> None:
     with pytest.raises(ValueError, match=match):
-        GpioLockBank(layout, pulse_s=0.1, rest_s=0.1, debounce_s=0.01, pin_factory=mock_factory)
+        GpioLockBank(
+            layout,
+            pulse_s=0.1,
+            rest_s=0.1,
+            debounce_s=0.01,
+            unstable_after_s=10.0,
+            pin_factory=mock_factory,
+        )
 
 
 @pytest.mark.parametrize(
@@ -382,3 +415,72 @@ def test_overlong_pulse_refused_before_any_pin_is_claimed(mock_factory: MockFact
     with pytest.raises(ValueError, match="pulse_s"):
         make_bank(mock_factory, pulse_s=2.5)
     assert not mock_factory.pins
+
+
+def chatter(pin: object, seconds: float, gap_s: float = 0.004) -> None:
+    """The stimulus: a reed switch bouncing for ``seconds`` (the level flips every gap_s)."""
+    end = time.monotonic() + seconds
+    high = False
+    while time.monotonic() < end:
+        high = not high
+        pin.drive_high() if high else pin.drive_low()  # type: ignore[attr-defined]
+        time.sleep(gap_s)
+
+
+@pytest.mark.timeout(20)
+def test_a_chattering_door_is_unknown_until_it_settles(mock_factory: MockFactory) -> None:
+    """Issue 11 item 10: chatter longer than the debounce time is not a closed door."""
+    door = mock_factory.pin(27)
+    door.drive_low()
+    b = GpioLockBank(
+        [GpioCompartment("A1", lock_pin=17, door_pin=27)],
+        pulse_s=0.05,
+        rest_s=0.01,
+        debounce_s=0.02,
+        unstable_after_s=5.0,
+        pin_factory=mock_factory,
+    )
+    door.drive_low()  # the bank pulled the input up: the door is shut
+    try:
+        rec = Recorder()
+        b.start(rec)
+        chatter(door, 0.3)
+        door.drive_high()  # settles open
+        wait_for(lambda: rec.doors("A1")[-1:] == [DoorState.OPEN], 5, what="settled open")
+        wait_for(lambda: not b.settling, 5)
+    finally:
+        b.close()
+    assert rec.doors("A1") == [DoorState.CLOSED, DoorState.UNKNOWN, DoorState.OPEN]
+    assert rec.of(HardwareFault) == []
+
+
+@pytest.mark.timeout(20)
+def test_a_sensor_that_never_settles_is_one_fault(mock_factory: MockFactory) -> None:
+    door = mock_factory.pin(27)
+    door.drive_low()
+    b = GpioLockBank(
+        [GpioCompartment("A1", lock_pin=17, door_pin=27)],
+        pulse_s=0.05,
+        rest_s=0.01,
+        debounce_s=0.02,
+        unstable_after_s=0.3,
+        pin_factory=mock_factory,
+    )
+    door.drive_low()  # the bank pulled the input up: the door is shut
+    try:
+        rec = Recorder()
+        b.start(rec)
+        chatter(door, 1.0)
+        assert [type(e) for e in rec.events if not isinstance(e, DoorChanged)] == [HardwareFault]
+        (fault,) = rec.of(HardwareFault)
+        assert (fault.device, fault.compartments) == ("door:A1", ("A1",))
+        assert "unstable" in fault.detail
+        door.drive_high()
+        wait_for(lambda: rec.doors("A1")[-1:] == [DoorState.OPEN], 5, what="settled open")
+    finally:
+        b.close()
+    assert rec.doors("A1") == [DoorState.CLOSED, DoorState.UNKNOWN, DoorState.OPEN]
+    assert rec.of(HardwareRecovered) == [HardwareRecovered("door:A1", ("A1",))]
+    assert rec.events.index(rec.of(HardwareRecovered)[0]) < rec.events.index(
+        DoorChanged("A1", DoorState.OPEN)
+    )

@@ -60,7 +60,12 @@ class GpioRig:
         self.factory = factory
         self.layout = {c.id: c for c in layout}
         self.bank = GpioLockBank(
-            layout, pulse_s=PULSE_S, rest_s=REST_S, debounce_s=DEBOUNCE_S, pin_factory=factory
+            layout,
+            pulse_s=PULSE_S,
+            rest_s=REST_S,
+            debounce_s=DEBOUNCE_S,
+            unstable_after_s=10.0,
+            pin_factory=factory,
         )
         # after the bank: configuring the pull-up resets a mock input to high
         for c in layout:

@@ -24,6 +24,8 @@ from locker.ports import (
     DoorState,
     EventSink,
     HardwareEvent,
+    HardwareFault,
+    HardwareRecovered,
     HardwareUnavailable,
     LockBank,
     guarded,
@@ -65,13 +67,27 @@ class Debouncer:
     """Calls ``resolve(key)`` on its own thread once ``key`` has had no edge for ``settle_s``.
 
     One thread and one dict entry per key however fast the edges come, so an edge storm costs
-    nothing but a timestamp update."""
+    nothing but a timestamp update. A run of edges that does not settle is announced twice
+    through ``unsettled(key, stage, run_s, edges)``: stage ``"moving"`` once it has lasted
+    ``2 * settle_s`` (longer than any contact bounce: the reading cannot be trusted yet) and
+    stage ``"unstable"`` once it has lasted ``unstable_after_s`` (the sensor chatters on)."""
 
-    def __init__(self, settle_s: float, resolve: Callable[[str], None], name: str) -> None:
+    def __init__(
+        self,
+        settle_s: float,
+        resolve: Callable[[str], None],
+        name: str,
+        *,
+        unsettled: Callable[[str, str, float, int], None] | None = None,
+        unstable_after_s: float = 10.0,
+    ) -> None:
         self._settle_s = settle_s
         self._resolve = resolve
+        self._unsettled = unsettled
+        self._stages = ((2 * settle_s, "moving"), (max(unstable_after_s, 2 * settle_s), "unstable"))
         self._cond = threading.Condition()
         self._pending: dict[str, float] = {}
+        self._runs: dict[str, list[float]] = {}  # key -> [first edge, edges, stages told]
         self._resolving: set[str] = set()
         self._stop = False
         self._thread = threading.Thread(target=self._run, name=f"{name}-debounce", daemon=True)
@@ -81,7 +97,10 @@ class Debouncer:
 
     def edge(self, key: str) -> None:
         with self._cond:
-            self._pending[key] = time.monotonic()
+            now = time.monotonic()
+            self._pending[key] = now
+            run = self._runs.setdefault(key, [now, 0, 0])
+            run[1] += 1
             self._cond.notify()
 
     @property
@@ -102,27 +121,50 @@ class Debouncer:
             due = self._next_due()
             if due is None:
                 return
-            for key in due:
+            notices, settled = due
+            for key, stage, run_s, edges in notices:
+                self._notice(key, stage, run_s, edges)
+            for key in settled:
                 self._resolve_one(key)
 
-    def _next_due(self) -> list[str] | None:
-        """Block until some keys are due (popped and marked resolving); None when stopping."""
+    def _next_due(
+        self,
+    ) -> tuple[list[tuple[str, str, float, int]], list[str]] | None:
+        """Block until some keys settled (popped and marked resolving) or a run of edges
+        reached a stage; None when stopping."""
         with self._cond:
             self._resolving.clear()
             while not self._stop:
                 now = time.monotonic()
-                due = [k for k, t in self._pending.items() if now - t >= self._settle_s]
-                if due:
-                    for key in due:
-                        del self._pending[key]
-                    self._resolving.update(due)
-                    return due
-                if self._pending:
-                    oldest = min(self._pending.values())
-                    self._cond.wait(oldest + self._settle_s - now)
+                settled = [k for k, t in self._pending.items() if now - t >= self._settle_s]
+                notices = []
+                wake = [t + self._settle_s for t in self._pending.values()]
+                for key in self._pending:
+                    run = self._runs[key]
+                    told = int(run[2])
+                    if told < len(self._stages):
+                        after, stage = self._stages[told]
+                        if now - run[0] >= after and key not in settled:
+                            run[2] = told + 1
+                            notices.append((key, stage, now - run[0], int(run[1])))
+                        else:
+                            wake.append(run[0] + after)
+                for key in settled:
+                    del self._pending[key]
+                    self._runs.pop(key, None)
+                self._resolving.update(settled)
+                if settled or notices:
+                    return notices, settled
+                if wake:
+                    self._cond.wait(max(0.0, min(wake) - now))
                 else:
                     self._cond.wait()
             return None
+
+    @guarded(logger)
+    def _notice(self, key: str, stage: str, run_s: float, edges: int) -> None:
+        if self._unsettled is not None:
+            self._unsettled(key, stage, run_s, edges)
 
     @guarded(logger)
     def _resolve_one(self, key: str) -> None:
@@ -135,6 +177,10 @@ class GpioLockBank(LockBank):
     :param pulse_s: coil on-time per unlock (hard cap 2 s, see :mod:`hardware.gpio.pulse`).
     :param rest_s: minimum pause between two pulses of this bank.
     :param debounce_s: a door level must be stable this long before it is reported.
+    :param unstable_after_s: a sensor still chattering this long after its first edge is
+        reported once as a fault (``HardwareFault`` on ``door:<id>``; ``HardwareRecovered`` when
+        it settles). A run of edges longer than ``2 * debounce_s`` already makes the door
+        UNKNOWN until it settles: the reading is not to be trusted while it chatters.
     :param pin_factory: the gpiozero factory (``hardware.gpio.pins.make_pin_factory``); None uses
         gpiozero's global ``Device.pin_factory``.
     """
@@ -146,6 +192,7 @@ class GpioLockBank(LockBank):
         pulse_s: float,
         rest_s: float,  # no defaults: the config model's are the only ones (via the assembly)
         debounce_s: float,
+        unstable_after_s: float,
         pin_factory: Factory | None = None,
         name: str = "gpio",
     ) -> None:
@@ -163,7 +210,14 @@ class GpioLockBank(LockBank):
         self._sink: EventSink | None = None
         self._scheduler: PulseScheduler | None = None
         self._closed = False
-        self._debouncer = Debouncer(debounce_s, self._settled, name)
+        self._faulty: set[str] = set()  # doors whose sensor was reported unstable
+        self._debouncer = Debouncer(
+            debounce_s,
+            self._settled,
+            name,
+            unsettled=self._unsettled,
+            unstable_after_s=unstable_after_s,
+        )
         # strong references: gpiozero closes a device that is garbage-collected
         self._locks: dict[str, DigitalOutputDevice] = {}
         self._doors: dict[str, DigitalInputDevice] = {}
@@ -247,16 +301,40 @@ class GpioLockBank(LockBank):
 
     def _settled(self, compartment: str) -> None:
         """Read a door whose level is stable and report it if it differs from the last report."""
+        events: list[HardwareEvent] = []
         with self._lock:
             if self._closed:
                 return
+            if compartment in self._faulty:
+                self._faulty.discard(compartment)
+                events.append(HardwareRecovered(f"door:{compartment}", (compartment,)))
             state = self._level_state(compartment)
-            if state is self._states[compartment]:
-                return
-            self._states[compartment] = state
+            if state is not self._states[compartment]:
+                self._states[compartment] = state
+                events.append(DoorChanged(compartment, state))
             sink = self._sink
         if sink is not None:
-            self._emit(sink, DoorChanged(compartment, state))
+            for event in events:
+                self._emit(sink, event)
+
+    def _unsettled(self, compartment: str, stage: str, run_s: float, edges: int) -> None:
+        """A door sensor chatters: UNKNOWN while it does, and one fault if it goes on."""
+        events: list[HardwareEvent] = []
+        with self._lock:
+            if self._closed:
+                return
+            if self._states[compartment] is not DoorState.UNKNOWN:
+                self._states[compartment] = DoorState.UNKNOWN
+                events.append(DoorChanged(compartment, DoorState.UNKNOWN))
+            if stage == "unstable" and compartment not in self._faulty:
+                self._faulty.add(compartment)
+                detail = f"door sensor unstable: {edges} changes in {run_s:.1f} s without settling"
+                logger.warning("%s: %s: %s", self.name, compartment, detail)
+                events.append(HardwareFault(f"door:{compartment}", detail, (compartment,)))
+            sink = self._sink
+        if sink is not None:
+            for event in events:
+                self._emit(sink, event)
 
     def _emit(self, sink: EventSink, event: HardwareEvent) -> None:
         try:

@@ -88,6 +88,8 @@ def build_banks(cfg: Config, pin_factory: Any) -> list[LockBank]:
                 pulse_s=t.unlock_pulse_s,
                 rest_s=t.unlock_rest_s,
                 debounce_s=t.door_debounce_s,
+                # chatter that outlasts the open window is a faulty sensor, not a door swinging
+                unstable_after_s=t.door_open_timeout_s,
                 pin_factory=pin_factory,
             )
         )

@@ -23,6 +23,40 @@ def start_unlock(d: Draft, comp: Compartment, unlock: Unlock, now: float) -> Non
     d.act(UnlockAction(comp.id))
 
 
+def pulse_again(d: Draft, comp: Compartment, now: float) -> None:
+    """Pulse a lock whose earlier unlock is still pending on an untrusted sensor (a valid
+    open pulses whatever the sensor reads); the pending unlock stays as it is."""
+    pulses = (*(t for t in comp.pulses if t > now - JAM_WINDOW_S), now)
+    d.update_compartment(comp.id, pulses=pulses)
+    d.act(UnlockAction(comp.id))
+
+
+def distrust_sensor(d: Draft, comp: Compartment, detail: str) -> Compartment:
+    """The door sensor cannot be believed: report it once, make the door UNKNOWN and end the
+    open session it holds (its outcome is unknown: never re-armed, never completed)."""
+    session = comp.session
+    comp = d.update_compartment(
+        comp.id,
+        door=DoorState.UNKNOWN,
+        sensor_fault=True,
+        session=None,
+        open_since=None,
+        left_open_next=None,
+    )
+    d.emit(
+        "hardware_fault", comp.id, device=f"door:{comp.id}", detail=detail, compartments=[comp.id]
+    )
+    if session is not None:
+        d.emit(
+            "unlock_outcome_unknown",
+            comp.id,
+            session.parcel,
+            purpose=str(session.purpose),
+            door=str(DoorState.UNKNOWN),
+        )
+    return comp
+
+
 def best_fit(
     compartments: Mapping[str, Compartment], size: str, exclude: str | None = None
 ) -> Compartment | None:

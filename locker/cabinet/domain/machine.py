@@ -48,6 +48,7 @@ from locker.ports import (
 MAX_CODE_DIGITS = 16
 MIN_CODE_DIGITS = 4
 MAX_PULSES_IN_WINDOW = 3
+DOOR_SENSOR = "door:"  # device name prefix of a door sensor's faults (``door:<compartment>``)
 
 # Re-exported: callers drive the machine through this module alone.
 __all__ = [
@@ -95,7 +96,7 @@ def next_deadline(state: LockerState, rules: Rules) -> float | None:
     times: list[float] = []
     for c in state.compartments.values():
         if c.pending is not None:
-            times.append(c.pending.deadline)
+            times.append(_pending_deadline(c, rules))
         if c.left_open_next is not None:
             times.append(c.left_open_next)
     for p in state.parcels.values():
@@ -325,6 +326,12 @@ def _door_opened(d: Draft, comp: Compartment, rules: Rules, now: float, **extra:
     if comp.session is not None:  # opened again before we saw it close (sensor flutter)
         d.emit("door_opened", comp.id, comp.parcel, purpose=str(comp.session.purpose), **extra)
         return
+    if comp.door is DoorState.UNKNOWN and (
+        comp.sensor_fault or any(t > now - JAM_WINDOW_S for t in comp.pulses)
+    ):
+        # unreadable since a recent pulse of ours, or its sensor is faulty: no evidence of force
+        d.emit("door_opened", comp.id, comp.parcel, purpose="none", after_unknown=True, **extra)
+        return
     d.emit("door_opened", comp.id, comp.parcel, purpose="none", **extra)
     d.emit("door_forced", comp.id, comp.parcel, **extra)
     d.act(IndicateAction(Feedback.ALARM))
@@ -333,7 +340,7 @@ def _door_opened(d: Draft, comp: Compartment, rules: Rules, now: float, **extra:
 def _door_closed(d: Draft, comp: Compartment, rules: Rules, now: float, **extra: Any) -> None:
     was_open = comp.door is DoorState.OPEN
     comp = d.update_compartment(
-        comp.id, door=DoorState.CLOSED, open_since=None, left_open_next=None
+        comp.id, door=DoorState.CLOSED, open_since=None, left_open_next=None, sensor_fault=False
     )
     if was_open or extra:
         d.emit("door_closed", comp.id, comp.parcel, **extra)
@@ -402,6 +409,10 @@ def _on_unlock_result(d: Draft, ev: UnlockResult, rules: Rules, now: float) -> N
 
 def _on_fault(d: Draft, ev: HardwareFault, rules: Rules, now: float) -> None:
     d.emit("hardware_fault", device=ev.device, detail=ev.detail, compartments=list(ev.compartments))
+    if ev.device.startswith(DOOR_SENSOR):
+        for cid in ev.compartments:
+            if cid in d.compartments:
+                d.update_compartment(cid, sensor_fault=True)
     if ev.device in set(InputSource):
         # the keypad or scanner went away: whoever is using it now learns it at the cabinet
         d.act(IndicateAction(Feedback.REFUSED))
@@ -409,6 +420,10 @@ def _on_fault(d: Draft, ev: HardwareFault, rules: Rules, now: float) -> None:
 
 def _on_recovered(d: Draft, ev: HardwareRecovered, rules: Rules, now: float) -> None:
     d.emit("hardware_recovered", device=ev.device, compartments=list(ev.compartments))
+    if ev.device.startswith(DOOR_SENSOR):
+        for cid in ev.compartments:
+            if cid in d.compartments:
+                d.update_compartment(cid, sensor_fault=False)
 
 
 # --- time -----------------------------------------------------------------------------------
@@ -416,8 +431,12 @@ def _on_recovered(d: Draft, ev: HardwareRecovered, rules: Rules, now: float) -> 
 
 def _expire(d: Draft, rules: Rules, now: float) -> None:
     for cid in list(d.compartments):
-        if (p := d.compartments[cid].pending) is not None and now >= p.deadline:
-            _jammed(d, d.compartments[cid], rules, now)
+        comp = d.compartments[cid]
+        if comp.pending is not None and now >= _pending_deadline(comp, rules):
+            if comp.door is DoorState.UNKNOWN:
+                _outcome_unknown(d, comp)
+            else:
+                _jammed(d, comp, rules, now)
         comp = d.compartments[cid]
         if comp.left_open_next is not None and now >= comp.left_open_next:
             open_s = int(now - (comp.open_since or now))
@@ -456,6 +475,30 @@ def _forget_old(d: Draft, now: float) -> None:
     for cred in list(d.credentials.values()):
         if cred.step is Step.RETRIEVE and cred.valid_until is not None and cred.valid_until < now:
             d.drop_credential(cred.tag)
+
+
+def _pending_deadline(comp: Compartment, rules: Rules) -> float:
+    """When a pending unlock is judged. A door that cannot be read (its sensor chatters as
+    the door swings, its board is silent) is given time to settle: an opening that settles is
+    an opening, not a jam followed by a forced door."""
+    assert comp.pending is not None
+    if comp.door is DoorState.UNKNOWN:
+        return comp.pending.deadline + rules.door_left_open_s
+    return comp.pending.deadline
+
+
+def _outcome_unknown(d: Draft, comp: Compartment) -> None:
+    """The door never became readable after a pulse: report, never re-arm or retry."""
+    unlock = comp.pending
+    assert unlock is not None
+    d.update_compartment(comp.id, pending=None)
+    d.emit(
+        "unlock_outcome_unknown",
+        comp.id,
+        unlock.parcel,
+        purpose=str(unlock.purpose),
+        door=str(DoorState.UNKNOWN),
+    )
 
 
 def _disarm(d: Draft, parcel_id: str, step_: Step) -> None:

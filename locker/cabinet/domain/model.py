@@ -96,6 +96,7 @@ class Compartment:
     open_since: float | None = None
     left_open_next: float | None = None
     pulses: tuple[float, ...] = ()  # recent unlock times, to bound jam retries
+    sensor_fault: bool = False  # the door sensor is not trusted (unstable, or stuck open)
 
     @property
     def busy(self) -> bool:

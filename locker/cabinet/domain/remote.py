@@ -12,7 +12,13 @@ from typing import Any
 
 from locker import errors
 from locker.cabinet.domain import throttle
-from locker.cabinet.domain.compartments import best_fit, set_service, start_unlock
+from locker.cabinet.domain.compartments import (
+    best_fit,
+    distrust_sensor,
+    pulse_again,
+    set_service,
+    start_unlock,
+)
 from locker.cabinet.domain.draft import Draft, ReplyAction, ResyncAction
 from locker.cabinet.domain.inputs import CommandArrived
 from locker.cabinet.domain.model import (
@@ -242,9 +248,19 @@ def _open(d: Draft, a: OpenArgs, rules: Rules, now: float) -> dict[str, Any]:
     comp = d.compartments.get(a.compartment)
     if comp is None:
         raise Refusal("invalid_args", "unknown compartment")
-    if comp.busy:
+    if comp.session is not None and comp.door is DoorState.OPEN:
+        open_s = now - (comp.open_since or now)
+        if open_s < rules.door_left_open_s:
+            raise Refusal("busy", "the compartment door is being used right now")
+        # Open through a whole session and past the left-open alarm, and now asked to open:
+        # a door stuck open and a broken sensor cable read the same; the reading is no
+        # longer trusted, and the open goes ahead whatever it says.
+        comp = distrust_sensor(
+            d, comp, f"door sensor has read open for {int(open_s)} s: stuck sensor or cable?"
+        )
+    if comp.pending is not None and not comp.sensor_fault:
         raise Refusal("busy", "the compartment door is being used right now")
-    if comp.door is DoorState.UNKNOWN:
+    if comp.door is DoorState.UNKNOWN and not comp.sensor_fault:
         raise Refusal("compartment_unavailable", "door state unknown: its board is not answering")
     recent = tuple(t for t in d.get("remote_opens") if t > now - HOUR_S)
     if len(recent) >= rules.max_remote_opens_per_hour:
@@ -252,6 +268,9 @@ def _open(d: Draft, a: OpenArgs, rules: Rules, now: float) -> dict[str, Any]:
         raise Refusal("rate_limited", "local cap on remote opens per hour reached")
     d.put("remote_opens", (*recent, now))
     d.emit("remote_open", comp.id, comp.parcel, reason=a.reason)
+    if comp.pending is not None:
+        pulse_again(d, comp, now)
+        return {"compartment": comp.id}
     unlock = Unlock(Step.REMOTE, comp.parcel, None, "remote", now + rules.door_open_timeout_s)
     start_unlock(d, comp, unlock, now)
     return {"compartment": comp.id}
