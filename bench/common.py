@@ -1,32 +1,151 @@
-"""What every benchmark records beside its figures: the machine they came from."""
+"""What every benchmark shares: the figures it reports, where it writes them, and the machine
+they came from.
+
+A benchmark script measures one or more :class:`Figure` s and hands them to
+:func:`write_results`. A figure that is compared with something names its baseline, measured
+by the same script in the same run (never a number from elsewhere), so ``bench/run.py`` can
+give every comparison as a ratio and its spread over repeats. Percentiles are nearest-rank
+(:func:`percentile`); tails are p99.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
+import sqlite3
 import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt
+OUT_ENV = "BENCH_OUT"  # the runner sets it: where this repeat's JSON goes
+PACKAGES = ("paho-mqtt", "pyserial", "gpiozero", "cryptography", "pydantic", "jsonschema")
 
-from locker.sim.broker import MOSQUITTO
+
+@dataclass(frozen=True, slots=True)
+class Figure:
+    """One measured number.
+
+    :param name: what it is, unique within its benchmark ("board unlock p99").
+    :param value: the figure, in ``unit``.
+    :param baseline: the name of the figure of the same run it is compared with, if any
+        (the ratio ``value / baseline`` is reported).
+    :param goal: the target it is judged against, as text ("<= 1.5x baseline").
+    """
+
+    name: str
+    value: float
+    unit: str
+    baseline: str | None = None
+    goal: str = ""
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (``q`` in 0-100) of a non-empty sample."""
+    ordered = sorted(samples)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def out_path(default: Path) -> Path:
+    """Where to write: the runner's per-repeat file when it set one, else ``default``."""
+    return Path(os.environ.get(OUT_ENV, str(default)))
+
+
+def bare_commit_ms(workdir: Path, n: int = 300) -> list[float]:
+    """The floor of any unlock: one small SQLite transaction in WAL mode with
+    ``synchronous=FULL`` (the store's settings) on the same disk, in milliseconds."""
+    con = sqlite3.connect(workdir / "bare.db", isolation_level=None)
+    try:
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=FULL")
+        con.execute("CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY, v TEXT)")
+        out = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            con.execute("BEGIN IMMEDIATE")
+            con.execute("INSERT OR REPLACE INTO t VALUES (?, ?)", (i % 16, "x" * 200))
+            con.execute("COMMIT")
+            out.append((time.perf_counter() - t0) * 1000.0)
+        return out
+    finally:
+        con.close()
+
+
+def _first_line(cmd: Sequence[str]) -> str:
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    text = done.stdout or done.stderr
+    return text.splitlines()[0].strip() if text else "?"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def _memory_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 1024 / 1024, 1)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
 
 
 def machine_info() -> dict[str, Any]:
-    mosquitto = subprocess.run([MOSQUITTO, "-h"], capture_output=True, text=True, check=False)
+    from locker.sim.broker import MOSQUITTO  # noqa: PLC0415 - only where a broker is used
+
     return {
+        "cpu": _cpu_model(),
         "cpus": os.cpu_count(),
+        "memory_gib": _memory_gib(),
+        "kernel": platform.release(),
+        "os": _first_line(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"]),
         "python": platform.python_version(),
-        "paho_mqtt": paho.mqtt.__version__,
-        "mosquitto": mosquitto.stdout.splitlines()[0] if mosquitto.stdout else "?",
+        "sqlite": sqlite3.sqlite_version,
+        "packages": package_versions(),
+        "mosquitto": _first_line([MOSQUITTO, "-h"]),
         # The figures are only as quiet as the machine: note what else was running.
         "load_average_1min_at_end": round(os.getloadavg()[0], 2),
     }
 
 
-def write_results(path: Path, what: str, results: Any, **extra: Any) -> None:
-    doc = {"what": what, **extra, "machine": machine_info(), "results": results}
+def write_results(
+    path: Path, what: str, results: Any, *, figures: Sequence[Figure] = (), **extra: Any
+) -> None:
+    """Write ``results`` (the script's own detail) and ``figures`` (what the runner tabulates)
+    as JSON to ``path`` (or to the runner's file, see :func:`out_path`)."""
+    path = out_path(path)
+    doc = {
+        "what": what,
+        **extra,
+        "machine": machine_info(),
+        "figures": [dataclasses.asdict(f) for f in figures],
+        "results": results,
+    }
     path.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {path.name}")

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-from bench.common import write_results  # noqa: E402
+from bench.common import Figure, write_results  # noqa: E402
 from locker.sim.broker import SERVER_CN, Broker, ClientCert, Endpoint, Pki  # noqa: E402
 from locker.sim.cabinet import SimCabinet  # noqa: E402
 from tests.broker import ServerClient  # noqa: E402
@@ -169,11 +169,27 @@ def main() -> None:
             f"{d['seconds_from_connect_to_outbox_empty']:.2f} s; server got {s['unique']} "
             f"unique of {s['received']}, contiguous: {s['contiguous']}, in order: {s['in_order']}"
         )
+    figures = []
+    for r in results:
+        t, c, d = r["transport"], r["commit"], r["drain"]
+        figures += [
+            Figure(f"{t}: events committed", float(c["events_per_s"]), "events/s"),
+            Figure(
+                f"{t}: broker start to all held",
+                float(d["seconds_from_broker_start_to_all_held"]),
+                "s",
+                goal="< 5 s",
+            ),
+            Figure(
+                f"{t}: drain rate from connect", float(d["events_per_s_from_connect"]), "events/s"
+            ),
+        ]
     write_results(
         RESULTS,
-        "drain of a 10k-event backlog committed by the real lockerd while the broker "
-        "was down, acked by a server process",
+        f"drain of a {args.events}-event backlog committed by the real lockerd (scanner lines "
+        "written right after READY) while the broker was down, acked by a server process",
         results,
+        figures=figures,
     )
 
 

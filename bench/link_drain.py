@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-from bench.common import write_results  # noqa: E402
+from bench.common import Figure, write_results  # noqa: E402
 from locker.ports import LinkChanged, LinkEvent  # noqa: E402
 from tests.broker import (  # noqa: E402
     SERVER_CN,
@@ -150,10 +150,24 @@ def main() -> None:
             f"{result['events_per_s']} events/s; server got {result['server']['unique']} unique "
             f"of {result['server']['received']}, in order: {result['server']['in_order']}"
         )
+    figures = [
+        Figure(
+            f"{r['transport']}: broker start to outbox empty",
+            float(r["seconds_from_broker_start"]),
+            "s",
+            goal="< 5 s",
+        )
+        for r in results
+    ] + [
+        Figure(f"{r['transport']}: drain rate", float(r["events_per_s"]), "events/s")
+        for r in results
+    ]
     write_results(
         RESULTS,
-        "drain of an outbox backlog through locker.cabinet.link, acked by a server process",
+        f"drain of a {args.events}-event outbox backlog through locker.cabinet.link after a "
+        "broker outage, acked by a server process",
         results,
+        figures=figures,
     )
 
 

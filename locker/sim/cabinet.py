@@ -79,6 +79,7 @@ class SimCabinet:
     security: Mapping[str, Any] = field(default_factory=dict)
     door_open_after_s: float = 0.3
     door_close_after_s: float | None = 1.2
+    simulate_doors: bool = True  # False: nobody moves the GPIO doors (and no poller runs)
     require_server_ack: bool = True
     log_level: str = "INFO"
     mqtt: Mapping[str, Any] = field(default_factory=dict)  # merged over the [mqtt] defaults
@@ -185,6 +186,7 @@ class SimCabinet:
             env = {**os.environ, "NOTIFY_SOCKET": str(sock_path)}
             doors = f"{self.door_open_after_s},{self.door_close_after_s or 0}"
             with self.log_path.open("ab") as log:
+                sim = ["--simulate-doors", doors] if self.simulate_doors else []
                 self.proc = subprocess.Popen(  # noqa: S603 - our interpreter, our module
                     [
                         sys.executable,
@@ -192,8 +194,7 @@ class SimCabinet:
                         "locker",
                         "--config",
                         str(self.config_path),
-                        "--simulate-doors",
-                        doors,
+                        *sim,
                         "--log-level",
                         self.log_level,
                     ],
