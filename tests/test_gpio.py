@@ -366,13 +366,13 @@ def test_failed_construction_releases_claimed_pins(mock_factory: MockFactory) ->
         )
     blocker.close()
     GpioLockBank(
-            layout,
-            pulse_s=0.1,
-            rest_s=0.1,
-            debounce_s=0.01,
-            unstable_after_s=10.0,
-            pin_factory=mock_factory,
-        ).close()
+        layout,
+        pulse_s=0.1,
+        rest_s=0.1,
+        debounce_s=0.01,
+        unstable_after_s=10.0,
+        pin_factory=mock_factory,
+    ).close()
 
 
 @pytest.mark.parametrize(

@@ -206,7 +206,12 @@ def test_no_blind_window_after_an_unlock(tmp_path: Path) -> None:
     unlocks."""
     with KerongEmulator([0], open_delay_s=0.05, auto_close_s=0.35) as emu:
         bus = KerongBus(
-            "blind", emu.path, [BoardSpec("b0", 0)], {"A1": ("b0", 1)}, timing=BusTiming()
+            "blind",
+            emu.path,
+            [BoardSpec("b0", 0, 1, 0.2, item_sensors=False)],  # the configuration defaults
+            {"A1": ("b0", 1)},
+            baudrate=19200,
+            timing=BusTiming(pulse_s=0.5, rest_s=0.1),
         )
         try:
             rec = started(bus)
@@ -256,7 +261,7 @@ def test_an_echoing_adapter_with_dead_boards_says_local_echo(
 
 
 def test_a_schedule_the_bus_cannot_keep_is_reported(emu: KerongEmulator) -> None:
-    specs = [BoardSpec(f"b{a}", a, poll_interval_s=0.01) for a in range(2)]
+    specs = [BoardSpec(f"b{a}", a, 1, 0.01, item_sensors=False) for a in range(2)]
     bus = KerongBus("busy", emu.path, specs, {"A1": ("b0", 1)}, timing=FAST, baudrate=9600)
     try:
         assert bus.schedule_load() > 1
@@ -266,7 +271,14 @@ def test_a_schedule_the_bus_cannot_keep_is_reported(emu: KerongEmulator) -> None
         assert "poll schedule" in fault.detail
     finally:
         bus.close()
-    ok = KerongBus("ok", emu.path, [BoardSpec(f"b{a}", a) for a in range(13)], {"A1": ("b0", 1)})
+    ok = KerongBus(
+        "ok",
+        emu.path,
+        [BoardSpec(f"b{a}", a, 1, 0.2, item_sensors=False) for a in range(13)],
+        {"A1": ("b0", 1)},
+        baudrate=19200,
+        timing=FAST,
+    )
     assert ok.schedule_load() < 0.8  # 13 boards at the default 200 ms fit at 19200 baud
 
 

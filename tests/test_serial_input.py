@@ -422,7 +422,7 @@ def test_unplug_is_one_fault_and_replug_one_recovery(pty_port: PtyPort) -> None:
 def test_a_flapping_cable_reopens_within_half_a_second(pty_port: PtyPort) -> None:
     """Issue 11 item 15: quick unplug/replug cycles must not push the reopen to seconds."""
     pty_port.plug()
-    scanner = SerialScanner(str(pty_port.link), read_timeout_s=0.05)  # default back-off
+    scanner = SerialScanner(str(pty_port.link), baudrate=9600, read_timeout_s=0.05)
     rec = Recorder()
     scanner.start(rec)
     try:
@@ -448,7 +448,7 @@ def test_a_flapping_cable_reopens_within_half_a_second(pty_port: PtyPort) -> Non
 def test_input_written_right_after_start_is_not_lost(pty_port: PtyPort) -> None:
     """READY means every input is open: pySerial discards pending input when it opens."""
     pty_port.plug()
-    scanner = SerialScanner(str(pty_port.link), read_timeout_s=0.05)
+    scanner = SerialScanner(str(pty_port.link), baudrate=9600, read_timeout_s=0.05)
     rec = Recorder()
     scanner.start(rec)
     try:
