@@ -10,13 +10,31 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: test simulate lint typecheck bench system-deps clean
+.PHONY: test simulate lint typecheck bench system-deps clean lock
 
-$(STAMP): pyproject.toml
+# Installs exactly the locked versions, each checked against its hash (requirements/test.txt,
+# made by `make lock`), then the project itself without dependencies. The venv's bin/ holds
+# lockerd and lockerctl: `source .venv/bin/activate` puts them on PATH.
+$(STAMP): pyproject.toml requirements/test.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --require-hashes -r requirements/test.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# Regenerate the hashed lock files from pyproject.toml's extras after adding or changing a
+# dependency (one command; commit the result). pip-compile is pip-tools, from the dev extra.
+# Each file is what one kind of machine installs: a cabinet (with or without lgpio), an
+# operator or fleet server, a developer or CI. The project's own line (a file:// URL to this
+# checkout, which cannot be hashed) is dropped: it is installed separately with --no-deps.
+LOCK_FLAGS := --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
+	--no-emit-find-links
+lock: $(STAMP)
+	$(VENV)/bin/pip-compile $(LOCK_FLAGS) --extra cabinet -o requirements/cabinet.txt pyproject.toml
+	$(VENV)/bin/pip-compile $(LOCK_FLAGS) --extra cabinet --extra lgpio \
+		-o requirements/cabinet-lgpio.txt pyproject.toml
+	$(VENV)/bin/pip-compile $(LOCK_FLAGS) --extra fleet -o requirements/fleet.txt pyproject.toml
+	$(VENV)/bin/pip-compile $(LOCK_FLAGS) --extra test -o requirements/test.txt pyproject.toml
+	sed -i -e '/^# WARNING: pip install will require/,/^    # via parcel-locker/d' requirements/*.txt
 
 # The Debian packages the tests and the simulator need: a real broker, a real browser for the
 # web pages, PostgreSQL for the fleet service's database tests, espeak-ng for voice prompts.

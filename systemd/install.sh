@@ -11,6 +11,7 @@
 #   LOCKERD_PREFIX [/opt/lockerd]   LOCKER_ETC_DIR [/etc/locker]
 #   SYSTEMD_UNIT_DIR [/etc/systemd/system]   UDEV_RULES_DIR [/etc/udev/rules.d]
 #   PYTHON [python3]   LOCKER_EXAMPLE_CONFIG [SOURCE_DIR/config/locker.example.toml]
+#   LOCKER_BIN_DIR [/usr/local/bin]: where the lockerd command is linked, for every user
 set -euo pipefail
 
 DRY_RUN=0
@@ -48,6 +49,7 @@ UNIT_DIR="${SYSTEMD_UNIT_DIR:-/etc/systemd/system}"
 UDEV_DIR="${UDEV_RULES_DIR:-/etc/udev/rules.d}"
 PYTHON="${PYTHON:-python3}"
 EXAMPLE_CONFIG="${LOCKER_EXAMPLE_CONFIG:-$SOURCE_DIR/config/locker.example.toml}"
+BIN_DIR="${LOCKER_BIN_DIR:-/usr/local/bin}"
 VENV="$PREFIX/venv"
 
 say() { printf '==> %s\n' "$*"; }
@@ -120,13 +122,21 @@ install_package() {
         run install -d -m 0755 "$PREFIX"
         run "$PYTHON" -m venv "$VENV"
     fi
-    local target="$SOURCE_DIR"
+    # The cabinet extra only (no QR rendering, no web stack, no dev tools), at the versions
+    # and hashes of the lock file (make lock), then the project itself without dependencies.
+    local lock="$SOURCE_DIR/requirements/cabinet.txt"
     if [ "$WITH_LGPIO" = 1 ]; then
-        target="${SOURCE_DIR}[lgpio]"
+        lock="$SOURCE_DIR/requirements/cabinet-lgpio.txt"
     fi
-    say "installing the project from $SOURCE_DIR"
-    run "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    run "$VENV/bin/python" -m pip install --quiet --upgrade "$target"
+    say "installing the locked cabinet dependencies ($lock)"
+    run "$VENV/bin/python" -m pip install --quiet --require-hashes -r "$lock"
+    say "installing lockerd from $SOURCE_DIR"
+    run "$VENV/bin/python" -m pip install --quiet --no-deps --no-build-isolation \
+        --force-reinstall "$SOURCE_DIR"
+    # On every user's PATH, so that `sudo -u locker lockerd --check-config ...` works.
+    say "linking $BIN_DIR/lockerd"
+    run install -d -m 0755 "$BIN_DIR"
+    run ln -sfn "$VENV/bin/lockerd" "$BIN_DIR/lockerd"
 }
 
 install_unit() {
@@ -173,9 +183,10 @@ next_steps() {
     cat <<EOF
 
 lockerd is installed and enabled, not started. Next:
-  1. Edit $ETC_DIR/locker.toml; put the device key, CA, certificate and key files in
-     $ETC_DIR, owned root:$SERVICE_USER, mode 0640.
-  2. Check it:   sudo -u $SERVICE_USER $VENV/bin/lockerd --check-config $ETC_DIR/locker.toml
+  1. Edit $ETC_DIR/locker.toml (or copy the one lockerctl locker add wrote); put the device
+     key, CA, certificate and key files in $ETC_DIR, owned root:$SERVICE_USER, mode 0640:
+       sudo install -m 0640 -o root -g $SERVICE_USER FILES... $ETC_DIR/
+  2. Check it:   sudo -u $SERVICE_USER lockerd --check-config $ETC_DIR/locker.toml
   3. Check the device groups the unit allows exist on this kernel:
                  grep -E 'gpiochip|ttyUSB|ttyACM|ttyAMA' /proc/devices
   4. Start it:   systemctl start $UNIT_NAME && journalctl -u $UNIT_NAME -f
