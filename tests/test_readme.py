@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,10 @@ def listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def ready_or_dead(proc: subprocess.Popen[bytes], port: int) -> Callable[[], bool]:
+    return lambda: listening(port) or proc.poll() is not None
+
+
 @pytest.mark.broker
 @pytest.mark.timeout(120)
 def test_the_readme_provisioning_steps_run_as_written(tmp_path: Path) -> None:
@@ -74,9 +79,7 @@ def test_the_readme_provisioning_steps_run_as_written(tmp_path: Path) -> None:
                 argv = [MOSQUITTO, *(a for a in argv[1:] if a != "-d")]
                 started = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL)
                 broker = started
-                wait_for(
-                    lambda p=started: listening(port) or p.poll() is not None, 10, what="broker"
-                )
+                wait_for(ready_or_dead(started, port), 10, what="broker")
                 assert started.poll() is None, "the broker of the generated config did not start"
                 continue
             expected = 0
