@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
+from locker.cabinet import config as cabinet_config
 from locker.cabinet.config import load_config
 from locker.contract import credentials
 from locker.fleet import provision
@@ -22,6 +23,7 @@ from locker.fleet.provision import BoardSpec, CompartmentSpec, ProvisionError
 
 COMPARTMENTS = [CompartmentSpec.parse("A1:S:17:27"), CompartmentSpec.parse("B1:m:b0:1")]
 BOARDS = [BoardSpec.parse("b0=loop://@0")]
+SCANNER = provision.ScannerSpec.parse("loop://")
 
 
 @pytest.fixture(scope="module")
@@ -420,3 +422,25 @@ def test_keypad_and_scanner_specs_reach_the_file(fleet_dir: Path) -> None:
         "no [keypad] and no [scanner]: nobody at the cabinet can open a compartment; "
         "only signed remote commands can",
     )
+
+
+def test_lockerd_check_config_says_when_to_renew(
+    fleet_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Issue 11 item 24: renewal before expiry is something the locker's own check points at.
+    files = provision.provision_locker(
+        fleet_dir, "LKR-1", COMPARTMENTS[:1], pin_factory="mock", scanner=SCANNER
+    )
+    assert cabinet_config.check_config_cli(files.config) == 0
+    assert capsys.readouterr().err == ""
+    provision.renew_locker(fleet_dir, "LKR-1", days=10)
+    assert cabinet_config.check_config_cli(files.config) == 0
+    err = capsys.readouterr().err
+    assert "warning: mqtt.cert_file: the certificate ends on " in err
+    assert "lockerctl locker renew" in err
+    cfg = cabinet_config.load_config(files.config)
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=11)
+    assert "ended on" in cabinet_config.certificate_warnings(cfg, now=later)[0]
+    files.cert.write_text("not a certificate\n")
+    assert cabinet_config.check_config_cli(files.config) == cabinet_config.EXIT_CONFIG
+    assert "mqtt.cert_file: not a readable PEM certificate" in capsys.readouterr().err

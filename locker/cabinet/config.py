@@ -1,5 +1,7 @@
 """lockerd's view of the configuration file: the shared model (``locker.config``) plus what only
-the cabinet can judge: whether this machine can run the file (the pin library is installed).
+the cabinet can judge: whether this machine can run the file (the pin library is installed, the
+client certificate is one) and when its certificate ends (renew it before: README,
+"Certificates").
 
 ``lockerd --check-config`` runs :func:`check_config_cli`; ``lockerd --config`` runs
 :func:`environment_problems` before touching anything, so a missing pin library is one clear
@@ -8,10 +10,13 @@ line and exit status 78, not a traceback at start.
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib.util
 import sys
 from pathlib import Path
 from typing import Final
+
+from cryptography import x509
 
 from locker.config import Compartment, Config, ConfigError, load_config, parse_config
 
@@ -20,6 +25,7 @@ __all__ = [
     "Compartment",
     "Config",
     "ConfigError",
+    "certificate_warnings",
     "check_config_cli",
     "environment_problems",
     "load_config",
@@ -45,21 +51,58 @@ def _module_missing(name: str) -> bool:
 
 
 def environment_problems(cfg: Config) -> list[str]:
-    """What stops this file from running on this machine, one line each (empty: none).
+    """What stops this file from running on this machine, one line each (empty: none): a GPIO
+    cabinet whose ``gpio.pin_factory`` library is not installed, a client certificate that is
+    not one. Run after a load with file checks (the files exist and are readable)."""
+    return _pin_library_problems(cfg) + _certificate_problems(cfg)
 
-    Today: a GPIO cabinet whose ``gpio.pin_factory`` library is not installed.
-    """
-    if not cfg.uses_gpio():
+
+def _pin_library_problems(cfg: Config) -> list[str]:
+    if not cfg.uses_gpio() or cfg.gpio.pin_factory not in PIN_LIBRARIES:
         return []
     name = cfg.gpio.pin_factory
-    if name not in PIN_LIBRARIES:
-        return []
     module, how = PIN_LIBRARIES[name]
     if not _module_missing(module):
         return []
     return [
         f"gpio.pin_factory: {name!r} needs the Python module {module!r}, which is not "
         f"installed here ({how})"
+    ]
+
+
+RENEW_WITHIN: Final = dt.timedelta(days=30)
+"""A client certificate ending sooner than this is worth a warning: lockerctl locker renew."""
+
+
+def _client_certificate(cfg: Config) -> x509.Certificate | None:
+    path = cfg.mqtt.cert_file if cfg.mqtt is not None else None
+    return None if path is None else x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def _certificate_problems(cfg: Config) -> list[str]:
+    try:
+        _client_certificate(cfg)
+    except (OSError, ValueError):
+        return ["mqtt.cert_file: not a readable PEM certificate (lockerctl writes device.pem)"]
+    return []
+
+
+def certificate_warnings(cfg: Config, now: dt.datetime | None = None) -> list[str]:
+    """The client certificate's end, when it is near (``RENEW_WITHIN``) or past.
+
+    Only for a file that :func:`environment_problems` found readable and well-formed.
+    """
+    cert = _client_certificate(cfg)
+    if cert is None:
+        return []
+    now = now or dt.datetime.now(dt.UTC)
+    end = cert.not_valid_after_utc
+    if end - now > RENEW_WITHIN:
+        return []
+    verb = "ended" if end <= now else "ends"
+    return [
+        f"mqtt.cert_file: the certificate {verb} on {end:%Y-%m-%d %H:%M}Z; the broker refuses "
+        "it then: run lockerctl locker renew and install the new device.pem and device-key.pem"
     ]
 
 
@@ -78,7 +121,7 @@ def check_config_cli(path: str | Path, *, check_files: bool = True) -> int:
     if problems:
         print("\n".join(f"{path}: {p}" for p in problems), file=sys.stderr)
         return EXIT_CONFIG
-    for warning in config.warnings():
+    for warning in config.warnings() + (certificate_warnings(config) if check_files else []):
         print(f"{path}: warning: {warning}", file=sys.stderr)
     print(f"OK: {path}: {config.summary()}")
     return 0
