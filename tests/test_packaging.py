@@ -150,3 +150,24 @@ def test_install_sh_installs_the_cabinet_only_and_puts_lockerd_on_path(tmp_path:
         capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_pip_install_of_the_cabinet_extra_pulls_no_fleet_package(tmp_path: Path) -> None:
+    # The check from outside: a fresh venv, `pip install '.[cabinet]'`, no lock file.
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python = str(venv / "bin" / "python")
+    done = subprocess.run(
+        [python, "-m", "pip", "install", "--quiet", f"{ROOT}[cabinet]"],
+        capture_output=True, text=True, timeout=500, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    listed = subprocess.run(
+        [python, "-m", "pip", "list", "--format=freeze"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    installed = {_name(line) for line in listed.splitlines() if "==" in line}
+    assert {"parcel-locker", "gpiozero", "pyserial"} <= installed
+    assert not installed & FLEET_ONLY
