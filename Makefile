@@ -10,7 +10,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: test simulate lint typecheck bench system-deps clean lock
+.PHONY: test simulate lint typecheck bench system-deps clean lock i18n
 
 # Installs exactly the locked versions, each checked against its hash (requirements/test.txt,
 # made by `make lock`), then the project itself without dependencies. The venv's bin/ holds
@@ -67,6 +67,16 @@ simulate: system-deps $(STAMP)
 
 bench: system-deps $(STAMP)
 	$(PY) bench/run.py
+
+# The front panel's translations: texts.py -> panel.pot -> each language's panel.po (edit
+# those by hand) -> panel.mo. The .mo files are committed so a locker needs only the standard
+# library's gettext; tests/test_panel_view.py fails when one is stale.
+LOCALE := locker/cabinet/panel/locale
+i18n: $(STAMP)
+	$(VENV)/bin/pybabel extract -F babel.cfg -k N_ --no-location --sort-output \
+	  --project=parcel-locker -o $(LOCALE)/panel.pot .
+	$(VENV)/bin/pybabel update -i $(LOCALE)/panel.pot -d $(LOCALE) -D panel --no-fuzzy-matching
+	$(VENV)/bin/pybabel compile -d $(LOCALE) -D panel --statistics
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

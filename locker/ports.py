@@ -202,6 +202,17 @@ class Indicator(abc.ABC):
     def close(self) -> None: ...
 
 
+class Surface(abc.ABC):
+    """Something that shows the front panel (web page, LCD, voice, locator LEDs): it reads
+    views on its own threads and never makes the controller wait (DESIGN section 12)."""
+
+    @abc.abstractmethod
+    def start(self) -> None: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+
 class NullIndicator(Indicator):
     def show(self, feedback: Feedback) -> None:
         pass

@@ -206,7 +206,11 @@ class DaemonRig:
         board_compartments: Sequence[BoardCompartment] = (),
         timing: Mapping[str, Any] | None = None,
         security: Mapping[str, Any] | None = None,
+        tables: Mapping[str, Any] | None = None,
+        compartment_keys: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
+        """``tables``: more top-level tables (e.g. ``panel``); ``compartment_keys``: more keys
+        of some compartments, by id (e.g. ``led_pin``)."""
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
         self.factory = factory
@@ -233,7 +237,10 @@ class DaemonRig:
                 {"id": c.id, "size": c.size, "board": c.board, "channel": c.channel}
                 for c in board_compartments
             ],
+            **(tables or {}),
         }
+        for entry in self.data["compartments"]:
+            entry.update((compartment_keys or {}).get(entry["id"], {}))
         self.config: Config = parse_config(self.data, source="rig.toml", base_dir=workdir)
         self.db = workdir / "state" / "locker.db"
         self.locker: Locker | None = None
@@ -297,6 +304,7 @@ class DaemonRig:
             self._error = err
         finally:
             if locker is not None:
+                locker.close_surfaces()
                 for device in locker.inputs:
                     device.close()
                 locker.controller.shutdown()

@@ -48,6 +48,7 @@ def test_the_simulator_tells_its_whole_story(tmp_path: Path) -> None:
     for event in STORY:
         assert event in out, f"{event} missing from the story:\n{out[-3000:]}"
     assert "every event held while offline arrived" in out
+    assert re.search(r"front panel: \S*http://127\.0\.0\.1:\d+/", out), "the panel address"
     log = (tmp_path / "sim" / "cabinet" / "lockerd.log").read_text()
     assert "Traceback" not in log
     codes = re.findall(r"(?:courier|customer) code \S*?(\d{8})", out)

@@ -3,13 +3,19 @@
 Each :class:`~locker.ports.Feedback` maps to a :class:`Pattern` of bounded blinks run by
 gpiozero's own background blink threads, so ``show`` returns at once and a new pattern simply
 replaces the one still running on the same device. Every device is optional.
+
+Quiet hours (DESIGN section 12): while ``quiet()`` is true, each pattern is played
+``Pattern.quieted``: key clicks muted, other beeps cut to a short tick (a softer sound from a
+plain buzzer without PWM), LED blinks turned into short flashes (a dimmer light). What is shown
+never changes, only how loud and bright; alarms still reach the server at once (the indicator
+only shows them).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Final
 
@@ -72,6 +78,25 @@ PATTERNS: Final[Mapping[Feedback, Pattern]] = {
 }
 
 
+QUIET_TICK: Final = Blink(0.02)
+QUIET_FLASH_S: Final = 0.05
+
+
+def _dim(b: Blink | None) -> Blink | None:
+    if b is None or b.on_s <= QUIET_FLASH_S:
+        return b
+    return Blink(QUIET_FLASH_S, b.off_s + b.on_s - QUIET_FLASH_S, b.n)
+
+
+def quieted(pattern: Pattern, *, click: bool) -> Pattern:
+    """``pattern`` for quiet hours: no beep for a key ``click``, a short tick for any other
+    beep, LED blinks as short flashes within the same period."""
+    beep = None if click or pattern.beep is None else QUIET_TICK
+    return replace(
+        pattern, beep=beep, ok_led=_dim(pattern.ok_led), error_led=_dim(pattern.error_led)
+    )
+
+
 class GpioIndicator(Indicator):
     """Buzzer, green (ok) and red (error) LED on GPIO pins; any of them may be None.
 
@@ -86,8 +111,13 @@ class GpioIndicator(Indicator):
         error_led_pin: PinSpec | None = None,
         pin_factory: Factory | None = None,
         patterns: Mapping[Feedback, Pattern] | None = None,
+        quiet: Callable[[], bool] | None = None,
     ) -> None:
         self._patterns = dict(PATTERNS if patterns is None else patterns)
+        self._quiet_patterns = {
+            fb: quieted(p, click=fb is Feedback.KEY) for fb, p in self._patterns.items()
+        }
+        self._quiet = quiet
         missing = set(Feedback) - set(self._patterns)
         if missing:
             raise ValueError(f"no pattern for {', '.join(sorted(missing))}")
@@ -108,7 +138,8 @@ class GpioIndicator(Indicator):
             raise
 
     def show(self, feedback: Feedback) -> None:
-        pattern = self._patterns[feedback]
+        quiet = self._quiet is not None and self._quiet()
+        pattern = (self._quiet_patterns if quiet else self._patterns)[feedback]
         with self._lock:
             if self._closed:
                 logger.debug("indicator closed, %s not shown", feedback)

@@ -19,10 +19,20 @@ from locker import __version__
 from locker.cabinet.config import Config
 from locker.cabinet.controller import Controller
 from locker.cabinet.domain import machine, throttle
+from locker.cabinet.panel.hub import PanelHub
+from locker.cabinet.panel.quiet import QuietHours
 from locker.cabinet.store import OutboxView, Store
 from locker.cabinet.timesync import clock_synced
 from locker.contract.actions import Command
-from locker.ports import CommandMessage, Indicator, InputDevice, LockBank, NullIndicator, Uplink
+from locker.ports import (
+    CommandMessage,
+    Indicator,
+    InputDevice,
+    LockBank,
+    NullIndicator,
+    Surface,
+    Uplink,
+)
 
 if TYPE_CHECKING:
     from hardware.emulators.doors import DoorActor
@@ -58,17 +68,70 @@ class Locker:
     controller: Controller
     inputs: list[InputDevice] = field(default_factory=list)
     pin_factory: Any = None
+    hub: PanelHub | None = None
+    surfaces: list[Surface] = field(default_factory=list)  # front panel: page, LCD, voice, LEDs
 
     def start(self) -> None:
         self.controller.start()
         for device in self.inputs:
             device.start(self.controller.submit)
+        for surface in self.surfaces:
+            surface.start()  # logs and carries on if it cannot: the locker works without them
 
     def close(self) -> None:
+        self.close_surfaces()
         for device in self.inputs:
             device.close()
         self.controller.shutdown()
         self.controller.store.close()
+
+    def close_surfaces(self) -> None:
+        for surface in self.surfaces:
+            try:
+                surface.close()
+            except Exception:
+                logger.exception("closing a front-panel surface failed")
+
+
+def build_panel(
+    cfg: Config, pin_factory: Any, quiet: QuietHours
+) -> tuple[PanelHub | None, list[Surface]]:
+    """The front panel's hub and surfaces (DESIGN section 12): the web page when ``[panel]
+    listen`` is set, the LCD, voice prompts, and locator LEDs for compartments with ``led_pin``.
+    A surface whose device cannot be opened is logged and left out: the locker works without."""
+    leds = {c.id: c.led_pin for c in cfg.compartments if c.led_pin is not None}
+    p = cfg.panel
+    if p is None and not leds:
+        return None, []
+    hub = PanelHub(p.languages if p else ["en"], p.default_language if p else "en")
+    surfaces: list[Surface] = []
+    if p is not None and (where := p.host_port) is not None:
+        from locker.cabinet.panel.web import PanelServer  # noqa: PLC0415 - only with a panel
+
+        surfaces.append(PanelServer(hub, where[0], where[1], touch_keypad=p.touch_keypad))
+    if p is not None and p.lcd is not None:
+        from hardware.display.hd44780 import Hd44780I2c  # noqa: PLC0415
+        from locker.cabinet.panel.lcd import LcdFollower  # noqa: PLC0415
+
+        lcd = p.lcd
+        try:
+            display = Hd44780I2c(lcd.i2c_address, bus=lcd.i2c_bus, cols=lcd.cols, rows=lcd.rows)
+        except (OSError, ImportError) as err:
+            logger.error("panel: LCD at 0x%02x unavailable: %s", lcd.i2c_address, err)
+        else:
+            surfaces.append(LcdFollower(hub, display, lcd.cols, lcd.rows))
+    if p is not None and p.voice:
+        from locker.cabinet.panel.voice import VoiceFollower  # noqa: PLC0415
+
+        surfaces.append(VoiceFollower(hub))
+    if leds:
+        from hardware.gpio.locator import LocatorLeds  # noqa: PLC0415
+        from locker.cabinet.panel.follow import LocatorFollower  # noqa: PLC0415
+
+        surfaces.append(
+            LocatorFollower(hub, LocatorLeds(leds, pin_factory=pin_factory), quiet=quiet)
+        )
+    return hub, surfaces
 
 
 def build_banks(cfg: Config, pin_factory: Any) -> list[LockBank]:
@@ -142,7 +205,7 @@ def build_inputs(cfg: Config, pin_factory: Any) -> list[InputDevice]:
     return inputs
 
 
-def build_indicator(cfg: Config, pin_factory: Any) -> Indicator:
+def build_indicator(cfg: Config, pin_factory: Any, quiet: QuietHours | None = None) -> Indicator:
     if cfg.feedback is None:
         return NullIndicator()
     from hardware.gpio.feedback import GpioIndicator  # noqa: PLC0415
@@ -153,6 +216,7 @@ def build_indicator(cfg: Config, pin_factory: Any) -> Indicator:
         ok_led_pin=f.ok_led_pin,
         error_led_pin=f.error_led_pin,
         pin_factory=pin_factory,
+        quiet=quiet if quiet is not None and quiet.window is not None else None,
     )
 
 
@@ -212,6 +276,8 @@ def build(
 
         pin_factory = make_pin_factory(cfg.gpio.pin_factory)
     banks = build_banks(cfg, pin_factory)
+    quiet = QuietHours(cfg.panel.quiet_window() if cfg.panel else None)
+    hub, surfaces = build_panel(cfg, pin_factory, quiet)
     uplink = build_uplink(cfg, db, boot_id) if with_link else None
 
     def feed_watchdog() -> None:
@@ -226,13 +292,16 @@ def build(
         compartment_sizes={c.id: c.size for c in cfg.compartments},
         banks=banks,
         version=__version__,
-        indicator=build_indicator(cfg, pin_factory),
+        indicator=build_indicator(cfg, pin_factory, quiet),
         uplink=uplink,
         clock_synced=clock_synced,
         verify=build_verifier(cfg),
         watchdog=feed_watchdog,
+        observers=[hub.observe] if hub is not None else [],
     )
-    return Locker(cfg, controller, build_inputs(cfg, pin_factory), pin_factory)
+    if hub is not None:
+        hub.connect(controller.submit)  # on-screen keys take the keypad's path
+    return Locker(cfg, controller, build_inputs(cfg, pin_factory), pin_factory, hub, surfaces)
 
 
 def simulated_doors(locker: Locker, timing: tuple[float, float | None]) -> DoorActor:

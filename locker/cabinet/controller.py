@@ -51,6 +51,10 @@ logger = logging.getLogger(__name__)
 HWM_PERSIST_S = 600.0  # how often an idle controller records the time high-water mark
 
 Verifier = Callable[[CommandMessage, float], Command]
+Observer = Callable[[Transition, float], None]
+"""Told every committed transition, on the controller thread, after its actions ran: the front
+panel's projection (DESIGN section 12). It must be quick and never block; what it raises is
+logged and swallowed, so a broken view never stops the locker."""
 
 
 class DomainClock:
@@ -93,8 +97,10 @@ class Controller:
         clock_synced: Callable[[], bool] = lambda: True,
         verify: Verifier | None = None,
         watchdog: Callable[[], object] = lambda: None,
+        observers: Sequence[Observer] = (),
     ) -> None:
         self.rules = rules
+        self.observers = list(observers)
         self.store = store
         self.banks = list(banks)
         self.version = version
@@ -268,6 +274,11 @@ class Controller:
         if rows:
             self.uplink.outbox_changed()
         self._publish_state()
+        for observe in self.observers:
+            try:
+                observe(tr, now)
+            except Exception:
+                logger.exception("a view observer failed; the locker carries on")
 
     def _execute(self, action: object) -> None:
         if isinstance(action, UnlockAction):

@@ -159,7 +159,7 @@ def _pin_users(
         if key in feedback:
             yield ("feedback", key), feedback[key]
     for i, c in compartments:
-        for key in ("lock_pin", "door_pin", "item_pin"):
+        for key in ("lock_pin", "door_pin", "item_pin", "led_pin"):
             if key in c:
                 yield ("compartments", i, key), c[key]
 

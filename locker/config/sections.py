@@ -40,6 +40,7 @@ from locker.config.fields import (
     matching,
     within,
 )
+from locker.config.panel import Panel
 from locker.config.relations import relations
 from locker.contract.credentials import CODE_MAX_DIGITS, CODE_MIN_DIGITS, DEVICE_KEY_BYTES
 
@@ -184,6 +185,8 @@ class Compartment(_Section):
     item_pin: Pin | None = None  # an IR item sensor (GPIO compartments only)
     board: Name | None = None
     channel: Annotated[int, within(1, 16)] | None = None
+    led_pin: Pin | None = None  # locator LED (DESIGN 7), for either kind of compartment
+    accessible: bool = False  # within reach of a wheelchair user (assign can ask for it)
 
     @property
     def is_gpio(self) -> bool:
@@ -208,6 +211,7 @@ class Config(_Section):
     feedback: Feedback | None = None
     boards: list[Board] = []
     compartments: list[Compartment]
+    panel: Panel | None = None  # the front panel (DESIGN 12; locker.config.panel)
 
     @field_validator("keypad")
     @classmethod
@@ -254,6 +258,7 @@ class Config(_Section):
             self.gpio_compartments()
             or (self.keypad is not None and self.keypad.type == "matrix")
             or self.feedback is not None
+            or any(c.led_pin is not None for c in self.compartments)
         )
 
     def gpio_compartments(self) -> list[Compartment]:

@@ -46,6 +46,9 @@ GPIO_LAYOUT: tuple[tuple[str, str, int, int], ...] = (
     ("A5", "L", 17, 27),
     ("A6", "XL", 22, 10),
 )
+# Locator LEDs (mock pins in the simulation) and wheelchair-reachable doors.
+LED_PINS = {"A1": 23, "A2": 24, "A3": 25, "B1": 12, "B2": 18, "B3": 11}
+ACCESSIBLE = ("A1", "A2", "B1")
 BOARD_LAYOUT: tuple[tuple[str, str, int], ...] = (
     ("B1", "S", 1),
     ("B2", "S", 2),
@@ -69,6 +72,14 @@ def _pty() -> tuple[int, str]:
     return master, path
 
 
+def _free_port() -> int:
+    """A loopback port free right now (a dev tool: the short race with another process that
+    grabs it in between is acceptable; lockerd then logs that it cannot listen)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @dataclass
 class SimCabinet:
     workdir: Path
@@ -86,6 +97,7 @@ class SimCabinet:
     # more signers to trust, kid -> public key (e.g. a fleet service's users and token key)
     extra_command_keys: Mapping[str, str] = field(default_factory=dict)
     extra_token_keys: Mapping[str, str] = field(default_factory=dict)
+    panel: bool = True  # the front panel on a free loopback port (panel_url)
 
     def __post_init__(self) -> None:
         # Absolute paths: the config resolves relative ones against its own directory.
@@ -106,6 +118,7 @@ class SimCabinet:
             )
             self.board_path = self.emulator.start()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.panel_port = _free_port() if self.panel else None
         self.config_path = self.workdir / "locker.toml"
         self.log_path = self.workdir / "lockerd.log"
         self.config_path.write_text(tomli_w.dumps(self.config()))
@@ -155,7 +168,24 @@ class SimCabinet:
             cfg["compartments"] += [
                 {"id": c, "size": s, "board": "b0", "channel": ch} for c, s, ch in BOARD_LAYOUT
             ]
+        for entry in cfg["compartments"]:
+            if entry["id"] in LED_PINS:
+                entry["led_pin"] = LED_PINS[entry["id"]]
+            if entry["id"] in ACCESSIBLE:
+                entry["accessible"] = True
+        if self.panel_port is not None:
+            cfg["panel"] = {
+                "listen": f"127.0.0.1:{self.panel_port}",
+                "languages": ["en", "de", "pl"],
+                "touch_keypad": True,
+                "quiet_hours": "22:00-07:00",
+            }
         return cfg
+
+    @property
+    def panel_url(self) -> str | None:
+        """The front panel's page, for a browser on this machine."""
+        return f"http://127.0.0.1:{self.panel_port}/" if self.panel_port is not None else None
 
     def _mqtt(self) -> dict[str, Any]:
         b = self.broker

@@ -373,6 +373,12 @@ def _simulate(work: Path, args: argparse.Namespace) -> int:
             "pins, 6 on a KR-CU16 board (B1-B6), keypad and scanner on ptys",
         )
         server.wait(lambda: server.online is True)
+        if cab.panel_url:
+            say(
+                "panel",
+                f"the cabinet's front panel: {BOLD}{cab.panel_url}{RESET}  (open it in a "
+                "browser to watch the story as a person at the door sees it)",
+            )
         story = Story(cab, server, broker, args.pause)
         if not args.no_story:
             story.run()

@@ -45,7 +45,15 @@ class ResyncAction:
     pass
 
 
-Action = UnlockAction | IndicateAction | ReplyAction | ResyncAction
+@dataclasses.dataclass(frozen=True, slots=True)
+class LanguageAction:
+    """The person picked a language on the keypad (``*`` ``*`` then ``number``, 1-9): the
+    front panel shows its ``number``-th language (DESIGN section 12). Nothing else acts on it."""
+
+    number: int
+
+
+Action = UnlockAction | IndicateAction | ReplyAction | ResyncAction | LanguageAction
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

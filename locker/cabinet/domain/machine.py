@@ -18,7 +18,7 @@ from typing import Any
 
 from locker.cabinet.domain import remote, throttle
 from locker.cabinet.domain.compartments import JAM_WINDOW_S, best_fit, set_service, start_unlock
-from locker.cabinet.domain.draft import Draft, IndicateAction, Transition
+from locker.cabinet.domain.draft import Draft, IndicateAction, LanguageAction, Transition
 from locker.cabinet.domain.inputs import Boot, CommandArrived, Input, Stop, Tick
 from locker.cabinet.domain.model import (
     Compartment,
@@ -106,7 +106,7 @@ def next_deadline(state: LockerState, rules: Rules) -> float | None:
             times.append(p.dropoff_until)
         elif p.status is ParcelStatus.DEPOSITED and p.pickup_until is not None:
             times.append(p.pickup_until)
-    if state.keypad.digits or state.keypad.overflow:
+    if state.keypad.digits or state.keypad.overflow or state.keypad.stars:
         times.append(state.keypad.last_key_at + rules.keypad_entry_timeout_s)
     return min(times) if times else None
 
@@ -118,7 +118,13 @@ def _on_key(d: Draft, ev: KeyPressed, rules: Rules, now: float) -> None:
     entry: KeypadEntry = d.get("keypad")
     d.act(IndicateAction(Feedback.KEY))
     if ev.key == "*":
+        # '*' clears; pressed again on the empty entry it starts a language choice.
+        stars = 1 if entry.digits or entry.overflow else entry.stars + 1
+        d.put("keypad", KeypadEntry(last_key_at=now, stars=stars))
+    elif entry.stars >= 2 and ev.key.isdigit() and len(ev.key) == 1:
+        # '*' '*' digit: a language choice for the front panel, never a code nor a guess.
         d.put("keypad", KeypadEntry(last_key_at=now))
+        d.act(LanguageAction(int(ev.key)))
     elif ev.key == "#":
         d.put("keypad", KeypadEntry(last_key_at=now))
         if entry.digits or entry.overflow:
@@ -461,7 +467,9 @@ def _expire(d: Draft, rules: Rules, now: float) -> None:
             d.emit("pickup_expired", comp.id, parcel.id, kind=parcel.kind)
     _forget_old(d, now)
     entry: KeypadEntry = d.get("keypad")
-    if (entry.digits or entry.overflow) and now >= entry.last_key_at + rules.keypad_entry_timeout_s:
+    if (
+        entry.digits or entry.overflow or entry.stars
+    ) and now >= entry.last_key_at + rules.keypad_entry_timeout_s:
         d.put("keypad", KeypadEntry())
 
 

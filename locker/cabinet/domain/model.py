@@ -128,6 +128,7 @@ class KeypadEntry:
     digits: str = ""
     overflow: bool = False
     last_key_at: float = 0.0
+    stars: int = 0  # '*' presses in a row on an empty entry: '*' '*' digit picks a language
 
 
 def _frozen(d: Mapping[str, Any] | None = None) -> Mapping[str, Any]:

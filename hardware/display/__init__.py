@@ -1,0 +1,1 @@
+"""Character displays on the cabinet's front panel."""

@@ -1,0 +1,124 @@
+"""The one path between the controller and the front panel's surfaces (DESIGN section 12).
+
+Isolation: the panel is a view, never an owner. The controller thread calls ``observe`` after
+each committed transition; it runs the pure projection and swaps the result into a latest-value
+slot (a single reference assignment) and wakes readers only if it can take their condition's
+lock at once: the controller never waits for a reader, however stuck. Readers (the web server's
+threads, the LCD, voice and locator workers) take the latest view whenever they like and wait
+with a time-out, so a missed wake-up costs them at most ``POLL_S``. The only way back is
+``press``: a key from the on-screen keypad goes into the controller's queue exactly as a key
+from the physical keypad does (same rules, same throttle).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import threading
+from collections.abc import Callable, Sequence
+
+from locker.cabinet.domain.draft import Transition
+from locker.cabinet.panel.view import Message, PanelView, project
+from locker.ports import KeyPressed
+
+logger = logging.getLogger(__name__)
+
+POLL_S = 0.5  # the longest a reader sleeps on a wake-up it missed
+KEYS = frozenset("0123456789*#")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What every surface renders: the view, the language and a version that grows with
+    every change of either."""
+
+    version: int
+    view: PanelView
+    language: str
+
+    def message(self, now: float) -> Message:
+        return self.view.message(now)
+
+
+class PanelHub:
+    """Latest-value slot between the controller (writer) and the panel's surfaces (readers).
+
+    :param languages: the languages a person may pick (``*`` ``*`` n picks the n-th).
+    :param default_language: the language at start (and the one a bad choice leaves).
+    :param submit: the controller's sink (``Controller.submit``), for on-screen keys.
+    """
+
+    def __init__(
+        self,
+        languages: Sequence[str],
+        default_language: str,
+        submit: Callable[[object], None] | None = None,
+    ) -> None:
+        self.languages = tuple(languages)
+        self.default_language = default_language
+        self._submit = submit
+        self._versions = itertools.count(1)  # next() is atomic: writers on two threads
+        self._cond = threading.Condition()
+        # Held only around building and assigning a snapshot (no I/O, no wait under it), so the
+        # controller and a language button never lose each other's change.
+        self._write = threading.Lock()
+        self._latest = Snapshot(0, PanelView(), default_language)
+
+    def connect(self, submit: Callable[[object], None]) -> None:
+        self._submit = submit
+
+    # --- writer side: the controller thread ----------------------------------------------------
+
+    def observe(self, tr: Transition, now: float) -> None:
+        """The controller's observer: project, swap, wake. Never blocks."""
+        view = project(self._latest.view, tr, now)  # only this thread replaces the view
+        choice = view.language_choice
+        with self._write:
+            language = self._latest.language
+            if choice is not None and 1 <= choice <= len(self.languages):
+                language = self.languages[choice - 1]
+            self._swap(view, language)
+
+    def choose_language(self, language: str) -> bool:
+        """A language button on the page. False (and nothing changes) for a language that is
+        not offered."""
+        if language not in self.languages:
+            return False
+        with self._write:
+            self._swap(self._latest.view, language)
+        return True
+
+    def press(self, key: str) -> bool:
+        """A key of the on-screen keypad, handed to the controller like a keypad key. False
+        for anything but ``0-9 * #`` (or when no controller is connected)."""
+        if not isinstance(key, str) or len(key) != 1 or key not in KEYS or self._submit is None:
+            return False
+        self._submit(KeyPressed(key))
+        return True
+
+    def _swap(self, view: PanelView, language: str) -> None:
+        self._latest = Snapshot(next(self._versions), view, language)  # the caller holds _write
+        # Wake readers only if nobody holds their lock right now; a reader that is stuck
+        # holding it must never stall the controller (readers poll every POLL_S anyway).
+        if self._cond.acquire(blocking=False):
+            try:
+                self._cond.notify_all()
+            finally:
+                self._cond.release()
+
+    # --- reader side ---------------------------------------------------------------------------
+
+    @property
+    def latest(self) -> Snapshot:
+        return self._latest
+
+    def wait_newer(self, version: int, timeout: float) -> Snapshot:
+        """The latest snapshot once its version is above ``version``, or after ``timeout`` s
+        (whichever is first)."""
+        latest = self._latest
+        if latest.version > version:
+            return latest
+        with self._cond:
+            self._cond.wait(min(timeout, POLL_S))
+        return self._latest

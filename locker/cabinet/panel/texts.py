@@ -1,0 +1,162 @@
+"""Every text a person at the cabinet reads or hears, and its translations (DESIGN section 12).
+
+Each message id of ``locker.cabinet.panel.view`` has a full text (web page, voice) and a short
+one (a 16x2 or 20x4 character LCD: at most 32 characters once its fields are filled in). The
+English strings here are the gettext msgids; ``locale/<lang>/LC_MESSAGES/panel.po`` hold the
+translations (edited by hand, extracted and compiled with Babel: see ``make i18n``), and the
+compiled ``panel.mo`` files are committed beside them so that a locker needs only the standard
+library's ``gettext`` at run time (a test checks that they match their ``.po``). Fields:
+``{door}``, ``{other}`` (compartment ids), ``{seconds}`` (whole seconds of a countdown).
+"""
+
+from __future__ import annotations
+
+import functools
+import gettext
+import math
+from pathlib import Path
+
+from locker.cabinet.panel.view import Message
+from locker.config.panel import SUPPORTED
+
+LOCALE_DIR = Path(__file__).parent / "locale"
+DOMAIN = "panel"
+# Each language's own name, shown on its button and read by the idle help: never translated.
+NATIVE_NAMES = {"en": "English", "de": "Deutsch", "pl": "Polski"}
+assert set(NATIVE_NAMES) == set(SUPPORTED)
+
+
+def N_(text: str) -> str:  # noqa: N802 - the gettext convention for "mark for extraction"
+    return text
+
+
+# message id -> (full text, short text)
+MESSAGES: dict[str, tuple[str, str]] = {
+    "idle": (
+        N_("Type your code and press #, or show your QR code to the scanner."),
+        N_("Type code and #, or show QR code"),
+    ),
+    "entry": (N_("Code: {mask}"), N_("Code: {mask}")),
+    "granted": (N_("Door {door} is open."), N_("Door {door} is open")),
+    "close_door": (N_("Please close door {door}."), N_("Please close door {door}")),
+    "throttled": (
+        N_("Too many wrong codes. Please try again in {seconds} s."),
+        N_("Too many tries. Wait {seconds} s"),
+    ),
+    "locked_out": (
+        N_("The keypad is locked after too many wrong codes. QR codes still work."),
+        N_("Keypad locked. Use QR code"),
+    ),
+    "jam_moved": (
+        N_("Door {other} did not open. Your parcel goes in door {door}: type your code again."),
+        N_("Use door {door}: type code again"),
+    ),
+    "jammed": (
+        N_("Door {door} did not open. Please type your code again."),
+        N_("Door {door} stuck. Try again"),
+    ),
+    "denied.unknown_code": (
+        N_("Wrong code. Please check it and try again."),
+        N_("Wrong code"),
+    ),
+    "denied.expired": (
+        N_("This code has expired. Please contact the sender."),
+        N_("Code expired"),
+    ),
+    "denied.not_yet_valid": (
+        N_("This code is not valid yet. Please try again later."),
+        N_("Code not valid yet"),
+    ),
+    "denied.not_yet_available": (
+        N_("Your parcel is not here yet. Please try again when you are notified."),
+        N_("Parcel not here yet"),
+    ),
+    "denied.wrong_locker": (
+        N_("This code is for another locker."),
+        N_("Code for another locker"),
+    ),
+    "denied.bad_signature": (
+        N_("This QR code is not valid."),
+        N_("Invalid QR code"),
+    ),
+    "denied.malformed": (
+        N_("Please type the whole code, then press #."),
+        N_("Type the whole code, then #"),
+    ),
+    "denied.throttled": (
+        N_("Too many wrong codes. Please try again in {seconds} s."),
+        N_("Too many tries. Wait {seconds} s"),
+    ),
+    "denied.locked_out": (
+        N_("The keypad is locked after too many wrong codes. QR codes still work."),
+        N_("Keypad locked. Use QR code"),
+    ),
+    "denied.lockdown": (
+        N_("This locker is closed. No door can be opened now."),
+        N_("Locker closed"),
+    ),
+    "denied.compartment_unavailable": (
+        N_("This door cannot be opened now. Please try again later."),
+        N_("Door cannot open. Try later"),
+    ),
+    "denied.out_of_service": (
+        N_("This door is out of service. Please contact customer service."),
+        N_("Door out of service"),
+    ),
+    "denied.other": (
+        N_("This code cannot be used here."),
+        N_("Code refused"),
+    ),
+}
+
+# Labels of the web page (buttons, headings).
+LABELS: dict[str, str] = {
+    "title": N_("Parcel locker"),
+    "language": N_("Language"),
+    "clear": N_("Clear"),
+    "enter": N_("Enter"),
+    "keypad": N_("Keypad"),
+    "language_help": N_("Language: press * twice, then the number"),
+}
+
+
+@functools.cache
+def translations(language: str) -> gettext.NullTranslations:
+    """The catalog of ``language`` (English: the msgids themselves). Raises FileNotFoundError
+    for a language without a compiled catalog (config validation refuses those first)."""
+    if language == "en":
+        return gettext.NullTranslations()
+    return gettext.translation(DOMAIN, LOCALE_DIR, languages=[language])
+
+
+def remaining_s(message: Message, now: float) -> int | None:
+    """Whole seconds left on a countdown (rounded up, so it never shows 0 while refusing)."""
+    if message.deadline is None:
+        return None
+    return max(0, math.ceil(message.deadline - now))
+
+
+def render(
+    message: Message,
+    language: str,
+    now: float,
+    *,
+    short: bool = False,
+    mask: str = "",
+    seconds_text: str | None = None,
+) -> str:
+    """The text of ``message`` in ``language`` with its fields filled in (``seconds_text``
+    replaces the countdown's number, for a page that counts down by itself)."""
+    full, brief = MESSAGES.get(message.key, MESSAGES["denied.other"])
+    text = translations(language).gettext(brief if short else full)
+    seconds = remaining_s(message, now) or 0
+    return text.format(
+        door=message.compartment or "",
+        other=message.other or "",
+        seconds=str(seconds) if seconds_text is None else seconds_text,
+        mask=mask,
+    )
+
+
+def label(key: str, language: str) -> str:
+    return translations(language).gettext(LABELS[key])

@@ -1,0 +1,216 @@
+"""The front panel's projection (DESIGN section 12): pure, no I/O, no clock.
+
+``project(prev, transition, now)`` turns the controller's committed state and the events and
+actions of one transition into a new immutable ``PanelView``. The controller calls it (through
+``PanelHub.observe``) on its own thread after every transition; every surface (web page, LCD,
+voice, locator LEDs) only reads the views it produces.
+
+A view holds layers rather than one message, so that it stays right while time passes without a
+transition: ``message(now)`` is the latest outcome (a door granted, a refusal) while it lasts,
+else the standing condition of the highest priority (keypad locked, lockdown, back-off, a typed
+entry, a door left open), else the idle instructions. Times are the controller's domain clock
+(Unix seconds).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+from locker.cabinet.domain.draft import LanguageAction, Transition
+from locker.cabinet.domain.model import LockerState, Out
+from locker.ports import DoorState
+
+# The ``data-state`` values of the test contract (DESIGN section 12).
+STATES = (
+    "idle",
+    "entry",
+    "granted",
+    "denied",
+    "throttled",
+    "locked_out",
+    "lockdown",
+    "close_door",
+)
+# The access_denied reasons of DESIGN section 5 a person may be shown.
+REASONS = (
+    "unknown_code",
+    "expired",
+    "not_yet_valid",
+    "not_yet_available",
+    "wrong_locker",
+    "bad_signature",
+    "malformed",
+    "throttled",
+    "locked_out",
+    "lockdown",
+    "compartment_unavailable",
+    "out_of_service",
+)
+GRANTED_HOLD_S = 30.0  # "Door B3 is open" stays this long at most (or until that door closes)
+DENIED_HOLD_S = 8.0  # a refusal stays this long (or until the person types again)
+# A refusal reason shown as its own state rather than "denied".
+_STATE_OF_REASON = {"throttled": "throttled", "locked_out": "locked_out", "lockdown": "lockdown"}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Message:
+    """What to tell the person: ``state`` (one of ``STATES``), ``key`` (a message id of
+    ``locker.cabinet.panel.texts``), the compartment it is about, the refusal ``reason`` (one of
+    ``REASONS``), ``deadline`` (Unix s) of a countdown, ``other``: a second door (after a jam,
+    the door that did not open)."""
+
+    state: str
+    key: str
+    compartment: str | None = None
+    reason: str | None = None
+    deadline: float | None = None
+    other: str | None = None
+
+
+IDLE = Message("idle", "idle")
+ENTRY = Message("entry", "entry")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Layer:
+    message: Message
+    until: float | None = None  # lapses then; None: as long as its condition lasts
+
+    def live(self, now: float) -> bool:
+        return self.until is None or now < self.until
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PanelView:
+    """One immutable picture of the front panel.
+
+    ``outcome``: the latest grant or refusal, shown while live. ``standing``: conditions from
+    the state, by priority. ``entry``: how many digits are typed (shown masked). ``left_open``:
+    doors a ``door_left_open`` reminder named that are still open. ``active_doors``: doors
+    unlocked or open (their locator LEDs blink). ``language_choice``: the keypad's language
+    pick in this transition (1-9), if any. ``rev``: counts projections."""
+
+    outcome: Layer | None = None
+    standing: tuple[Layer, ...] = ()
+    entry: int = 0
+    left_open: tuple[str, ...] = ()
+    active_doors: tuple[str, ...] = ()
+    language_choice: int | None = None
+    rev: int = 0
+
+    def message(self, now: float) -> Message:
+        if self.outcome is not None and self.outcome.live(now):
+            return self.outcome.message
+        for layer in self.standing:
+            if layer.live(now):
+                return layer.message
+        return IDLE
+
+    def next_change(self, now: float) -> float | None:
+        """When ``message`` may change without a new transition (a layer lapsing), if ever."""
+        layers = [*self.standing, *((self.outcome,) if self.outcome else ())]
+        times = [x.until for x in layers if x.until is not None and x.until > now]
+        return min(times) if times else None
+
+
+def project(prev: PanelView, tr: Transition, now: float) -> PanelView:
+    """The view after ``tr`` (committed at ``now``), given the view before it."""
+    state = tr.state
+    outcome = prev.outcome
+    entry = len(state.keypad.digits) if not state.keypad.overflow else max(prev.entry, 1)
+    if entry and entry != prev.entry:
+        outcome = None  # typing again: the last outcome is old news
+    left_open = [c for c in prev.left_open if _is_open(state, c)]
+    moved = {e.data.get("moved_from"): e for e in tr.events if e.type == "parcel_reserved"}
+    for ev in tr.events:
+        outcome = _outcome(outcome, ev, state, moved, now)
+        if ev.type == "door_left_open" and ev.compartment and ev.compartment not in left_open:
+            left_open.append(ev.compartment)
+            if outcome is not None and outcome.message.compartment == ev.compartment:
+                outcome = None  # "door open" has become "please close it"
+    choice = next((a.number for a in tr.actions if isinstance(a, LanguageAction)), None)
+    return PanelView(
+        outcome=outcome,
+        standing=_standing(state, tuple(left_open), now),
+        entry=entry,
+        left_open=tuple(left_open),
+        active_doors=tuple(
+            c.id
+            for c in state.compartments.values()
+            if c.pending is not None or c.door is DoorState.OPEN
+        ),
+        language_choice=choice,
+        rev=prev.rev + 1,
+    )
+
+
+def _is_open(state: LockerState, cid: str) -> bool:
+    comp = state.compartments.get(cid)
+    return comp is not None and comp.door is DoorState.OPEN
+
+
+def _outcome(
+    current: Layer | None, ev: Out, state: LockerState, moved: Mapping[object, Out], now: float
+) -> Layer | None:
+    """The latest grant or refusal after one event."""
+    if ev.type == "access_granted":
+        return Layer(Message("granted", "granted", ev.compartment), now + GRANTED_HOLD_S)
+    if ev.type == "access_denied":
+        reason = str(ev.data.get("reason", ""))
+        return _refusal(reason, state, now, ev.compartment)
+    if ev.type == "keypad_throttled":
+        return _refusal("throttled", state, now)
+    if ev.type == "keypad_locked_out":
+        return _refusal("locked_out", state, now)
+    if (
+        ev.type == "door_closed"
+        and current is not None
+        and current.message.state == "granted"
+        and current.message.compartment == ev.compartment
+    ):
+        return None  # the door this person opened is shut again: done
+    if ev.type == "door_jammed" and ev.data.get("purpose") != "remote":
+        target = moved.get(ev.compartment)
+        if target is not None:
+            msg = Message(
+                "denied",
+                "jam_moved",
+                target.compartment,
+                "compartment_unavailable",
+                other=ev.compartment,
+            )
+        else:
+            msg = Message("denied", "jammed", ev.compartment, "compartment_unavailable")
+        return Layer(msg, now + DENIED_HOLD_S * 2)
+    return current
+
+
+def _refusal(
+    reason: str, state: LockerState, now: float, compartment: str | None = None
+) -> Layer | None:
+    if reason == "throttled":
+        until = state.throttle.blocked_until
+        msg = Message("throttled", "throttled", reason=reason, deadline=until)
+        return Layer(msg, until) if until > now else None
+    if reason == "locked_out":
+        return Layer(Message("locked_out", "locked_out", reason=reason), now + DENIED_HOLD_S)
+    key = f"denied.{reason}" if reason in REASONS else "denied.other"
+    msg = Message(_STATE_OF_REASON.get(reason, "denied"), key, compartment, reason or None)
+    return Layer(msg, now + DENIED_HOLD_S)
+
+
+def _standing(state: LockerState, left_open: tuple[str, ...], now: float) -> tuple[Layer, ...]:
+    layers: list[Layer] = []
+    if state.throttle.locked_out:
+        layers.append(Layer(Message("locked_out", "locked_out", reason="locked_out")))
+    if state.lockdown:
+        layers.append(Layer(Message("lockdown", "denied.lockdown", reason="lockdown")))
+    until = state.throttle.blocked_until
+    if until > now:
+        msg = Message("throttled", "throttled", reason="throttled", deadline=until)
+        layers.append(Layer(msg, until))
+    if state.keypad.digits or state.keypad.overflow:
+        layers.append(Layer(ENTRY))
+    layers.extend(Layer(Message("close_door", "close_door", cid)) for cid in left_open)
+    return tuple(layers)

@@ -1,0 +1,346 @@
+"""The web front panel that ``lockerd`` serves for the kiosk browser on the cabinet's screen.
+
+Routes (all on ``[panel] listen``, meant for loopback):
+  GET  /          the page, rendered on the server in the current language (complete without
+                  JavaScript; with it, it follows the live updates below)
+  GET  /events    server-sent events (WHATWG HTML, "Server-sent events"): one ``data:`` line of
+                  JSON (``payload``) per change, a comment line every ``HEARTBEAT_S`` s
+  POST /key       ``key=<0-9 * #>``: the on-screen keypad (only with ``touch_keypad``)
+  POST /language  ``lang=<code>``: a language button (303 back to ``/``)
+  GET  /healthz   ``ok``: the kiosk start script waits for it
+  GET  /static/…  the page's stylesheet and script
+
+Why the standard library's ``ThreadingHTTPServer``: a loopback kiosk has one or two clients, SSE
+is a plain long response, and a Pi should not install a web framework for that. Its weak points
+are bounded here: every connection has a socket time-out (a client that stops reading is
+dropped after ``WRITE_TIMEOUT_S``, and only its own thread waited), at most ``MAX_STREAMS``
+event streams at once (more get 503), request bodies are capped, handler threads are daemons.
+The server runs in a supervised thread that starts it again if it dies; the locker waits for
+none of it (``locker.cabinet.panel.hub``).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import socket
+import threading
+import time
+import urllib.parse
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from string import Template
+from typing import Any
+
+from locker.cabinet.panel import texts
+from locker.cabinet.panel.hub import PanelHub, Snapshot
+from locker.ports import Surface
+
+logger = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+STATIC_FILES = {
+    "/static/panel.css": ("panel.css", "text/css; charset=utf-8"),
+    "/static/panel.js": ("panel.js", "text/javascript; charset=utf-8"),
+}
+HEARTBEAT_S = 15.0
+WRITE_TIMEOUT_S = 5.0
+MAX_STREAMS = 8
+MAX_BODY = 256
+RESTART_S = 2.0
+MASK_CHAR = "\u25cf"  # one dot per typed digit
+COUNTDOWN = "\x00"  # stands in for the seconds while rendering; split off for the live countdown
+DOOR_STATES = ("granted", "close_door")  # the door id is also shown in very large type
+
+
+def payload(snap: Snapshot, now: float) -> dict[str, Any]:
+    """What the page shows, as sent in each event: ``state``, ``text`` (the whole message),
+    ``before``/``seconds``/``after`` (the text around a live countdown), ``compartment``,
+    ``other``, ``reason``, ``lang``, ``version``."""
+    msg = snap.message(now)
+    mask = MASK_CHAR * snap.view.entry
+    seconds = texts.remaining_s(msg, now)
+    text = texts.render(msg, snap.language, now, mask=mask)
+    before, after = text, ""
+    if seconds is not None:
+        marked = texts.render(msg, snap.language, now, mask=mask, seconds_text=COUNTDOWN)
+        before, _, after = marked.partition(COUNTDOWN)
+    return {
+        "version": snap.version,
+        "state": msg.state,
+        "text": text,
+        "before": before,
+        "after": after,
+        "seconds": seconds,
+        "compartment": msg.compartment,
+        "other": msg.other,
+        "reason": msg.reason,
+        "lang": snap.language,
+        # the door to show in very large type: the one open, to close, or to use now
+        "door": msg.compartment if msg.state in DOOR_STATES or msg.key == "jam_moved" else None,
+    }
+
+
+def render_page(
+    snap: Snapshot, now: float, *, languages: tuple[str, ...], touch_keypad: bool
+) -> str:
+    """The whole page for ``snap`` (every visible text in its language)."""
+    p = payload(snap, now)
+    lang = snap.language
+    attrs = f'data-state="{html.escape(p["state"])}"'
+    for name in ("compartment", "reason"):
+        if p[name]:
+            attrs += f' data-{name}="{html.escape(str(p[name]))}"'
+    if p["seconds"] is not None:
+        message = (
+            f'{html.escape(p["before"])}<span id="countdown">{p["seconds"]}</span>'
+            f"{html.escape(p['after'])}"
+        )
+    else:
+        message = html.escape(p["text"])
+    buttons = "".join(
+        f'<button type="submit" name="lang" value="{code}" lang="{code}"'
+        f' aria-pressed="{"true" if code == lang else "false"}">'
+        f"{n} {html.escape(texts.NATIVE_NAMES.get(code, code))}</button>"
+        for n, code in enumerate(languages, start=1)
+    )
+    door = p["door"]
+    return _template().substitute(
+        lang=html.escape(lang),
+        title=html.escape(texts.label("title", lang)),
+        language=html.escape(texts.label("language", lang)),
+        language_help=html.escape(texts.label("language_help", lang)),
+        buttons=buttons,
+        attrs=attrs,
+        message=message,
+        door=html.escape(door or ""),
+        keypad=_keypad(lang) if touch_keypad else "",
+        layout="with-keypad" if touch_keypad else "no-keypad",
+        version=p["version"],
+    )
+
+
+def _keypad(lang: str) -> str:
+    names = {"*": texts.label("clear", lang), "#": texts.label("enter", lang)}
+    cells = []
+    for k in [*"123456789", "*", "0", "#"]:
+        name = names.get(k)
+        small = f"<small>{html.escape(name)}</small>" if name else ""
+        cells.append(
+            f'<button type="button" class="key" data-key="{html.escape(k)}"'
+            f' aria-label="{html.escape(name or k)}">{html.escape(k)}{small}</button>'
+        )
+    label = html.escape(texts.label("keypad", lang))
+    return f'<section id="keypad" aria-label="{label}">{"".join(cells)}</section>'
+
+
+_TEMPLATE: list[Template] = []
+
+
+def _template() -> Template:
+    if not _TEMPLATE:
+        _TEMPLATE.append(Template((STATIC_DIR / "page.html").read_text(encoding="utf-8")))
+    return _TEMPLATE[0]
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], panel: PanelServer) -> None:
+        self.panel = panel
+        super().__init__(address, _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    timeout = WRITE_TIMEOUT_S  # socket time-out for every read and write of this connection
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("panel %s " + format, self.address_string(), *args)
+
+    def do_GET(self) -> None:
+        panel = self.server.panel
+        path = urllib.parse.urlsplit(self.path).path
+        if path == "/":
+            page = render_page(
+                panel.hub.latest,
+                time.time(),
+                languages=panel.hub.languages,
+                touch_keypad=panel.touch_keypad,
+            )
+            self._send(HTTPStatus.OK, page.encode(), "text/html; charset=utf-8")
+        elif path == "/events":
+            self._events()
+        elif path == "/healthz":
+            self._send(HTTPStatus.OK, b"ok\n", "text/plain; charset=utf-8")
+        elif path in STATIC_FILES:
+            name, ctype = STATIC_FILES[path]
+            self._send(HTTPStatus.OK, (STATIC_DIR / name).read_bytes(), ctype)
+        else:
+            self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
+
+    def do_POST(self) -> None:
+        panel = self.server.panel
+        path = urllib.parse.urlsplit(self.path).path
+        form = self._form()
+        if form is None:
+            return
+        if path == "/key" and panel.touch_keypad:
+            ok = panel.hub.press(form.get("key", ""))
+            status = HTTPStatus.NO_CONTENT if ok else HTTPStatus.BAD_REQUEST
+            self._send(status, b"", "text/plain; charset=utf-8")
+        elif path == "/language":
+            if not panel.hub.choose_language(form.get("lang", "")):
+                self._send(HTTPStatus.BAD_REQUEST, b"no such language\n", "text/plain")
+                return
+            self.send_response(HTTPStatus.SEE_OTHER)
+            self.send_header("Location", "/")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        else:
+            self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
+
+    def _form(self) -> dict[str, str] | None:
+        """The url-encoded body (at most MAX_BODY bytes); None after answering a bad one."""
+        origin = self.headers.get("Origin")
+        host = self.headers.get("Host", "")
+        if origin is not None and urllib.parse.urlsplit(origin).netloc != host:
+            self._send(HTTPStatus.FORBIDDEN, b"cross-origin\n", "text/plain")  # no CSRF
+            return None
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_BODY:
+            self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, b"bad body\n", "text/plain")
+            return None
+        body = self.rfile.read(length).decode("ascii", "replace")
+        return {k: v[0] for k, v in urllib.parse.parse_qs(body, max_num_fields=4).items()}
+
+    def _send(self, status: HTTPStatus, body: bytes, ctype: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _events(self) -> None:
+        panel = self.server.panel
+        if not panel.streams.acquire(blocking=False):
+            self._send(HTTPStatus.SERVICE_UNAVAILABLE, b"too many streams\n", "text/plain")
+            return
+        try:
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            self._stream(panel)
+        except (OSError, TimeoutError) as err:  # the client went away or stopped reading
+            logger.debug("panel event stream ended: %s", err)
+        finally:
+            panel.streams.release()
+
+    def _stream(self, panel: PanelServer) -> None:
+        sent_version, sent_state = -1, None
+        beat = time.monotonic() + HEARTBEAT_S
+        while not panel.stopping.is_set():
+            snap = panel.hub.wait_newer(sent_version, HEARTBEAT_S)
+            now = time.time()
+            # A message can also change by itself (a refusal lapses, a countdown ends).
+            state = (snap.version, snap.message(now))
+            if state != sent_state:
+                data = json.dumps(payload(snap, now), ensure_ascii=False)
+                self.wfile.write(f"data: {data}\n\n".encode())
+                self.wfile.flush()
+                sent_version, sent_state = snap.version, state
+                beat = time.monotonic() + HEARTBEAT_S
+            elif time.monotonic() >= beat:
+                self.wfile.write(b": keep-alive\n\n")
+                self.wfile.flush()
+                beat = time.monotonic() + HEARTBEAT_S
+
+
+class PanelServer(Surface):
+    """The web panel: a supervised server thread that (re)binds ``host:port`` and serves.
+
+    :param hub: where views come from and on-screen keys go.
+    :param host, port: the listening address (port 0: any free port, see ``port``).
+    :param touch_keypad: serve the on-screen keypad and accept ``POST /key``.
+    """
+
+    def __init__(self, hub: PanelHub, host: str, port: int, *, touch_keypad: bool) -> None:
+        self.hub = hub
+        self.host = host
+        self.touch_keypad = touch_keypad
+        self.streams = threading.BoundedSemaphore(MAX_STREAMS)
+        self.stopping = threading.Event()
+        self._requested_port = port
+        self._server: _Server | None = None
+        self._bound = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.restarts = 0
+
+    @property
+    def port(self) -> int:
+        server = self._server
+        return int(server.server_address[1]) if server is not None else self._requested_port
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
+
+    def start(self, wait_s: float = 5.0) -> None:
+        """Start serving in the background; waits up to ``wait_s`` for the first bind (and
+        logs, never raises, if it does not come: the locker works without its panel)."""
+        self.stopping.clear()
+        self._thread = threading.Thread(target=self._supervise, name="panel-web", daemon=True)
+        self._thread.start()
+        if not self._bound.wait(wait_s):
+            logger.error("panel: not listening on %s:%s yet", self.host, self._requested_port)
+
+    def _supervise(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+                _Server.address_family = family
+                server = _Server((self.host, self._requested_port), self)
+            except OSError as err:
+                logger.error("panel: cannot listen on %s:%s: %s", self.host, self.port, err)
+                self.stopping.wait(RESTART_S)
+                continue
+            self._server = server
+            # Keep the port we got, so a restarted server is found at the same address.
+            self._requested_port = int(server.server_address[1])
+            self._bound.set()
+            logger.info("panel: serving %s", self.url)
+            try:
+                server.serve_forever(poll_interval=0.2)
+            except Exception:
+                logger.exception("panel: web server died; starting it again")
+            finally:
+                server.server_close()
+            if not self.stopping.is_set():
+                self.restarts += 1
+                self.stopping.wait(RESTART_S / 4)
+
+    def kill(self) -> None:
+        """Take the server down as a crash would (tests; the supervisor starts it again)."""
+        server = self._server
+        if server is not None:
+            server.shutdown()
+
+    def close(self) -> None:
+        self.stopping.set()
+        server = self._server
+        if server is not None:
+            server.shutdown()
+        if self._thread is not None:
+            self._thread.join(5.0)

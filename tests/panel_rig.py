@@ -1,0 +1,105 @@
+"""A real daemon with its front panel on, and a real browser looking at it (DESIGN 12, 11).
+
+``PanelCabinet`` is a ``DaemonRig`` (in-process lockerd: pty keypad and scanner, GPIO locks on
+a MockFactory) with ``[panel] listen`` on a free loopback port. ``browser()`` launches Debian's
+``/usr/bin/chromium`` through Playwright's Python API (never a downloaded browser).
+Screenshots go to ``tests/artifacts/panel/`` (git-ignored).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from gpiozero.pins.mock import MockFactory
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from locker.cabinet.panel.web import PanelServer
+from tests.daemon_rig import DaemonRig
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+ARTIFACTS = Path(__file__).parent / "artifacts" / "panel"
+SIZES = {"800x480": (800, 480), "1280x800": (1280, 800)}
+
+
+@contextlib.contextmanager
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+class PanelCabinet:
+    """The daemon with ``[panel]`` (``panel`` keys override the defaults) and its page."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        factory: MockFactory,
+        *,
+        panel: Mapping[str, Any] | None = None,
+        **rig_args: Any,
+    ) -> None:
+        tables = {"panel": {"listen": "127.0.0.1:0", "touch_keypad": True, **(panel or {})}}
+        self.rig = DaemonRig(workdir, factory, tables=tables, **rig_args)
+        self.rig.start()
+
+    @property
+    def server(self) -> PanelServer:
+        assert self.rig.locker is not None
+        return next(s for s in self.rig.locker.surfaces if isinstance(s, PanelServer))
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def open(self, b: Browser, size: str = "800x480") -> Page:
+        width, height = SIZES[size]
+        page = b.new_page(viewport={"width": width, "height": height})
+        page.set_default_timeout(5_000)
+        page.goto(self.url)
+        page.wait_for_selector("body[data-sse=open]")
+        return page
+
+    def close(self) -> None:
+        self.rig.close()
+
+
+def expect_message(
+    page: Page,
+    state: str,
+    *,
+    reason: str | None = None,
+    compartment: str | None = None,
+    timeout: float = 5_000,
+) -> None:
+    """``#message`` reaches ``state`` (and ``reason`` / ``compartment`` when given)."""
+    msg = page.locator("#message")
+    expect(msg).to_have_attribute("data-state", state, timeout=timeout)
+    if reason is not None:
+        expect(msg).to_have_attribute("data-reason", reason, timeout=timeout)
+    if compartment is not None:
+        expect(msg).to_have_attribute("data-compartment", compartment, timeout=timeout)
+
+
+def screenshot(page: Page, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    size = page.viewport_size
+    assert size is not None
+    path = ARTIFACTS / f"{name}-{size['width']}x{size['height']}.png"
+    page.screenshot(path=str(path))
+    return path
