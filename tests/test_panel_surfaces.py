@@ -228,7 +228,10 @@ def test_lcd_follower_writes_only_what_changed(fake_i2c: type[FakeBus]) -> None:
     follower.start()
     try:
         wait_for(
-            lambda: [x.rstrip() for x in bus.lines(16, 2)] == ["Wpisz kod i #", "albo pokaz QR"],
+            lambda: (
+                follower.rendered >= 1
+                and [x.rstrip() for x in bus.lines(16, 2)] == ["Wpisz kod i #", "albo pokaz QR"]
+            ),
             what="idle",
         )
         writes = bus.writes
