@@ -475,6 +475,13 @@ def test_parcel_issue_end_to_end(fake_locker: FakeLocker, tmp_path: Path) -> Non
     parsed = credentials.parse_and_verify(token.group(1), {f.token_kid: f.token_key().public_key()})
     assert parsed.is_for_parcel("P-77") and parsed.expires == args["dropoff_until"] + 72 * 3600
     assert png.read_bytes().startswith(b"\x89PNG")
+    assert "accessible" not in args
+    code, text = run(
+        "parcel", "issue", "--fleet", str(f.dir), "--locker", LOCKER, "--parcel", "P-78",
+        "--size", "S", "--accessible", "--no-qr",
+    )  # fmt: skip
+    assert code == ctl.EXIT_OK, text
+    assert fake_locker.commands[-1]["args"]["accessible"] is True
 
 
 @pytest.mark.broker

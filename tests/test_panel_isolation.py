@@ -165,4 +165,4 @@ def test_the_hub_never_waits_for_a_reader_holding_its_lock() -> None:
 
 
 def _rules() -> machine.Rules:
-    return rules(Keys(), compartment_order=tuple(f"C{i}" for i in range(64)))
+    return rules(Keys())

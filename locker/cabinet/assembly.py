@@ -46,6 +46,7 @@ def rules_from(cfg: Config) -> machine.Rules:
         locker_id=cfg.locker.id,
         device_key=s.read_device_key(),
         token_keys=s.token_public_keys(),
+        accessible=frozenset(c.id for c in cfg.compartments if c.accessible),
         door_open_timeout_s=t.door_open_timeout_s,
         door_left_open_s=t.door_left_open_s,
         keypad_entry_timeout_s=t.keypad_entry_timeout_s,

@@ -3,7 +3,7 @@ starting an unlock, taking a compartment in or out of service. Pure, like the ma
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from locker.cabinet.domain.draft import Draft, UnlockAction
 from locker.cabinet.domain.model import SIZE_RANK, Compartment, Unlock
@@ -58,13 +58,18 @@ def distrust_sensor(d: Draft, comp: Compartment, detail: str) -> Compartment:
 
 
 def best_fit(
-    compartments: Mapping[str, Compartment], size: str, exclude: str | None = None
+    compartments: Mapping[str, Compartment],
+    size: str,
+    exclude: str | None = None,
+    only: Collection[str] | None = None,
 ) -> Compartment | None:
-    """The smallest free, in-service compartment whose size fits; config order breaks ties."""
+    """The smallest free, in-service compartment whose size fits; config order breaks ties.
+    ``only``: choose among these compartments alone (the accessible ones)."""
     fitting = [
         c
         for c in compartments.values()
-        if c.parcel is None
+        if (only is None or c.id in only)
+        and c.parcel is None
         and c.in_service
         and not c.busy
         and c.door is not DoorState.UNKNOWN

@@ -525,7 +525,7 @@ def _jammed(d: Draft, comp: Compartment, rules: Rules, now: float) -> None:
     d.act(IndicateAction(Feedback.ALARM))
     if unlock.purpose is Step.REMOTE:
         return
-    if unlock.purpose is Step.DROPOFF and _move_parcel(d, comp, unlock, now):
+    if unlock.purpose is Step.DROPOFF and _move_parcel(d, comp, unlock, rules):
         _rearm(d, unlock)
         return
     if len(pulses) >= MAX_PULSES_IN_WINDOW:
@@ -533,12 +533,17 @@ def _jammed(d: Draft, comp: Compartment, rules: Rules, now: float) -> None:
     _rearm(d, unlock)
 
 
-def _move_parcel(d: Draft, comp: Compartment, unlock: Unlock, now: float) -> bool:
+def _move_parcel(d: Draft, comp: Compartment, unlock: Unlock, rules: Rules) -> bool:
     """A drop-off whose door jams goes to another fitting compartment; the jammed one is
     taken out of service. False when there is nowhere to go."""
     assert unlock.parcel is not None
     parcel = d.parcels[unlock.parcel]
-    target = best_fit(d.compartments, parcel.size, exclude=comp.id)
+    # A parcel in an accessible compartment stays within reach if it can.
+    target = (
+        best_fit(d.compartments, parcel.size, exclude=comp.id, only=rules.accessible)
+        if comp.id in rules.accessible
+        else None
+    ) or best_fit(d.compartments, parcel.size, exclude=comp.id)
     if target is None:
         return False
     set_service(d, comp.id, False, "door_jammed")

@@ -167,10 +167,13 @@ def _assign(d: Draft, a: AssignArgs, rules: Rules, now: float) -> dict[str, Any]
             or SIZE_RANK[comp.size] < SIZE_RANK[a.size]
         ):
             raise Refusal("no_compartment", f"compartment {comp.id} is not free for size {a.size}")
+        if a.accessible and comp.id not in rules.accessible:
+            raise Refusal("no_compartment", f"compartment {comp.id} is not accessible")
     else:
-        comp = best_fit(d.compartments, a.size)
+        comp = best_fit(d.compartments, a.size, only=rules.accessible if a.accessible else None)
         if comp is None:
-            raise Refusal("no_compartment", f"no free compartment fits size {a.size}")
+            which = "accessible compartment" if a.accessible else "compartment"
+            raise Refusal("no_compartment", f"no free {which} fits size {a.size}")
     until = (
         float(a.dropoff_until) if a.dropoff_until is not None else now + rules.dropoff_hours * 3600
     )

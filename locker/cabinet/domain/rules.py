@@ -28,3 +28,5 @@ class Rules:
     dropoff_hours: float
     max_remote_opens_per_hour: int
     limits: throttle.Limits
+    # Compartments within reach of a wheelchair user (DESIGN 8); none unless configured.
+    accessible: frozenset[str] = frozenset()
