@@ -240,3 +240,43 @@ def test_lcd_follower_writes_only_what_changed(fake_i2c: type[FakeBus]) -> None:
     finally:
         follower.close()
     assert bus.lines(16, 2) == [" " * 16] * 2  # cleared on close
+
+
+def test_in_quiet_hours_an_alarm_still_reaches_the_outbox_at_once(
+    tmp_path: Path, mock_factory: MockFactory
+) -> None:
+    """Quiet hours change how loud and bright, never what is reported."""
+    now = datetime.datetime.now()
+    window = (
+        f"{(now - datetime.timedelta(hours=1)):%H:%M}-{(now + datetime.timedelta(hours=1)):%H:%M}"
+    )
+    rig = DaemonRig(
+        tmp_path,
+        mock_factory,
+        tables={
+            "panel": {"quiet_hours": window},
+            "feedback": {"buzzer_pin": 18, "error_led_pin": 24},
+        },
+    )
+    rig.start()
+    try:
+        buzzer, error_led = mock_factory.pin(18), mock_factory.pin(24)
+        buzzer.clear_states()
+        error_led.clear_states()
+        rig.set_door("A1", opened=True)  # forced: nothing unlocked it
+        rig.wait_event("door_forced", compartment="A1", timeout=2)  # reported at once
+        rig.set_door("A1", opened=False)
+        # a refusal lights the error LED for 1.5 s by day; in quiet hours a short flash
+        error_led.clear_states()
+        buzzer.clear_states()
+        rig.press("12345678#")
+        rig.wait_event("access_denied", reason="unknown_code")
+        wait_for(
+            lambda: len(error_led.states) >= 3 and len(buzzer.states) >= 3, what="flash and tick"
+        )
+        on = [s.timestamp for s in error_led.states[1:] if s.state == 0]
+        assert on and max(on) < 0.5, error_led.states
+        beeps = [s.timestamp for s in buzzer.states[1:] if s.state == 0]
+        assert beeps and max(beeps) < QUIET_TICK.on_s + 0.05, buzzer.states
+    finally:
+        rig.close()

@@ -297,7 +297,7 @@ class PanelServer(Surface):
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/"
 
-    def start(self, wait_s: float = 5.0) -> None:
+    def start(self, wait_s: float = 2.0) -> None:
         """Start serving in the background; waits up to ``wait_s`` for the first bind (and
         logs, never raises, if it does not come: the locker works without its panel)."""
         self.stopping.clear()
