@@ -96,10 +96,17 @@ def expect_message(
         expect(msg).to_have_attribute("data-compartment", compartment, timeout=timeout)
 
 
-def screenshot(page: Page, name: str) -> Path:
+def screenshot(page: Page, name: str) -> list[Path]:
+    """``name-800x480.png`` and ``name-1280x800.png`` of the page as it is now (the viewport
+    is resized for the shots, then put back)."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    size = page.viewport_size
-    assert size is not None
-    path = ARTIFACTS / f"{name}-{size['width']}x{size['height']}.png"
-    page.screenshot(path=str(path))
-    return path
+    before = page.viewport_size
+    paths = []
+    for label, (width, height) in SIZES.items():
+        page.set_viewport_size({"width": width, "height": height})
+        path = ARTIFACTS / f"{name}-{label}.png"
+        page.screenshot(path=str(path))
+        paths.append(path)
+    if before is not None:
+        page.set_viewport_size(before)
+    return paths

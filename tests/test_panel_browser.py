@@ -44,7 +44,7 @@ def test_dropoff_code_shows_the_granted_door_within_a_second(
     pages = [cabinet.open(chromium, size) for size in ("800x480", "1280x800")]
     for page in pages:
         expect_message(page, "idle")
-        screenshot(page, "idle")
+    screenshot(pages[0], "idle")
     rig.press(drop)
     expect_message(pages[0], "entry")
     expect(pages[0].locator("#message")).to_contain_text("\u25cf" * 8)
@@ -57,7 +57,7 @@ def test_dropoff_code_shows_the_granted_door_within_a_second(
         expect_message(page, "granted", compartment=comp)
         expect(page.locator("#door")).to_have_text(comp)
         expect(page.locator("#message")).to_contain_text(comp)
-        screenshot(page, "granted")
+    screenshot(pages[1], "granted")
     rig.set_door(comp, opened=True)
     rig.wait_event("door_opened", compartment=comp)
     rig.set_door(comp, opened=False)
@@ -80,7 +80,7 @@ def test_refusals_show_their_reason(cabinet: PanelCabinet, chromium: Browser) ->
     rig.press(pick + "#")
     reason = rig.wait_event("access_denied", n + 1)["data"]["reason"]
     expect_message(page, "denied", reason=reason)
-    screenshot(page, f"denied-{reason}")
+    screenshot(page, "denied-before-deposit")
     # an expired QR code at the scanner
     rig.scan(rig.keys.token("P2", credentials.TokenAction.PICKUP, ttl_s=-10))
     expect_message(page, "denied", reason="expired")
