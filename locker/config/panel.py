@@ -84,12 +84,6 @@ def _check_i2c_address(value: int) -> int:
     return value
 
 
-def _check_i2c_bus(value: int) -> int:
-    if not 0 <= value <= 31:
-        _reject(f"{value} is not an I2C bus number (0-31: /dev/i2c-N)")
-    return value
-
-
 Language = Annotated[str, AfterValidator(_check_language)]
 
 
