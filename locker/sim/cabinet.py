@@ -47,7 +47,7 @@ GPIO_LAYOUT: tuple[tuple[str, str, int, int], ...] = (
     ("A6", "XL", 22, 10),
 )
 # Locator LEDs (mock pins in the simulation) and wheelchair-reachable doors.
-LED_PINS = {"A1": 23, "A2": 24, "A3": 25, "B1": 12, "B2": 18, "B3": 11}
+LED_PINS = {"A1": 23, "A2": 24, "A3": 25, "B1": 5, "B2": 18, "B3": 11}
 ACCESSIBLE = ("A1", "A2", "B1")
 BOARD_LAYOUT: tuple[tuple[str, str, int], ...] = (
     ("B1", "S", 1),
