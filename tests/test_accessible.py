@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from locker.cabinet.domain.model import ParcelStatus
-from tests.domain import Sim, command, creds
+from locker.contract import credentials as creds
+from tests.domain import Sim, command
 
 # SIZES: A1 S, A2 S, B1 M, B2 M, C1 L, D1 XL; A2 and C1 are within reach.
 ACCESSIBLE = frozenset({"A2", "C1"})

@@ -85,7 +85,7 @@ def test_stalled_clients_a_hung_panel_and_a_killed_server_never_delay_unlocks(
 
     # every stream slot taken by a client that never reads; one more is turned away
     stalled = [_stalled_stream(cabinet.url) for _ in range(MAX_STREAMS)]
-    wait_for(lambda: server.streams._value == 0, what="all stream slots in use")  # type: ignore[attr-defined]
+    wait_for(lambda: server.active_streams == MAX_STREAMS, what="all stream slots in use")
     extra = _stalled_stream(cabinet.url)
     assert extra.recv(64).startswith(b"HTTP/1.1 503")
     extra.close()

@@ -234,6 +234,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not panel.streams.acquire(blocking=False):
             self._send(HTTPStatus.SERVICE_UNAVAILABLE, b"too many streams\n", "text/plain")
             return
+        panel.count_stream(+1)
         try:
             self.send_response(HTTPStatus.OK)
             self.send_header("Content-Type", "text/event-stream; charset=utf-8")
@@ -245,6 +246,7 @@ class _Handler(BaseHTTPRequestHandler):
         except (OSError, TimeoutError) as err:  # the client went away or stopped reading
             logger.debug("panel event stream ended: %s", err)
         finally:
+            panel.count_stream(-1)
             panel.streams.release()
 
     def _stream(self, panel: PanelServer) -> None:
@@ -280,6 +282,8 @@ class PanelServer(Surface):
         self.host = host
         self.touch_keypad = touch_keypad
         self.streams = threading.BoundedSemaphore(MAX_STREAMS)
+        self.active_streams = 0  # event streams being served now
+        self._count_lock = threading.Lock()
         self.stopping = threading.Event()
         self._requested_port = port
         self._server: _Server | None = None
@@ -296,6 +300,10 @@ class PanelServer(Surface):
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/"
+
+    def count_stream(self, delta: int) -> None:
+        with self._count_lock:
+            self.active_streams += delta
 
     def start(self, wait_s: float = 2.0) -> None:
         """Start serving in the background; waits up to ``wait_s`` for the first bind (and
