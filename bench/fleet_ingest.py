@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from bench.common import write_results  # noqa: E402
+from bench.common import Figure, write_results  # noqa: E402
 from locker.fleet import provision  # noqa: E402
 from locker.sim.broker import SERVER_CN, Broker, Pki, free_port  # noqa: E402
 
@@ -254,10 +254,33 @@ def _report(
             f"{page['console_ms_median']:.0f} ms (max {page['console_ms_max']:.0f}), API median "
             f"{page['api_ms_median']:.0f} ms"
         )
+    bare_name = "bare broker, acknowledging paho subscriber"
+    figures = [Figure(bare_name, rate["bare"], "events/s")]
+    goals = {"sqlite_1_worker": ">= 2000 events/s", "postgres_2_workers": "> postgres_1_worker"}
+    figures += [
+        Figure(
+            f"fleet service, {k.replace('_', ' ')}",
+            rate[k],
+            "events/s",
+            bare_name,
+            goals.get(k, ""),
+        )
+        for k in ratio
+    ]
+    if page:
+        figures.append(
+            Figure(
+                f"console fleet page, {page['lockers']} lockers online (median)",
+                page["console_ms_median"],
+                "ms",
+                goal="< 200 ms",
+            )
+        )
     write_results(
         RESULTS,
         "fleet service ingest (stored and acked) vs bare broker throughput; fleet page latency",
         {"phases": phases, "events_per_s": rate, "ratio_to_bare": ratio, "fleet_page": page},
+        figures=figures,
         events=events,
         lockers=n_lockers,
     )

@@ -63,6 +63,11 @@ BENCHMARKS: list[Bench] = [
         "daemon_drain.py",
         quick_args=("--events", "500", "--plain-only"),
     ),
+    Bench(
+        "fleet service ingest and fleet page",
+        "fleet_ingest.py",
+        quick_args=("--events", "2000", "--page-lockers", "20", "--no-postgres"),
+    ),
 ]
 
 
