@@ -73,7 +73,11 @@ def test_parcel_issued_by_api_deposited_by_keypad_collected_by_qr(
             hist = _states(v, "PCL-1")
             for step in ("issued", "parcel_reserved", "parcel_deposited", "parcel_collected"):
                 assert step in hist, hist
-            # the command was signed with the carrier's own key: the locker accepted kid acme
+            # the locker's own event names the signer: the carrier's own key, kid acme
+            reserved = [h for h in v.get("/api/v1/parcels/PCL-1").json()["history"]]
+            reserved = [h for h in reserved if h["what"] == "parcel_reserved"]
+            assert [h["actor"] for h in reserved] == ["acme"]
+            assert reserved[0]["detail"]["data"]["kid"] == "acme"
             with service.engine.connect() as conn:
                 actors = conn.execute(select(db.commands.c.actor, db.commands.c.status)).all()
             assert ("acme", "done") in [tuple(a) for a in actors]

@@ -8,6 +8,8 @@ changes nothing but the outbox (``command_rejected``) and the reply.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from types import MappingProxyType
 from typing import Any
 
 from locker import errors
@@ -75,6 +77,7 @@ def handle(d: Draft, ev: CommandArrived, rules: Rules, now: float) -> None:
             error=seen.error,
         )
         return
+    caused_from = len(d.events)
     try:
         result = _execute(d, cmd, rules, now)
     except Refusal as r:
@@ -89,8 +92,19 @@ def handle(d: Draft, ev: CommandArrived, rules: Rules, now: float) -> None:
         d.put_command(CommandRecord(cmd.cmd_id, float(cmd.exp), "rejected", None, error))
         _reply(d, cmd.cmd_id, "rejected", ev.correlation_data, now, error=error)
         return
+    _name_the_signer(d, caused_from, cmd.kid, cmd.cmd_id)
     d.put_command(CommandRecord(cmd.cmd_id, float(cmd.exp), "done", result, None))
     _reply(d, cmd.cmd_id, "done", ev.correlation_data, now, result=result)
+
+
+def _name_the_signer(d: Draft, since: int, kid: str, cmd_id: str) -> None:
+    """Every event a command caused names who signed it (``data.kid``: a fleet service signs
+    with each user's own key, kid = the user's name, DESIGN 13) and the command (``cmd_id``),
+    so the locker's own record says who acted."""
+    d.events[since:] = [
+        replace(e, data=MappingProxyType({**e.data, "kid": kid, "cmd_id": cmd_id}))
+        for e in d.events[since:]
+    ]
 
 
 def _reply(
