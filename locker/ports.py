@@ -238,9 +238,21 @@ class CommandMessage:
 
 @dataclass(frozen=True, slots=True)
 class ServerAck:
-    """``{p}/ack``: the server holds every event with ``seq <= upto_seq`` durably."""
+    """``{p}/ack``: the server holds every event of ``epoch`` with ``seq <= upto_seq``
+    durably. ``epoch`` None: a server from before epochs (DESIGN 5)."""
 
     upto_seq: int
+    epoch: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RetainedState:
+    """The locker's own retained ``{p}/state`` as the broker held it when the link
+    connected (None fields: absent or unreadable): what this locker last published, to
+    compare with its store (a store that went backwards, issue 11 item 21)."""
+
+    epoch: str | None
+    last_seq: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,7 +276,9 @@ class LinkChanged:
     detail: str = ""
 
 
-LinkEvent = CommandMessage | ServerAck | EventsDelivered | PublishRefused | LinkChanged
+LinkEvent = (
+    CommandMessage | ServerAck | RetainedState | EventsDelivered | PublishRefused | LinkChanged
+)
 LinkSink = Callable[[LinkEvent], None]
 
 
@@ -283,6 +297,10 @@ class OutboxReader(abc.ABC):
 
     @abc.abstractmethod
     def depth(self) -> int: ...
+
+    @abc.abstractmethod
+    def stream(self) -> tuple[str, int]:
+        """``(epoch, last_seq)`` as committed: what a server ack may cover."""
 
 
 class Uplink(abc.ABC):
@@ -319,6 +337,10 @@ class Uplink(abc.ABC):
     def healthy(self) -> bool:
         """Whether the link's own thread is alive and turning (gates the systemd watchdog)."""
         return True
+
+    def stream_reset(self) -> None:  # noqa: B027 - optional hook
+        """The outbox was renumbered into a new epoch: forget every confirmation and send
+        it all again from seq 1."""
 
 
 class NullUplink(Uplink):

@@ -307,6 +307,7 @@ class SqliteOutbox(OutboxReader):
     def __init__(self, path: Path, *, boot_id: str = "test-boot") -> None:
         self.path = path
         self.boot_id = boot_id
+        self.epoch = str(uuid.uuid4())
         self._local = threading.local()
         self._write_lock = threading.Lock()
         db = self._db()
@@ -335,6 +336,7 @@ class SqliteOutbox(OutboxReader):
             for seq in range(last + 1, last + n + 1):
                 doc = {
                     "v": 1,
+                    "epoch": self.epoch,
                     "seq": seq,
                     "event_id": str(uuid.uuid4()),
                     "boot_id": self.boot_id,
@@ -360,6 +362,10 @@ class SqliteOutbox(OutboxReader):
     def depth(self) -> int:
         (n,) = self._db().execute("SELECT COUNT(*) FROM outbox").fetchone()
         return int(n)
+
+    def stream(self) -> tuple[str, int]:
+        with self._write_lock:
+            return self.epoch, self._last_seq
 
     def delete_upto(self, seq: int) -> None:
         with self._write_lock:

@@ -266,6 +266,7 @@ def test_snapshot_matches_the_contract_shape(rig: Rig) -> None:
     snap = rig.ctl.snapshot()
     assert set(snap) == {
         "v",
+        "epoch",
         "rev",
         "ts",
         "lockdown",

@@ -32,12 +32,13 @@ from locker import errors
 from locker.contract import credentials, jws
 from locker.contract.actions import Action, arg_fields
 from locker.fleet import client as fleet
-from locker.fleet import ctl, provision
+from locker.fleet import ctl, provision, watch
 from tests import contract
 from tests.conftest import wait_for
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 LOCKER = "LKR-0001"
+EPOCH = "0b6f3c2e-8a1d-4c57-9a43-5d7f0f1e2a10"
 SUBCOMMANDS = [
     [],
     ["fleet"],
@@ -245,90 +246,6 @@ def test_human_output_has_no_epoch_seconds_and_no_reprs(fleet_dir: Path) -> None
         assert "PosixPath(" not in text and "<" not in text, text
 
 
-# --- the fleet view (pure) ------------------------------------------------------------------------
-
-
-def ev(seq: int, event_type: str = "door_opened") -> fleet.Incoming:
-    doc = {
-        "v": 1,
-        "seq": seq,
-        "event_id": str(uuid.uuid4()),
-        "boot_id": "b",
-        "ts": "2025-01-01T00:00:00Z",
-        "clock_synced": True,
-        "type": event_type,
-        "compartment": "A1",
-        "data": {},
-    }
-    return fleet.Incoming(f"lockers/L1/evt/{event_type}", json.dumps(doc).encode(), False, 1)
-
-
-def test_view_dedups_detects_gaps_and_acks_only_contiguous(tmp_path: Path) -> None:
-    view = fleet.FleetView("lockers", fleet.EventLog(tmp_path))
-    lines = view.handle(ev(5))
-    assert lines[0] == "L1: first contact, events from seq 5"
-    assert view.acks_due() == {"L1": 5}
-    view.mark_acked("L1", 5)
-    assert any("gap, missing seq 6-8" in line for line in view.handle(ev(9)))
-    assert any("gap, missing seq 7-8" in line for line in view.handle(ev(6)))
-    assert view.acks_due() == {"L1": 6}
-    view.mark_acked("L1", 6)
-    assert view.handle(ev(9)) == [] and view.acks_due() == {"L1": 6}  # duplicate: re-ack
-    view.mark_acked("L1", 6)
-    view.handle(ev(8))
-    assert any("gap filled" in line for line in view.handle(ev(7)))
-    assert view.acks_due() == {"L1": 9}
-    assert [e["seq"] for e in view.lockers["L1"].events] == [5, 6, 7, 8, 9]
-    assert view.lockers["L1"].duplicates == 1
-
-
-def test_view_never_acks_malformed_events() -> None:
-    view = fleet.FleetView()
-    for payload in (b"{", b'{"seq": 0}', b'{"seq": "1"}', b"[]"):
-        lines = view.handle(fleet.Incoming("lockers/L1/evt/x", payload, False, 1))
-        assert lines == ["L1: malformed message on lockers/L1/evt/x (not acknowledged)"]
-    assert view.acks_due() == {}
-
-
-def test_view_reloads_from_its_log(tmp_path: Path) -> None:
-    log = fleet.EventLog(tmp_path)
-    view = fleet.FleetView("lockers", log)
-    for seq in (3, 4, 6):
-        view.handle(ev(seq))
-    log.close()
-    again = fleet.FleetView("lockers", fleet.EventLog(tmp_path))
-    assert again.lockers["L1"].contiguous == 4 and set(again.lockers["L1"].ahead) == {6}
-    assert again.handle(ev(4)) == [] and again.handle(ev(5))
-    assert again.lockers["L1"].contiguous == 6
-
-
-def test_view_tracks_status_and_occupancy() -> None:
-    view = fleet.FleetView()
-    status = {
-        "v": 1,
-        "online": True,
-        "boot_id": "b",
-        "ts": "t",
-        "version": "1",
-        "clock_synced": True,
-    }
-    view.handle(fleet.Incoming("lockers/L1/status", json.dumps(status).encode(), True, 1))
-    assert view.lockers["L1"].online is True
-    state = {
-        "rev": 2,
-        "outbox_depth": 0,
-        "lockdown": True,
-        "compartments": [
-            {"id": "A1", "state": "occupied", "door": "open", "in_service": True, "parcel": "P"}
-        ],
-    }
-    lines = view.handle(fleet.Incoming("lockers/L1/state", json.dumps(state).encode(), True, 1))
-    assert lines == ["L1 state rev 2 outbox 0 [lockdown] A1:occupied(P)[door open]"]
-    offline = {"v": 1, "online": False, "boot_id": "b"}
-    assert view.handle(fleet.Incoming("lockers/L1/status", json.dumps(offline).encode(), True, 1))
-    assert view.lockers["L1"].online is False
-
-
 def test_command_claims_enforce_lifetimes() -> None:
     claims = fleet.command_claims("L1", "open", {"compartment": "A1", "reason": ""}, now=100.7)
     assert (claims["iat"], claims["exp"] - claims["iat"]) == (100, fleet.DEFAULT_SHORT_TTL_S)
@@ -426,7 +343,9 @@ class FakeLocker:
             payload = bytes(msg.payload)
             contract.validate_topic_message(msg.topic, payload, bool(msg.retain), msg.qos)
             if msg.topic.endswith("/ack"):
-                self.acks.append(json.loads(payload)["upto_seq"])
+                ack = json.loads(payload)
+                assert ack["epoch"] == EPOCH
+                self.acks.append(ack["upto_seq"])
                 return
             _header, claims = jws.verify_compact(payload, self.keys)
             props_in: Any = msg.properties
@@ -543,10 +462,10 @@ def test_watch_acks_contiguous_events_durably(fake_locker: FakeLocker) -> None:
     status = {"v": 1, "online": True, "boot_id": "b1", "ts": "2025-01-01T00:00:00Z"}
     fake_locker.publish("status", {**status, "version": "0.1", "clock_synced": True}, retain=True)
     lines: list[str] = []
-    log = fleet.EventLog(f.dir / "events")
+    log = watch.EventLog(f.dir / "events")
     client = fleet.FleetClient.for_fleet(f, provision.BACKEND_USER)
     client.connect()
-    watcher = fleet.Watcher(client, fleet.FleetView(f.topic_prefix, log), lines.append, log=log)
+    watcher = watch.Watcher(client, watch.FleetView(f.topic_prefix, log), lines.append, log=log)
     try:
         watcher.start()
         wait_for(lambda: any("online" in line for line in lines), 10, what="retained status")
@@ -565,8 +484,8 @@ def test_watch_acks_contiguous_events_durably(fake_locker: FakeLocker) -> None:
     stored = [
         json.loads(line) for line in (f.dir / "events" / f"{LOCKER}.jsonl").read_text().splitlines()
     ]
-    assert stored[0] == {"baseline": 0}
-    assert sorted(row["seq"] for row in stored[1:]) == [1, 2, 3, 4]
+    assert sorted(row["seq"] for row in stored) == [1, 2, 3, 4]
+    assert {row["epoch"] for row in stored} == {EPOCH}
     code, text = run("watch", "--fleet", str(f.dir), "--duration", "0.5", "--no-ack")
     assert code == ctl.EXIT_OK and f"{LOCKER} online" in text
 
@@ -574,6 +493,7 @@ def test_watch_acks_contiguous_events_durably(fake_locker: FakeLocker) -> None:
 def event_doc(seq: int, event_type: str | None = None) -> dict[str, Any]:
     return {
         "v": 1,
+        "epoch": EPOCH,
         "seq": seq,
         "event_id": str(uuid.uuid4()),
         "boot_id": "b1",

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from locker.cabinet.link import MqttLink, backoff_delay, parse_ack
+from locker.cabinet.link import MqttLink, _unreachable, backoff_delay, parse_ack
 from locker.ports import (
     CommandMessage,
     EventsDelivered,
@@ -100,8 +102,11 @@ pytestmark = [pytest.mark.broker, pytest.mark.timeout(60)]
 @pytest.mark.parametrize(
     ("payload", "expected"),
     [
-        (b'{"v":1,"upto_seq":0}', 0),
-        (b'{"upto_seq": 42, "v": 1}', 42),
+        (b'{"v":1,"upto_seq":0}', (None, 0)),
+        (b'{"upto_seq": 42, "v": 1}', (None, 42)),
+        (b'{"v":1,"epoch":"e1","upto_seq":7}', ("e1", 7)),
+        (b'{"v":1,"epoch":"","upto_seq":7}', None),
+        (b'{"v":1,"epoch":7,"upto_seq":7}', None),
         (b'{"v":1,"upto_seq":-1}', None),
         (b'{"v":2,"upto_seq":1}', None),
         (b'{"v":true,"upto_seq":1}', None),
@@ -116,7 +121,7 @@ pytestmark = [pytest.mark.broker, pytest.mark.timeout(60)]
         (b'{"v":1,"upto_seq":1' + b" " * 300 + b"}", None),
     ],
 )
-def test_parse_ack_is_strict(payload: bytes, expected: int | None) -> None:
+def test_parse_ack_is_strict(payload: bytes, expected: tuple[str | None, int] | None) -> None:
     assert parse_ack(payload) == expected
 
 
@@ -126,6 +131,26 @@ def test_backoff_grows_to_the_cap_with_jitter() -> None:
         assert all(1.0 <= d <= min(60.0, 2.0**attempt) for d in delays)
         assert len(set(delays)) > 100  # jittered, not a fixed schedule
     assert max(backoff_delay(30, 1.0, 60.0) for _ in range(200)) > 30
+
+
+def test_an_unreachable_broker_is_retried_within_seconds(
+    broker: Broker,  # noqa: F811
+    harness: Harness,
+) -> None:
+    """Issue 10: after a long outage the next attempt is at most
+    ``reconnect_unreachable_max_s`` away, whatever the number of failed attempts."""
+    assert _unreachable(ConnectionRefusedError(errno.ECONNREFUSED, "refused"))
+    assert _unreachable(OSError(errno.EHOSTUNREACH, "no route"))
+    assert not _unreachable(ssl.SSLError("handshake"))
+    lk, rec = harness.start(
+        broker, reconnect_min_s=0.05, reconnect_max_s=60.0, reconnect_unreachable_max_s=0.2
+    )
+    wait_for(connected(rec))
+    broker.stop()
+    wait_for(lambda: any(not e.connected for e in rec.of(LinkChanged)), what="link down")
+    wait_for(lambda: lk._attempts >= 12, 10, what="many refused attempts")  # ceiling 60 s now
+    broker.start()
+    wait_for(connected(rec, 2), 3, what="back within the unreachable bound")
 
 
 # --- status, state, replies, commands -------------------------------------------------------
@@ -176,6 +201,7 @@ def test_state_is_retained_coalesced_and_republished_on_connect(
 def state(rev: int) -> dict[str, object]:
     return {
         "v": 1,
+        "epoch": "5f0c6a52-3f7e-4d0b-9a51-2b8f1c7d9e04",
         "rev": rev,
         "ts": "2026-11-21T07:00:00.000Z",
         "lockdown": False,

@@ -59,12 +59,14 @@ DESIGN_EVENT_TYPES = [
     "command_rejected",
 ]
 TAG = "ab" * 32
+EPOCH = "5f0c6a52-3f7e-4d0b-9a51-2b8f1c7d9e04"
 TS = "2025-03-01T10:20:30.123Z"
 
 
 def event(event_type: str = "door_opened", **changes: Any) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "v": 1,
+        "epoch": EPOCH,
         "seq": 7,
         "event_id": str(uuid.uuid4()),
         "boot_id": "3f0c9a1e",
@@ -82,6 +84,7 @@ def event(event_type: str = "door_opened", **changes: Any) -> dict[str, Any]:
 def state(**changes: Any) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "v": 1,
+        "epoch": EPOCH,
         "rev": 3,
         "ts": TS,
         "lockdown": False,
@@ -213,6 +216,7 @@ def test_example_event_of_every_type_validates(event_type: str) -> None:
         ({"seq": "7"}, "seq"),
         ({"v": 2}, "v"),
         ({"event_id": "not-a-uuid"}, "event_id"),
+        ({"epoch": "E1"}, "epoch"),
         ({"ts": "2025-03-01T10:20:30+02:00"}, "ts"),
         ({"ts": "2025-03-01 10:20:30Z"}, "ts"),
         ({"type": "door_exploded"}, "type"),
@@ -228,7 +232,7 @@ def test_bad_events_fail(changes: dict[str, Any], where: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "missing", ["v", "seq", "event_id", "boot_id", "ts", "clock_synced", "type", "data"]
+    "missing", ["v", "epoch", "seq", "event_id", "boot_id", "ts", "clock_synced", "type", "data"]
 )
 def test_event_without_a_required_field_fails(missing: str) -> None:
     doc = event()
@@ -302,7 +306,9 @@ def test_state_snapshot() -> None:
 
 
 def test_ack() -> None:
-    contract.validate_payload("ack", b'{"v":1,"upto_seq":42}')
+    contract.validate_payload("ack", b'{"v":1,"upto_seq":42}')  # a server older than epochs
+    contract.validate_payload("ack", {"v": 1, "epoch": EPOCH, "upto_seq": 42})
+    invalid("ack", {"v": 1, "epoch": 7, "upto_seq": 42})
     invalid("ack", {"v": 1, "upto_seq": -1})
     invalid("ack", {"v": 1, "upto_seq": 4, "from_seq": 1})
     invalid("ack", {"v": 1})

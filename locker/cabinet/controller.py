@@ -25,7 +25,8 @@ from locker.cabinet.domain.draft import (
     Transition,
     UnlockAction,
 )
-from locker.cabinet.domain.model import LockerState
+from locker.cabinet.domain.model import LockerState, Out
+from locker.cabinet.sender import check_ack
 from locker.cabinet.store import Store
 from locker.contract.actions import Command, CommandRejected
 from locker.contract.replies import rfc3339
@@ -41,6 +42,7 @@ from locker.ports import (
     NullIndicator,
     NullUplink,
     PublishRefused,
+    RetainedState,
     ServerAck,
     UnlockResult,
     Uplink,
@@ -49,6 +51,8 @@ from locker.ports import (
 logger = logging.getLogger(__name__)
 
 HWM_PERSIST_S = 600.0  # how often an idle controller records the time high-water mark
+ACK_INVALID_EVERY_S = 60.0  # at most one ack_invalid event per this much time (a flood of
+# bad acks from a confused server must not flood the outbox); the event counts the rest
 
 Verifier = Callable[[CommandMessage, float], Command]
 Observer = Callable[[Transition, float], None]
@@ -119,6 +123,12 @@ class Controller:
         self._snapshot_key: Any = None
         self.rev = int(store.meta("rev", 0))
         self.stopped = threading.Event()
+        if store.meta("epoch_began") is None:
+            # When this event stream began: no command issued before it may run (a store that
+            # is new or went backwards has forgotten which commands it ran; issue 11 item 21).
+            store.set_meta("epoch_began", self.clock.now())
+        self._invalid_acks = 0  # refused acks not yet reported
+        self._invalid_reported_at = float("-inf")
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -198,7 +208,9 @@ class Controller:
 
     def handle(self, event: object) -> None:
         if isinstance(event, ServerAck):
-            self._freed(self.store.acknowledge(self._coalesce_acks(event.upto_seq)))
+            self._server_acks(self._coalesce_acks(event))
+        elif isinstance(event, RetainedState):
+            self._compare_published(event)
         elif isinstance(event, EventsDelivered):
             self._freed(self.store.delivered(event.seqs))
         elif isinstance(event, PublishRefused):
@@ -218,19 +230,105 @@ class Controller:
         else:
             self._run_machine(event)  # type: ignore[arg-type]
 
-    def _coalesce_acks(self, upto: int) -> int:
+    def _coalesce_acks(self, first: ServerAck) -> list[ServerAck]:
         """Acks commute with everything else: take every ack already queued behind this one
         and free the outbox once (one transaction, one snapshot) instead of once per ack."""
+        acks = [first]
         while self._deferred is None:
             try:
                 nxt = self.queue.get_nowait()
             except queue.Empty:
                 break
             if isinstance(nxt, ServerAck):
-                upto = max(upto, nxt.upto_seq)
+                acks.append(nxt)
             else:
                 self._deferred = nxt  # handled next, in order
-        return upto
+        return acks
+
+    def _server_acks(self, acks: list[ServerAck]) -> None:
+        """Delete what valid acks cover; an ack of another epoch or above last_seq deletes
+        nothing and is reported (DESIGN 5, issue 11 items 7 and 20)."""
+        stream = (self.store.epoch, self.store.last_seq())
+        upto = 0
+        for ack in acks:
+            verdict = check_ack(ack.epoch, ack.upto_seq, stream)
+            if verdict == "ok":
+                upto = max(upto, ack.upto_seq)
+            else:
+                self._ack_invalid(ack, verdict)
+        if upto:
+            self._freed(self.store.acknowledge(upto))
+
+    def _ack_invalid(self, ack: ServerAck, reason: str) -> None:
+        self._invalid_acks += 1
+        now = self.clock.now()
+        logger.warning(
+            "server ack refused (%s): upto_seq %d of epoch %s; this stream is %s up to seq %d",
+            reason,
+            ack.upto_seq,
+            ack.epoch or "(none)",
+            self.store.epoch,
+            self.store.last_seq(),
+        )
+        if now - self._invalid_reported_at < ACK_INVALID_EVERY_S:
+            return
+        data = {
+            "reason": reason,
+            "upto_seq": ack.upto_seq,
+            "ack_epoch": ack.epoch,
+            "last_seq": self.store.last_seq(),
+            "count": self._invalid_acks,
+        }
+        self._invalid_acks, self._invalid_reported_at = 0, now
+        self._apply(Transition(self.state, (Out("ack_invalid", data=data),)), now)
+
+    def _compare_published(self, seen: RetainedState) -> None:
+        """Compare the store with the state this locker last published (issue 11 item 21):
+        a store behind its own published ``last_seq`` was rolled back (WAL lost after a
+        crash); a store that had been seen in step before but finds another epoch published
+        is an older copy (restored backup). Both start a new epoch now, so no seq the server
+        holds is reused and no command issued before now runs. A new store that finds an
+        older epoch published says so."""
+        store = self.store
+        reason = None
+        if seen.epoch is None:
+            pass  # nothing published yet (or from before epochs): nothing to compare
+        elif seen.epoch == store.epoch:
+            if seen.last_seq is not None and seen.last_seq > store.last_seq():
+                reason = "rolled_back"
+        elif store.meta("published_seen"):
+            reason = "restored"
+        else:
+            reason = "store_replaced"
+        now = self.clock.now()
+        data: dict[str, object] = {
+            "reason": reason,
+            "previous_epoch": seen.epoch,
+            "previous_last_seq": seen.last_seq,
+        }
+        if reason in ("rolled_back", "restored"):
+            data["abandoned_epoch"], data["abandoned_last_seq"] = store.epoch, store.last_seq()
+            logger.error(
+                "event store went backwards (%s): published epoch %s up to seq %s, store has "
+                "epoch %s up to seq %d; starting a new epoch",
+                reason,
+                seen.epoch,
+                seen.last_seq,
+                store.epoch,
+                store.last_seq(),
+            )
+            store.begin_epoch(now)
+            self.uplink.stream_reset()
+        elif reason == "store_replaced":
+            logger.warning(
+                "new event store: the broker holds epoch %s up to seq %s from a previous one",
+                seen.epoch,
+                seen.last_seq,
+            )
+        if not store.meta("published_seen"):
+            store.set_meta("published_seen", True)
+        if reason is not None:
+            self._apply(Transition(self.state, (Out("epoch_started", data=data),)), now)
 
     def _verified(self, msg: CommandMessage) -> machine.CommandArrived:
         now = self.clock.now()
@@ -238,7 +336,17 @@ class Controller:
             rej = CommandRejected("unknown_kid", "no command keys configured")
             return machine.CommandArrived(None, rej, msg.correlation_data)
         try:
-            return machine.CommandArrived(self.verify(msg, now), None, msg.correlation_data)
+            command = self.verify(msg, now)
+            began = int(self.store.meta("epoch_began", 0.0))
+            if command.iat < began:
+                # This store cannot know whether it ran that command (it is new, or went
+                # backwards and began a new epoch): never run it twice (issue 11 item 21).
+                raise CommandRejected(
+                    "expired",
+                    "issued before this locker's event store began; issue it again",
+                    command.cmd_id,
+                )
+            return machine.CommandArrived(command, None, msg.correlation_data)
         except CommandRejected as rej:
             logger.warning("command rejected: %s (%s)", rej.code, rej.message)
             return machine.CommandArrived(None, rej, msg.correlation_data)
@@ -313,6 +421,7 @@ class Controller:
         s = self.state
         return {
             "v": 1,
+            "epoch": self.store.epoch,
             "rev": self.rev,
             "ts": rfc3339(self.clock.now()),
             "lockdown": s.lockdown,

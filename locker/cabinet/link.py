@@ -19,7 +19,9 @@ Reliability model:
   every reconnect and when no ack progress came for ``ack_timeout_s``; at most ``ack_window``
   rows are sent beyond the last ack, so a slow server cannot make the broker drop messages
   past its ``max_queued_messages``. Without it, a successful PUBACK is delivery.
-- Reconnect back-off grows from ``reconnect_min_s`` to ``reconnect_max_s`` with random jitter.
+- Reconnect back-off grows from ``reconnect_min_s`` to ``reconnect_max_s`` with random jitter;
+  while the broker cannot be reached at all, attempts stay at most
+  ``reconnect_unreachable_max_s`` apart (``_schedule_retry``).
 - Watchdog: any unexpected exception in the thread drops the client and builds a new one after
   a back-off; ``healthy()`` tells whether the thread is alive and looping.
 """
@@ -27,6 +29,7 @@ Reliability model:
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import random
@@ -47,6 +50,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from locker.cabinet.sender import LinkCounters, OutboxSender
 from locker.contract.replies import rfc3339
 from locker.ports import (
     CommandMessage,
@@ -57,6 +61,7 @@ from locker.ports import (
     OutboxReader,
     OutboxRow,
     PublishRefused,
+    RetainedState,
     ServerAck,
     Uplink,
     guarded,
@@ -66,23 +71,10 @@ logger = logging.getLogger(__name__)
 
 MAX_PENDING_REPLIES = 256
 _MAX_ACK_BYTES = 256
+_MAX_STATE_BYTES = 4 * 1024 * 1024
+STATE_CHECK_S = 5.0  # longest wait for our own retained state at the first connect
+STATE_GRACE_S = 0.5  # wait after its SUBACK (the retained copy follows it at once)
 _IDLE_WAIT_S = 1.0  # longest select(): keepalive and timers are checked at least this often
-_READ_BATCH = 200
-
-
-@dataclass
-class LinkCounters:
-    """Totals since start, for logs and benchmarks (read from any thread; ints only)."""
-
-    published: int = 0  # event PUBLISHes handed to the socket, re-sends included
-    resent: int = 0  # of which re-sends of a seq already published once
-    acked: int = 0  # events confirmed: by {p}/ack, or by PUBACK without require_server_ack
-    pubacked: int = 0  # event PUBACKs with a success reason code
-    refused: int = 0  # event PUBACKs with a failure reason code
-    server_acks: int = 0  # valid {p}/ack messages
-    connects: int = 0  # successful CONNACKs
-    rebuilds: int = 0  # clients dropped by the watchdog after an internal error
-    acked_upto: int = 0  # highest upto_seq seen on {p}/ack
 
 
 @dataclass
@@ -92,6 +84,7 @@ class _Requests:
     close: bool | None = None  # None: keep running; True/False: close(clean)
     outbox: bool = False
     resync: bool = False
+    stream_reset: bool = False
     state: bytes | None = None
     replies: list[tuple[bytes, bytes | None]] = field(default_factory=list)
     done: list[tuple[int, int]] = field(default_factory=list)  # (client generation, mid)
@@ -107,7 +100,7 @@ class _Reply:
 class MqttLink(Uplink):
     """The locker's MQTT 5 connection to the fleet broker."""
 
-    def __init__(  # noqa: PLR0915 - one assignment per setting and counter
+    def __init__(
         self,
         *,
         locker_id: str,
@@ -133,6 +126,7 @@ class MqttLink(Uplink):
         max_inflight: int,
         reconnect_min_s: float = 1.0,
         reconnect_max_s: float = 60.0,
+        reconnect_unreachable_max_s: float = 2.0,
         connect_timeout_s: float = 10.0,
         close_timeout_s: float = 3.0,
         clock: Callable[[], float] = time.time,
@@ -147,16 +141,22 @@ class MqttLink(Uplink):
         self._tick = min(_IDLE_WAIT_S, keepalive_s / 4)
         self._session_expiry = session_expiry_s
         self._will_delay = min(will_delay_s, session_expiry_s)  # MQTT 5 3.1.3.2.2
-        self._require_ack = require_server_ack
         self._ack_timeout = ack_timeout_s
-        self._ack_window = ack_window
         self._max_inflight = max_inflight
         self._backoff = (reconnect_min_s, reconnect_max_s)
+        self._unreachable_max = max(reconnect_min_s, reconnect_unreachable_max_s)
         self._connect_timeout = connect_timeout_s
         self._close_timeout = close_timeout_s
         self._clock = clock
         self._tls = _tls_context(ca_file, cert_file, key_file) if tls else None
         self.counters = LinkCounters()
+        self._sender = OutboxSender(
+            require_ack=require_server_ack,
+            ack_window=ack_window,
+            max_inflight=max_inflight,
+            ack_timeout_s=ack_timeout_s,
+            counters=self.counters,
+        )
 
         # Shared with other threads: only under _lock, and never while calling paho.
         self._lock = threading.Lock()
@@ -182,18 +182,9 @@ class MqttLink(Uplink):
         self._state_mid: int | None = None
         self._status_mid: int | None = None
         self._replies: deque[_Reply] = deque()
-        # Events: cursor = last seq handed to paho in this pass; buffer = rows read after it.
-        self._cursor = 0
-        self._buffer: deque[OutboxRow] = deque()
-        self._read_upto = 0
-        self._want_read = True
-        self._inflight: dict[int, int] = {}  # mid -> seq
-        self._refused: set[int] = set()
-        self._floor = 0  # every seq <= floor is confirmed; a go-back restarts after it
-        self._max_sent = 0
-        self._first_sends: deque[int] = deque()  # seqs published once, not yet confirmed
-        self._outstanding_since: float | None = None
-        self._delivered: list[int] = []
+        self._held_commands: list[CommandMessage] | None = []  # until RetainedState is out
+        self._state_check_sub: int | None = None  # mid of the {p}/state subscription
+        self._state_check_deadline = float("inf")
 
     # --- Uplink: called from the controller thread, return at once -------------------------
 
@@ -215,6 +206,9 @@ class MqttLink(Uplink):
 
     def resync(self) -> None:
         self._request(resync=True)
+
+    def stream_reset(self) -> None:
+        self._request(stream_reset=True)
 
     def command_done(self, receipt: object) -> None:
         if isinstance(receipt, tuple):
@@ -245,6 +239,7 @@ class MqttLink(Uplink):
         close: bool | None = None,
         outbox: bool = False,
         resync: bool = False,
+        stream_reset: bool = False,
         state: bytes | None = None,
         reply: tuple[bytes, bytes | None] | None = None,
         done: tuple[int, int] | None = None,
@@ -257,6 +252,7 @@ class MqttLink(Uplink):
                 req.close = close
             req.outbox |= outbox
             req.resync |= resync
+            req.stream_reset |= stream_reset
             if state is not None:
                 req.state = state  # coalesced: only the latest snapshot matters
             if reply is not None:
@@ -304,6 +300,9 @@ class MqttLink(Uplink):
         elif not self._connected and time.monotonic() > self._connack_deadline:
             self._drop("no CONNACK in time")
         elif self._connected:
+            if self._held_commands is not None and time.monotonic() > self._state_check_deadline:
+                logger.warning("own retained state not seen in time; store not compared")
+                self._state_seen(None)
             self._flush()
         return False
 
@@ -327,12 +326,11 @@ class MqttLink(Uplink):
                 self._replies.popleft()
             self._replies.append(_Reply(payload, corr))
         if req.outbox:
-            self._want_read = True
+            self._sender.outbox_changed()
+        if req.stream_reset:
+            self._sender.reset_stream()
         if req.resync:
-            self._refused.clear()
-            if not self._require_ack:
-                self._floor = 0  # the outbox holds only undelivered rows: send them all
-            self._go_back()
+            self._sender.resync()
             if self._connected:
                 self._publish_birth()
                 self._state_dirty = self._state_payload is not None
@@ -352,7 +350,7 @@ class MqttLink(Uplink):
             )
         except (OSError, ValueError) as err:  # refused, unreachable, TLS handshake or name
             logger.warning("MQTT connect to %s:%s failed: %s", self._host, self._port, err)
-            self._schedule_retry()
+            self._schedule_retry(unreachable=_unreachable(err))
             return
         self._client = client
         self._connack_deadline = time.monotonic() + self._connect_timeout
@@ -395,9 +393,17 @@ class MqttLink(Uplink):
         client.on_subscribe = self._on_subscribe
         return client
 
-    def _schedule_retry(self) -> None:
+    def _schedule_retry(self, *, unreachable: bool = False) -> None:
+        """Back off before the next connect. A broker that answered and refused (TLS, auth,
+        a dropped session) gets the full back-off up to ``reconnect_max_s``; one that cannot
+        be reached at all (nothing listens, no route) costs it nothing to retry, so the
+        delay stays below ``reconnect_unreachable_max_s`` and the locker is back within
+        seconds of the broker (issue 10: a 90 s outage left a 13-19 s median wait)."""
         self._attempts += 1
-        self._next_attempt = time.monotonic() + backoff_delay(self._attempts, *self._backoff)
+        low, high = self._backoff
+        if unreachable:
+            high = min(high, self._unreachable_max)
+        self._next_attempt = time.monotonic() + backoff_delay(self._attempts, low, high)
 
     def _drop(self, detail: str) -> None:
         """Forget the current client (closing its socket without DISCONNECT) and retry later."""
@@ -413,16 +419,11 @@ class MqttLink(Uplink):
             self._emit(LinkChanged(False, detail))
 
     def _lost_inflight(self) -> None:
-        if not self._require_ack:
-            # Without server acks, PUBACK is delivery: what was still in flight goes again.
-            pending = sorted(self._inflight.values())
-            self._floor = max(self._floor, (pending[0] - 1) if pending else self._cursor)
-        self._inflight.clear()
+        self._sender.lost()
         self._state_mid = self._status_mid = None
         self._state_dirty = self._state_payload is not None
         for reply in self._replies:
             reply.mid = None
-        self._go_back()
 
     def _on_connected(self, session_present: bool) -> None:
         assert self._client is not None
@@ -436,8 +437,18 @@ class MqttLink(Uplink):
         # command published with retain while we are connected would look like a normal one.
         opts = SubscribeOptions(qos=1, retainAsPublished=True)
         self._client.subscribe([(self._topic("cmd"), opts), (self._topic("ack"), opts)])
+        if self._held_commands is not None:
+            # Our own retained state, once per process (before our first publication of it,
+            # which this SUBSCRIBE precedes on the wire). Without retainAsPublished, only the
+            # retained copy has the retain flag; our own live state, if it comes first, says
+            # nothing was retained.
+            _, mid = self._client.subscribe(
+                self._topic("state"), options=SubscribeOptions(qos=1, retainAsPublished=False)
+            )
+            self._state_check_sub = mid
+            self._state_check_deadline = time.monotonic() + STATE_CHECK_S
         self._publish_birth()
-        self._go_back()
+        self._sender.connected()
 
     def _shutdown(self, *, clean: bool) -> None:
         client = self._client
@@ -508,19 +519,22 @@ class MqttLink(Uplink):
             return False
         state = self._state_dirty and self._state_mid is None
         replies = any(r.mid is None for r in self._replies)
-        return state or replies or (bool(self._want_read or self._buffer) and self._room() > 0)
+        return state or replies or self._sender.has_work()
 
     def _idle_wait(self) -> float:
-        if self._outstanding_since is None or not self._require_ack:
-            return self._tick
-        due = self._outstanding_since + self._ack_timeout - time.monotonic()
-        return max(0.0, min(self._tick, due))
+        due = self._sender.next_timeout(time.monotonic())
+        return self._tick if due is None else min(self._tick, due)
 
     # --- publishing -------------------------------------------------------------------------
 
     def _flush(self) -> None:
         self._flush_state_and_replies()
-        self._check_ack_timeout()
+        if self._sender.check_timeout(time.monotonic()):
+            logger.info(
+                "no server ack for %.0f s: re-sending after seq %d",
+                self._ack_timeout,
+                self._sender.floor,
+            )
         self._send_events()
 
     def _flush_state_and_replies(self) -> None:
@@ -559,36 +573,20 @@ class MqttLink(Uplink):
             doc |= {"version": self._version, "clock_synced": bool(self._clock_synced())}
         return _json(doc)
 
-    def _room(self) -> int:
-        room = self._max_inflight - len(self._inflight)
-        if self._require_ack:
-            room = min(room, self._floor + self._ack_window - self._cursor)
-        return room
-
     def _send_events(self) -> None:
-        while self._room() > 0:
-            row = self._next_row()
+        sender = self._sender
+        while True:
+            row = sender.next_row()
             if row is None:
-                return
-            self._cursor = row.seq
-            if row.seq <= self._floor or row.seq in self._refused:
+                request = sender.read_request()
+                if request is None:
+                    return
+                rows = self._outbox.read(*request)
+                sender.fill(rows, request[1])
+                if not rows:
+                    return
                 continue
-            if row.seq in self._inflight.values():
-                continue  # still waiting for its PUBACK from before a go-back
             self._publish_event(row)
-
-    def _next_row(self) -> OutboxRow | None:
-        if not self._buffer:
-            if not self._want_read:
-                return None
-            self._want_read = False  # cleared before reading: a later notice is not lost
-            limit = max(_READ_BATCH, self._max_inflight)
-            rows = self._outbox.read(self._read_upto, limit)
-            if rows:
-                self._buffer.extend(rows)
-                self._read_upto = rows[-1].seq
-                self._want_read = len(rows) == limit
-        return self._buffer.popleft() if self._buffer else None
 
     def _publish_event(self, row: OutboxRow) -> None:
         if not _topic_level(row.type):
@@ -596,38 +594,11 @@ class MqttLink(Uplink):
             return
         assert self._client is not None
         info = self._client.publish(self._topic(f"evt/{row.type}"), row.payload, qos=1)
-        self._inflight[info.mid] = row.seq
-        self.counters.published += 1
-        if row.seq > self._max_sent:
-            self._max_sent = row.seq
-            self._first_sends.append(row.seq)
-        else:
-            self.counters.resent += 1
-        if self._outstanding_since is None:
-            self._outstanding_since = time.monotonic()
-
-    def _go_back(self) -> None:
-        """Restart the event pass just after the last confirmed seq."""
-        self._cursor = self._read_upto = self._floor
-        self._buffer.clear()
-        self._want_read = True
-        self._outstanding_since = None
-
-    def _check_ack_timeout(self) -> None:
-        if not self._require_ack or self._outstanding_since is None:
-            return
-        if self._cursor <= self._floor:
-            self._outstanding_since = None
-        elif time.monotonic() - self._outstanding_since >= self._ack_timeout:
-            logger.info(
-                "no server ack for %.0f s: re-sending after seq %d", self._ack_timeout, self._floor
-            )
-            self._go_back()
+        self._sender.sent(row.seq, info.mid, time.monotonic())
 
     def _refuse(self, seq: int, reason: str) -> None:
         logger.error("event seq %d refused: %s", seq, reason)
-        self._refused.add(seq)
-        self.counters.refused += 1
+        self._sender.refuse(seq)
         self._emit(PublishRefused(seq, reason))
 
     # --- callbacks: run inside loop_read on the link thread, only enqueue -------------------
@@ -654,7 +625,7 @@ class MqttLink(Uplink):
     def _on_subscribe(
         self, client: mqtt.Client, userdata: object, mid: int, reasons: list[ReasonCode], p: Any
     ) -> None:
-        self._callbacks.append(("suback", [str(r) for r in reasons if r.is_failure]))
+        self._callbacks.append(("suback", [str(r) for r in reasons if r.is_failure], mid))
 
     @guarded(logger)
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
@@ -684,25 +655,24 @@ class MqttLink(Uplink):
                 self._handle_message(*data)
             elif kind == "suback" and data[0]:
                 logger.error("subscription refused: %s", ", ".join(data[0]))
+                if data[1] == self._state_check_sub:
+                    self._state_seen(None)  # no read access: nothing to compare with
+            elif kind == "suback" and data[1] == self._state_check_sub:
+                # A broker sends the retained message right behind the SUBACK (Mosquitto
+                # queues both in one go): a short grace, not the whole time-out.
+                grace = time.monotonic() + STATE_GRACE_S
+                self._state_check_deadline = min(self._state_check_deadline, grace)
             elif kind == "disconnect":
                 logger.info("MQTT disconnect: %s", data[0])
-        if self._delivered:
-            seqs, self._delivered = tuple(self._delivered), []
+        if seqs := self._sender.take_delivered():
             self._emit(EventsDelivered(seqs))
 
     def _handle_puback(self, mid: int, failed: bool, reason: str) -> None:
-        seq = self._inflight.pop(mid, None)
+        seq = self._sender.puback(mid, failed)
         if seq is not None:
             if failed:
-                self._refuse(seq, reason)
-                return
-            self.counters.pubacked += 1
-            if not self._require_ack:
-                self._delivered.append(seq)
-                self.counters.acked += 1
-                pending = min(self._inflight.values(), default=self._cursor + 1)
-                self._floor = max(self._floor, pending - 1)
-                self._confirm_upto(self._floor)
+                logger.error("event seq %d refused: %s", seq, reason)
+                self._emit(PublishRefused(seq, reason))
             return
         if mid == self._state_mid:
             self._state_mid = None
@@ -728,48 +698,56 @@ class MqttLink(Uplink):
         if topic == self._topic("cmd"):
             # Verified on the controller thread, over these exact bytes; PUBACKed when the
             # controller says it is committed (command_done).
-            self._emit(
-                CommandMessage(
-                    payload=payload,
-                    retained=retained,
-                    response_topic=getattr(props, "ResponseTopic", None),
-                    correlation_data=getattr(props, "CorrelationData", None),
-                    receipt=(generation, mid) if qos else None,
-                )
+            command = CommandMessage(
+                payload=payload,
+                retained=retained,
+                response_topic=getattr(props, "ResponseTopic", None),
+                correlation_data=getattr(props, "CorrelationData", None),
+                receipt=(generation, mid) if qos else None,
             )
+            if self._held_commands is not None:
+                # Not before the store has been compared with what this locker published:
+                # a rolled-back store must not run a command it may have run already.
+                if len(self._held_commands) < MAX_PENDING_REPLIES:
+                    self._held_commands.append(command)
+                return  # past the bound: not PUBACKed, the broker delivers it again
+            self._emit(command)
             return
         if qos and self._client is not None and generation == self._generation:
             self._client.ack(mid, qos)  # an ack or a stray message: nothing to keep
         if topic == self._topic("ack"):
-            upto = parse_ack(payload)
-            if upto is None:
+            ack = parse_ack(payload)
+            if ack is None:
                 # Dropping a bad ack is safe: an ack only allows deleting rows, so ignoring
                 # one keeps them (and re-sends them) until a valid ack covers them. It is not
                 # a command, so there is no one to reply to.
                 logger.warning("ignored a malformed ack (%d bytes)", len(payload))
                 return
-            self._server_ack(upto)
+            self._server_ack(*ack)
+        elif topic == self._topic("state"):
+            self._state_seen(payload if retained else None)
         else:
             logger.warning("message on unexpected topic %r ignored", topic[:120])
 
-    def _server_ack(self, upto: int) -> None:
-        self.counters.server_acks += 1
-        self._emit(ServerAck(upto))
-        self.counters.acked_upto = max(self.counters.acked_upto, upto)
-        if upto > self._floor:
-            self._floor = upto
-            self._confirm_upto(upto)
-            self._outstanding_since = time.monotonic() if self._cursor > upto else None
-            self._want_read = True  # the window moved
-            if self._cursor < upto:  # acked beyond what this pass sent: skip ahead
-                self._cursor = self._read_upto = upto
-                self._buffer.clear()
+    def _server_ack(self, epoch: str | None, upto: int) -> None:
+        # Checked here too, so that an ack the controller refuses cannot move the window
+        # (an ack above last_seq used to stop the event stream until a restart).
+        verdict = self._sender.server_ack(epoch, upto, self._outbox.stream(), time.monotonic())
+        if verdict != "stale":
+            self._emit(ServerAck(upto, epoch))  # the controller deletes, or reports it
 
-    def _confirm_upto(self, upto: int) -> None:
-        while self._first_sends and self._first_sends[0] <= upto:
-            self._first_sends.popleft()
-            if self._require_ack:
-                self.counters.acked += 1
+    def _state_seen(self, retained: bytes | None) -> None:
+        """The first message on ``{p}/state`` after subscribing: the retained one (what this
+        locker last published), or our own fresh publication when none was retained."""
+        if self._held_commands is None:
+            return
+        epoch, last_seq = parse_state_stream(retained) if retained is not None else (None, None)
+        if self._client is not None:
+            self._client.unsubscribe(self._topic("state"))
+        self._emit(RetainedState(epoch, last_seq))
+        held, self._held_commands = self._held_commands, None
+        for command in held:
+            self._emit(command)
 
     def _emit(self, event: LinkEvent) -> None:
         if self._sink is not None:
@@ -787,20 +765,49 @@ def backoff_delay(attempt: int, low: float, high: float) -> float:
     return random.uniform(low, max(low, ceiling))
 
 
-def parse_ack(payload: bytes) -> int | None:
-    """``upto_seq`` of a valid ``{"v":1,"upto_seq":N}`` (N >= 0, nothing else), else None."""
+def parse_ack(payload: bytes) -> tuple[str | None, int] | None:
+    """``(epoch, upto_seq)`` of a valid ``{"v":1,"epoch":E,"upto_seq":N}`` (N >= 0, E a
+    non-empty string of at most 64 characters or absent: epoch None), else None."""
     if len(payload) > _MAX_ACK_BYTES:
         return None
     try:
         doc = json.loads(payload)
     except (ValueError, RecursionError):
         return None
-    if not isinstance(doc, dict) or set(doc) != {"v", "upto_seq"}:
+    if not isinstance(doc, dict) or not {"v", "upto_seq"} <= set(doc) <= {"v", "epoch", "upto_seq"}:
         return None
-    v, upto = doc["v"], doc["upto_seq"]
+    v, upto, epoch = doc["v"], doc["upto_seq"], doc.get("epoch")
     if type(v) is not int or v != 1 or type(upto) is not int or upto < 0:
         return None
-    return upto
+    if "epoch" in doc and not (isinstance(epoch, str) and 0 < len(epoch) <= 64):
+        return None
+    return epoch, upto
+
+
+def parse_state_stream(payload: bytes) -> tuple[str | None, int | None]:
+    """``(epoch, last_seq)`` of a retained state payload; None for what is absent or not
+    well-formed (a state from before epochs has no epoch)."""
+    try:
+        doc = json.loads(payload) if len(payload) <= _MAX_STATE_BYTES else None
+    except (ValueError, RecursionError):
+        doc = None
+    if not isinstance(doc, dict):
+        return None, None
+    epoch, last_seq = doc.get("epoch"), doc.get("last_seq")
+    return (
+        epoch if isinstance(epoch, str) and 0 < len(epoch) <= 64 else None,
+        last_seq if type(last_seq) is int and last_seq >= 0 else None,
+    )
+
+
+def _unreachable(err: BaseException) -> bool:
+    """Whether a connect failed before any broker answered (refused, no route, timed out)."""
+    if isinstance(err, ssl.SSLError):
+        return False  # a TLS peer answered
+    return isinstance(err, ConnectionRefusedError | TimeoutError) or (
+        isinstance(err, OSError)
+        and err.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH)
+    )
 
 
 def _tls_context(

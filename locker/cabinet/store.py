@@ -131,6 +131,13 @@ class Store:
         row = self._con.execute("SELECT max(seq), count(*) FROM outbox").fetchone()
         self._last_seq = max(int(row[0] or 0), int(self.meta("last_seq", 0)))
         self._depth = int(row[1])
+        # The event stream's name (DESIGN 5): random, created with the database (or on the
+        # first start of a database from before epochs) and kept as long as it lives.
+        epoch = self.meta("epoch")
+        if not isinstance(epoch, str) or not epoch:
+            epoch = str(uuid.uuid4())
+            self.set_meta("epoch", epoch)
+        self._epoch: str = epoch
 
     def _migrate(self) -> None:
         version = self._con.execute("PRAGMA user_version").fetchone()[0]
@@ -294,8 +301,41 @@ class Store:
             self._con.execute("DELETE FROM commands WHERE jti=?", (k,))
 
     def last_seq(self) -> int:
-        """The highest seq ever committed (never reused, even after its row was deleted)."""
+        """The highest seq of this epoch ever committed (never reused, even after its row
+        was deleted)."""
         return self._last_seq
+
+    @property
+    def epoch(self) -> str:
+        """This database's event stream id (a UUID string)."""
+        return self._epoch
+
+    def begin_epoch(self, now: float) -> str:
+        """Start a new event stream (the store was found rolled back or restored, issue 11
+        item 21): a new epoch, and every event still unacknowledged renumbered from seq 1
+        into it, in order and in one transaction, so nothing is lost and no seq the server
+        holds under the old epoch is reused. Returns the new epoch."""
+        epoch = str(uuid.uuid4())
+        con = self._con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            rows = con.execute("SELECT seq, payload FROM outbox ORDER BY seq").fetchall()
+            con.execute("DELETE FROM outbox")
+            for seq, (_old, blob) in enumerate(rows, start=1):
+                doc = json.loads(blob)
+                doc["epoch"], doc["seq"] = epoch, seq
+                con.execute(
+                    "INSERT INTO outbox VALUES (?, ?, ?, ?)",
+                    (seq, doc["type"], json.dumps(doc, separators=(",", ":")).encode(), now),
+                )
+            for key, value in (("epoch", epoch), ("epoch_began", now), ("last_seq", len(rows))):
+                con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        self._epoch, self._last_seq, self._depth = epoch, len(rows), len(rows)
+        return epoch
 
     def _append(self, events: Iterable[Out], now: float, clock_synced: bool) -> list[OutboxRow]:
         rows: list[OutboxRow] = []
@@ -306,6 +346,7 @@ class Store:
             seq += 1
             payload: dict[str, Any] = {
                 "v": 1,
+                "epoch": self._epoch,
                 "seq": seq,
                 "event_id": str(uuid.uuid4()),
                 "boot_id": self.boot_id,
@@ -377,6 +418,12 @@ class OutboxView(OutboxReader):
 
     def depth(self) -> int:
         return int(self._c().execute("SELECT count(*) FROM outbox").fetchone()[0])
+
+    def stream(self) -> tuple[str, int]:
+        meta = dict(
+            self._c().execute("SELECT key, value FROM meta WHERE key IN ('epoch', 'last_seq')")
+        )
+        return json.loads(meta.get("epoch", '""')), int(json.loads(meta.get("last_seq", "0")))
 
     def close(self) -> None:
         if self._con is not None:

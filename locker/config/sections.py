@@ -79,6 +79,11 @@ class Mqtt(_Section):
     will_delay_s: Annotated[int, within(0, 86400, " s")] = 10
     ack_timeout_s: Annotated[float, within(0, 3600, " s", above=True)] = 30.0
     max_inflight: Annotated[int, within(1, 100)] = 20
+    # Reconnect back-off (jittered, doubling): up to reconnect_max_s while the broker answers
+    # and refuses; at most reconnect_unreachable_max_s apart while it cannot be reached.
+    reconnect_min_s: Annotated[float, within(0, 60, " s", above=True)] = 1.0
+    reconnect_max_s: Annotated[float, within(0, 3600, " s", above=True)] = 60.0
+    reconnect_unreachable_max_s: Annotated[float, within(0, 3600, " s", above=True)] = 2.0
 
     @model_validator(mode="before")
     @classmethod

@@ -6,13 +6,8 @@
   and sends commands on ``{p}/cmd`` (QoS 1, not retained, ResponseTopic ``{p}/res``,
   random CorrelationData) and waits, bounded, for the matching reply; ``issue_parcel`` on top
   (codes, tags with the locker's device key, a signed ``assign``, the customer's QR token).
-- ``FleetView``: pure bookkeeping of what a fleet publishes: status and occupancy from the
-  retained messages, events deduplicated by ``(locker, seq)``, gaps detected, and the highest
-  contiguous ``seq`` per locker, the only thing ever acknowledged on ``{p}/ack``.
-- ``EventLog``: an append-only, fsynced JSON-lines file per locker, so that an ack is a
-  durable receipt as the contract requires.
-- ``Watcher``: a thread that feeds incoming messages to a ``FleetView``, writes the log,
-  reports lines and sends the acks.
+
+Watching a fleet (``FleetView``, ``EventLog``, ``Watcher``) lives in ``locker.fleet.watch``.
 
 Codes and keys never go to the log; only the caller decides to print codes (the operator's
 job).
@@ -23,8 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import queue
 import secrets
 import ssl
 import threading
@@ -64,7 +57,6 @@ DEFAULT_LONG_TTL_S = 2 * 24 * 3600
 DEFAULT_DROPOFF_HOURS = 48
 DEFAULT_PICKUP_HOURS = 72
 WATCH_SESSION_EXPIRY_S = 7 * 24 * 3600
-_ACK_EVERY = 200  # events between acks during a burst; otherwise one ack per quiet moment
 
 
 class FleetError(UsageError):
@@ -457,8 +449,14 @@ class FleetClient:
         logger.info("sending %s to %s (jti %s)", claims["act"], locker_id, claims["jti"])
         return self.send_signed(locker_id, signer.sign(claims), timeout)
 
-    def ack(self, locker_id: str, upto_seq: int, timeout: float = 10.0) -> None:
-        payload = json.dumps({"v": 1, "upto_seq": upto_seq}, separators=(",", ":")).encode()
+    def ack(
+        self, locker_id: str, upto_seq: int, *, epoch: str | None = None, timeout: float = 10.0
+    ) -> None:
+        """Publish ``{"v":1,"epoch","upto_seq"}`` on ``{p}/ack`` (no ``epoch``: legacy)."""
+        doc: dict[str, Any] = {"v": 1, "upto_seq": upto_seq}
+        if epoch:
+            doc["epoch"] = epoch
+        payload = json.dumps(doc, separators=(",", ":")).encode()
         self.publish(self.topic(locker_id, "ack"), payload, timeout=timeout)
 
     def issue_parcel(
@@ -587,330 +585,5 @@ class FleetClient:
             listener(incoming)
 
 
-# --- watching -------------------------------------------------------------------------------
-
-
-class EventLog:
-    """Append-only JSON lines per locker in ``directory``; fsynced before any ack.
-
-    Lines are ``{"baseline": N}`` (events up to N were acknowledged before this log knew the
-    locker) or an event payload as received.
-    """
-
-    def __init__(self, directory: Path | str) -> None:
-        self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self._files: dict[str, Any] = {}
-
-    def path(self, locker_id: str) -> Path:
-        return self.dir / f"{locker_id}.jsonl"
-
-    def load(self) -> dict[str, tuple[int, list[dict[str, Any]]]]:
-        """locker -> (baseline, events) as stored."""
-        known: dict[str, tuple[int, list[dict[str, Any]]]] = {}
-        for path in sorted(self.dir.glob("*.jsonl")):
-            baseline, events = 0, []
-            for line in path.read_text(encoding="utf-8").splitlines():
-                with contextlib.suppress(json.JSONDecodeError):
-                    row = json.loads(line)
-                    if isinstance(row, dict) and "baseline" in row:
-                        baseline = int(row["baseline"])
-                    elif isinstance(row, dict) and isinstance(row.get("seq"), int):
-                        events.append(row)
-            known[path.stem] = (baseline, events)
-        return known
-
-    def append(self, locker_id: str, row: Mapping[str, Any]) -> None:
-        f = self._files.get(locker_id)
-        if f is None:
-            f = self._files[locker_id] = self.path(locker_id).open("a", encoding="utf-8")
-        f.write(json.dumps(row, separators=(",", ":"), ensure_ascii=False) + "\n")
-
-    def sync(self) -> None:
-        for f in self._files.values():
-            f.flush()
-            os.fsync(f.fileno())
-
-    def close(self) -> None:
-        self.sync()
-        for f in self._files.values():
-            f.close()
-        self._files.clear()
-
-
-@dataclass
-class LockerView:
-    """What the server knows of one locker."""
-
-    locker_id: str
-    status: dict[str, Any] | None = None
-    state: dict[str, Any] | None = None
-    contiguous: int | None = None  # every seq <= this is held (or was acked before us)
-    ahead: dict[int, dict[str, Any]] = field(default_factory=dict)  # received past a gap
-    events: list[dict[str, Any]] = field(default_factory=list)  # new events, in arrival order
-    acked: int = 0  # last upto_seq sent
-    reack: bool = False  # a duplicate came in: the device missed our last ack
-    duplicates: int = 0
-    gap_reported: int | None = None
-
-    @property
-    def online(self) -> bool | None:
-        return None if self.status is None else bool(self.status.get("online"))
-
-
-def _event_line(locker_id: str, ev: Mapping[str, Any]) -> str:
-    where = " ".join(str(ev[k]) for k in ("compartment", "parcel") if ev.get(k))
-    data: dict[str, Any] = ev["data"] if isinstance(ev.get("data"), dict) else {}
-    details = " ".join(f"{k}={v}" for k, v in sorted(data.items()) if v is not None)
-    parts = [
-        str(ev.get("ts", "?")),
-        locker_id,
-        f"#{ev.get('seq')}",
-        str(ev.get("type")),
-        where,
-        details,
-    ]
-    return " ".join(p for p in parts if p)
-
-
-def occupancy_line(locker_id: str, state: Mapping[str, Any]) -> str:
-    comps: list[Any] = state["compartments"] if isinstance(state.get("compartments"), list) else []
-    cells = []
-    for c in comps:
-        if isinstance(c, dict):
-            mark = f"{c.get('id')}:{c.get('state')}"
-            if c.get("parcel"):
-                mark += f"({c['parcel']})"
-            if c.get("door") != "closed":
-                mark += f"[door {c.get('door')}]"
-            if c.get("in_service") is False:
-                mark += "[out of service]"
-            cells.append(mark)
-    flags = [f for f in ("lockdown", "keypad_locked") if state.get(f)]
-    head = f"{locker_id} state rev {state.get('rev')} outbox {state.get('outbox_depth')}"
-    return " ".join([head, *(f"[{f}]" for f in flags), *cells])
-
-
-class FleetView:
-    """Pure bookkeeping of a fleet's messages; ``handle`` returns lines for a human.
-
-    Acknowledgement rule: only the highest contiguous ``seq`` is ever acknowledged. A locker
-    never seen before starts at the first event received (the device sends its outbox from
-    the oldest unacknowledged event), unless ``baselines`` says otherwise.
-    """
-
-    def __init__(
-        self,
-        prefix: str = "lockers",
-        log: EventLog | None = None,
-        baselines: Mapping[str, int] | None = None,
-    ) -> None:
-        self.prefix = prefix.rstrip("/")
-        self.lockers: dict[str, LockerView] = {}
-        self._log = log
-        self._baselines = dict(baselines or {})
-        if log is not None:
-            for locker_id, (baseline, events) in log.load().items():
-                view = self._view(locker_id)
-                view.contiguous = baseline
-                for ev in events:
-                    view.ahead[ev["seq"]] = ev
-                self._advance(view)
-                view.events = []  # history, not news
-
-    def _view(self, locker_id: str) -> LockerView:
-        view = self.lockers.get(locker_id)
-        if view is None:
-            view = self.lockers[locker_id] = LockerView(locker_id)
-        return view
-
-    def handle(self, msg: Incoming) -> list[str]:
-        head = self.prefix + "/"
-        levels = msg.topic[len(head) :].split("/") if msg.topic.startswith(head) else []
-        if len(levels) < 2:
-            return [f"ignored message on unexpected topic {msg.topic}"]
-        locker_id, channel = levels[0], levels[1]
-        if channel in ("ack", "cmd"):
-            return []
-        try:
-            doc = json.loads(msg.payload) if msg.payload else None
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            doc = None
-        lines = self._dispatch(locker_id, channel, doc, msg.payload)
-        if lines is None:
-            return [f"{locker_id}: malformed message on {msg.topic} (not acknowledged)"]
-        return lines
-
-    def _dispatch(self, locker_id: str, channel: str, doc: Any, payload: bytes) -> list[str] | None:
-        if channel == "status" and (isinstance(doc, dict) or not payload):
-            return self._status(locker_id, doc)
-        if not isinstance(doc, dict):
-            return None
-        if channel == "state":
-            self._view(locker_id).state = doc
-            return [occupancy_line(locker_id, doc)]
-        if channel == "evt" and _valid_seq(doc.get("seq")):
-            return self._event(locker_id, doc)
-        if channel == "res":
-            return self._reply(locker_id, payload)
-        return None
-
-    @staticmethod
-    def _reply(locker_id: str, payload: bytes) -> list[str] | None:
-        try:
-            reply = Reply.parse(payload)
-        except FleetError:
-            return None
-        return [f"{locker_id} reply {reply.cmd_id}: {reply.describe()}"]
-
-    def _status(self, locker_id: str, doc: dict[str, Any] | None) -> list[str]:
-        view = self._view(locker_id)
-        view.status = doc
-        if doc is None:
-            return [f"{locker_id} status cleared"]
-        if doc.get("online"):
-            synced = "" if doc.get("clock_synced") else " (clock not synced)"
-            version, boot = doc.get("version"), doc.get("boot_id")
-            return [f"{locker_id} online, version {version}, boot {boot}{synced}"]
-        return [f"{locker_id} OFFLINE (boot {doc.get('boot_id')})"]
-
-    def _event(self, locker_id: str, ev: dict[str, Any]) -> list[str]:
-        view = self._view(locker_id)
-        seq: int = ev["seq"]
-        lines: list[str] = []
-        if view.contiguous is None:
-            view.contiguous = self._baselines.get(locker_id, seq - 1)
-            if self._log is not None:
-                self._log.append(locker_id, {"baseline": view.contiguous})
-            lines.append(f"{locker_id}: first contact, events from seq {view.contiguous + 1}")
-        if seq <= view.contiguous or seq in view.ahead:
-            view.duplicates += 1
-            view.reack = True
-            return lines
-        if self._log is not None:
-            self._log.append(locker_id, ev)
-        view.ahead[seq] = ev
-        lines.append(_event_line(locker_id, ev))
-        before = view.contiguous
-        self._advance(view)
-        if view.ahead and view.gap_reported != view.contiguous:
-            view.gap_reported = view.contiguous
-            lines.append(
-                f"{locker_id}: gap, missing seq {_span(view.contiguous + 1, min(view.ahead) - 1)} "
-                f"(have up to {max(view.ahead)}); waiting for the locker to resend"
-            )
-        elif not view.ahead and view.gap_reported is not None and view.contiguous > before:
-            view.gap_reported = None
-            lines.append(f"{locker_id}: gap filled, complete up to seq {view.contiguous}")
-        return lines
-
-    @staticmethod
-    def _advance(view: LockerView) -> None:
-        assert view.contiguous is not None
-        while view.contiguous + 1 in view.ahead:
-            view.contiguous += 1
-            view.events.append(view.ahead.pop(view.contiguous))
-
-    def acks_due(self) -> dict[str, int]:
-        """locker -> upto_seq for every locker whose ack must be (re)sent."""
-        due = {}
-        for view in self.lockers.values():
-            if (
-                view.contiguous is not None
-                and view.contiguous > 0
-                and (view.contiguous > view.acked or view.reack)
-            ):
-                due[view.locker_id] = view.contiguous
-        return due
-
-    def mark_acked(self, locker_id: str, upto_seq: int) -> None:
-        view = self.lockers[locker_id]
-        view.acked = max(view.acked, upto_seq)
-        view.reack = False
-
-
-def _valid_seq(value: object) -> bool:
-    return type(value) is int and value >= 1
-
-
-class Watcher:
-    """Feeds a ``FleetView`` from a connected ``FleetClient`` on its own thread.
-
-    Every message is handled on this thread (paho's only enqueues). After each burst the log
-    is fsynced and then, only then, the acks go out.
-    """
-
-    def __init__(
-        self,
-        client: FleetClient,
-        view: FleetView,
-        on_line: Callable[[str], None] = print,
-        *,
-        locker_id: str | None = None,
-        ack: bool = True,
-        log: EventLog | None = None,
-    ) -> None:
-        self.client, self.view, self.on_line, self.ack, self.log = client, view, on_line, ack, log
-        self.locker_id = locker_id
-        self._queue: queue.Queue[Incoming] = queue.Queue()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.errors: list[str] = []
-        client.add_listener(self._queue.put)
-
-    def topics(self) -> list[str]:
-        who = self.locker_id or "+"
-        p = self.client.prefix
-        return [f"{p}/{who}/status", f"{p}/{who}/state", f"{p}/{who}/evt/#", f"{p}/{who}/res"]
-
-    def start(self) -> None:
-        self.client.subscribe(self.topics())
-        self._thread = threading.Thread(target=self.run, name="fleet-watcher", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def run(self) -> None:
-        handled = 0
-        while not self._stop.is_set():
-            try:
-                msg = self._queue.get(timeout=0.1)
-            except queue.Empty:
-                self._flush()
-                handled = 0
-                continue
-            for line in self.view.handle(msg):
-                self.on_line(line)
-            handled += 1
-            if handled >= _ACK_EVERY or self._queue.empty():
-                self._flush()
-                handled = 0
-        self._flush()
-
-    def _flush(self) -> None:
-        due = self.view.acks_due()
-        if not due:
-            return
-        if self.log is not None:
-            self.log.sync()
-        if not self.ack:
-            return
-        for locker_id, upto in due.items():
-            try:
-                self.client.ack(locker_id, upto, timeout=5.0)
-            except FleetError as err:
-                self.errors.append(f"ack to {locker_id} failed: {err}")
-                self.on_line(f"{locker_id}: ack failed ({err}); will retry")
-                continue
-            self.view.mark_acked(locker_id, upto)
-
-
 def signer_for(fleet: Fleet) -> CommandSigner:
     return CommandSigner(fleet.command_key(), fleet.command_kid)
-
-
-def _span(first: int, last: int) -> str:
-    return str(first) if first == last else f"{first}-{last}"

@@ -23,7 +23,7 @@ from locker.config.fields import PinFactoryName, Size
 from locker.contract import credentials
 from locker.contract.actions import ACTION_SUMMARY, Action, arg_fields, usage_line
 from locker.fleet import client as fleet
-from locker.fleet import provision, qr
+from locker.fleet import provision, qr, watch
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -752,7 +752,7 @@ def cmd_code_new(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
-class _JsonView(fleet.FleetView):
+class _JsonView(watch.FleetView):
     """``FleetView`` whose lines are JSON objects: ``{"locker", "channel", "message",
     "notes"}`` with the payload as received (events once each, duplicates dropped)."""
 
@@ -783,8 +783,8 @@ def cmd_watch(args: argparse.Namespace, out: Output) -> int:
     f = provision.Fleet.load(args.fleet)
     if args.locker:
         known_locker(f, args.locker)
-    log = fleet.EventLog(args.log_dir or f.dir / "events")
-    view = (_JsonView if out.as_json else fleet.FleetView)(f.topic_prefix, log)
+    log = watch.EventLog(args.log_dir or f.dir / "events")
+    view = (_JsonView if out.as_json else watch.FleetView)(f.topic_prefix, log)
 
     def line(text: str) -> None:
         if out.as_json:
@@ -795,8 +795,15 @@ def cmd_watch(args: argparse.Namespace, out: Output) -> int:
     with _client(
         args, f, clean_start=False, session_expiry_s=fleet.WATCH_SESSION_EXPIRY_S
     ) as client:
-        watcher = fleet.Watcher(
-            client, view, line, locker_id=args.locker, ack=not args.no_ack, log=log
+        watcher = watch.Watcher(
+            client,
+            view,
+            line,
+            locker_id=args.locker,
+            ack=not args.no_ack,
+            log=log,
+            # A first contact past its floor asks for the backlog, when this host may sign.
+            signer=fleet.signer_for(f) if f.command_key_file.exists() else None,
         )
         watcher.start()
         deadline = None if args.duration is None else time.monotonic() + args.duration

@@ -108,8 +108,9 @@ def render_acl(
     - a server (``server_users``): reads every locker's ``status``, ``state``, ``evt/#`` and
       ``res``; writes ``cmd`` and ``ack``. Only a server acknowledges (deletes) events.
     - an operator (``operator_users``): the same reads, and writes only ``cmd``.
-    - a locker (username = its CN, ``pattern`` lines): reads only its own ``cmd`` and ``ack``;
-      writes only its own ``status``, ``state``, ``evt/#`` and ``res``.
+    - a locker (username = its CN, ``pattern`` lines): reads only its own ``cmd``, ``ack`` and
+      ``state`` (at connect it compares its store with the state it last published, issue 11
+      item 21); writes only its own ``status``, ``state``, ``evt/#`` and ``res``.
 
     Mosquitto grants a SUBSCRIBE it would not deliver on and filters at delivery, and answers
     an unauthorised PUBLISH with reason code 0x87 (mqtt.md section 6).
@@ -130,7 +131,7 @@ def render_acl(
         f"pattern read {p}/%u/cmd",
         f"pattern read {p}/%u/ack",
         f"pattern write {p}/%u/status",
-        f"pattern write {p}/%u/state",
+        f"pattern readwrite {p}/%u/state",
         f"pattern write {p}/%u/evt/#",
         f"pattern write {p}/%u/res",
     ]

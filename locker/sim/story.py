@@ -24,7 +24,9 @@ from typing import Any
 from hardware.emulators.kerong import KerongEmulator
 from locker.contract.credentials import TokenAction
 from locker.fleet import qr
-from locker.fleet.client import FleetClient, FleetView, Incoming, Reply, TlsFiles
+from locker.fleet.client import FleetClient, Incoming, Reply, TlsFiles
+from locker.fleet.ledger import Ack
+from locker.fleet.watch import FleetView
 from locker.sim import fleet as sim_fleet
 from locker.sim.broker import SERVER_CN, Broker, BrokerStartError, Pki
 from locker.sim.cabinet import SimCabinet, SimError
@@ -57,7 +59,9 @@ class Server:
     """The central server's side: prints what the locker reports and acknowledges events
     (only the highest contiguous seq, so the locker can free its outbox)."""
 
-    def __init__(self, broker: Broker, locker_id: str) -> None:
+    def __init__(
+        self, broker: Broker, locker_id: str, resync_token: Callable[[], bytes] | None = None
+    ) -> None:
         assert broker.pki is not None
         cert = broker.pki.client(SERVER_CN)
         self.client = FleetClient(
@@ -70,11 +74,12 @@ class Server:
             keepalive_s=10,
         )
         self.locker_id = locker_id
+        self.resync_token = resync_token  # a signed resync, for a first contact past a gap
         self.events: list[dict[str, Any]] = []
         self.state: dict[str, Any] = {}
         self.online: bool | None = None
-        # The reference bookkeeping of lockerctl watch: dedup by seq, hold events past a gap,
-        # acknowledge only the highest contiguous seq.
+        # The reference bookkeeping of lockerctl watch: dedup by (epoch, seq), hold events
+        # past a gap, acknowledge only what is held contiguously, ask for a missed backlog.
         self.view = FleetView()
         self._cond = threading.Condition()
         self.client.add_listener(self._on_message)
@@ -97,10 +102,12 @@ class Server:
                         GREEN if online else RED,
                     )
                 self.online = online
-            elif channel == "state":
+            if channel == "state":
                 self.state = doc
-            elif channel.startswith("evt/"):
-                self.view.handle(msg)
+            if channel == "state" or channel.startswith("evt/"):
+                for line in self.view.handle(msg):
+                    if "gap" in line or "STREAM" in line:
+                        say("server", line, YELLOW)
                 news = self.view.lockers[self.locker_id].events[len(self.events) :]
                 for ev in news:
                     self._print_event(ev)
@@ -108,16 +115,28 @@ class Server:
                 due = self.view.acks_due().get(self.locker_id)
                 if due is not None:
                     threading.Thread(target=self._send_ack, args=(due,), daemon=True).start()
+                if self.view.resyncs_due():
+                    self.view.mark_resync_sent(self.locker_id)
+                    if self.resync_token is not None:
+                        token = self.resync_token()
+                        threading.Thread(target=self._resync, args=(token,), daemon=True).start()
             self._cond.notify_all()
 
-    def _send_ack(self, upto: int) -> None:
+    def _resync(self, token: bytes) -> None:
+        say("server", "first contact past a gap: asking for the backlog (resync)", YELLOW)
         try:
-            self.client.ack(self.locker_id, upto)
+            self.client.send_signed(self.locker_id, token)
+        except Exception as err:
+            say("server", f"resync failed ({err}); the locker resends on time-out", RED)
+
+    def _send_ack(self, ack: Ack) -> None:
+        try:
+            self.client.ack(self.locker_id, ack.upto_seq, epoch=ack.epoch)
         except Exception as err:
             say("server", f"ack failed ({err}); the next event acks again", RED)
             return
         with self._cond:
-            self.view.mark_acked(self.locker_id, upto)
+            self.view.mark_acked(self.locker_id, ack)
 
     @staticmethod
     def _print_event(ev: dict[str, Any]) -> None:
@@ -364,7 +383,8 @@ def _simulate(work: Path, args: argparse.Namespace) -> int:
         if fleet is not None:
             fleet.register(cab.locker_id, cab.device_key)
             _start_fleet(fleet)
-        server = Server(broker, cab.locker_id)
+        sim = cab
+        server = Server(broker, cab.locker_id, lambda: sim.sign("resync", {}))
         server.connect()  # first, so that it sees the locker's very first event
         cab.start()
         say(
