@@ -296,9 +296,11 @@ def test_rev_is_strictly_increasing(rig: Rig) -> None:
 
     rig.ctl.uplink.publish_state = publish_state  # type: ignore[method-assign]
     _assign(rig)
+    rig.clock.advance(2)  # a counters-only change waits up to STATE_COUNTERS_EVERY_S
     _assign(rig, "P2")
     rig.restart()
     rig.ctl.uplink.publish_state = publish_state  # type: ignore[method-assign]
+    rig.clock.advance(2)
     _assign(rig, "P3")
     assert seen == sorted(set(seen)) and len(seen) >= 3
 

@@ -32,11 +32,17 @@ from locker.contract.actions import Command, CommandRejected
 from locker.contract.replies import rfc3339
 from locker.ports import (
     CommandMessage,
+    DoorChanged,
     DoorState,
     EventsDelivered,
     HardwareFault,
+    HardwareRecovered,
     HardwareUnavailable,
     Indicator,
+    InputRejected,
+    ItemChanged,
+    KeyPressed,
+    LineScanned,
     LinkChanged,
     LockBank,
     NullIndicator,
@@ -51,6 +57,8 @@ from locker.ports import (
 logger = logging.getLogger(__name__)
 
 HWM_PERSIST_S = 600.0  # how often an idle controller records the time high-water mark
+BATCH_MAX = 256  # inputs committed in one transaction at most (group commit)
+STATE_COUNTERS_EVERY_S = 1.0  # a state whose only change is the outbox counters waits this long
 ACK_INVALID_EVERY_S = 60.0  # at most one ack_invalid event per this much time (a flood of
 # bad acks from a confused server must not flood the outbox); the event counts the rest
 
@@ -59,6 +67,28 @@ Observer = Callable[[Transition, float], None]
 """Told every committed transition, on the controller thread, after its actions ran: the front
 panel's projection (DESIGN section 12). It must be quick and never block; what it raises is
 logged and swallowed, so a broken view never stops the locker."""
+
+# Inputs that only feed the state machine: several queued ones may share one commit.
+_BATCHABLE = (
+    DoorChanged,
+    ItemChanged,
+    KeyPressed,
+    LineScanned,
+    InputRejected,
+    HardwareFault,
+    HardwareRecovered,
+    UnlockResult,
+)
+
+
+@dataclasses.dataclass
+class _Batch:
+    """Transitions run but not yet committed (group commit, issue 10)."""
+
+    base: LockerState  # the committed state the batch started from
+    events: list[Out] = dataclasses.field(default_factory=list)
+    actions: list[object] = dataclasses.field(default_factory=list)
+    flush_now: bool = False  # an unlock is staged: commit and pulse without waiting
 
 
 class DomainClock:
@@ -128,6 +158,10 @@ class Controller:
             # is new or went backwards has forgotten which commands it ran; issue 11 item 21).
             store.set_meta("epoch_began", self.clock.now())
         self._invalid_acks = 0  # refused acks not yet reported
+        self._batch: _Batch | None = None
+        self._shape: tuple[object, ...] | None = None  # what the last full snapshot showed
+        self._counters_due: float | None = None  # when a counters-only state may go out
+        self._state_sent_at = float("-inf")
         self._invalid_reported_at = float("-inf")
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -173,12 +207,40 @@ class Controller:
                     self._tick_floor = now + 1.0
                 return True
             self._persist_hwm(now)
+            self._publish_counters(now)
             return False
-        self.handle(event)
+        if isinstance(event, _BATCHABLE):
+            self._handle_batch(event)
+        else:
+            self.handle(event)
         return True
+
+    def _handle_batch(self, first: object) -> None:
+        """Group commit (issue 10): run ``first`` and the machine-only inputs already queued
+        behind it, then commit their state and events in ONE transaction, and only then
+        act. Commit-before-act holds for every action of the batch; a staged unlock ends
+        the batch at once, so its pulse waits for its own commit only."""
+        self._batch = _Batch(self.state)
+        try:
+            self.handle(first)
+            for _ in range(BATCH_MAX - 1):
+                if self._batch is None or self._batch.flush_now or self._deferred is not None:
+                    break
+                try:
+                    nxt = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if not isinstance(nxt, _BATCHABLE):
+                    self._deferred = nxt  # handled next, in order, outside the batch
+                    break
+                self.handle(nxt)
+        finally:
+            self._flush(self.clock.now())
 
     def _wait_time(self, timeout: float | None) -> float | None:
         due = machine.next_deadline(self.state, self.rules)
+        if self._counters_due is not None:
+            due = self._counters_due if due is None else min(due, self._counters_due)
         if due is None:
             return timeout
         until_due = max(0.0, max(due, self._tick_floor) - self.clock.now())
@@ -357,17 +419,12 @@ class Controller:
         self._apply(tr, now)
 
     def _apply(self, tr: Transition, now: float) -> None:
-        rows = []
-        if tr.events or _persistent_change(self.state, tr.state):
-            rows = self.store.commit(
-                self.state,
-                tr.state,
-                tr.events,
-                now,
-                self.clock_synced(),
-                {"hwm": now, "rev": self.rev + 1},
-            )
-            self._hwm_saved = now
+        """Stage ``tr`` (in the open batch, or alone) and commit it unless a batch is open."""
+        alone = self._batch is None
+        batch = self._batch = self._batch or _Batch(self.state)
+        batch.events += tr.events
+        batch.actions += tr.actions
+        batch.flush_now |= any(isinstance(a, UnlockAction) for a in tr.actions)
         self.state = tr.state
         for ev in tr.events:
             logger.info(
@@ -376,8 +433,26 @@ class Controller:
                 f" compartment={ev.compartment}" if ev.compartment else "",
                 f" parcel={ev.parcel}" if ev.parcel else "",
             )
-        # Committed: only now may anything move.
-        for action in tr.actions:
+        if alone or batch.flush_now:
+            self._flush(now)
+
+    def _flush(self, now: float) -> None:
+        """Commit the staged batch, then (committed: only now may anything move) act."""
+        batch, self._batch = self._batch, None
+        if batch is None:
+            return
+        rows = []
+        if batch.events or _persistent_change(batch.base, self.state):
+            rows = self.store.commit(
+                batch.base,
+                self.state,
+                batch.events,
+                now,
+                self.clock_synced(),
+                {"hwm": now, "rev": self.rev + 1},
+            )
+            self._hwm_saved = now
+        for action in batch.actions:
             self._execute(action)
         if rows:
             self.uplink.outbox_changed()
@@ -408,6 +483,10 @@ class Controller:
     def _freed(self, n: int) -> None:
         if n:
             self.uplink.outbox_changed()
+            self._publish_state()
+
+    def _publish_counters(self, now: float) -> None:
+        if self._counters_due is not None and now >= self._counters_due:
             self._publish_state()
 
     def _persist_hwm(self, now: float) -> None:
@@ -442,6 +521,23 @@ class Controller:
         }
 
     def _publish_state(self, force: bool = False) -> None:
+        """The retained snapshot, coalesced (issue 10): a change of what the state shows goes
+        out at once; a change of the outbox counters alone (every event, every ack) at most
+        once per ``STATE_COUNTERS_EVERY_S``, always the latest values."""
+        s = self.state
+        shape = (s.compartments, s.parcels, s.lockdown, s.throttle.locked_out, self.store.epoch)
+        now = self.clock.now()
+        if (
+            not force
+            and self._shape is not None
+            and all(a is b for a, b in zip(shape, self._shape, strict=True))
+        ):
+            if self._counters_due is None:
+                self._counters_due = self._state_sent_at + STATE_COUNTERS_EVERY_S
+            if now < self._counters_due:
+                return
+        self._shape = shape
+        self._counters_due = None
         snap = self.snapshot()
         key = {k: v for k, v in snap.items() if k not in ("rev", "ts")}
         if key != self._snapshot_key:
@@ -452,6 +548,7 @@ class Controller:
             snap["rev"] = self.rev
         elif not force:
             return
+        self._state_sent_at = now
         self.uplink.publish_state(snap)
 
 

@@ -1,0 +1,198 @@
+"""Events produced live through the whole daemon, against bare paho on the same broker.
+
+For each transport (plain TCP, mutual TLS) against a real Mosquitto on loopback, with a
+fleet server in a separate process (its own GIL) that subscribes and acknowledges:
+1. baseline: a bare paho QoS 1 publisher (its own client certificate, max_inflight 20,
+   paho's own network thread) publishes N event-sized payloads; timed from the first
+   publish until the server holds all N;
+2. the real ``lockerd`` (``SimCabinet``), connected, gets N distinct garbage lines on its
+   scanner pty, each one an ``access_denied`` event committed to its outbox and published;
+   timed from the first line written until the server holds all N, contiguous.
+The ratio daemon/bare is the figure of issue 10 (goal >= 0.5). Repeated ``--repeats`` times;
+medians and spread are reported.
+
+Prints the figures and writes ``bench/results-event-pipeline.json``.
+Run: ``.venv/bin/python bench/event_pipeline.py [--events N] [--repeats R] [--plain-only]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import paho.mqtt.client as mqtt  # noqa: E402
+from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+
+from bench.common import write_results  # noqa: E402
+from locker.sim.broker import SERVER_CN, Broker, ClientCert, Endpoint, Pki  # noqa: E402
+from locker.sim.cabinet import SimCabinet  # noqa: E402
+from tests.broker import ServerClient  # noqa: E402
+from tests.e2e import db_last_seq, scan_burst  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results-event-pipeline.json"
+LOCKER = "SIM-0001"
+BARE = "BARE-0001"
+TIMEOUT_S = 300.0
+
+
+def serve(spec: dict[str, Any]) -> None:
+    """The fleet server process: ack everything; for each ``<locker> <upto>`` line on stdin,
+    print the monotonic time at which it held every seq of that locker up to ``upto``."""
+    ep = spec["endpoint"]
+    cert = ClientCert(**ep["cert"]) if ep["cert"] else None
+    server = ServerClient(Endpoint(**ep | {"cert": cert}))
+    server.start()
+    print("ready", flush=True)
+    for line in sys.stdin:
+        locker, upto = line.split()
+        deadline = time.monotonic() + TIMEOUT_S
+        while not server.has_all(locker, int(upto)) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        print(f"held {time.monotonic()}", flush=True)
+    server.stop()
+
+
+def bare_paho(broker: Broker, events: int, first_seq: int, wait: str = "sent") -> float:
+    """Publish ``events`` QoS 1 messages as fast as paho takes them (and, with ``wait`` =
+    "puback", until the last PUBACK); returns the start time."""
+    ep = broker.endpoint(BARE)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=BARE, protocol=mqtt.MQTTv5)
+    if ep.cert is not None:
+        client.tls_set(ep.ca_file, ep.cert.cert_file, ep.cert.key_file)
+    client.max_inflight_messages_set(20)
+    client.max_queued_messages_set(0)
+    client.connect(ep.host, ep.port)
+    client.loop_start()
+    payloads = []
+    for seq in range(first_seq, first_seq + events):
+        doc = {
+            "v": 1,
+            "epoch": str(uuid.UUID(int=1)),
+            "seq": seq,
+            "event_id": str(uuid.uuid4()),
+            "boot_id": "bare",
+            "ts": "2026-01-01T00:00:00Z",
+            "clock_synced": True,
+            "type": "access_denied",
+            "data": {"reason": "malformed", "source": "scanner"},
+        }
+        payloads.append(json.dumps(doc, separators=(",", ":")).encode())
+    began = time.monotonic()
+    infos = [client.publish(f"lockers/{BARE}/evt/access_denied", p, qos=1) for p in payloads]
+    if wait == "puback":
+        for info in infos:
+            info.wait_for_publish(TIMEOUT_S)
+    client.disconnect()
+    client.loop_stop()
+    return began
+
+
+def run(tls: bool, events: int, workdir: Path, repeats: int) -> dict[str, Any]:
+    pki = Pki(workdir / "pki") if tls else None
+    broker = Broker(workdir / "broker", pki=pki)
+    broker.start()
+    spec = {"endpoint": dataclasses.asdict(broker.endpoint(SERVER_CN))}
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--serve", json.dumps(spec)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout is not None and server.stdin is not None
+    cab = SimCabinet(workdir / "cab", broker=broker, locker_id=LOCKER)
+    bare_rates: list[float] = []
+    daemon_rates: list[float] = []
+
+    def held(locker: str, upto: int) -> float:
+        assert server.stdin is not None and server.stdout is not None
+        server.stdin.write(f"{locker} {upto}\n")
+        server.stdin.flush()
+        return float(server.stdout.readline().removeprefix("held "))
+
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        cab.start()
+        held(LOCKER, db_last_seq(cab))  # connected, the start-up events delivered
+        bare_next = 1
+        for r in range(repeats):
+            began = bare_paho(broker, events, bare_next)
+            bare_next += events
+            bare_rates.append(events / (held(BARE, bare_next - 1) - began))
+            target = db_last_seq(cab) + events
+            began = time.monotonic()
+            scan_burst(cab, events, tag=f"p{r}")
+            daemon_rates.append(events / (held(LOCKER, target) - began))
+    finally:
+        server.stdin.close()
+        server.wait(30)
+        cab.close()
+        broker.stop()
+    ratios = [d / b for d, b in zip(daemon_rates, bare_rates, strict=True)]
+    return {
+        "transport": "mutual TLS" if tls else "plain TCP",
+        "events": events,
+        "repeats": repeats,
+        "bare_paho_events_per_s": _summary(bare_rates),
+        "daemon_events_per_s": _summary(daemon_rates),
+        "ratio_daemon_to_bare": _summary(ratios, 3),
+    }
+
+
+def _summary(values: list[float], digits: int = 0) -> dict[str, Any]:
+    return {
+        "median": round(statistics.median(values), digits),
+        "min": round(min(values), digits),
+        "max": round(max(values), digits),
+        "all": [round(v, digits) for v in values],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=5_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--plain-only", action="store_true")
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(json.loads(args.serve))
+        return
+    results = []
+    for tls in (False,) if args.plain_only else (False, True):
+        with tempfile.TemporaryDirectory() as tmp:
+            result = run(tls, args.events, Path(tmp), args.repeats)
+        results.append(result)
+        b, d, q = (
+            result["bare_paho_events_per_s"],
+            result["daemon_events_per_s"],
+            result["ratio_daemon_to_bare"],
+        )
+        print(
+            f"{result['transport']:>10}: bare paho {b['median']:.0f}/s "
+            f"({b['min']:.0f}-{b['max']:.0f}), daemon live {d['median']:.0f}/s "
+            f"({d['min']:.0f}-{d['max']:.0f}): ratio {q['median']:.3f} "
+            f"({q['min']:.3f}-{q['max']:.3f})"
+        )
+    write_results(
+        RESULTS,
+        "events produced live through the real lockerd (scanner lines -> access_denied "
+        "events -> MQTT -> an acking server process), against a bare paho QoS 1 publisher "
+        "to the same broker in the same run",
+        results,
+    )
+
+
+if __name__ == "__main__":
+    main()
