@@ -36,6 +36,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from locker.cabinet.link import MqttLink
+from locker.cabinet.sender import check_ack
 from locker.config.sections import Mqtt
 from locker.contract.replies import rfc3339
 from locker.ports import (
@@ -422,7 +423,15 @@ class LinkRecorder:
                     return
                 todo, self._todo = self._todo, []
             assert self.outbox is not None and self._outbox_changed is not None
-            upto = max((e.upto_seq for e in todo if isinstance(e, ServerAck)), default=0)
+            stream = self.outbox.stream()  # like the controller: only valid acks delete
+            upto = max(
+                (
+                    e.upto_seq
+                    for e in todo
+                    if isinstance(e, ServerAck) and check_ack(e.epoch, e.upto_seq, stream) == "ok"
+                ),
+                default=0,
+            )
             seqs = tuple(s for e in todo if isinstance(e, EventsDelivered) for s in e.seqs)
             if upto:
                 self.outbox.delete_upto(upto)

@@ -3,6 +3,7 @@ SQLite store: fewer fsyncs and snapshots, the same events, commit-before-act kep
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +56,8 @@ def test_an_unlock_is_committed_before_its_pulse_even_inside_a_batch(rig: Rig) -
 
 
 def test_counters_alone_republish_the_state_at_a_bounded_rate(rig: Rig) -> None:
-    seen: list[dict[str, Any]] = []
-    rig.ctl.uplink.publish_state = seen.append  # type: ignore[method-assign]
+    seen: list[Mapping[str, Any]] = []
+    rig.ctl.uplink.publish_state = seen.append  # type: ignore[method-assign,assignment]
     for i in range(20):
         rig.put(InputRejected(InputSource.SCANNER, f"junk {i}"))  # one event each
     assert len(seen) <= 1  # counters only: not once per event

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import json
 import logging
 import os
 import signal
@@ -512,6 +513,29 @@ def test_unacked_events_are_resent_after_reconnect_and_not_after_ack(
         lk.outbox_changed()
         wait_for(lambda: 11 in server.unique_seqs(LOCKER), what="new event")
         assert [e["seq"] for e in server.events(LOCKER)[count:]] == [11]
+
+
+def test_an_invalid_ack_deletes_nothing_and_the_stream_goes_on(
+    broker: Broker,  # noqa: F811
+    harness: Harness,
+    outbox: SqliteOutbox,
+) -> None:
+    """Issue 11 item 20: an ack above last_seq used to stop the stream (0 of 10 new events
+    sent until a restart)."""
+    with ServerClient(broker, auto_ack=False) as server:
+        outbox.add(3)
+        lk, _rec = harness.start(broker)
+        wait_for(lambda: server.unique_seqs(LOCKER) == {1, 2, 3}, what="first events")
+        server.ack(LOCKER, 1000)  # above last_seq (a server from before epochs)
+        other = {"v": 1, "epoch": "0b6f3c2e-8a1d-4c57-9a43-5d7f0f1e2a10", "upto_seq": 2}
+        server.publish(f"{P}/ack", json.dumps(other))
+        wait_for(lambda: lk.counters.invalid_acks == 2, what="both acks refused")
+        assert outbox.depth() == 3 and lk.counters.server_acks == 0
+        outbox.add(10)
+        lk.outbox_changed()
+        wait_for(lambda: server.unique_seqs(LOCKER) == set(range(1, 14)), what="10 new events")
+        server.publish(f"{P}/ack", json.dumps({"v": 1, "epoch": outbox.epoch, "upto_seq": 13}))
+        wait_for(lambda: outbox.depth() == 0, what="a valid ack applied")
 
 
 def test_resync_republishes_status_state_and_unacked_events(

@@ -1,0 +1,165 @@
+"""The real daemon when its store goes backwards (issue 11 item 21), and a server that
+only knows live events (item 19), against a real TLS broker.
+
+- The WAL is deleted after a SIGKILL (the store falls back to its last checkpoint), or
+  ``locker.db`` is left zero-length: the daemon compares its store with the state it
+  published itself, starts (or announces) a new epoch with ``epoch_started``, its events
+  of the new epoch carry it from seq 1, and a signed ``open`` that already ran is refused
+  when replayed.
+- ``lockerctl watch``'s bookkeeping (``FleetView``) that first sees a live event while 21
+  are queued acknowledges nothing past the gap: every queued event survives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from locker.fleet.client import Incoming
+from locker.fleet.watch import FleetView
+from locker.sim.broker import Broker
+from locker.sim.cabinet import SimCabinet
+from tests.broker import ServerClient, broker  # noqa: F401 - fixture
+from tests.conftest import wait_for
+from tests.e2e import (
+    Cabinets,
+    cabinets,  # noqa: F401 - fixture
+    command,
+    db_last_seq,
+    db_outbox_depth,
+    failure_context,
+    scan_burst,
+    signed,
+    start_online,
+)
+
+pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
+
+LOCKER = "SIM-0001"
+P = f"lockers/{LOCKER}"
+
+
+@pytest.fixture
+def server(broker: Broker) -> Iterator[ServerClient]:  # noqa: F811
+    srv = ServerClient(broker, auto_ack=False)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def last_state(srv: ServerClient) -> dict[str, Any]:
+    states = [r.json() for r in srv.messages(f"{P}/state")]
+    return states[-1] if states else {}
+
+
+def epoch_started(srv: ServerClient) -> list[dict[str, Any]]:
+    return [e for e in srv.events(LOCKER) if e["type"] == "epoch_started"]
+
+
+def run_open_then_crash(srv: ServerClient, cab: SimCabinet) -> tuple[bytes, str, int]:
+    """Start, open A1 by a signed command, commit a few events, checkpoint, commit more (in
+    the WAL only), wait until the retained state shows them, SIGKILL. Returns the open's
+    token, the epoch, and the last seq the broker saw published."""
+    start_online(srv, cab)
+    token, _ = signed(cab, "open", {"compartment": "A1", "reason": "test"})
+    assert command(srv, cab, token, b"first")["status"] == "done"
+    scan_burst(cab, 3, tag="a")
+    wait_for(lambda: db_last_seq(cab) >= 5, 10, what="events committed")
+    with contextlib.closing(sqlite3.connect(cab.state_dir / "locker.db")) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    checkpointed = db_last_seq(cab)
+    scan_burst(cab, 6, tag="b")
+    wait_for(lambda: db_last_seq(cab) > checkpointed + 1, 10, what="events in the WAL only")
+    last = db_last_seq(cab)
+    wait_for(lambda: last_state(srv).get("last_seq", 0) >= last, 10, what="state published")
+    epoch = str(last_state(srv)["epoch"])
+    cab.kill()
+    return token, epoch, last
+
+
+def test_wal_lost_after_a_crash_starts_a_new_epoch_and_a_replay_is_refused(
+    broker: Broker,  # noqa: F811
+    server: ServerClient,
+    cabinets: Cabinets,  # noqa: F811
+) -> None:
+    cab = cabinets.make(broker, timing={"door_open_timeout_s": 3.0})
+    token, epoch, published = run_open_then_crash(server, cab)
+    for suffix in ("-wal", "-shm"):
+        (cab.state_dir / f"locker.db{suffix}").unlink(missing_ok=True)
+    start_online(server, cab)
+    wait_for(lambda: epoch_started(server), 15, what="epoch_started\n" + failure_context(cab))
+    ev = epoch_started(server)[-1]
+    assert ev["data"]["reason"] == "rolled_back", ev
+    assert ev["data"]["previous_epoch"] == epoch
+    data = ev["data"]
+    assert isinstance(data, dict) and data["previous_last_seq"] >= published
+    assert data["abandoned_last_seq"] < published  # the store fell back to its checkpoint
+    assert ev["epoch"] != epoch
+    replay = command(server, cab, token, b"replay")
+    assert replay["status"] != "done", replay
+    assert replay["error"]["code"] == "expired"
+    new = [e for e in server.events(LOCKER) if e["epoch"] == ev["epoch"]]
+    assert sorted({e["seq"] for e in new}) == list(range(1, max(e["seq"] for e in new) + 1))
+    assert last_state(server)["epoch"] == ev["epoch"]
+
+
+def test_a_zero_length_database_is_a_new_store_that_refuses_older_commands(
+    broker: Broker,  # noqa: F811
+    server: ServerClient,
+    cabinets: Cabinets,  # noqa: F811
+) -> None:
+    cab = cabinets.make(broker, timing={"door_open_timeout_s": 3.0})
+    token, epoch, published = run_open_then_crash(server, cab)
+    for suffix in ("-wal", "-shm"):
+        (cab.state_dir / f"locker.db{suffix}").unlink(missing_ok=True)
+    (cab.state_dir / "locker.db").write_bytes(b"")
+    start_online(server, cab)
+    wait_for(lambda: epoch_started(server), 15, what="epoch_started\n" + failure_context(cab))
+    ev = epoch_started(server)[-1]
+    assert ev["data"]["reason"] == "store_replaced", ev
+    data = ev["data"]
+    assert isinstance(data, dict) and data["previous_epoch"] == epoch
+    assert data["previous_last_seq"] >= published
+    replay = command(server, cab, token, b"replay")
+    assert replay["status"] != "done", replay
+
+
+def test_first_contact_on_a_live_event_loses_no_queued_event(
+    broker: Broker,  # noqa: F811
+    server: ServerClient,
+    cabinets: Cabinets,  # noqa: F811
+) -> None:
+    """Issue 11 item 19 with the real daemon: 21 events are queued (nobody acks), then a
+    server with FleetView's bookkeeping sees a live event first and acks what it holds."""
+    cab = cabinets.make(broker)
+    start_online(server, cab)
+    scan_burst(cab, 21 - db_last_seq(cab), tag="q")
+    wait_for(lambda: db_last_seq(cab) >= 21, 10, what="21 queued")
+    view = FleetView()
+    scan_burst(cab, 1, tag="live")
+    wait_for(lambda: db_last_seq(cab) >= 22, 10, what="one live event")
+    live = next(r for r in reversed(server.messages(lambda r: "/evt/" in r.topic)))
+    view.handle(Incoming(live.topic, live.payload, False, 1))
+    assert view.acks_due() == {}  # nothing held contiguously yet: no ack at all
+    assert view.resyncs_due() == [LOCKER]
+    resync, _ = signed(cab, "resync", {})
+    before = len(server.messages(lambda r: "/evt/" in r.topic))
+    assert command(server, cab, resync, b"resync")["status"] == "done"
+    wait_for(
+        lambda: len(server.messages(lambda r: "/evt/" in r.topic)) >= before + 22,
+        10,
+        what="the backlog re-sent",
+    )
+    for r in server.messages(lambda r: "/evt/" in r.topic)[before:]:
+        view.handle(Incoming(r.topic, r.payload, False, 1))
+    ack = view.acks_due()[LOCKER]
+    assert ack.upto_seq >= 22
+    server.publish(f"{P}/ack", json.dumps(ack.payload()))
+    wait_for(lambda: db_outbox_depth(cab) == db_last_seq(cab) - ack.upto_seq, 10, what="acked")
+    held = [e["seq"] for e in view.lockers[LOCKER].events]
+    assert held == list(range(1, ack.upto_seq + 1))
