@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from locker.cabinet.link import MqttLink, _unreachable, backoff_delay, parse_ack
+from locker.cabinet.link import MqttLink
+from locker.cabinet.linkwire import backoff_delay, parse_ack, unreachable
 from locker.ports import (
     CommandMessage,
     EventsDelivered,
@@ -140,9 +141,9 @@ def test_an_unreachable_broker_is_retried_within_seconds(
 ) -> None:
     """Issue 10: after a long outage the next attempt is at most
     ``reconnect_unreachable_max_s`` away, whatever the number of failed attempts."""
-    assert _unreachable(ConnectionRefusedError(errno.ECONNREFUSED, "refused"))
-    assert _unreachable(OSError(errno.EHOSTUNREACH, "no route"))
-    assert not _unreachable(ssl.SSLError("handshake"))
+    assert unreachable(ConnectionRefusedError(errno.ECONNREFUSED, "refused"))
+    assert unreachable(OSError(errno.EHOSTUNREACH, "no route"))
+    assert not unreachable(ssl.SSLError("handshake"))
     lk, rec = harness.start(
         broker, reconnect_min_s=0.05, reconnect_max_s=60.0, reconnect_unreachable_max_s=0.2
     )

@@ -13,26 +13,28 @@ Reliability model:
   queue is therefore never relied on: on every connect the link itself republishes the birth,
   the latest state, unacknowledged replies and every event from the durable outbox above the
   last confirmation. SQLite is the single source of truth for events.
-- Events go out in ``seq`` order, at most ``max_inflight`` without PUBACK. A PUBACK with a
-  failure reason raises ``PublishRefused`` and the row stays (not retried until ``resync``).
-  With ``require_server_ack`` rows stay until ``{p}/ack`` covers them: they are re-sent after
-  every reconnect and when no ack progress came for ``ack_timeout_s``; at most ``ack_window``
-  rows are sent beyond the last ack, so a slow server cannot make the broker drop messages
-  past its ``max_queued_messages``. Without it, a successful PUBACK is delivery.
+- Which event goes out next, and what PUBACKs and server acks mean, is decided by the pure
+  ``sender.OutboxSender`` (go-back-N window, ack time-out, ack checks); the link only reads
+  the outbox rows it asks for and publishes them. A PUBACK with a failure reason raises
+  ``PublishRefused`` and the row stays (not retried until ``resync``).
+- At the first connect of the process, the link reads its own retained ``{p}/state`` and
+  hands it to the controller (``RetainedState``) before any command, so a store that went
+  backwards is noticed before it could run a command twice (issue 11 item 21).
 - Reconnect back-off grows from ``reconnect_min_s`` to ``reconnect_max_s`` with random jitter;
   while the broker cannot be reached at all, attempts stay at most
   ``reconnect_unreachable_max_s`` apart (``_schedule_retry``).
 - Watchdog: any unexpected exception in the thread drops the client and builds a new one after
   a back-off; ``healthy()`` tells whether the thread is alive and looping.
+
+Size: about 750 lines, above the project's ~500, because it is one thread's loop around one
+paho client (connection, socket pump, publishing, callbacks) whose state is shared by all of
+it; the parts that are not (``sender``, ``linkwire``) are already out.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import json
 import logging
-import random
 import select
 import socket
 import ssl
@@ -50,6 +52,15 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from locker.cabinet.linkwire import (
+    backoff_delay,
+    parse_ack,
+    parse_state_stream,
+    tls_context,
+    to_json,
+    topic_level,
+    unreachable,
+)
 from locker.cabinet.sender import LinkCounters, OutboxSender
 from locker.contract.replies import rfc3339
 from locker.ports import (
@@ -70,8 +81,6 @@ from locker.ports import (
 logger = logging.getLogger(__name__)
 
 MAX_PENDING_REPLIES = 256
-_MAX_ACK_BYTES = 256
-_MAX_STATE_BYTES = 4 * 1024 * 1024
 STATE_CHECK_S = 5.0  # longest wait for our own retained state at the first connect
 STATE_GRACE_S = 0.5  # wait after its SUBACK (the retained copy follows it at once)
 _IDLE_WAIT_S = 1.0  # longest select(): keepalive and timers are checked at least this often
@@ -148,7 +157,7 @@ class MqttLink(Uplink):
         self._connect_timeout = connect_timeout_s
         self._close_timeout = close_timeout_s
         self._clock = clock
-        self._tls = _tls_context(ca_file, cert_file, key_file) if tls else None
+        self._tls = tls_context(ca_file, cert_file, key_file) if tls else None
         self.counters = LinkCounters()
         self._sender = OutboxSender(
             require_ack=require_server_ack,
@@ -199,10 +208,10 @@ class MqttLink(Uplink):
         self._request(outbox=True)
 
     def publish_state(self, snapshot: Mapping[str, object]) -> None:
-        self._request(state=_json(snapshot))
+        self._request(state=to_json(snapshot))
 
     def publish_reply(self, reply: Mapping[str, object], correlation_data: bytes | None) -> None:
-        self._request(reply=(_json(reply), correlation_data))
+        self._request(reply=(to_json(reply), correlation_data))
 
     def resync(self) -> None:
         self._request(resync=True)
@@ -350,7 +359,7 @@ class MqttLink(Uplink):
             )
         except (OSError, ValueError) as err:  # refused, unreachable, TLS handshake or name
             logger.warning("MQTT connect to %s:%s failed: %s", self._host, self._port, err)
-            self._schedule_retry(unreachable=_unreachable(err))
+            self._schedule_retry(unreachable=unreachable(err))
             return
         self._client = client
         self._connack_deadline = time.monotonic() + self._connect_timeout
@@ -571,7 +580,7 @@ class MqttLink(Uplink):
             doc["ts"] = rfc3339(self._clock())
         if online:
             doc |= {"version": self._version, "clock_synced": bool(self._clock_synced())}
-        return _json(doc)
+        return to_json(doc)
 
     def _send_events(self) -> None:
         sender = self._sender
@@ -589,7 +598,7 @@ class MqttLink(Uplink):
             self._publish_event(row)
 
     def _publish_event(self, row: OutboxRow) -> None:
-        if not _topic_level(row.type):
+        if not topic_level(row.type):
             self._refuse(row.seq, f"event type {row.type[:40]!r} is not a topic level")
             return
         assert self._client is not None
@@ -757,85 +766,11 @@ class MqttLink(Uplink):
         return f"{self.prefix}/{leaf}"
 
 
-def backoff_delay(attempt: int, low: float, high: float) -> float:
-    """Seconds before reconnect attempt ``attempt`` (1, 2, ...): random in [low, ceiling],
-    the ceiling doubling from 2*low up to ``high``. The jitter spreads a fleet's reconnects
-    after a broker restart; paho's own back-off has none."""
-    ceiling = min(high, low * 2 ** min(attempt, 32))
-    return random.uniform(low, max(low, ceiling))
-
-
-def parse_ack(payload: bytes) -> tuple[str | None, int] | None:
-    """``(epoch, upto_seq)`` of a valid ``{"v":1,"epoch":E,"upto_seq":N}`` (N >= 0, E a
-    non-empty string of at most 64 characters or absent: epoch None), else None."""
-    if len(payload) > _MAX_ACK_BYTES:
-        return None
-    try:
-        doc = json.loads(payload)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(doc, dict) or not {"v", "upto_seq"} <= set(doc) <= {"v", "epoch", "upto_seq"}:
-        return None
-    v, upto, epoch = doc["v"], doc["upto_seq"], doc.get("epoch")
-    if type(v) is not int or v != 1 or type(upto) is not int or upto < 0:
-        return None
-    if "epoch" in doc and not (isinstance(epoch, str) and 0 < len(epoch) <= 64):
-        return None
-    return epoch, upto
-
-
-def parse_state_stream(payload: bytes) -> tuple[str | None, int | None]:
-    """``(epoch, last_seq)`` of a retained state payload; None for what is absent or not
-    well-formed (a state from before epochs has no epoch)."""
-    try:
-        doc = json.loads(payload) if len(payload) <= _MAX_STATE_BYTES else None
-    except (ValueError, RecursionError):
-        doc = None
-    if not isinstance(doc, dict):
-        return None, None
-    epoch, last_seq = doc.get("epoch"), doc.get("last_seq")
-    return (
-        epoch if isinstance(epoch, str) and 0 < len(epoch) <= 64 else None,
-        last_seq if type(last_seq) is int and last_seq >= 0 else None,
-    )
-
-
-def _unreachable(err: BaseException) -> bool:
-    """Whether a connect failed before any broker answered (refused, no route, timed out)."""
-    if isinstance(err, ssl.SSLError):
-        return False  # a TLS peer answered
-    return isinstance(err, ConnectionRefusedError | TimeoutError) or (
-        isinstance(err, OSError)
-        and err.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH)
-    )
-
-
-def _tls_context(
-    ca_file: str | None, cert_file: str | None, key_file: str | None
-) -> ssl.SSLContext:
-    """Mutual TLS: the broker is verified against our CA *and* its host name (never disabled)."""
-    if not (ca_file and cert_file and key_file):
-        raise ValueError("TLS needs ca_file, cert_file and key_file")
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert_file, key_file)
-    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
-    return ctx
-
-
 def _close_socket(client: mqtt.Client) -> None:
     sock = client.socket()
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.close()
-
-
-def _topic_level(name: str) -> bool:
-    return 0 < len(name) <= 64 and not any(c in name for c in "/+#\0")
-
-
-def _json(doc: Mapping[str, object]) -> bytes:
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
 def _properties(packet_type: int) -> Properties:
