@@ -16,6 +16,7 @@ import os
 import platform
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -149,3 +150,19 @@ def write_results(
     }
     path.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {path.name}")
+
+
+def spawn_server(script: str, spec: dict[str, Any]) -> subprocess.Popen[str]:
+    """Start ``script --serve <spec as JSON>`` (a fleet server in its own process, so it does
+    not share the measured process's GIL) and wait for its "ready" line."""
+    server = subprocess.Popen(
+        [sys.executable, script, "--serve", json.dumps(spec)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout is not None and server.stdin is not None
+    if server.stdout.readline().strip() != "ready":
+        server.kill()
+        raise RuntimeError(f"{script}: the server process did not start")
+    return server

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-from bench.common import Figure, write_results  # noqa: E402
+from bench.common import Figure, spawn_server, write_results  # noqa: E402
 from bench.event_pipeline import bare_paho  # noqa: E402
 from locker.sim.broker import SERVER_CN, Broker, ClientCert, Endpoint, Pki  # noqa: E402
 from locker.sim.cabinet import SimCabinet  # noqa: E402
@@ -100,16 +99,10 @@ def run(tls: bool, events: int, workdir: Path, outage_s: float = 0.0) -> dict[st
     broker = Broker(workdir / "broker", pki=pki)
     broker.start()
     spec = {"endpoint": dataclasses.asdict(broker.endpoint(SERVER_CN))}
-    server = subprocess.Popen(
-        [sys.executable, __file__, "--serve", json.dumps(spec)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    server = spawn_server(__file__, spec)
     assert server.stdout is not None and server.stdin is not None
     cab = SimCabinet(workdir / "cab", broker=broker, locker_id=LOCKER)
     try:
-        assert server.stdout.readline().strip() == "ready"
         broker.stop()
         down_at = time.monotonic()
         cab.start()

@@ -21,7 +21,6 @@ import argparse
 import dataclasses
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from bench.common import write_results  # noqa: E402
+from bench.common import spawn_server, write_results  # noqa: E402
 from locker.sim.broker import SERVER_CN, Broker, ClientCert, Endpoint, Pki  # noqa: E402
 from locker.sim.cabinet import SimCabinet  # noqa: E402
 from tests.broker import ServerClient  # noqa: E402
@@ -104,12 +103,7 @@ def run(tls: bool, events: int, workdir: Path, repeats: int) -> dict[str, Any]:
     broker = Broker(workdir / "broker", pki=pki)
     broker.start()
     spec = {"endpoint": dataclasses.asdict(broker.endpoint(SERVER_CN))}
-    server = subprocess.Popen(
-        [sys.executable, __file__, "--serve", json.dumps(spec)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    server = spawn_server(__file__, spec)
     assert server.stdout is not None and server.stdin is not None
     cab = SimCabinet(workdir / "cab", broker=broker, locker_id=LOCKER)
     bare_rates: list[float] = []
@@ -122,7 +116,6 @@ def run(tls: bool, events: int, workdir: Path, repeats: int) -> dict[str, Any]:
         return float(server.stdout.readline().removeprefix("held "))
 
     try:
-        assert server.stdout.readline().strip() == "ready"
         cab.start()
         held(LOCKER, db_last_seq(cab))  # connected, the start-up events delivered
         bare_next = 1

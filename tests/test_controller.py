@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from locker.cabinet.controller import Controller, DomainClock
+from locker.cabinet.controller import Controller, DomainClock, Verifier
 from locker.cabinet.store import Store
 from locker.ports import (
     DoorChanged,
@@ -79,9 +79,10 @@ class Clock:
 
 
 class Rig:
-    def __init__(self, tmp: Path, keys: Keys | None = None) -> None:
+    def __init__(self, tmp: Path, keys: Keys | None = None, verify: Verifier | None = None) -> None:
         self.tmp = tmp
         self.keys = keys or Keys()
+        self.verify = verify
         self.clock = Clock()
         self.db = tmp / "locker.db"
         self.bank = CheckingBank(self.db)
@@ -96,6 +97,7 @@ class Rig:
             version="test",
             wall=lambda: self.clock.wall,
             mono=lambda: self.clock.mono,
+            verify=self.verify,
         )
         ctl.start()
         self.drain()

@@ -61,6 +61,21 @@ def epoch_started(srv: ServerClient) -> list[dict[str, Any]]:
     return [e for e in srv.events(LOCKER) if e["type"] == "epoch_started"]
 
 
+def commit_events(cab: SimCabinet, upto: int) -> int:
+    """Scanner lines until the daemon's last seq reaches ``upto`` (lines written before the
+    scanner port is open are lost, so write again until they count); returns the last seq."""
+    burst = iter(range(1000))
+
+    def done() -> bool:
+        missing = upto - db_last_seq(cab)
+        if missing > 0:
+            scan_burst(cab, missing, tag=f"c{next(burst)}-")
+        return missing <= 0
+
+    wait_for(done, 10, interval=0.2, what=f"events up to seq {upto}")
+    return db_last_seq(cab)
+
+
 def run_open_then_crash(srv: ServerClient, cab: SimCabinet) -> tuple[bytes, str, int]:
     """Start, open A1 by a signed command, commit a few events, checkpoint, commit more (in
     the WAL only), wait until the retained state shows them, SIGKILL. Returns the open's
@@ -68,8 +83,7 @@ def run_open_then_crash(srv: ServerClient, cab: SimCabinet) -> tuple[bytes, str,
     start_online(srv, cab)
     token, _ = signed(cab, "open", {"compartment": "A1", "reason": "test"})
     assert command(srv, cab, token, b"first")["status"] == "done"
-    scan_burst(cab, 3, tag="a")
-    wait_for(lambda: db_last_seq(cab) >= 5, 10, what="events committed")
+    commit_events(cab, db_last_seq(cab) + 3)
     with contextlib.closing(sqlite3.connect(cab.state_dir / "locker.db")) as db:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     checkpointed = db_last_seq(cab)
@@ -82,18 +96,29 @@ def run_open_then_crash(srv: ServerClient, cab: SimCabinet) -> tuple[bytes, str,
     return token, epoch, last
 
 
+def lose_store_and_restart(
+    srv: ServerClient, cab: SimCabinet, *, zero_length: bool
+) -> tuple[bytes, str, int, dict[str, Any]]:
+    """``run_open_then_crash``, then the WAL is lost (and, with ``zero_length``, the main
+    file too), then a restart; returns what ``run_open_then_crash`` does and the
+    ``epoch_started`` event the restarted daemon published."""
+    token, epoch, published = run_open_then_crash(srv, cab)
+    for suffix in ("-wal", "-shm"):
+        (cab.state_dir / f"locker.db{suffix}").unlink(missing_ok=True)
+    if zero_length:
+        (cab.state_dir / "locker.db").write_bytes(b"")
+    start_online(srv, cab)
+    wait_for(lambda: epoch_started(srv), 15, what="epoch_started\n" + failure_context(cab))
+    return token, epoch, published, epoch_started(srv)[-1]
+
+
 def test_wal_lost_after_a_crash_starts_a_new_epoch_and_a_replay_is_refused(
     broker: Broker,  # noqa: F811
     server: ServerClient,
     cabinets: Cabinets,  # noqa: F811
 ) -> None:
     cab = cabinets.make(broker, timing={"door_open_timeout_s": 3.0})
-    token, epoch, published = run_open_then_crash(server, cab)
-    for suffix in ("-wal", "-shm"):
-        (cab.state_dir / f"locker.db{suffix}").unlink(missing_ok=True)
-    start_online(server, cab)
-    wait_for(lambda: epoch_started(server), 15, what="epoch_started\n" + failure_context(cab))
-    ev = epoch_started(server)[-1]
+    token, epoch, published, ev = lose_store_and_restart(server, cab, zero_length=False)
     assert ev["data"]["reason"] == "rolled_back", ev
     assert ev["data"]["previous_epoch"] == epoch
     data = ev["data"]
@@ -114,13 +139,7 @@ def test_a_zero_length_database_is_a_new_store_that_refuses_older_commands(
     cabinets: Cabinets,  # noqa: F811
 ) -> None:
     cab = cabinets.make(broker, timing={"door_open_timeout_s": 3.0})
-    token, epoch, published = run_open_then_crash(server, cab)
-    for suffix in ("-wal", "-shm"):
-        (cab.state_dir / f"locker.db{suffix}").unlink(missing_ok=True)
-    (cab.state_dir / "locker.db").write_bytes(b"")
-    start_online(server, cab)
-    wait_for(lambda: epoch_started(server), 15, what="epoch_started\n" + failure_context(cab))
-    ev = epoch_started(server)[-1]
+    token, epoch, published, ev = lose_store_and_restart(server, cab, zero_length=True)
     assert ev["data"]["reason"] == "store_replaced", ev
     data = ev["data"]
     assert isinstance(data, dict) and data["previous_epoch"] == epoch
@@ -138,12 +157,13 @@ def test_first_contact_on_a_live_event_loses_no_queued_event(
     server with FleetView's bookkeeping sees a live event first and acks what it holds."""
     cab = cabinets.make(broker)
     start_online(server, cab)
-    scan_burst(cab, 21 - db_last_seq(cab), tag="q")
-    wait_for(lambda: db_last_seq(cab) >= 21, 10, what="21 queued")
+    commit_events(cab, 21)
     view = FleetView()
-    scan_burst(cab, 1, tag="live")
-    wait_for(lambda: db_last_seq(cab) >= 22, 10, what="one live event")
-    live = next(r for r in reversed(server.messages(lambda r: "/evt/" in r.topic)))
+    live_seq = commit_events(cab, db_last_seq(cab) + 1)
+    wait_for(lambda: live_seq in server.unique_seqs(LOCKER), 10, what="the live event")
+    live = next(
+        r for r in server.messages(lambda r: "/evt/" in r.topic) if r.json()["seq"] == live_seq
+    )
     view.handle(Incoming(live.topic, live.payload, False, 1))
     assert view.acks_due() == {}  # nothing held contiguously yet: no ack at all
     assert view.resyncs_due() == [LOCKER]

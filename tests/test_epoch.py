@@ -17,8 +17,6 @@ from typing import Any
 
 import pytest
 
-from locker.cabinet.controller import Controller
-from locker.cabinet.store import Store
 from locker.contract.actions import Command
 from locker.ports import (
     CommandMessage,
@@ -26,55 +24,28 @@ from locker.ports import (
     RetainedState,
     ServerAck,
 )
-from tests.domain import SIZES, T0, Keys, command, rules
-from tests.test_controller import CheckingBank, Clock
+from tests.domain import command
+from tests.test_controller import Rig
 
 
-class EpochRig:
-    """A controller whose command verifier returns ``self.next_command`` (the signature is
-    tested elsewhere; here what matters is what the controller does with a verified one)."""
+class EpochRig(Rig):
+    """The controller rig with a command verifier that returns ``next_command`` (signatures
+    are tested elsewhere; here what matters is what the controller does with a verified one),
+    and whose restarts keep the database as it is on disk."""
 
     def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.db = tmp / "locker.db"
-        self.clock = Clock()
-        self.keys = Keys()
-        self.bank = CheckingBank(self.db)
         self.next_command: Command | None = None
-        self.ctl = self._controller()
-
-    def _controller(self) -> Controller:
-        ctl = Controller(
-            rules=rules(self.keys),
-            store=Store(self.db, boot_id="boot"),
-            compartment_sizes=SIZES,
-            banks=[self.bank],
-            version="test",
-            wall=lambda: self.clock.wall,
-            mono=lambda: self.clock.mono,
-            verify=self._verify,
-        )
-        ctl.start()
-        self.ctl = ctl
-        self.drain()
-        return ctl
+        super().__init__(tmp, verify=self._verify)
+        self.db = tmp / "locker.db"
 
     def _verify(self, msg: CommandMessage, now: float) -> Command:
         assert self.next_command is not None
         return self.next_command
 
-    def drain(self) -> None:
-        while self.ctl.step_once(0):
-            pass
-
-    def put(self, *events: Any) -> None:
-        for e in events:
-            self.ctl.submit(e)
+    def reopen(self) -> None:
+        """A new controller on whatever the database files now are."""
+        self.ctl = self._controller()
         self.drain()
-
-    def restart(self) -> None:
-        self.ctl.store.close()
-        self._controller()
 
     def outbox(self) -> list[dict[str, Any]]:
         return self.ctl.store.outbox()
@@ -164,7 +135,7 @@ def test_a_lost_state_directory_starts_a_new_epoch_and_old_acks_delete_nothing(
     rig.ctl.store.close()
     for f in rig.tmp.glob("locker.db*"):
         f.unlink()
-    rig._controller()
+    rig.reopen()
     store = rig.ctl.store
     assert store.epoch != old_epoch and store.last_seq() < old_last
     kept = rig.outbox()
@@ -183,7 +154,7 @@ def test_a_rolled_back_store_starts_a_new_epoch_and_keeps_every_event(rig: Epoch
     backup.mkdir()
     for f in rig.tmp.glob("locker.db*"):
         shutil.copy(f, backup / f.name)
-    rig._controller()
+    rig.reopen()
     for n in range(5):
         rig.put(KeyPressed(str(n)), KeyPressed("#"))
     published = rig.ctl.snapshot()
@@ -193,7 +164,7 @@ def test_a_rolled_back_store_starts_a_new_epoch_and_keeps_every_event(rig: Epoch
     for f in backup.iterdir():
         shutil.copy(f, rig.tmp / f.name)
     rig.clock.advance(30)
-    rig._controller()
+    rig.reopen()
     store = rig.ctl.store
     old_epoch, behind = store.epoch, store.last_seq()
     assert old_epoch == published["epoch"] and behind < published["last_seq"]
@@ -231,14 +202,8 @@ def test_a_new_store_says_which_stream_it_replaces_and_refuses_older_commands(
 ) -> None:
     # Issue 11 item 21: a zero-length locker.db is a new store, not the old one.
     (tmp_path / "locker.db").write_bytes(b"")
-    clock_start = T0 + 3600
-    rig = EpochRig.__new__(EpochRig)
-    rig.tmp, rig.db, rig.keys = tmp_path, tmp_path / "locker.db", Keys()
-    rig.clock = Clock()
-    rig.clock.wall = clock_start
-    rig.bank = CheckingBank(rig.db)
-    rig.next_command = None
-    rig._controller()
+    rig = EpochRig(tmp_path)
+    clock_start = rig.clock.wall
     old_epoch = "9d1c2b3a-0000-4000-8000-000000000000"
     rig.put(RetainedState(old_epoch, 15))
     started = rig.of("epoch_started")
@@ -250,7 +215,9 @@ def test_a_new_store_says_which_stream_it_replaces_and_refuses_older_commands(
     assert rig.ctl.store.epoch != old_epoch
     rig.send(open_cmd(clock_start - 60))  # a signed open that ran on the old store
     assert rig.bank.unlocked == []
-    rig.send(open_cmd(clock_start))  # the same open signed now runs
+    rig.send(open_cmd(clock_start))  # signed in the second of the discovery: refused too
+    assert rig.bank.unlocked == []
+    rig.send(open_cmd(clock_start + 1))  # signed after it: runs
     assert [c for c, _ in rig.bank.unlocked] == ["A1"]
     # The same store, seen in step before, that later finds another epoch published is a
     # restored copy: a new epoch.

@@ -153,10 +153,6 @@ class Controller:
         self._snapshot_key: Any = None
         self.rev = int(store.meta("rev", 0))
         self.stopped = threading.Event()
-        if store.meta("epoch_began") is None:
-            # When this event stream began: no command issued before it may run (a store that
-            # is new or went backwards has forgotten which commands it ran; issue 11 item 21).
-            store.set_meta("epoch_began", self.clock.now())
         self._invalid_acks = 0  # refused acks not yet reported
         self._batch: _Batch | None = None
         self._shape: tuple[object, ...] | None = None  # what the last full snapshot showed
@@ -349,8 +345,9 @@ class Controller:
         a store behind its own published ``last_seq`` was rolled back (WAL lost after a
         crash); a store that had been seen in step before but finds another epoch published
         is an older copy (restored backup). Both start a new epoch now, so no seq the server
-        holds is reused and no command issued before now runs. A new store that finds an
-        older epoch published says so."""
+        holds is reused. A new store that finds an older epoch published says so. In all
+        three cases no command issued before now runs (the link holds commands until this
+        comparison is made)."""
         store = self.store
         reason = None
         if seen.epoch is None:
@@ -387,6 +384,7 @@ class Controller:
                 seen.epoch,
                 seen.last_seq,
             )
+            store.set_meta("epoch_began", now)
         if not store.meta("published_seen"):
             store.set_meta("published_seen", True)
         if reason is not None:
@@ -399,10 +397,11 @@ class Controller:
             return machine.CommandArrived(None, rej, msg.correlation_data)
         try:
             command = self.verify(msg, now)
-            began = int(self.store.meta("epoch_began", 0.0))
-            if command.iat < began:
-                # This store cannot know whether it ran that command (it is new, or went
-                # backwards and began a new epoch): never run it twice (issue 11 item 21).
+            began = self.store.meta("epoch_began")
+            if began is not None and command.iat <= began:
+                # Set when this store found it replaced or rolled back an older one: it cannot
+                # know whether that one ran the command, so it never runs it (issue 11 item
+                # 21). iat is whole seconds: the second of the discovery counts as before.
                 raise CommandRejected(
                     "expired",
                     "issued before this locker's event store began; issue it again",
