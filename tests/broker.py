@@ -454,7 +454,13 @@ def make_link(
 ) -> MqttLink:
     """An ``MqttLink`` for ``broker`` with test-friendly timings (override any setting)."""
     mqtt = Mqtt.model_fields  # the configuration's defaults, as lockerd would use them
-    defaults = ("topic_prefix", "session_expiry_s", "require_server_ack", "max_inflight")
+    defaults = (
+        "topic_prefix",
+        "session_expiry_s",
+        "require_server_ack",
+        "max_inflight",
+        "reconnect_unreachable_max_s",
+    )
     kwargs: dict[str, Any] = {
         **{name: mqtt[name].default for name in defaults},
         "keepalive_s": 5,

@@ -344,7 +344,9 @@ LINK_SCRIPT = textwrap.dedent(
                     outbox=SqliteOutbox(db), boot_id="boot-killed", version="t",
                     clock_synced=lambda: False, will_delay_s=1, keepalive_s=5,
                     topic_prefix="lockers", session_expiry_s=604800,
-                    require_server_ack=True, ack_timeout_s=30.0, max_inflight=20)
+                    require_server_ack=True, ack_timeout_s=30.0, max_inflight=20,
+                    reconnect_min_s=0.05, reconnect_max_s=0.5,
+                    reconnect_unreachable_max_s=0.5)
     link.start(lambda e: up.set() if getattr(e, "connected", False) else None)
     up.wait(10)
     print("up", flush=True)
