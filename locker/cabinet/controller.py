@@ -256,6 +256,7 @@ class Controller:
         self.stopped.set()
         try:
             self._run_machine(machine.Stop(reason))
+            self._publish_state(force=True)  # the last word: counters included, not rate-bound
         finally:
             for bank in self.banks:
                 bank.close()
