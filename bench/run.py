@@ -68,6 +68,13 @@ BENCHMARKS: list[Bench] = [
         "fleet_ingest.py",
         quick_args=("--events", "2000", "--page-lockers", "20", "--no-postgres"),
     ),
+    Bench(
+        "backlog drain through the daemon after a 90 s outage",
+        "daemon_drain.py",
+        args=("--outage-s", "90"),
+        quick_args=("--events", "500", "--plain-only", "--outage-s", "5"),
+    ),
+    Bench("events live through the daemon", "event_pipeline.py", quick_args=("--events", "300")),
 ]
 
 
