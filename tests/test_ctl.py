@@ -622,7 +622,7 @@ def test_json_of_every_subcommand_that_talks_to_lockers(fake_locker: FakeLocker)
     assert code == ctl.EXIT_TIMEOUT and doc["error"]["kind"] == "timeout"
     assert "never connected" in doc["error"]["message"]
     fake_locker.publish("state", {
-        "v": 1, "rev": 1, "ts": "2025-01-01T00:00:00Z", "lockdown": False,
+        "v": 1, "epoch": EPOCH, "rev": 1, "ts": "2025-01-01T00:00:00Z", "lockdown": False,
         "keypad_locked": False, "outbox_depth": 0, "last_seq": 1, "compartments": [],
     }, retain=True)  # fmt: skip
     code, text = run("watch", "--fleet", str(f.dir), "--duration", "1", "--no-ack", "--json")

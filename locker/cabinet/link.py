@@ -194,6 +194,7 @@ class MqttLink(Uplink):
         self._held_commands: list[CommandMessage] | None = []  # until RetainedState is out
         self._state_check_sub: int | None = None  # mid of the {p}/state subscription
         self._state_check_deadline = float("inf")
+        self._own_states: deque[bytes] = deque(maxlen=8)  # published while checking
 
     # --- Uplink: called from the controller thread, return at once -------------------------
 
@@ -550,6 +551,8 @@ class MqttLink(Uplink):
         if self._state_dirty and self._state_mid is None and self._state_payload is not None:
             # One state in flight at a time; newer snapshots replace the waiting one.
             self._state_mid = self._publish("state", self._state_payload, retain=True)
+            if self._held_commands is not None:
+                self._own_states.append(self._state_payload)
             self._state_dirty = False
         for reply in self._replies:
             if reply.mid is None:
@@ -734,7 +737,11 @@ class MqttLink(Uplink):
                 return
             self._server_ack(*ack)
         elif topic == self._topic("state"):
-            self._state_seen(payload if retained else None)
+            if retained:
+                self._state_seen(payload)
+            elif payload in self._own_states:
+                self._state_seen(None)  # our own, first: nothing was retained
+            # else: an old copy queued in the session before a crash; wait for the real one
         else:
             logger.warning("message on unexpected topic %r ignored", topic[:120])
 
