@@ -88,6 +88,7 @@ class _Batch:
     base: LockerState  # the committed state the batch started from
     events: list[Out] = dataclasses.field(default_factory=list)
     actions: list[object] = dataclasses.field(default_factory=list)
+    transitions: list[Transition] = dataclasses.field(default_factory=list)  # for observers
     flush_now: bool = False  # an unlock is staged: commit and pulse without waiting
 
 
@@ -424,6 +425,7 @@ class Controller:
         batch = self._batch = self._batch or _Batch(self.state)
         batch.events += tr.events
         batch.actions += tr.actions
+        batch.transitions.append(tr)
         batch.flush_now |= any(isinstance(a, UnlockAction) for a in tr.actions)
         self.state = tr.state
         for ev in tr.events:
@@ -457,11 +459,12 @@ class Controller:
         if rows:
             self.uplink.outbox_changed()
         self._publish_state()
-        for observe in self.observers:
-            try:
-                observe(tr, now)
-            except Exception:
-                logger.exception("a view observer failed; the locker carries on")
+        for tr in batch.transitions:
+            for observe in self.observers:
+                try:
+                    observe(tr, now)
+                except Exception:
+                    logger.exception("a view observer failed; the locker carries on")
 
     def _execute(self, action: object) -> None:
         if isinstance(action, UnlockAction):
