@@ -30,6 +30,7 @@ from locker.cabinet.panel.view import (
     PanelView,
     project,
 )
+from locker.cabinet.panel.web import payload
 from locker.ports import DoorState, KeyPressed
 from tests.domain import T0, Sim
 
@@ -152,6 +153,20 @@ def test_hub_applies_a_keypad_language_choice_and_ignores_a_bad_one() -> None:
     assert not hub.choose_language("fr") and hub.choose_language("en")
     assert hub.latest.language == "en"
     assert not hub.press("x") and not hub.press("12")  # no controller connected, and bad keys
+
+
+def test_a_picked_language_goes_back_to_the_default_when_nobody_is_there() -> None:
+    hub = PanelHub(["en", "de"], "en")
+    st = fresh_state({"A1": "S"})
+    hub.observe(Transition(st, (), (LanguageAction(2),)), T0)
+    snap = hub.latest
+    assert snap.language_at(T0 + 59) == "de" and snap.language_at(T0 + 61) == "en"
+    hub.observe(Transition(st, (_denied("unknown_code"),)), T0 + 50)  # still there
+    assert hub.latest.language_at(T0 + 109) == "de"
+    assert hub.latest.language_at(T0 + 111) == "en"
+    assert payload(hub.latest, T0 + 111)["lang"] == "en"
+    hub.observe(Transition(st), T0 + 200)  # a tick long after: the default for good
+    assert hub.latest.language == "en"
 
 
 # --- texts and catalogs ------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import dataclasses
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 from locker.cabinet.domain.draft import Transition
@@ -25,20 +26,32 @@ from locker.ports import KeyPressed
 logger = logging.getLogger(__name__)
 
 POLL_S = 0.5  # the longest a reader sleeps on a wake-up it missed
+# A language a person picked goes back to the default this long after the last sign of them,
+# so the next person is not greeted in the previous one's language.
+LANGUAGE_RESET_S = 60.0
 KEYS = frozenset("0123456789*#")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Snapshot:
-    """What every surface renders: the view, the language and a version that grows with
-    every change of either."""
+    """What every surface renders: the view, the language picked (``language``, at
+    ``chosen_at``), the default, and a version that grows with every change of either.
+    Surfaces show ``language_at(now)``."""
 
     version: int
     view: PanelView
     language: str
+    default_language: str = "en"
+    chosen_at: float = 0.0
 
     def message(self, now: float) -> Message:
         return self.view.message(now)
+
+    def language_at(self, now: float) -> str:
+        last = max(self.chosen_at, self.view.person_at)
+        if self.language == self.default_language or now - last < LANGUAGE_RESET_S:
+            return self.language
+        return self.default_language
 
 
 class PanelHub:
@@ -63,7 +76,7 @@ class PanelHub:
         # Held only around building and assigning a snapshot (no I/O, no wait under it), so the
         # controller and a language button never lose each other's change.
         self._write = threading.Lock()
-        self._latest = Snapshot(0, PanelView(), default_language)
+        self._latest = Snapshot(0, PanelView(), default_language, default_language)
 
     def connect(self, submit: Callable[[object], None]) -> None:
         self._submit = submit
@@ -75,18 +88,19 @@ class PanelHub:
         view = project(self._latest.view, tr, now)  # only this thread replaces the view
         choice = view.language_choice
         with self._write:
-            language = self._latest.language
+            latest = self._latest
+            language, chosen_at = latest.language_at(now), latest.chosen_at
             if choice is not None and 1 <= choice <= len(self.languages):
-                language = self.languages[choice - 1]
-            self._swap(view, language)
+                language, chosen_at = self.languages[choice - 1], now
+            self._swap(view, language, chosen_at)
 
-    def choose_language(self, language: str) -> bool:
-        """A language button on the page. False (and nothing changes) for a language that is
-        not offered."""
+    def choose_language(self, language: str, now: float | None = None) -> bool:
+        """A language button on the page (``now``: Unix s, default the wall clock). False
+        (and nothing changes) for a language that is not offered."""
         if language not in self.languages:
             return False
         with self._write:
-            self._swap(self._latest.view, language)
+            self._swap(self._latest.view, language, time.time() if now is None else now)
         return True
 
     def press(self, key: str) -> bool:
@@ -97,8 +111,11 @@ class PanelHub:
         self._submit(KeyPressed(key))
         return True
 
-    def _swap(self, view: PanelView, language: str) -> None:
-        self._latest = Snapshot(next(self._versions), view, language)  # the caller holds _write
+    def _swap(self, view: PanelView, language: str, chosen_at: float) -> None:
+        # the caller holds _write
+        self._latest = Snapshot(
+            next(self._versions), view, language, self.default_language, chosen_at
+        )
         # Wake readers only if nobody holds their lock right now; a reader that is stuck
         # holding it must never stall the controller (readers poll every POLL_S anyway).
         if self._cond.acquire(blocking=False):

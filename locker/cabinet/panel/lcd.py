@@ -45,7 +45,7 @@ def lcd_lines(snap: Snapshot, now: float, cols: int, rows: int) -> list[str]:
     msg = snap.message(now)
     mask = "*" * snap.view.entry
     for short in (False, True) if rows >= 4 else (True,):
-        text = ascii_text(texts.render(msg, snap.language, now, short=short, mask=mask))
+        text = ascii_text(texts.render(msg, snap.language_at(now), now, short=short, mask=mask))
         lines = textwrap.wrap(text, cols, break_on_hyphens=False) or [""]
         if len(lines) <= rows:
             return lines

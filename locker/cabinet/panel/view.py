@@ -49,6 +49,10 @@ REASONS = (
 )
 GRANTED_HOLD_S = 30.0  # "Door B3 is open" stays this long at most (or until that door closes)
 DENIED_HOLD_S = 8.0  # a refusal stays this long (or until the person types again)
+# Events that say a person is at the cabinet (a language they picked stays while they are).
+_PERSON_EVENTS = frozenset(
+    {"access_granted", "access_denied", "keypad_throttled", "door_opened", "door_closed"}
+)
 # A refusal reason shown as its own state rather than "denied".
 _STATE_OF_REASON = {"throttled": "throttled", "locked_out": "locked_out", "lockdown": "lockdown"}
 
@@ -89,7 +93,8 @@ class PanelView:
     the state, by priority. ``entry``: how many digits are typed (shown masked). ``left_open``:
     doors a ``door_left_open`` reminder named that are still open. ``active_doors``: doors
     unlocked or open (their locator LEDs blink). ``language_choice``: the keypad's language
-    pick in this transition (1-9), if any. ``rev``: counts projections."""
+    pick in this transition (1-9), if any. ``person_at``: the last sign of a person at the
+    cabinet (Unix s). ``rev``: counts projections."""
 
     outcome: Layer | None = None
     standing: tuple[Layer, ...] = ()
@@ -97,6 +102,7 @@ class PanelView:
     left_open: tuple[str, ...] = ()
     active_doors: tuple[str, ...] = ()
     language_choice: int | None = None
+    person_at: float = 0.0  # when someone last used the cabinet (keys, grants, refusals, doors)
     rev: int = 0
 
     def message(self, now: float) -> Message:
@@ -130,6 +136,11 @@ def project(prev: PanelView, tr: Transition, now: float) -> PanelView:
             if outcome is not None and outcome.message.compartment == ev.compartment:
                 outcome = None  # "door open" has become "please close it"
     choice = next((a.number for a in tr.actions if isinstance(a, LanguageAction)), None)
+    busy = (
+        choice is not None
+        or entry != prev.entry
+        or any(ev.type in _PERSON_EVENTS for ev in tr.events)
+    )
     return PanelView(
         outcome=outcome,
         standing=_standing(state, tuple(left_open), now),
@@ -141,6 +152,7 @@ def project(prev: PanelView, tr: Transition, now: float) -> PanelView:
             if c.pending is not None or c.door is DoorState.OPEN
         ),
         language_choice=choice,
+        person_at=now if busy else prev.person_at,
         rev=prev.rev + 1,
     )
 

@@ -57,17 +57,18 @@ class VoiceFollower(Follower):
 
     def render(self, snap: Snapshot, now: float) -> None:
         msg = snap.message(now)
-        key = (msg, snap.language)
+        language = snap.language_at(now)
+        key = (msg, language)
         if key == self._said:
             return
         self._said = key
         if msg.state in SILENT_STATES:
             return
         self._stop_playing()
-        text = texts.render(msg, snap.language, now)
+        text = texts.render(msg, language, now)
         try:
             self._proc = subprocess.Popen(  # noqa: S603 - fixed program, text after "--"
-                list(self.argv(text, snap.language)),
+                list(self.argv(text, language)),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,

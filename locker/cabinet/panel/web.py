@@ -60,12 +60,13 @@ def payload(snap: Snapshot, now: float) -> dict[str, Any]:
     ``before``/``seconds``/``after`` (the text around a live countdown), ``compartment``,
     ``other``, ``reason``, ``lang``, ``version``."""
     msg = snap.message(now)
+    lang = snap.language_at(now)
     mask = MASK_CHAR * snap.view.entry
     seconds = texts.remaining_s(msg, now)
-    text = texts.render(msg, snap.language, now, mask=mask)
+    text = texts.render(msg, lang, now, mask=mask)
     before, after = text, ""
     if seconds is not None:
-        marked = texts.render(msg, snap.language, now, mask=mask, seconds_text=COUNTDOWN)
+        marked = texts.render(msg, lang, now, mask=mask, seconds_text=COUNTDOWN)
         before, _, after = marked.partition(COUNTDOWN)
     return {
         "version": snap.version,
@@ -77,7 +78,7 @@ def payload(snap: Snapshot, now: float) -> dict[str, Any]:
         "compartment": msg.compartment,
         "other": msg.other,
         "reason": msg.reason,
-        "lang": snap.language,
+        "lang": lang,
         # the door to show in very large type: the one open, to close, or to use now
         "door": msg.compartment if msg.state in DOOR_STATES or msg.key == "jam_moved" else None,
     }
@@ -88,7 +89,7 @@ def render_page(
 ) -> str:
     """The whole page for ``snap`` (every visible text in its language)."""
     p = payload(snap, now)
-    lang = snap.language
+    lang = p["lang"]
     attrs = f'data-state="{html.escape(p["state"])}"'
     for name in ("compartment", "reason"):
         if p[name]:
@@ -256,7 +257,7 @@ class _Handler(BaseHTTPRequestHandler):
             snap = panel.hub.wait_newer(sent_version, HEARTBEAT_S)
             now = time.time()
             # A message can also change by itself (a refusal lapses, a countdown ends).
-            state = (snap.version, snap.message(now))
+            state = (snap.version, snap.message(now), snap.language_at(now))
             if state != sent_state:
                 data = json.dumps(payload(snap, now), ensure_ascii=False)
                 self.wfile.write(f"data: {data}\n\n".encode())
