@@ -14,9 +14,13 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 from playwright.sync_api import Browser, expect
 
+from locker.cabinet.panel import texts
+from locker.cabinet.panel.hub import Snapshot
+from locker.cabinet.panel.view import Layer, Message, PanelView
+from locker.cabinet.panel.web import STATIC_DIR, render_page
 from locker.contract import credentials
 from tests.conftest import wait_for
-from tests.panel_rig import PanelCabinet, browser, expect_message, screenshot
+from tests.panel_rig import ARTIFACTS, SIZES, PanelCabinet, browser, expect_message, screenshot
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -197,3 +201,41 @@ def test_every_language_renders_and_can_be_picked(cabinet: PanelCabinet, chromiu
     page.locator('#languages button[value="en"]').click()
     expect(page.locator("html")).to_have_attribute("lang", "en")
     wait_for(lambda: rig.controller.state.throttle.consecutive == 1, what="one failure only")
+
+
+@pytest.mark.parametrize("size", ["800x480", "1280x800"])
+def test_every_message_in_every_language_fits_the_screen(chromium: Browser, size: str) -> None:
+    """No message needs scrolling, with the on-screen keypad, at either screen size."""
+    css = (STATIC_DIR / "panel.css").read_text()
+    width, height = SIZES[size]
+    page = chromium.new_page(viewport={"width": width, "height": height})
+    overflow = []
+    for lang in ("en", "de", "pl"):
+        for key in texts.MESSAGES:
+            state = (
+                "granted" if key == "granted" else "close_door" if key == "close_door" else "denied"
+            )
+            msg = Message(state, key, "XL12", "unknown_code", time.time() + 3600, "XL11")
+            snap = Snapshot(1, PanelView(outcome=Layer(msg)), lang, lang)
+            html = render_page(snap, time.time(), languages=("en", "de", "pl"), touch_keypad=True)
+            html = html.replace(
+                '<link rel="stylesheet" href="/static/panel.css">', f"<style>{css}</style>"
+            )
+            html = html.replace('<script src="/static/panel.js"></script>', "")
+            page.set_content(html)
+            fits = page.evaluate(
+                "() => { const r = document.getElementById('screen').getBoundingClientRect();"
+                " const d = document.getElementById('door').getBoundingClientRect();"
+                " const m = document.getElementById('message');"
+                " return document.documentElement.scrollHeight <= innerHeight"
+                " && m.scrollHeight <= r.height + 1"
+                " && (d.height === 0 || d.bottom <= r.bottom + 1)"
+                " && m.getBoundingClientRect().top >= r.top - 1; }"
+            )
+            text = page.locator("#message").inner_text()
+            assert ("3600" in text) == ("{seconds}" in texts.MESSAGES[key][0]), (lang, key, text)
+            if not fits:
+                overflow.append(f"{lang}:{key}")
+                page.screenshot(path=str(ARTIFACTS / f"overflow-{lang}-{key}-{size}.png"))
+    page.close()
+    assert not overflow, f"messages that do not fit at {size}: {overflow}"

@@ -67,7 +67,9 @@ def payload(snap: Snapshot, now: float) -> dict[str, Any]:
     before, after = text, ""
     if seconds is not None:
         marked = texts.render(msg, lang, now, mask=mask, seconds_text=COUNTDOWN)
-        before, _, after = marked.partition(COUNTDOWN)
+        before, found, after = marked.partition(COUNTDOWN)
+        if not found:  # a deadline, but a text without a countdown in it
+            before, after, seconds = text, "", None
     return {
         "version": snap.version,
         "state": msg.state,
