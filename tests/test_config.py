@@ -410,7 +410,8 @@ def test_simulator_config_uses_mock_pins_and_relative_paths() -> None:
         1883,
         False,
     )
-    assert cfg.keypad is not None and cfg.keypad.port == "loop://"
+    assert cfg.keypad is not None and cfg.keypad.type == "serial"
+    assert cfg.keypad.port == "loop://"
     assert [b.port for b in cfg.boards] == ["loop://"]
 
 
@@ -624,7 +625,6 @@ def assert_safe(cfg: Config) -> None:
     assert ids and len(ids) == len(set(ids))
     pins = [p for c in cfg.gpio_compartments() for p in (c.lock_pin, c.door_pin)]
     if cfg.keypad and cfg.keypad.type == "matrix":
-        assert cfg.keypad.rows is not None and cfg.keypad.cols is not None
         pins += cfg.keypad.rows + cfg.keypad.cols
     if cfg.feedback:
         pins += [cfg.feedback.buzzer_pin, cfg.feedback.ok_led_pin, cfg.feedback.error_led_pin]

@@ -195,11 +195,8 @@ def build_inputs(cfg: Config, pin_factory: Any) -> list[InputDevice]:
     inputs: list[InputDevice] = []
     if cfg.keypad is not None:
         if cfg.keypad.type == "matrix":
-            inputs.append(
-                MatrixKeypad(cfg.keypad.rows or [], cfg.keypad.cols or [], pin_factory=pin_factory)
-            )
-        else:
-            assert cfg.keypad.port is not None
+            inputs.append(MatrixKeypad(cfg.keypad.rows, cfg.keypad.cols, pin_factory=pin_factory))
+        elif cfg.keypad.type == "serial":
             inputs.append(SerialKeypad(cfg.keypad.port, baudrate=cfg.keypad.baudrate))
     if cfg.scanner is not None:
         inputs.append(SerialScanner(cfg.scanner.port, baudrate=cfg.scanner.baudrate))

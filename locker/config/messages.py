@@ -11,9 +11,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, Final
 
-from pydantic import (
-    BaseModel,
-)
+from pydantic import BaseModel
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from locker.config.fields import toml_type
@@ -49,44 +47,87 @@ _EXPECTED: Final = {
 }
 
 
-def message(error: Mapping[str, Any], root: type[BaseModel]) -> str:
-    """The reason of one pydantic error, in the file's terms."""
+def located(error: Mapping[str, Any], root: type[BaseModel]) -> Issue:
+    """Where one pydantic error is in the file, and why, in the file's terms.
+
+    A table that is one of several kinds (a discriminated union on its ``type`` key, such as
+    ``[keypad]``) has pydantic's tag removed from the path, and its mistakes read as the kind
+    they are about: ``keypad.port: required with type = "serial"``.
+    """
     kind = error["type"]
-    loc = tuple(error["loc"])
+    raw = tuple(error["loc"])
+    loc, tag, kinds, _model = _walk(raw, root)
+    if kind == "union_tag_not_found":
+        return (*loc, "type"), "required key is missing"
+    if kind == "union_tag_invalid":
+        tags = str(error.get("ctx", {}).get("expected_tags", "")).split(", ")
+        expected = " or ".join([", ".join(tags[:-1]), tags[-1]] if len(tags) > 1 else tags)
+        return (*loc, "type"), f"must be {expected}"
     if kind == "missing":
-        return "required section is missing" if len(loc) == 1 else "required key is missing"
+        if tag is not None:
+            return loc, f"required with type = {json.dumps(tag)}"
+        return loc, "required section is missing" if len(loc) == 1 else "required key is missing"
     if kind == "extra_forbidden":
-        return "unknown key (typo?)" + _suggestion(loc, root)
+        if tag is not None and any(loc[-1] in m.model_fields for m in kinds):
+            return loc, f"not used with type = {json.dumps(tag)}"
+        parent = _walk(raw[:-1], root)[3]
+        return loc, "unknown key (typo?)" + _suggestion(loc[-1], parent)
     if kind in _EXPECTED:
-        return f"expected {_EXPECTED[kind]}, got {toml_type(error.get('input'))}"
+        return loc, f"expected {_EXPECTED[kind]}, got {toml_type(error.get('input'))}"
     message = str(error["msg"]).replace("Input should be", "must be", 1)
-    return f"table key: {message}" if loc and loc[-1] == "[key]" and kind != "config" else message
+    if loc and loc[-1] == "[key]" and kind != "config":
+        return loc, f"table key: {message}"
+    return loc, message
 
 
-def _suggestion(loc: Loc, root: type[BaseModel]) -> str:
-    if not loc or not isinstance(loc[-1], str):
-        return ""
-    close = difflib.get_close_matches(loc[-1], _keys_at(loc[:-1], root), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
-def _keys_at(loc: Loc, root: type[BaseModel]) -> list[str]:
-    """The keys allowed in the table at ``loc`` (empty when it is not a model)."""
+def _walk(
+    raw: Loc, root: type[BaseModel]
+) -> tuple[Loc, str | None, list[type[BaseModel]], type[BaseModel] | None]:
+    """``raw`` without union tags, the last tag met, that union's models, and the model of
+    the table ``raw`` ends at (None when it is not one)."""
     model: type[BaseModel] | None = root
-    for part in loc:
+    loc: list[str | int] = []
+    tag: str | None = None
+    kinds: list[type[BaseModel]] = []
+    parts = list(raw)
+    while parts:
+        part = parts.pop(0)
+        loc.append(part)
         if isinstance(part, int) or model is None:
             continue
         field = model.model_fields.get(part)
-        model = _model_in(field.annotation) if field else None
-    return list(model.model_fields) if model else []
+        candidates = _models_in(field.annotation) if field else []
+        model = candidates[0] if len(candidates) == 1 else None
+        tags = {_tag_of(m): m for m in candidates} if len(candidates) > 1 else {}
+        if parts and isinstance(parts[0], str) and parts[0] in tags:
+            tag = str(parts.pop(0))
+            model, kinds = tags[tag], candidates
+    return tuple(loc), tag, kinds, model
 
 
-def _model_in(annotation: object) -> type[BaseModel] | None:
+def _tag_of(model: type[BaseModel]) -> str | None:
+    field = model.model_fields.get("type")
+    args = typing.get_args(field.annotation) if field else ()
+    return args[0] if len(args) == 1 and isinstance(args[0], str) else None
+
+
+def _models_in(annotation: object) -> list[type[BaseModel]]:
+    """The models an annotation can hold (through lists, unions and ``Annotated``)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if typing.get_origin(annotation) in (list, types.UnionType, typing.Union):
-        return next(filter(None, map(_model_in, typing.get_args(annotation))), None)
-    return None
+        return [annotation]
+    origin = typing.get_origin(annotation)
+    if origin in (list, types.UnionType, typing.Union, typing.Annotated):
+        args = typing.get_args(annotation)
+        return [m for arg in (args[:1] if origin is typing.Annotated else args)
+                for m in _models_in(arg)]  # fmt: skip
+    return []
+
+
+def _suggestion(key: str | int, model: type[BaseModel] | None) -> str:
+    if not isinstance(key, str) or model is None:
+        return ""
+    close = difflib.get_close_matches(key, list(model.model_fields), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def format_loc(loc: Loc) -> str:

@@ -1,5 +1,5 @@
 """Relations between keys, checked on the raw TOML tables (wiring, pins and ports used twice,
-board references, shared buses, keypad kinds, TLS files, throttle limits), so that they are
+board references, shared buses, TLS files, throttle limits), so that they are
 reported even when other keys of the same file are broken."""
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ def relations(data: object, defaults: Defaults) -> list[Issue]:
     issues += _shared_buses(boards, defaults["boards"])
     issues += _pins_used_twice(root, compartments)
     issues += _serial_ports_used_twice(root, boards)
-    issues += _keypad(_table(root.get("keypad")))
     issues += _mqtt_tls(_table(root.get("mqtt")))
     issues += _throttle(_table(root.get("security")), defaults["security"])
     return issues
@@ -199,26 +198,6 @@ def _serial_ports_used_twice(
         other = first.setdefault(port, where)
         if other != where:
             yield where, f"{port} is already used by {format_loc(other)}"
-
-
-def _keypad(keypad: dict[str, object]) -> Iterator[Issue]:
-    kind = keypad.get("type")
-    allowed = {"matrix": {"rows", "cols"}, "serial": {"port", "baudrate"}, "none": set[str]()}
-    if not isinstance(kind, str) or kind not in allowed:
-        return
-    for key in ("rows", "cols", "port", "baudrate"):
-        if key in keypad and key not in allowed[kind]:
-            yield ("keypad", key), f"not used with type = {json.dumps(kind)}"
-    required = {"matrix": ("rows", "cols"), "serial": ("port",), "none": ()}[kind]
-    for key in required:
-        if key not in keypad:
-            yield ("keypad", key), f"required with type = {json.dumps(kind)}"
-    counts = {"rows": ((4,), "row"), "cols": ((3, 4), "column")}
-    for key, (ok, what) in counts.items() if kind == "matrix" else ():
-        pins = keypad.get(key)
-        if isinstance(pins, list) and len(pins) not in ok:
-            want = " or ".join(map(str, ok))
-            yield ("keypad", key), f"a matrix keypad has {want} {what} pins, got {len(pins)}"
 
 
 def _mqtt_tls(mqtt: dict[str, object]) -> Iterator[Issue]:

@@ -8,8 +8,10 @@ from typing import Annotated, Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
+    Field,
     ModelWrapValidatorHandler,
     ValidationError,
     field_validator,
@@ -38,6 +40,7 @@ from locker.config.fields import (
     TokenKid,
     TopicPrefix,
     matching,
+    reject,
     within,
 )
 from locker.config.panel import Panel
@@ -149,12 +152,38 @@ class Gpio(_Section):
     pin_factory: PinFactoryName = "lgpio"
 
 
-class Keypad(_Section):
-    type: Literal["matrix", "serial", "none"]
-    rows: list[Pin] | None = None
-    cols: list[Pin] | None = None
-    port: SerialPort | None = None
+def _pin_count(counts: tuple[int, ...], what: str) -> AfterValidator:
+    def check(pins: list[int]) -> list[int]:
+        if len(pins) not in counts:
+            want = " or ".join(map(str, counts))
+            reject(f"a matrix keypad has {want} {what} pins, got {len(pins)}")
+        return pins
+
+    return AfterValidator(check)
+
+
+class MatrixKeypad(_Section):
+    """Rows are outputs, columns pulled-up inputs (DESIGN section 7): 3x4 or 4x4 keys."""
+
+    type: Literal["matrix"]
+    rows: Annotated[list[Pin], _pin_count((4,), "row")]
+    cols: Annotated[list[Pin], _pin_count((3, 4), "column")]
+
+
+class SerialKeypad(_Section):
+    """One ASCII byte per key (``0-9 * #``, CR or LF act as ``#``)."""
+
+    type: Literal["serial"]
+    port: SerialPort
     baudrate: Baudrate = 9600
+
+
+class NoKeypad(_Section):
+    type: Literal["none"]
+
+
+# One table, three kinds told apart by ``type``: each kind has exactly its own keys.
+Keypad = Annotated[MatrixKeypad | SerialKeypad | NoKeypad, Field(discriminator="type")]
 
 
 class Scanner(_Section):
@@ -221,7 +250,7 @@ class Config(_Section):
     @field_validator("keypad")
     @classmethod
     def _no_keypad(cls, value: Keypad | None) -> Keypad | None:
-        return None if value is not None and value.type == "none" else value
+        return None if isinstance(value, NoKeypad) else value
 
     @field_validator("scanner")
     @classmethod
@@ -237,9 +266,7 @@ class Config(_Section):
         try:
             config = handler(data)
         except ValidationError as err:
-            details = [
-                messages.detail(tuple(e["loc"]), messages.message(e, cls)) for e in err.errors()
-            ]
+            details = [messages.detail(*messages.located(e, cls)) for e in err.errors()]
         defaults = {"boards": _defaults(Board), "security": _defaults(Security)}
         details += [messages.detail(loc, reason) for loc, reason in relations(data, defaults)]
         if details:
