@@ -24,6 +24,7 @@ from locker.cabinet.config import (
     load_config,
     parse_config,
 )
+from locker.config.sections import BoardCompartment, GpioCompartment
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 KEY_A = "kvKWUOi0ZXg5XEdwXwUKrt9uiAS5Y0oBE8glpNwafxI="
@@ -325,13 +326,16 @@ def test_base_is_valid_and_typed() -> None:
     assert cfg.timing.unlock_rest_s == 0.3 and cfg.timing.dropoff_hours == 48
     assert cfg.security.max_failures_per_hour == 30
     assert cfg.security.code_length == 8 and cfg.security.lockout_s == 14400
-    assert cfg.compartments[0].item_pin is None
+    a1, a2, b1, _b2 = cfg.compartments
+    assert isinstance(a1, GpioCompartment) and isinstance(a2, GpioCompartment)
+    assert isinstance(b1, BoardCompartment) and b1.channel == 1 and not b1.is_gpio
+    assert a1.item_pin is None and a1.is_gpio
     assert [c.id for c in cfg.gpio_compartments()] == ["A1", "A2"]
     assert [c.id for c in cfg.board_compartments("b1")] == ["B2"]
-    assert cfg.compartment("B1").channel == 1
+    assert cfg.compartment("B1") is b1
     assert not cfg.boards[0].item_sensors and cfg.boards[0].lock_bit_locked == 1
-    assert cfg.compartments[1].door_closed_level == "high"
-    assert cfg.compartments[0].door_closed_level == "low"
+    assert a2.door_closed_level == "high"
+    assert a1.door_closed_level == "low"
     assert isinstance(cfg.security.command_public_keys()["ops1"], Ed25519PublicKey)
     assert list(cfg.security.token_public_keys()) == [1]
     with pytest.raises(ValidationError):
@@ -623,7 +627,7 @@ def assert_safe(cfg: Config) -> None:
     assert 0 < cfg.timing.unlock_pulse_s <= 2.0
     ids = [c.id for c in cfg.compartments]
     assert ids and len(ids) == len(set(ids))
-    pins = [p for c in cfg.gpio_compartments() for p in (c.lock_pin, c.door_pin)]
+    pins: list[int | None] = [p for c in cfg.gpio_compartments() for p in (c.lock_pin, c.door_pin)]
     if cfg.keypad and cfg.keypad.type == "matrix":
         pins += cfg.keypad.rows + cfg.keypad.cols
     if cfg.feedback:
@@ -632,8 +636,7 @@ def assert_safe(cfg: Config) -> None:
     assert len(used) == len(set(used))
     names = {b.name for b in cfg.boards}
     for c in cfg.compartments:
-        assert (c.lock_pin is None) == (c.door_pin is None) == (c.board is not None)
-        assert c.board is None or (c.board in names and c.channel is not None)
+        assert isinstance(c, GpioCompartment) or c.board in names
 
 
 def check_any(data: object) -> None:

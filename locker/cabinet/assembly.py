@@ -145,10 +145,7 @@ def build_banks(cfg: Config, pin_factory: Any) -> list[LockBank]:
     if gpio:
         banks.append(
             GpioLockBank(
-                [
-                    GpioCompartment(c.id, c.lock_pin, c.door_pin, c.door_closed_level)  # type: ignore[arg-type]
-                    for c in gpio
-                ],
+                [GpioCompartment(c.id, c.lock_pin, c.door_pin, c.door_closed_level) for c in gpio],
                 pulse_s=t.unlock_pulse_s,
                 rest_s=t.unlock_rest_s,
                 debounce_s=t.door_debounce_s,
@@ -178,8 +175,8 @@ def build_banks(cfg: Config, pin_factory: Any) -> list[LockBank]:
                 ],
                 compartments={
                     c.id: (c.board, c.channel)
-                    for c in cfg.compartments
-                    if c.board is not None and c.board in names and c.channel is not None
+                    for name in sorted(names)
+                    for c in cfg.board_compartments(name)
                 },
                 baudrate=boards[0].baudrate,
                 timing=BusTiming(pulse_s=t.unlock_pulse_s, rest_s=t.unlock_rest_s),
@@ -312,7 +309,7 @@ def simulated_doors(locker: Locker, timing: tuple[float, float | None]) -> DoorA
     from hardware.emulators.doors import DoorActor, SimDoor  # noqa: PLC0415 - simulation only
 
     doors = {
-        c.id: SimDoor(int(c.lock_pin), int(c.door_pin), c.door_closed_level)  # type: ignore[arg-type]
+        c.id: SimDoor(c.lock_pin, c.door_pin, c.door_closed_level)
         for c in locker.config.gpio_compartments()
     }
     return DoorActor(locker.pin_factory, doors, open_after_s=timing[0], close_after_s=timing[1])

@@ -11,7 +11,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, Final
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Tag
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from locker.config.fields import toml_type
@@ -47,16 +47,25 @@ _EXPECTED: Final = {
 }
 
 
-def located(error: Mapping[str, Any], root: type[BaseModel]) -> Issue:
-    """Where one pydantic error is in the file, and why, in the file's terms.
+REPORTED_ELSEWHERE: Final = "reported_by_the_relation_pass"
+"""Error type of a pydantic check whose mistake the relation pass reports with more context
+(a compartment with both kinds of wiring or none); such errors are dropped here."""
 
-    A table that is one of several kinds (a discriminated union on its ``type`` key, such as
-    ``[keypad]``) has pydantic's tag removed from the path, and its mistakes read as the kind
-    they are about: ``keypad.port: required with type = "serial"``.
+
+def located(error: Mapping[str, Any], root: type[BaseModel]) -> Issue | None:
+    """Where one pydantic error is in the file, and why, in the file's terms (None: the
+    relation pass reports it).
+
+    A table that is one of several kinds (a discriminated union: ``[keypad]`` by its ``type``,
+    a compartment by its wiring keys) has pydantic's tag removed from the path, and its
+    mistakes read as the kind they are about (the kind's ``REQUIRED`` and ``NOT_USED``):
+    ``keypad.port: required with type = "serial"``.
     """
     kind = error["type"]
+    if kind == REPORTED_ELSEWHERE:
+        return None
     raw = tuple(error["loc"])
-    loc, tag, kinds, _model = _walk(raw, root)
+    loc, tagged, kinds = _walk(raw, root)
     if kind == "union_tag_not_found":
         return (*loc, "type"), "required key is missing"
     if kind == "union_tag_invalid":
@@ -64,14 +73,13 @@ def located(error: Mapping[str, Any], root: type[BaseModel]) -> Issue:
         expected = " or ".join([", ".join(tags[:-1]), tags[-1]] if len(tags) > 1 else tags)
         return (*loc, "type"), f"must be {expected}"
     if kind == "missing":
-        if tag is not None:
-            return loc, f"required with type = {json.dumps(tag)}"
+        if tagged is not None:
+            return loc, str(getattr(tagged, "REQUIRED", "required key is missing"))
         return loc, "required section is missing" if len(loc) == 1 else "required key is missing"
     if kind == "extra_forbidden":
-        if tag is not None and any(loc[-1] in m.model_fields for m in kinds):
-            return loc, f"not used with type = {json.dumps(tag)}"
-        parent = _walk(raw[:-1], root)[3]
-        return loc, "unknown key (typo?)" + _suggestion(loc[-1], parent)
+        if tagged is not None and any(loc[-1] in m.model_fields for m in kinds):
+            return loc, str(getattr(tagged, "NOT_USED", "unknown key"))
+        return loc, "unknown key (typo?)" + _suggestion(loc[-1], _table_model(raw[:-1], root))
     if kind in _EXPECTED:
         return loc, f"expected {_EXPECTED[kind]}, got {toml_type(error.get('input'))}"
     message = str(error["msg"]).replace("Input should be", "must be", 1)
@@ -82,33 +90,54 @@ def located(error: Mapping[str, Any], root: type[BaseModel]) -> Issue:
 
 def _walk(
     raw: Loc, root: type[BaseModel]
-) -> tuple[Loc, str | None, list[type[BaseModel]], type[BaseModel] | None]:
-    """``raw`` without union tags, the last tag met, that union's models, and the model of
-    the table ``raw`` ends at (None when it is not one)."""
+) -> tuple[Loc, type[BaseModel] | None, list[type[BaseModel]]]:
+    """``raw`` without union tags, the kind of the last union met, and that union's kinds."""
+    loc, tagged, kinds, _model = _follow(raw, root)
+    return loc, tagged, kinds
+
+
+def _table_model(raw: Loc, root: type[BaseModel]) -> type[BaseModel] | None:
+    """The model of the table at ``raw`` (None when it is not one model)."""
+    return _follow(raw, root)[3]
+
+
+def _follow(
+    raw: Loc, root: type[BaseModel]
+) -> tuple[Loc, type[BaseModel] | None, list[type[BaseModel]], type[BaseModel] | None]:
     model: type[BaseModel] | None = root
     loc: list[str | int] = []
-    tag: str | None = None
+    tagged: type[BaseModel] | None = None
     kinds: list[type[BaseModel]] = []
-    parts = list(raw)
-    while parts:
-        part = parts.pop(0)
-        loc.append(part)
-        if isinstance(part, int) or model is None:
+    tags: dict[str, type[BaseModel]] = {}
+    for part in raw:
+        if isinstance(part, str) and part in tags:  # pydantic's union tag: not a key
+            model = tagged = tags[part]
+            kinds, tags = list(tags.values()), {}
             continue
-        field = model.model_fields.get(part)
+        loc.append(part)
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if model is not None else None
         candidates = _models_in(field.annotation) if field else []
         model = candidates[0] if len(candidates) == 1 else None
-        tags = {_tag_of(m): m for m in candidates} if len(candidates) > 1 else {}
-        if parts and isinstance(parts[0], str) and parts[0] in tags:
-            tag = str(parts.pop(0))
-            model, kinds = tags[tag], candidates
-    return tuple(loc), tag, kinds, model
+        tags = _tagged(field.annotation) if field and len(candidates) > 1 else {}
+    return tuple(loc), tagged, kinds, model
 
 
-def _tag_of(model: type[BaseModel]) -> str | None:
-    field = model.model_fields.get("type")
-    args = typing.get_args(field.annotation) if field else ()
-    return args[0] if len(args) == 1 and isinstance(args[0], str) else None
+def _tagged(annotation: object, tag: str | None = None) -> dict[str, type[BaseModel]]:
+    """The kinds of a discriminated union by tag: ``Tag`` metadata or a Literal ``type``."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        inner, *meta = typing.get_args(annotation)
+        return _tagged(inner, next((m.tag for m in meta if isinstance(m, Tag)), tag))
+    if origin in (list, types.UnionType, typing.Union):
+        return {t: m for arg in typing.get_args(annotation) for t, m in _tagged(arg).items()}
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        field = annotation.model_fields.get("type")
+        literal = typing.get_args(field.annotation) if field else ()
+        name = tag or (literal[0] if len(literal) == 1 else None)
+        return {name: annotation} if isinstance(name, str) else {}
+    return {}
 
 
 def _models_in(annotation: object) -> list[type[BaseModel]]:

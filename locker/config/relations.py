@@ -65,16 +65,6 @@ def _wiring(compartments: list[tuple[int, dict[str, object]]]) -> Iterator[Issue
             )
         elif not gpio and not board:
             yield where, "needs lock_pin and door_pin (GPIO) or board and channel (lock board)"
-        else:
-            kind, required = (
-                ("GPIO", ("lock_pin", "door_pin")) if gpio else ("board", ("board", "channel"))
-            )
-            for key in required:
-                if key not in c:
-                    yield (*where, key), f"required for a {kind} compartment"
-            for key in ("door_closed_level", "item_pin") if board else ():
-                if key in c:
-                    yield (*where, key), "only for GPIO compartments (boards report doors)"
 
 
 def _unique(entries: list[tuple[int, dict[str, object]]], section: str, key: str) -> list[Issue]:

@@ -4,15 +4,17 @@
 from __future__ import annotations
 
 import base64
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     ModelWrapValidatorHandler,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -165,6 +167,9 @@ def _pin_count(counts: tuple[int, ...], what: str) -> AfterValidator:
 class MatrixKeypad(_Section):
     """Rows are outputs, columns pulled-up inputs (DESIGN section 7): 3x4 or 4x4 keys."""
 
+    REQUIRED: ClassVar[str] = 'required with type = "matrix"'
+    NOT_USED: ClassVar[str] = 'not used with type = "matrix"'
+
     type: Literal["matrix"]
     rows: Annotated[list[Pin], _pin_count((4,), "row")]
     cols: Annotated[list[Pin], _pin_count((3, 4), "column")]
@@ -173,12 +178,18 @@ class MatrixKeypad(_Section):
 class SerialKeypad(_Section):
     """One ASCII byte per key (``0-9 * #``, CR or LF act as ``#``)."""
 
+    REQUIRED: ClassVar[str] = 'required with type = "serial"'
+    NOT_USED: ClassVar[str] = 'not used with type = "serial"'
+
     type: Literal["serial"]
     port: SerialPort
     baudrate: Baudrate = 9600
 
 
 class NoKeypad(_Section):
+    REQUIRED: ClassVar[str] = 'required with type = "none"'
+    NOT_USED: ClassVar[str] = 'not used with type = "none"'
+
     type: Literal["none"]
 
 
@@ -208,23 +219,60 @@ class Board(_Section):
     item_sensors: bool = False  # IR bits read 0 when nothing is wired: opt in, never assume
 
 
-class Compartment(_Section):
-    """Wired either to GPIO (``lock_pin``, ``door_pin``) or to a board (``board``, ``channel``)."""
+class _CompartmentBase(_Section):
+    """What every compartment has, however it is wired."""
+
+    is_gpio: ClassVar[bool]
 
     id: Name
     size: Size
-    lock_pin: LockPin | None = None
-    door_pin: Pin | None = None
-    door_closed_level: Literal["low", "high"] = "low"
-    item_pin: Pin | None = None  # an IR item sensor (GPIO compartments only)
-    board: Name | None = None
-    channel: Annotated[int, within(1, 16)] | None = None
     led_pin: Pin | None = None  # locator LED (DESIGN 7), for either kind of compartment
     accessible: bool = False  # within reach of a wheelchair user (assign can ask for it)
 
-    @property
-    def is_gpio(self) -> bool:
-        return self.lock_pin is not None
+
+class GpioCompartment(_CompartmentBase):
+    """A lock driven by a GPIO pin and a reed switch on another (DESIGN section 7)."""
+
+    REQUIRED: ClassVar[str] = "required for a GPIO compartment"
+    NOT_USED: ClassVar[str] = "only for board compartments"
+    is_gpio: ClassVar[bool] = True
+
+    lock_pin: LockPin
+    door_pin: Pin
+    door_closed_level: Literal["low", "high"] = "low"
+    item_pin: Pin | None = None  # an IR item sensor
+
+
+class BoardCompartment(_CompartmentBase):
+    """Channel 1-16 of a lock-control board, which reports the door (and the item sensor)."""
+
+    REQUIRED: ClassVar[str] = "required for a board compartment"
+    NOT_USED: ClassVar[str] = "only for GPIO compartments (boards report doors)"
+    is_gpio: ClassVar[bool] = False
+
+    board: Name
+    channel: Annotated[int, within(1, 16)]
+
+
+def _wiring(value: object) -> str | None:
+    # None (both kinds' keys, or neither) is reported by the relation pass with its reason.
+    if isinstance(value, _CompartmentBase):
+        return "gpio" if value.is_gpio else "board"
+    if not isinstance(value, dict):
+        return "gpio"  # not a table: pydantic says so
+    gpio, board = value.keys() & {"lock_pin", "door_pin"}, value.keys() & {"board", "channel"}
+    return None if bool(gpio) == bool(board) else "gpio" if gpio else "board"
+
+
+# One table, two kinds told apart by their keys: each kind has exactly its own.
+Compartment = Annotated[
+    Annotated[GpioCompartment, Tag("gpio")] | Annotated[BoardCompartment, Tag("board")],
+    Discriminator(
+        _wiring,
+        custom_error_type=messages.REPORTED_ELSEWHERE,
+        custom_error_message="reported by the relation pass",
+    ),
+]
 
 
 def _defaults(model: type[BaseModel]) -> dict[str, object]:
@@ -266,7 +314,8 @@ class Config(_Section):
         try:
             config = handler(data)
         except ValidationError as err:
-            details = [messages.detail(*messages.located(e, cls)) for e in err.errors()]
+            found = (messages.located(e, cls) for e in err.errors())
+            details = [messages.detail(*issue) for issue in found if issue is not None]
         defaults = {"boards": _defaults(Board), "security": _defaults(Security)}
         details += [messages.detail(loc, reason) for loc, reason in relations(data, defaults)]
         if details:
@@ -293,11 +342,15 @@ class Config(_Section):
             or any(c.led_pin is not None for c in self.compartments)
         )
 
-    def gpio_compartments(self) -> list[Compartment]:
-        return [c for c in self.compartments if c.is_gpio]
+    def gpio_compartments(self) -> list[GpioCompartment]:
+        return [c for c in self.compartments if isinstance(c, GpioCompartment)]
 
-    def board_compartments(self, board_name: str) -> list[Compartment]:
-        return [c for c in self.compartments if c.board == board_name]
+    def board_compartments(self, board_name: str) -> list[BoardCompartment]:
+        return [
+            c
+            for c in self.compartments
+            if isinstance(c, BoardCompartment) and c.board == board_name
+        ]
 
     def compartment(self, compartment_id: str) -> Compartment:
         for c in self.compartments:
