@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 
 from locker.fleet.service import db
 from locker.sim.broker import Broker, free_port
+from locker.sim.cabinet import ACCESSIBLE
 from tests.conftest import wait_for
 from tests.fleet_rig import add_user, api, cabinet, fleet_dir, service_broker, start_service
 
@@ -95,6 +96,11 @@ def test_parcel_issued_by_api_deposited_by_keypad_collected_by_qr(
             assert c.post("/api/v1/parcels", json=again).status_code == 201
             r = c.post("/api/v1/parcels", json=again)
             assert (r.status_code, r.json()["error"]["code"]) == (409, "duplicate_parcel")
+            # accessible: the locker picks among its accessible compartments only
+            step_free = {"locker": "SIM-0001", "parcel": "PCL-3", "size": "S", "accessible": True}
+            r = c.post("/api/v1/parcels", json=step_free)
+            assert r.status_code == 201, r.text
+            assert r.json()["compartment"] in ACCESSIBLE
     finally:
         service.stop()
         cab.close()

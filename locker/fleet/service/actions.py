@@ -185,6 +185,8 @@ class Actions:
         kind: str,
         compartment: str | None = None,
         pickup_hours: int | None = None,
+        *,
+        accessible: bool = False,
     ) -> Issued:
         if not PARCEL_RE.fullmatch(parcel):
             raise ActionError(422, "invalid_args", f"bad parcel id: expected {PARCEL_RE.pattern}")
@@ -207,6 +209,8 @@ class Actions:
         }
         if compartment is not None:
             args["compartment"] = compartment
+        if accessible:
+            args["accessible"] = True
         token_id = secrets.token_bytes(credentials.TOKEN_ID_BYTES)
         nb, exp = now - 60, now + DROPOFF_HOURS * 3600 + (hours * 3600 if kind == "delivery" else 0)
         action = (

@@ -76,7 +76,7 @@ class ParcelIn(_Body):
     kind: Literal["delivery", "return"] = "delivery"
     compartment: str | None = Field(default=None, max_length=64)
     pickup_hours: int | None = Field(default=None, ge=1, le=24 * 30)
-    accessible: bool = False  # recorded; compartment choice is the locker's (DESIGN 5 assign)
+    accessible: bool = False  # only an accessible compartment (assign's own argument)
 
 
 class CommandIn(_Body):
@@ -276,6 +276,7 @@ def router() -> APIRouter:
             body.kind,
             body.compartment,
             body.pickup_hours,
+            accessible=body.accessible,
         )
         doc: dict[str, Any] = {
             "parcel": issued.parcel,
