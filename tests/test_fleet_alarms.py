@@ -173,3 +173,24 @@ def test_configuration_errors_name_their_key_paths(tmp_path: Path, capsys: Any) 
     good = _fleet(tmp_path / "g")
     assert ctl.main(["serve", "--fleet", str(good), "--db", "mysql://x"]) == 78
     assert "command line: db.url" in capsys.readouterr().err
+
+
+def test_secrets_can_live_in_their_own_files(tmp_path: Path) -> None:
+    d = _fleet(
+        tmp_path,
+        '[[webhooks]]\nurl = "https://x"\nsecret_file = "hook.secret"\n'
+        '[smtp]\nhost = "m"\nsender = "a@b"\nto = ["c@d"]\npassword_file = "nope"\n',
+    )
+    provision.write_private(d / "hook.secret", b"0123456789abcdef-secret\n")
+    try:
+        ServiceConfig.load(d)
+    except ConfigError as err:
+        assert [e.split(": ", 1)[1] for e in err.errors] == [
+            "smtp.password_file: cannot read nope: No such file or directory"
+        ]
+    else:
+        raise AssertionError("a missing password file was accepted")
+    provision.write_private(d / "nope", b"pw")
+    cfg = ServiceConfig.load(d)
+    assert cfg.settings.webhooks[0].secret == "0123456789abcdef-secret"
+    assert cfg.settings.smtp is not None and cfg.settings.smtp.password == "pw"

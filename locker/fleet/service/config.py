@@ -18,6 +18,9 @@ Shapes (all optional)::
     [alarms] outbox_growth = 500          # outbox depth that raises outbox_growing
     [[webhooks]] url = "https://..." ; secret = "..." ; kinds = ["alarm", "notification"]
     [smtp]   host, port = 25, sender, to = [...], starttls = false, username?, password?
+
+Secrets may stay out of ``fleet.toml`` (which provisioning treats as public): ``secret_file``
+and ``password_file`` name a file, relative to the fleet directory, holding the value.
     [notifications] reminder_before_s = 86400
 """
 
@@ -139,6 +142,35 @@ def _errors(err: ValidationError) -> list[str]:
     return [f"{_path(e['loc'])}: {e['msg']}" for e in err.errors()]
 
 
+_SECRET_FILES = (("webhooks", "secret"), ("smtp", "password"))
+
+
+def _read_secret_files(data: dict[str, Any], d: Path) -> list[str]:
+    """``secret_file``/``password_file`` (relative to the fleet directory, mode 0600 advised)
+    instead of the secret in ``fleet.toml``: read into ``secret``/``password`` in place.
+    Returns ``key.path: reason`` lines for files that cannot be used."""
+    problems: list[str] = []
+    for table, key in _SECRET_FILES:
+        value = data.get(table)
+        entries = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+        for index, entry in entries:
+            if not isinstance(entry, dict) or f"{key}_file" not in entry:
+                continue
+            where = table if index is None else f"{table}[{index}]"
+            name = entry.pop(f"{key}_file")
+            if key in entry:
+                problems.append(f"{where}: give {key} or {key}_file, not both")
+                continue
+            if not isinstance(name, str):
+                problems.append(f"{where}.{key}_file: expected a file name")
+                continue
+            try:
+                entry[key] = (d / name).read_text(encoding="utf-8").strip()
+            except OSError as err:
+                problems.append(f"{where}.{key}_file: cannot read {name}: {err.strerror}")
+    return problems
+
+
 class ServiceConfig:
     """The fleet (provisioning data) and the service settings, with the database URL resolved.
 
@@ -177,10 +209,13 @@ class ServiceConfig:
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(str(path), [f"not valid TOML: {err}"]) from err
         data = {k: v for k, v in raw.items() if k not in _PROVISION_KEYS}
+        problems = _read_secret_files(data, d)
         try:
             settings = ServiceSettings.model_validate(data)
         except ValidationError as err:
-            raise ConfigError(Fleet.FILE, _errors(err)) from None
+            problems += _errors(err)
+        if problems:
+            raise ConfigError(Fleet.FILE, problems)
         overrides: dict[str, Any] = {}
         if db is not None:
             overrides["db"] = {"url": db}
