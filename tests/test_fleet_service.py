@@ -101,6 +101,17 @@ def test_parcel_issued_by_api_deposited_by_keypad_collected_by_qr(
             r = c.post("/api/v1/parcels", json=step_free)
             assert r.status_code == 201, r.text
             assert r.json()["compartment"] in ACCESSIBLE
+            # cancelled through the API: the locker's assignment_cancelled moves the ledger
+            r = c.post("/api/v1/parcels/PCL-3/cancel", json={"reason": "customer moved"})
+            assert (r.status_code, r.json()["status"]) == (200, "done"), r.text
+            wait_for(
+                lambda: v.get("/api/v1/parcels/PCL-3").json()["state"] == "cancelled",
+                15,
+                what="cancellation in the ledger",
+            )
+            assert c.post("/api/v1/parcels/NOPE/cancel").json()["error"]["code"] == (
+                "unknown_parcel"
+            )
     finally:
         service.stop()
         cab.close()
