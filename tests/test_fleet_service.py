@@ -9,6 +9,7 @@ again: nothing lost or doubled, and the locker's outbox is emptied by the acks.
 from __future__ import annotations
 
 import logging
+import shutil
 import signal
 import subprocess
 import sys
@@ -239,6 +240,47 @@ def test_broker_restart_the_service_reconnects_and_keeps_ingesting(
                 30,
                 what="acked after the restart",
             )
+    finally:
+        service.stop()
+        cab.close()
+
+
+def test_a_wiped_state_directory_is_a_new_epoch_not_duplicates(
+    tmp_path: Path, service_broker: Broker
+) -> None:
+    d = fleet_dir(tmp_path, service_broker)
+    viewer = add_user(d, "v", "viewer")
+    cab = cabinet(d, service_broker, tmp_path / "cab")
+    service = start_service(d)
+    cab.start()
+    try:
+        with api(service, viewer.token) as v:
+
+            def doc() -> dict[str, Any]:
+                found: dict[str, Any] = v.get("/api/v1/lockers/SIM-0001").json()
+                return found
+
+            wait_for(lambda: v.get("/api/v1/lockers").json(), 15, what="locker known")
+            wait_for(lambda: doc()["outbox_depth"] == 0, 15, what="first epoch acked")
+            first = doc()["epoch"]
+            cab.stop()
+            shutil.rmtree(cab.state_dir)  # a new SD card: the store starts again at seq 1
+            cab.state_dir.mkdir()
+            cab.start()
+            wait_for(lambda: doc()["epoch"] not in ("", first), 20, what="a new epoch")
+            wait_for(lambda: doc()["outbox_depth"] == 0, 20, what="new epoch acked")
+            second = doc()["epoch"]
+        with service.engine.connect() as conn:
+            streams = dict(conn.execute(select(db.streams.c.epoch, db.streams.c.contiguous)).all())
+            kinds = conn.execute(select(db.reports.c.kind)).scalars().all()
+            started = conn.execute(
+                select(func.count())
+                .select_from(db.events)
+                .where(db.events.c.type == "started", db.events.c.seq == 1)
+            ).scalar_one()
+        assert set(streams) == {first, second} and all(streams.values())
+        assert "epoch_change" in kinds
+        assert started == 2, "seq 1 of each epoch stored, neither taken for a duplicate"
     finally:
         service.stop()
         cab.close()

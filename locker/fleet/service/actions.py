@@ -40,7 +40,7 @@ from locker.fleet.client import (
     command_claims,
     new_code_pair,
 )
-from locker.fleet.service import ledger, users
+from locker.fleet.service import parcel_ledger, users
 from locker.fleet.service.db import commands, parcels
 from locker.fleet.service.metrics import METRICS
 
@@ -253,7 +253,7 @@ class Actions:
                     .where(parcels.c.parcel == parcel)
                     .values(state="reserved", state_epoch=None, state_seq=None, **values)
                 )
-            ledger.record_api(
+            parcel_ledger.record_api(
                 conn, parcel, "issued", user, time.time(), {"locker": locker, "kind": kind}
             )
         return Issued(parcel, locker, values["compartment"], dropoff, pickup, token)
@@ -292,7 +292,7 @@ class Actions:
         reply = self._ok(self.send(user, row.locker, action, {"parcel": parcel, **extra}, reason))
         with self.engine.begin() as conn:
             detail = {k: v for k, v in extra.items() if not k.endswith("_tag")}
-            ledger.record_api(conn, parcel, action.value, user, time.time(), detail)
+            parcel_ledger.record_api(conn, parcel, action.value, user, time.time(), detail)
         return reply
 
     def retrieve(self, user: str, parcel: str, valid_hours: int, reason: str) -> str:

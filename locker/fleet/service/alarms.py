@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, insert, select, update
 
-from locker.fleet.service import delivery, ledger
+from locker.fleet.service import delivery, parcel_ledger
 from locker.fleet.service.db import alarms, lockers, parcels
 
 EVENT_ALARMS = frozenset(
@@ -132,7 +132,7 @@ def on_event(
 ) -> None:
     kind = ev["type"]
     compartment = ev.get("compartment")
-    data = ledger.event_data(ev)
+    data = parcel_ledger.event_data(ev)
     if kind in EVENT_ALARMS:
         detail = {"seq": ev["seq"], "epoch": epoch, "ts": ev.get("ts"), "data": data}
         raise_alarm(conn, rules, locker, kind, compartment, detail, now)

@@ -26,7 +26,7 @@ from locker import errors
 from locker.contract.actions import Action
 from locker.fleet import qr
 from locker.fleet.service import alarms as alarm_rules
-from locker.fleet.service import ledger, users
+from locker.fleet.service import parcel_ledger, users
 from locker.fleet.service.actions import ActionError, Actions
 from locker.fleet.service.db import alarms, events, lockers
 
@@ -173,7 +173,7 @@ def parcel_doc(conn: Any, row: Any) -> dict[str, Any]:
         "created_by": row.created_by,
         "created_at": row.created_at,
         "pickup_until": row.pickup_until,
-        "history": ledger.history(conn, row.parcel),
+        "history": parcel_ledger.history(conn, row.parcel),
     }
 
 

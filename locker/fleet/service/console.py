@@ -36,7 +36,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import delete, desc, insert, select
 
 from locker.fleet.service import alarms as alarm_rules
-from locker.fleet.service import api, ledger, users
+from locker.fleet.service import api, parcel_ledger, users
 from locker.fleet.service.actions import ActionError, Actions
 from locker.fleet.service.db import alarms, events, parcels, sessions
 from locker.fleet.service.db import users as user_table
@@ -290,7 +290,7 @@ def install(app: FastAPI) -> None:  # noqa: PLR0915 - the console's routes, flat
         with request.app.state.engine.connect() as conn:
             exact = conn.execute(select(parcels).where(parcels.c.parcel == q)).first()
             if exact is not None:
-                hist = ledger.history(conn, exact.parcel)
+                hist = parcel_ledger.history(conn, exact.parcel)
                 return _page(request, "parcels.html", s, q=q, parcel=exact, history=hist)
             like = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             found = conn.execute(

@@ -20,7 +20,9 @@ reported as ``floor_raised``); an ack never passes a gap; a first contact that b
 floor acknowledges nothing until the backlog has come in, and asks for it with ``resync``.
 Retained events are dropped (DESIGN 5: events are never retained; Mosquitto 2.0.11 hands
 retained messages to every member of a share).
-Until lockers publish ``epoch`` (DESIGN 5) an event without one belongs to epoch ``""``.
+An event or state without ``epoch`` (lockers from before epochs) belongs to the legacy epoch
+``""``. The epoch, floor and ack shapes come from :mod:`locker.fleet.ledger`, the receipt
+rule ``lockerctl watch`` follows too, so the two cannot drift.
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from locker.fleet import ledger as receipt
 from locker.fleet.service import alarms as alarm_rules
-from locker.fleet.service import ledger
+from locker.fleet.service import parcel_ledger
 from locker.fleet.service.db import events, lockers, reports, streams
 
 logger = logging.getLogger(__name__)
@@ -60,9 +63,9 @@ class Ack:
     upto_seq: int
 
     def payload(self) -> bytes:
-        doc: dict[str, Any] = {"v": 1, "upto_seq": self.upto_seq}
-        if self.epoch:  # a locker without epochs (older firmware) gets the old shape
-            doc["epoch"] = self.epoch
+        """The ``{p}/ack`` document of the shared receipt rule (no ``epoch`` for a legacy
+        stream, as older lockers expect)."""
+        doc = receipt.Ack(self.epoch, self.upto_seq).payload()
         return json.dumps(doc, separators=(",", ":")).encode()
 
 
@@ -95,8 +98,7 @@ def _valid_event(doc: Any) -> bool:
         and doc["seq"] >= 1
         and isinstance(doc.get("type"), str)
         and 0 < len(doc["type"]) <= 64
-        and isinstance(doc.get("epoch", ""), str)
-        and len(doc.get("epoch", "")) <= 64
+        and receipt.epoch_of(doc) is not None
         and all(
             doc.get(k) is None or (isinstance(doc[k], str) and len(doc[k]) <= 128)
             for k in ("compartment", "parcel", "ts")
@@ -174,15 +176,18 @@ class Ingest:
                 self._state(conn, locker, state, now, out)
             by_stream: dict[tuple[str, str], list[dict[str, Any]]] = {}
             for ev in parsed.events:
-                by_stream.setdefault((ev["_locker"], ev.get("epoch", "")), []).append(ev)
-            state_of = {(lk, str(st.get("epoch", ""))): st for lk, st in parsed.states.items()}
+                epoch = receipt.epoch_of(ev) or receipt.LEGACY_EPOCH
+                by_stream.setdefault((ev["_locker"], epoch), []).append(ev)
+            state_of = {
+                (lk, receipt.epoch_of(st) or receipt.LEGACY_EPOCH): st
+                for lk, st in parsed.states.items()
+            }
             for key in sorted(set(by_stream) | set(state_of)):  # one lock order for all workers
                 if key in by_stream:
                     touched[key] = self._events(conn, key, by_stream[key], now, out)
                 if key in state_of:
                     st = state_of[key]
-                    floor = _floor(st.get("last_seq"), st.get("outbox_depth"))
-                    if self._raise_floor(conn, key, floor, now, out):
+                    if self._raise_floor(conn, key, receipt.state_floor(st), now, out):
                         touched.setdefault(key, False)
                         self._advance(conn, key, out)
             due = self._acks_due(conn, touched)
@@ -227,7 +232,7 @@ class Ingest:
         self, conn: Connection, locker: str, doc: dict[str, Any], now: float, out: Outcome
     ) -> None:
         self._touch_locker(conn, locker, now)
-        epoch = str(doc.get("epoch", ""))[:64]
+        epoch = receipt.epoch_of(doc) or receipt.LEGACY_EPOCH
         rev = doc.get("rev") if type(doc.get("rev")) is int else None
         current = conn.execute(
             select(lockers.c.epoch, lockers.c.state_rev).where(lockers.c.id == locker)
@@ -285,7 +290,8 @@ class Ingest:
                 )
             ).first()
             if known is not None and known.epoch == epoch:
-                self._raise_floor(conn, key, _floor(known.last_seq, known.outbox_depth), now, out)
+                stored = {"last_seq": known.last_seq, "outbox_depth": known.outbox_depth}
+                self._raise_floor(conn, key, receipt.state_floor(stored), now, out)
         return row, created is not None
 
     def _events(
@@ -323,7 +329,7 @@ class Ingest:
         out.duplicates += dup
         for row in sorted((r for r in rows if r["seq"] in inserted), key=lambda r: r["seq"]):
             body = row["body"]
-            ledger.apply_event(conn, locker, epoch, body, now)
+            parcel_ledger.apply_event(conn, locker, epoch, body, now)
             alarm_rules.on_event(conn, self.rules, locker, epoch, body, now)
             out.stored.append({"locker": locker, **body})
         contiguous = self._advance(conn, key, out)
@@ -398,16 +404,6 @@ class Ingest:
             if row:
                 acks.append(Ack(key[0], key[1], int(row)))
         return acks
-
-
-def _floor(last_seq: Any, outbox_depth: Any) -> int | None:
-    """``last_seq - outbox_depth`` of a state: every seq at or below it has left the locker's
-    outbox (the outbox is the contiguous run of unacknowledged seqs); None if unknown."""
-    if type(last_seq) is not int or type(outbox_depth) is not int:
-        return None
-    if last_seq < 0 or outbox_depth < 0:
-        return None
-    return max(0, last_seq - outbox_depth)
 
 
 def _insert(conn: Connection, table: Any) -> Any:
