@@ -41,7 +41,7 @@ from bench.event_pipeline import bare_paho  # noqa: E402
 from locker.sim.broker import SERVER_CN, Broker, ClientCert, Endpoint, Pki  # noqa: E402
 from locker.sim.cabinet import SimCabinet  # noqa: E402
 from tests.broker import ServerClient  # noqa: E402
-from tests.e2e import db_last_seq, db_outbox_depth, scan_burst  # noqa: E402
+from tests.e2e import GUESSER_SECURITY, db_last_seq, db_outbox_depth, guess_burst  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results-daemon-drain.json"
 LOCKER = "SIM-0001"
@@ -101,7 +101,7 @@ def run(tls: bool, events: int, workdir: Path, outage_s: float = 0.0) -> dict[st
     spec = {"endpoint": dataclasses.asdict(broker.endpoint(SERVER_CN))}
     server = spawn_server(__file__, spec)
     assert server.stdout is not None and server.stdin is not None
-    cab = SimCabinet(workdir / "cab", broker=broker, locker_id=LOCKER)
+    cab = SimCabinet(workdir / "cab", broker=broker, locker_id=LOCKER, security=GUESSER_SECURITY)
     try:
         broker.stop()
         down_at = time.monotonic()
@@ -109,7 +109,7 @@ def run(tls: bool, events: int, workdir: Path, outage_s: float = 0.0) -> dict[st
         _wait(lambda: db_last_seq(cab) >= 1, 30, "the started event")
         target = db_last_seq(cab) + events
         began = time.monotonic()
-        scan_burst(cab, events, tag="q")
+        guess_burst(cab, events)
         committed = _wait(lambda: db_last_seq(cab) >= target, TIMEOUT_S, "commits")
         depth = db_outbox_depth(cab)
         server.stdin.write(f"{db_last_seq(cab)}\n")

@@ -38,7 +38,7 @@ from bench.common import Figure, spawn_server, write_results  # noqa: E402
 from locker.sim.broker import SERVER_CN, Broker, ClientCert, Endpoint, Pki  # noqa: E402
 from locker.sim.cabinet import SimCabinet  # noqa: E402
 from tests.broker import ServerClient  # noqa: E402
-from tests.e2e import db_last_seq, scan_burst  # noqa: E402
+from tests.e2e import GUESSER_SECURITY, db_last_seq, guess_burst  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results-event-pipeline.json"
 LOCKER = "SIM-0001"
@@ -105,7 +105,7 @@ def run(tls: bool, events: int, workdir: Path, repeats: int) -> dict[str, Any]:
     spec = {"endpoint": dataclasses.asdict(broker.endpoint(SERVER_CN))}
     server = spawn_server(__file__, spec)
     assert server.stdout is not None and server.stdin is not None
-    cab = SimCabinet(workdir / "cab", broker=broker, locker_id=LOCKER)
+    cab = SimCabinet(workdir / "cab", broker=broker, locker_id=LOCKER, security=GUESSER_SECURITY)
     bare_rates: list[float] = []
     daemon_rates: list[float] = []
 
@@ -119,13 +119,13 @@ def run(tls: bool, events: int, workdir: Path, repeats: int) -> dict[str, Any]:
         cab.start()
         held(LOCKER, db_last_seq(cab))  # connected, the start-up events delivered
         bare_next = 1
-        for r in range(repeats):
+        for _ in range(repeats):
             began = bare_paho(broker, events, bare_next)
             bare_next += events
             bare_rates.append(events / (held(BARE, bare_next - 1) - began))
             target = db_last_seq(cab) + events
             began = time.monotonic()
-            scan_burst(cab, events, tag=f"p{r}")
+            guess_burst(cab, events)
             daemon_rates.append(events / (held(LOCKER, target) - began))
     finally:
         server.stdin.close()

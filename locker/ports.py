@@ -118,11 +118,32 @@ EventSink = Callable[[HardwareEvent], None]
 
 
 class Feedback(enum.StrEnum):
+    """What the buzzer and LEDs say. Every ``access_denied`` reason (DESIGN section 5) has its
+    own member, named and valued as the reason, so ``Feedback(reason)`` is its feedback."""
+
     KEY = "key"  # short click on every key press
     ACCEPTED = "accepted"
-    REFUSED = "refused"
-    THROTTLED = "throttled"
+    REFUSED = "refused"  # an unlock that could not be sent: try again
     ALARM = "alarm"
+    # one per refusal reason
+    UNKNOWN_CODE = "unknown_code"
+    EXPIRED = "expired"
+    NOT_YET_VALID = "not_yet_valid"
+    NOT_YET_AVAILABLE = "not_yet_available"
+    WRONG_LOCKER = "wrong_locker"
+    BAD_SIGNATURE = "bad_signature"
+    MALFORMED = "malformed"
+    THROTTLED = "throttled"
+    LOCKED_OUT = "locked_out"
+    LOCKDOWN = "lockdown"
+    COMPARTMENT_UNAVAILABLE = "compartment_unavailable"
+    OUT_OF_SERVICE = "out_of_service"
+
+
+REFUSAL_FEEDBACK: tuple[Feedback, ...] = tuple(
+    f for f in Feedback if f not in (Feedback.KEY, Feedback.ACCEPTED, Feedback.ALARM)
+)
+"""Feedback that refuses something; each pattern differs from every other one's."""
 
 
 # --- output ports: controller -> adapters ---------------------------------------------------
@@ -328,6 +349,10 @@ class Uplink(abc.ABC):
     @abc.abstractmethod
     def close(self, clean: bool = True) -> None:
         """``clean``: publish offline status and disconnect normally (will suppressed)."""
+
+    def publish_unstored(self, row: OutboxRow) -> None:  # noqa: B027 - optional hook
+        """Publish an event that could not be committed (``storage_fault``) from memory,
+        once, on ``{p}/evt/{type}``: at most once, never re-sent."""
 
     def command_done(self, receipt: object) -> None:  # noqa: B027 - optional hook
         """The command carrying ``receipt`` is committed (executed or refused, its id

@@ -58,6 +58,17 @@ class Keys:
         )
 
 
+def limits(**overrides: Any) -> throttle.Limits:
+    """Throttle limits as the config's defaults set them (DESIGN 6, 8), with overrides."""
+    base: dict[str, Any] = {
+        "failures_before_backoff": 5,
+        "hard_lockout": 100,
+        "max_per_hour": 30,
+        "lockout_s": 4 * 3600.0,
+    }
+    return throttle.Limits(**(base | overrides))
+
+
 def rules(keys: Keys, **overrides: Any) -> machine.Rules:
     base: dict[str, Any] = {
         "locker_id": LOCKER_ID,
@@ -69,7 +80,8 @@ def rules(keys: Keys, **overrides: Any) -> machine.Rules:
         "pickup_hours": 72,
         "dropoff_hours": 48,
         "max_remote_opens_per_hour": 3,
-        "limits": throttle.Limits(failures_before_backoff=5, hard_lockout=100, max_per_hour=30),
+        "code_length": 8,
+        "limits": limits(),
     }
     base.update(overrides)
     return machine.Rules(**base)

@@ -6,10 +6,12 @@
 - What the server holds (one ``ServerClient`` or several standing for one backend across its
   restarts): ``unique_events`` (dedup by ``seq``, duplicates must be identical),
   ``assert_exactly_once``, ``all_delivered``, ``replies``/``reply_for``, ``assert_ran_once``.
-- Driving the cabinet: ``start_online`` (start and wait for the birth), ``scan_burst``
-  (distinct garbage lines on the scanner: one ``access_denied``/``malformed`` event each,
-  not counted by the throttle), ``signed`` (a command with any claims) and ``command`` (send,
-  wait for the reply echoing the CorrelationData).
+- Driving the cabinet: ``start_online`` (start and wait for the birth), ``guess_burst``
+  (wrong codes on the keypad: one ``access_denied``/``unknown_code`` event each, since
+  counted guesses are reported one by one; the cabinets made here let the throttle take
+  ``GUESSER_SECURITY``), ``signed`` (a command with any claims) and ``command`` (send, wait
+  for the reply echoing the CorrelationData). Refusals that are not guesses (garbage scans)
+  are aggregated per burst (issue 11 item 22), so they no longer make one event each.
 - ``TcpProxy``: a loopback TCP relay whose ``cut()`` closes every relayed connection at both
   ends at once, for network drops that neither the broker nor the daemon causes.
 - ``never_within``: the one way to assert that something does NOT happen during a window.
@@ -41,6 +43,15 @@ from tests.conftest import wait_for
 
 # --- cabinets ---------------------------------------------------------------------------------
 
+# A throttle that lets ``guess_burst`` make one event per wrong code for a million codes.
+GUESSER_SECURITY: Mapping[str, int] = {
+    "failures_before_backoff": 1_000_000,
+    "hard_lockout_failures": 1_000_000,
+    "max_failures_per_hour": 1_000_000,
+}
+GUESS_CHUNK = 10  # codes typed at once (90 keys)
+IN_FLIGHT_KEYS = 225  # keys typed but not committed, below the controller's input lane (256)
+
 
 class Cabinets:
     """Makes simulated cabinets under one directory and closes them all at the end."""
@@ -50,6 +61,7 @@ class Cabinets:
         self.made: list[SimCabinet] = []
 
     def make(self, broker: Broker, name: str = "cab", **kwargs: Any) -> SimCabinet:
+        kwargs.setdefault("security", GUESSER_SECURITY)
         cab = SimCabinet(self.root / name, broker=broker, **kwargs)
         self.made.append(cab)
         return cab
@@ -175,12 +187,33 @@ def reply_for(srv: Servers, locker_id: str, correlation: bytes) -> dict[str, Any
 # --- driving the cabinet ----------------------------------------------------------------------
 
 
-def scan_burst(cab: SimCabinet, n: int, tag: str = "g") -> None:
-    """``n`` distinct short lines on the scanner (identical lines within 2 s are ignored)."""
-    for start in range(0, n, 500):
-        chunk = range(start, min(n, start + 500))
-        # One write per chunk: the pty carries it as fast as the daemon reads.
-        _write_all(cab.scanner_fd, b"".join(f"{tag}{i:06d}\r".encode() for i in chunk))
+def guess_burst(cab: SimCabinet, n: int, stall_s: float = 2.0) -> int:
+    """Type ``n`` wrong 8-digit codes on the keypad: one ``access_denied`` event each (the
+    cabinet must allow that many guesses: ``GUESSER_SECURITY``). Pipelined, with at most
+    ``IN_FLIGHT_KEYS`` keys typed but not yet committed: a keypad typed faster than the
+    controller takes it is shed (issue 11 item 22), and these events must all exist.
+    Returns once every code is typed and committed, or after ``stall_s`` without progress
+    (keys typed before the keypad port was open are lost; callers that care count events).
+    Returns how many of the codes were seen committed."""
+    base = db_last_seq(cab)
+    typed = 0
+    committed = 0
+    last_progress = time.monotonic()
+    while committed < n:
+        now_committed = db_last_seq(cab) - base
+        if now_committed > committed:
+            committed, last_progress = now_committed, time.monotonic()
+        elif time.monotonic() - last_progress > stall_s:
+            break
+        if typed < n and (typed - committed) * 9 + GUESS_CHUNK * 9 <= IN_FLIGHT_KEYS:
+            chunk = range(typed, min(n, typed + GUESS_CHUNK))
+            _write_all(
+                cab.keypad_fd, b"".join(f"{90000000 + i % 10_000_000}#".encode() for i in chunk)
+            )
+            typed += len(chunk)
+        else:
+            time.sleep(0.001)
+    return min(committed, n)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -234,15 +234,15 @@ def test_replayed_command_after_restart_is_a_duplicate(rig: Rig) -> None:
 
 
 def test_domain_clock_never_runs_back() -> None:
-    wall = [1000.0]
+    wall = [T0]
     mono = [0.0]
     clock = DomainClock(0.0, lambda: wall[0], lambda: mono[0])
-    assert clock.now() == 1000.0
-    wall[0] = 500.0  # the wall clock is set back
+    assert clock.now() == T0
+    wall[0] = T0 - 500  # the wall clock is set back
     mono[0] = 5.0
-    assert clock.now() == 1005.0
-    clock2 = DomainClock(2000.0, lambda: wall[0], lambda: mono[0])  # stored mark is ahead
-    assert clock2.now() >= 2000.0
+    assert clock.now() == T0 + 5
+    clock2 = DomainClock(T0 + 2000, lambda: wall[0], lambda: mono[0])  # stored mark is ahead
+    assert clock2.now() >= T0 + 2000
 
 
 def test_expiry_is_judged_against_the_high_water_mark(tmp_path: Path) -> None:

@@ -325,7 +325,7 @@ def test_pickup_expiry_then_courier_retrieval(make_rig: MakeRig) -> None:
     coils_off(rig)
 
     assert brief(rig.events()[start:], "reason", "step") == [
-        ("access_denied", None, None, "unknown_code", None),
+        ("access_denied", None, None, "expired", None),  # a known code, never a guess
         ("access_denied", None, None, "expired", None),
         ("retrieval_armed", cid, "P1", None, None),
         ("access_granted", cid, "P1", None, "retrieve"),

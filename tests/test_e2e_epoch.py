@@ -33,7 +33,7 @@ from tests.e2e import (
     db_last_seq,
     db_outbox_depth,
     failure_context,
-    scan_burst,
+    guess_burst,
     signed,
     start_online,
 )
@@ -62,14 +62,13 @@ def epoch_started(srv: ServerClient) -> list[dict[str, Any]]:
 
 
 def commit_events(cab: SimCabinet, upto: int) -> int:
-    """Scanner lines until the daemon's last seq reaches ``upto`` (lines written before the
-    scanner port is open are lost, so write again until they count); returns the last seq."""
-    burst = iter(range(1000))
+    """Wrong keypad codes until the daemon's last seq reaches ``upto`` (keys typed before the
+    keypad port is open are lost, so type again until they count); returns the last seq."""
 
     def done() -> bool:
         missing = upto - db_last_seq(cab)
         if missing > 0:
-            scan_burst(cab, missing, tag=f"c{next(burst)}-")
+            guess_burst(cab, missing, stall_s=0.5)
         return missing <= 0
 
     wait_for(done, 10, interval=0.2, what=f"events up to seq {upto}")
@@ -87,7 +86,7 @@ def run_open_then_crash(srv: ServerClient, cab: SimCabinet) -> tuple[bytes, str,
     with contextlib.closing(sqlite3.connect(cab.state_dir / "locker.db")) as db:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     checkpointed = db_last_seq(cab)
-    scan_burst(cab, 6, tag="b")
+    guess_burst(cab, 6)
     wait_for(lambda: db_last_seq(cab) > checkpointed + 1, 10, what="events in the WAL only")
     last = db_last_seq(cab)
     wait_for(lambda: last_state(srv).get("last_seq", 0) >= last, 10, what="state published")

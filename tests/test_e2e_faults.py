@@ -9,6 +9,7 @@ relay that drops the connection under both of them.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,10 +34,10 @@ from tests.e2e import (
     db_last_seq,
     db_outbox_depth,
     failure_context,
+    guess_burst,
     log_count,
     replies,
     reply_for,
-    scan_burst,
     signed,
     start_online,
 )
@@ -110,13 +111,16 @@ def test_broker_sigterm_restart_mid_burst(
 ) -> None:
     srv, cab = _online(servers, cabinets, broker)
     burst_end = db_last_seq(cab) + 2000
-    scan_burst(cab, 2000)
+    typist = threading.Thread(target=guess_burst, args=(cab, 2000), daemon=True)
+    typist.start()  # the burst goes on while the broker restarts
     wait_for(lambda: len(srv.unique_seqs(LOCKER)) >= 200, 20, what="the burst under way")
     token, jti = signed(cab, "assign", assign_args(cab, "P-TERM"))
     srv.send_command(LOCKER, token, correlation_data=b"term")
     broker.restart()
     held_at_restart = len(srv.unique_seqs(LOCKER))
     wait_for(lambda: reply_for(srv, LOCKER, b"term") is not None, 20, what="assign reply")
+    typist.join(60)
+    assert db_last_seq(cab) >= burst_end, "the burst was not typed in full"
     _deliver_all(srv, cab, broker)
     held = assert_exactly_once(srv, cab)
     assert held_at_restart < burst_end, "the restart did not fall inside the burst"
@@ -152,7 +156,7 @@ def test_broker_sigkill_after_pubacks_loses_nothing_thanks_to_the_server_ack(
         b, client_id="observer", auto_ack=False, persistent=False, first_seq=before + 1
     )
     srv.stop()
-    scan_burst(cab, 300)
+    guess_burst(cab, 300)
     wait_for(
         lambda: db_last_seq(cab) == before + 300 and observer.has_all(LOCKER, before + 300),
         20,
@@ -185,7 +189,7 @@ def test_broker_sigstop_longer_than_twice_keepalive(
     hung = time.monotonic()
     broker.pause()
     try:
-        scan_burst(cab, 20)
+        guess_burst(cab, 20)
         wait_for(lambda: db_last_seq(cab) == before + 20, 10, what="events committed meanwhile")
         wait_for(
             lambda: "MQTT link down" in cab.log(),
@@ -219,7 +223,7 @@ def test_daemon_sigkill_between_commit_and_publish(
     jti = _assign(srv, cab, "P-COMMIT", b"commit")
     wait_for(lambda: all_delivered(srv, cab), 15, what="reservation acked")
     broker.stop()
-    scan_burst(cab, 50)
+    guess_burst(cab, 50)
     wait_for(lambda: db_outbox_depth(cab) == 50, 10, what="50 events committed, unpublished")
     cab.kill()
     broker.start()
@@ -243,7 +247,7 @@ def test_daemon_sigkill_between_publish_and_ack(
     start_online(srv, cab)
     token, jti = signed(cab, "assign", assign_args(cab, "P-ACK"))
     assert command(srv, cab, token, b"ack-1")["status"] == "done"
-    scan_burst(cab, 50)
+    guess_burst(cab, 50)
     wait_for(
         lambda: db_last_seq(cab) >= 52 and srv.has_all(LOCKER, db_last_seq(cab)),
         15,
@@ -373,7 +377,7 @@ def test_connection_drop_shorter_than_the_will_delay_does_not_flap(
             cut + will_delay + 1.5 - time.monotonic(),
             "an offline flap",
         )
-        scan_burst(cab, 3)
+        guess_burst(cab, 3)
         wait_for(lambda: db_last_seq(cab) >= 4, 5, what="events after the drop")
         _deliver_all(srv, cab, broker)
         assert_exactly_once(srv, cab)

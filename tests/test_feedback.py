@@ -10,7 +10,7 @@ import pytest
 from gpiozero.pins.mock import MockFactory, MockPin
 
 from hardware.gpio.feedback import MAX_PATTERN_S, PATTERNS, Blink, GpioIndicator
-from locker.ports import Feedback
+from locker.ports import REFUSAL_FEEDBACK, Feedback
 from tests.conftest import wait_for
 
 BUZZER, OK, ERROR = 18, 23, 24
@@ -155,6 +155,17 @@ def test_default_patterns_are_bounded_and_complete() -> None:
     for pattern in PATTERNS.values():
         for blink in (pattern.beep, pattern.ok_led, pattern.error_led):
             assert blink is None or blink.duration_s <= 5.0
+
+
+def test_every_refusal_reason_sounds_and_looks_different() -> None:
+    # issue 11 item 5: every refusal but "throttled" used to sound and look the same
+    refusals = [PATTERNS[f] for f in REFUSAL_FEEDBACK]
+    beeps = [p.beep for p in refusals]
+    leds = [(p.ok_led, p.error_led) for p in refusals]
+    assert None not in beeps
+    assert len(set(beeps)) == len(refusals), "two refusals beep alike"
+    assert len(set(leds)) == len(refusals), "two refusals light alike"
+    assert all(p.leds and (p.ok_led or p.error_led) for p in refusals)
 
 
 @pytest.mark.parametrize(

@@ -138,12 +138,14 @@ def test_service_sigkilled_while_events_stream_loses_and_doubles_nothing(
                     json={"action": "lockdown", "args": {"on": i % 2 == 0}, "reason": "drill"},
                 )
                 assert r.status_code == 200, r.text
-            for _ in range(3):
-                cab.press("1#")  # access_denied events streaming in
+            # Wrong codes: counted guesses, so one access_denied each (garbage such as "1#" is
+            # aggregated per burst); the sixth meets the back-off and is refused "throttled".
+            for i in range(3):
+                cab.press(f"9000000{i}#")  # access_denied events streaming in
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
-            for _ in range(3):
-                cab.press("2#")  # more while the service is dead
+            for i in range(3, 6):
+                cab.press(f"9000000{i}#")  # more while the service is dead
             proc = serve_process(d, port, tmp_path / "serve.log")
 
             def complete() -> bool:

@@ -10,18 +10,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from locker.cabinet.domain import machine, throttle
-from locker.cabinet.domain.draft import ReplyAction, Transition
+from locker.cabinet.domain import machine
+from locker.cabinet.domain.draft import IndicateAction, ReplyAction, Transition
 from locker.cabinet.domain.model import Occupancy, ParcelStatus
 from locker.ports import (
     DoorState,
+    Feedback,
     InputRejected,
     InputSource,
     ItemChanged,
     KeyPressed,
     LineScanned,
 )
-from tests.domain import T0, Sim, command, only
+from tests.domain import T0, Sim, command, limits, only
 
 
 def _flip_last_bit(token: str) -> str:
@@ -86,16 +87,21 @@ def test_a_code_opens_once() -> None:
     assert only(sim.events, "access_denied")[-1].data["reason"] == "unknown_code"
 
 
-def test_pickup_code_is_not_armed_before_the_deposit() -> None:
+def test_pickup_code_before_the_deposit_is_not_yet_available_and_not_a_guess() -> None:
+    # issue 11 item 3: a customer typing their real code early is not guessing
     sim = Sim()
     _, _, pick = sim.assign("P1")
-    sim.type_code(pick)
+    for _ in range(10):
+        sim.type_code(pick)
     assert sim.unlocks() == []
-    assert only(sim.events, "access_denied")[-1].data["reason"] == "unknown_code"
+    assert only(sim.events, "access_denied")[0].data["reason"] == "not_yet_available"
+    assert sim.state.throttle.consecutive == 0
+    assert "keypad_throttled" not in sim.types()
+    assert sim.actions[-1] == IndicateAction(Feedback.NOT_YET_AVAILABLE)
 
 
 def test_wrong_codes_back_off_then_lock_out_and_a_reset_lifts_it() -> None:
-    sim = Sim(limits=throttle.Limits(failures_before_backoff=3, hard_lockout=6, max_per_hour=100))
+    sim = Sim(limits=limits(failures_before_backoff=3, hard_lockout=6, max_per_hour=100))
     for _ in range(3):
         sim.type_code("11112222")
     assert sim.types()[-1] == "keypad_throttled"
@@ -118,7 +124,7 @@ def test_wrong_codes_back_off_then_lock_out_and_a_reset_lifts_it() -> None:
 
 
 def test_hourly_failure_cap_locks_out() -> None:
-    sim = Sim(limits=throttle.Limits(failures_before_backoff=100, hard_lockout=100, max_per_hour=4))
+    sim = Sim(limits=limits(failures_before_backoff=100, hard_lockout=100, max_per_hour=4))
     for _ in range(5):
         sim.type_code("99998888")
         sim.advance(60)
@@ -147,13 +153,18 @@ def test_star_clears_and_entry_times_out() -> None:
     assert sim.unlocks() == [cid]
 
 
-def test_overlong_and_short_entries_are_malformed() -> None:
+def test_overlong_and_short_entries_are_malformed_in_one_burst() -> None:
     sim = Sim()
     sim.type_code("1" * 40)
     sim.type_code("12")
     reasons = [e.data["reason"] for e in only(sim.events, "access_denied")]
-    assert reasons == ["malformed", "malformed"]
+    assert reasons == ["malformed"]  # the second one is counted into the burst
     assert len(sim.state.keypad.digits) == 0
+    assert sim.state.throttle.consecutive == 0
+    sim.advance(machine.REFUSAL_BURST_S)
+    summary = only(sim.events, "access_denied")[-1]
+    assert summary.data["count"] == 1
+    assert summary.data["aggregated"] is True
 
 
 def test_qr_pickup_and_replay() -> None:
@@ -227,7 +238,7 @@ def test_jammed_pickup_retries_at_most_three_pulses() -> None:
     assert sim.unlocks().count(cid) == 1 + 3
     assert len(only(sim.events, "door_jammed")) == 3
     assert not sim.state.compartments[cid].in_service
-    assert only(sim.events, "access_denied")[-1].data["reason"] == "compartment_unavailable"
+    assert only(sim.events, "access_denied")[-1].data["reason"] == "out_of_service"
 
 
 def test_door_forced_and_left_open_alarms_repeat() -> None:
@@ -249,7 +260,8 @@ def test_pickup_expiry_then_courier_retrieval() -> None:
     assert sim.types()[-1] == "pickup_expired"
     assert sim.state.occupancy(sim.state.compartments[cid]) is Occupancy.EXPIRED
     sim.type_code(pick)
-    assert only(sim.events, "access_denied")[-1].data["reason"] == "unknown_code"
+    assert only(sim.events, "access_denied")[-1].data["reason"] == "expired"
+    assert sim.state.throttle.consecutive == 0  # a known code is never a guess
     courier = "55554444"
     sim.feed(
         command(

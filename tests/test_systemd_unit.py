@@ -83,7 +83,7 @@ def test_parser_keeps_duplicates() -> None:
         ("WatchdogSec", "30"),
         ("Restart", "on-failure"),
         ("RestartSec", "5"),
-        ("RestartPreventExitStatus", "78"),
+        ("RestartPreventExitStatus", "78 75"),
         ("KillSignal", "SIGTERM"),
         ("TimeoutStopSec", "15"),
         ("User", "locker"),
@@ -123,8 +123,13 @@ def test_settings_that_would_break_the_hardware_are_absent(unit: Unit) -> None:
     assert one(unit, "Service", "RuntimeDirectory") == "locker"
 
 
-def test_restart_prevent_status_is_the_config_error_status(unit: Unit) -> None:
-    assert one(unit, "Service", "RestartPreventExitStatus") == str(EXIT_CONFIG)
+def test_restart_prevent_statuses_are_config_error_and_already_running(unit: Unit) -> None:
+    daemon = pytest.importorskip("locker.cabinet.daemon")
+    prevented = one(unit, "Service", "RestartPreventExitStatus").split()
+    assert prevented == [str(EXIT_CONFIG), str(daemon.EXIT_RUNNING)]
+    # an unwritable store is retried, slowly: lockerd waits before exiting, then RestartSec
+    assert str(daemon.EXIT_STORAGE) not in prevented
+    assert 10 * float(one(unit, "Service", "RestartSec")) <= daemon.STORE_WAIT_S
 
 
 def test_install_section(unit: Unit) -> None:

@@ -69,12 +69,31 @@ class Pattern:
         return replace(self, beep=s(self.beep), ok_led=s(self.ok_led), error_led=s(self.error_led))
 
 
+# One pattern per feedback, every refusal reason distinct on the buzzer alone (someone who
+# cannot see the LEDs still hears why) and on the LEDs alone (someone who cannot hear). Rhythm
+# families: short chirps = "check what you typed", long tones = "the locker will not accept
+# anything for a while", a green blink = "your code is right, just not yet".
 PATTERNS: Final[Mapping[Feedback, Pattern]] = {
     Feedback.KEY: Pattern(beep=Blink(0.03), leds=False),
     Feedback.ACCEPTED: Pattern(beep=Blink(0.15), ok_led=Blink(2.0)),
-    Feedback.REFUSED: Pattern(beep=Blink(0.08, 0.08, n=2), error_led=Blink(1.5)),
-    Feedback.THROTTLED: Pattern(beep=Blink(1.0), error_led=Blink(0.25, 0.25, n=6)),
     Feedback.ALARM: Pattern(error_led=Blink(0.08, 0.08, n=20)),
+    Feedback.REFUSED: Pattern(beep=Blink(0.12, 0.06, n=2), error_led=Blink(0.75, 0.25, n=2)),
+    Feedback.MALFORMED: Pattern(beep=Blink(0.05), error_led=Blink(0.5)),
+    Feedback.UNKNOWN_CODE: Pattern(beep=Blink(0.08, 0.08, n=2), error_led=Blink(1.5)),
+    Feedback.BAD_SIGNATURE: Pattern(beep=Blink(0.08, 0.08, n=4), error_led=Blink(0.1, 0.1, n=4)),
+    Feedback.WRONG_LOCKER: Pattern(beep=Blink(0.2, 0.1, n=3), error_led=Blink(0.3, 0.3, n=3)),
+    Feedback.EXPIRED: Pattern(beep=Blink(0.4, 0.1, n=2), error_led=Blink(3.0)),
+    Feedback.NOT_YET_VALID: Pattern(beep=Blink(0.08, 0.08, n=3), ok_led=Blink(0.3, 0.3, n=2)),
+    Feedback.NOT_YET_AVAILABLE: Pattern(beep=Blink(0.08, 0.3, n=2), ok_led=Blink(0.5, 0.5, n=3)),
+    Feedback.THROTTLED: Pattern(beep=Blink(1.0), error_led=Blink(0.25, 0.25, n=6)),
+    Feedback.LOCKED_OUT: Pattern(beep=Blink(2.0), error_led=Blink(5.0)),
+    Feedback.LOCKDOWN: Pattern(beep=Blink(0.5, 0.5, n=3), error_led=Blink(0.5, 0.5, n=3)),
+    Feedback.COMPARTMENT_UNAVAILABLE: Pattern(
+        beep=Blink(0.15, 0.15, n=2), error_led=Blink(0.15, 0.15, n=6)
+    ),
+    Feedback.OUT_OF_SERVICE: Pattern(
+        beep=Blink(0.15, 0.15, n=3), error_led=Blink(1.0), ok_led=Blink(1.0)
+    ),
 }
 
 

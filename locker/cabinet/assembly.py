@@ -53,10 +53,12 @@ def rules_from(cfg: Config) -> machine.Rules:
         pickup_hours=t.pickup_hours,
         dropoff_hours=t.dropoff_hours,
         max_remote_opens_per_hour=cfg.remote_open_cap,
+        code_length=s.code_length,
         limits=throttle.Limits(
             failures_before_backoff=s.failures_before_backoff,
             hard_lockout=s.hard_lockout_failures,
             max_per_hour=s.max_failures_per_hour,
+            lockout_s=s.lockout_s,
         ),
     )
 
@@ -269,6 +271,11 @@ def build(
     rules = rules_from(cfg)
     db = Path(cfg.locker.state_dir) / "locker.db"
     store = Store(db, boot_id=boot_id)
+    try:
+        store.probe()  # a store that opens but cannot be written fails here, not at the door
+    except BaseException:
+        store.close()
+        raise
     if pin_factory is None and cfg.uses_gpio():
         from hardware.gpio.pins import make_pin_factory  # noqa: PLC0415
 

@@ -14,9 +14,11 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from locker.cabinet.clock import DomainClock
 from locker.cabinet.domain import machine
 from locker.cabinet.domain.draft import (
     IndicateAction,
@@ -25,16 +27,19 @@ from locker.cabinet.domain.draft import (
     Transition,
     UnlockAction,
 )
-from locker.cabinet.domain.model import LockerState, Out
+from locker.cabinet.domain.inputs import ClockSuspect
+from locker.cabinet.domain.model import VOLATILE_FIELDS, KeypadEntry, LockerState, Out
+from locker.cabinet.inbox import DEFAULT_INPUT_LIMIT, PEOPLE, Inbox
 from locker.cabinet.sender import check_ack
-from locker.cabinet.store import Store
+from locker.cabinet.store import StorageFault, Store
 from locker.contract.actions import Command, CommandRejected
-from locker.contract.replies import rfc3339
+from locker.contract.replies import reply_payload, rfc3339
 from locker.ports import (
     CommandMessage,
     DoorChanged,
     DoorState,
     EventsDelivered,
+    Feedback,
     HardwareFault,
     HardwareRecovered,
     HardwareUnavailable,
@@ -89,31 +94,45 @@ class _Batch:
     events: list[Out] = dataclasses.field(default_factory=list)
     actions: list[object] = dataclasses.field(default_factory=list)
     transitions: list[Transition] = dataclasses.field(default_factory=list)  # for observers
+    inputs: list[object] = dataclasses.field(default_factory=list)  # to refuse if not stored
     flush_now: bool = False  # an unlock is staged: commit and pulse without waiting
 
 
-class DomainClock:
-    """Wall-clock time that never runs backwards (DESIGN 6: durable high-water mark).
+# Kept here too: tests and tools import the clock from the controller.
+__all__ = ["Controller", "DomainClock"]
 
-    If the wall clock steps back, time keeps advancing from the mark at the monotonic rate,
-    so expiry is judged against max(now, mark) and timers still fire."""
+STORAGE_PROBE_S = 5.0  # how often a controller in storage fault tries the database again
+MAX_DEFERRED = 10_000  # sensor reports kept for replay while the database cannot be written
+FEEDBACK_REPEAT_S = 0.05  # the same feedback is not restarted faster than a person can type
+SHED_LOG_S = 60.0  # shed input is logged at most this often, with the count
 
-    def __init__(
-        self,
-        start_mark: float = 0.0,
-        wall: Callable[[], float] = time.time,
-        mono: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._wall = wall
-        self._mono = mono
-        self._last = start_mark
-        self._last_mono = mono()
-
-    def now(self) -> float:
-        m = self._mono()
-        t = max(self._wall(), self._last + (m - self._last_mono))
-        self._last, self._last_mono = t, m
-        return t
+# Events that need a person (logged at WARNING; DESIGN section 5 lists them as alarms).
+ALARMS = frozenset(
+    {
+        "door_forced",
+        "door_jammed",
+        "door_left_open",
+        "unlock_outcome_unknown",
+        "keypad_locked_out",
+        "hardware_fault",
+        "remote_open_limited",
+        "clock_suspect",
+        "storage_fault",
+        "command_rejected",
+        "item_left_behind",
+        "deposit_empty",
+    }
+)
+# Sensor and device reports that must not be lost while storage is down: replayed after.
+_REPLAYED = (
+    DoorChanged,
+    ItemChanged,
+    UnlockResult,
+    HardwareFault,
+    HardwareRecovered,
+    machine.Boot,
+    ClockSuspect,
+)
 
 
 class Controller:
@@ -133,6 +152,7 @@ class Controller:
         verify: Verifier | None = None,
         watchdog: Callable[[], object] = lambda: None,
         observers: Sequence[Observer] = (),
+        input_limit: int = DEFAULT_INPUT_LIMIT,
     ) -> None:
         self.rules = rules
         self.observers = list(observers)
@@ -141,11 +161,12 @@ class Controller:
         self.version = version
         self.indicator = indicator or NullIndicator()
         self.uplink = uplink or NullUplink()
-        self.clock = DomainClock(float(store.meta("hwm", 0.0)), wall, mono)
+        self.clock = DomainClock(float(store.meta("hwm", 0.0)), wall, mono, clock_synced)
         self.clock_synced = clock_synced
+        self._mono = mono
         self.verify = verify
         self.watchdog = watchdog
-        self.queue: queue.Queue[Any] = queue.Queue()
+        self.queue = Inbox(input_limit)
         self._deferred: Any = None  # taken off the queue while coalescing acks
         self._tick_floor = 0.0  # no tick before this (guard against a stuck deadline)
         self._bank_for = {cid: bank for bank in self.banks for cid in bank.compartments}
@@ -160,6 +181,12 @@ class Controller:
         self._counters_due: float | None = None  # when a counters-only state may go out
         self._state_sent_at = float("-inf")
         self._invalid_reported_at = float("-inf")
+        self.storage_fault: str | None = None  # what is wrong with the database, if anything
+        self._fault_since = 0.0
+        self._next_probe = 0.0
+        self._replay: deque[Any] = deque()
+        self._last_feedback: tuple[Feedback, float] | None = None
+        self._shed_logged: dict[str, tuple[float, int]] = {}
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -191,6 +218,9 @@ class Controller:
             else:
                 event = self.queue.get_nowait()
         except queue.Empty:
+            if self.storage_fault is not None:
+                self._probe_storage()
+                return False
             due = machine.next_deadline(self.state, self.rules)
             now = self.clock.now()
             if due is not None and due <= now and now >= self._tick_floor:
@@ -206,6 +236,7 @@ class Controller:
             self._persist_hwm(now)
             self._publish_counters(now)
             return False
+        self._report_shed()
         if isinstance(event, _BATCHABLE):
             self._handle_batch(event)
         else:
@@ -235,6 +266,10 @@ class Controller:
             self._flush(self.clock.now())
 
     def _wait_time(self, timeout: float | None) -> float | None:
+        if self.storage_fault is not None:
+            # Deadlines wait for the database (nothing can be committed); probe it again soon.
+            until_probe = max(0.0, self._next_probe - self._mono())
+            return until_probe if timeout is None else min(timeout, until_probe)
         due = machine.next_deadline(self.state, self.rules)
         if self._counters_due is not None:
             due = self._counters_due if due is None else min(due, self._counters_due)
@@ -267,6 +302,13 @@ class Controller:
     # --- one event -------------------------------------------------------------------------
 
     def handle(self, event: object) -> None:
+        try:
+            self._handle(event)
+        except StorageFault as fault:
+            # a write outside a state commit (acks, epoch bookkeeping): the rows stay
+            self._enter_storage_fault(fault, self.clock.now())
+
+    def _handle(self, event: object) -> None:
         if isinstance(event, ServerAck):
             self._server_acks(self._coalesce_acks(event))
         elif isinstance(event, RetainedState):
@@ -398,7 +440,13 @@ class Controller:
             rej = CommandRejected("unknown_kid", "no command keys configured")
             return machine.CommandArrived(None, rej, msg.correlation_data)
         try:
-            command = self.verify(msg, now)
+            try:
+                command = self.verify(msg, now)
+            except CommandRejected as rej:
+                if rej.iat is not None and self._reanchor(rej.iat):
+                    return self._verified(msg)  # judged again on the server's time, once
+                raise
+            self._reanchor(command.iat)
             began = self.store.meta("epoch_began")
             if began is not None and command.iat <= began:
                 # Set when this store found it replaced or rolled back an older one: it cannot
@@ -414,27 +462,38 @@ class Controller:
             logger.warning("command rejected: %s (%s)", rej.code, rej.message)
             return machine.CommandArrived(None, rej, msg.correlation_data)
 
+    def _reanchor(self, iat: int) -> bool:
+        """A validly signed command's ``iat`` may move a suspect clock forward (DESIGN 6)."""
+        if not self.clock.reanchor(float(iat)):
+            return False
+        logger.warning("clock re-anchored on a signed command's iat (%s)", rfc3339(iat))
+        return True
+
     def _run_machine(self, event: machine.Input) -> None:
         now = self.clock.now()
+        suspect = self.clock.take_suspect()
+        if suspect is not None and self.storage_fault is None:
+            report = ClockSuspect(suspect.reading, suspect.trusted, suspect.synced)
+            self._apply(machine.step(self.state, report, self.rules, now), now, report)
+        if self.storage_fault is not None and not self._try_resume():
+            self._refuse_unstored(event, now)
+            return
         tr = machine.step(self.state, event, self.rules, now)
-        self._apply(tr, now)
+        self._apply(tr, now, event)
 
-    def _apply(self, tr: Transition, now: float) -> None:
-        """Stage ``tr`` (in the open batch, or alone) and commit it unless a batch is open."""
+    def _apply(self, tr: Transition, now: float, source: object = None) -> None:
+        """Stage ``tr`` (in the open batch, or alone) and commit it unless a batch is open.
+        ``source``: the input that made it, refused if the commit fails."""
         alone = self._batch is None
         batch = self._batch = self._batch or _Batch(self.state)
         batch.events += tr.events
         batch.actions += tr.actions
         batch.transitions.append(tr)
+        batch.inputs.append(source)
         batch.flush_now |= any(isinstance(a, UnlockAction) for a in tr.actions)
         self.state = tr.state
         for ev in tr.events:
-            logger.info(
-                "event %s%s%s",
-                ev.type,
-                f" compartment={ev.compartment}" if ev.compartment else "",
-                f" parcel={ev.parcel}" if ev.parcel else "",
-            )
+            _log_event(ev)
         if alone or batch.flush_now:
             self._flush(now)
 
@@ -445,14 +504,22 @@ class Controller:
             return
         rows = []
         if batch.events or _persistent_change(batch.base, self.state):
-            rows = self.store.commit(
-                batch.base,
-                self.state,
-                batch.events,
-                now,
-                self.clock_synced(),
-                {"hwm": now, "rev": self.rev + 1},
-            )
+            try:
+                rows = self.store.commit(
+                    batch.base,
+                    self.state,
+                    batch.events,
+                    now,
+                    self.clock_synced(),
+                    {"hwm": now, "rev": self.rev + 1},
+                )
+            except StorageFault as fault:
+                # Nothing was committed, so nothing is done: back to the committed state.
+                self.state = batch.base
+                self._enter_storage_fault(fault, now)
+                for source in batch.inputs:
+                    self._refuse_unstored(source, now)
+                return
             self._hwm_saved = now
         for action in batch.actions:
             self._execute(action)
@@ -476,7 +543,7 @@ class Controller:
             except (HardwareUnavailable, KeyError) as err:
                 self.submit(UnlockResult(action.compartment, sent=False, detail=str(err)))
         elif isinstance(action, IndicateAction):
-            self.indicator.show(action.feedback)
+            self._show(action.feedback)
         elif isinstance(action, ReplyAction):
             self.uplink.publish_reply(action.reply, action.correlation_data)
         elif isinstance(action, ResyncAction):
@@ -494,8 +561,108 @@ class Controller:
 
     def _persist_hwm(self, now: float) -> None:
         if now - self._hwm_saved >= HWM_PERSIST_S:
-            self.store.set_meta("hwm", now)
+            self._storing(lambda: self.store.set_meta("hwm", now), None)
             self._hwm_saved = now
+
+    def _show(self, feedback: Feedback) -> None:
+        """Feedback, but the same pattern is not restarted faster than a person types: a
+        flood of keys must not start thousands of blink threads."""
+        t = self._mono()
+        last = self._last_feedback
+        if last is not None and last[0] is feedback and t - last[1] < FEEDBACK_REPEAT_S:
+            return
+        self._last_feedback = (feedback, t)
+        self.indicator.show(feedback)
+
+    def _report_shed(self) -> None:
+        """People's input shed by the inbox (the machine hears of it in band, as an
+        ``InputRejected``): one log line per source and ``SHED_LOG_S`` with how many."""
+        for source, n in self.queue.take_shed().items():
+            t = self._mono()
+            since, count = self._shed_logged.get(source, (-SHED_LOG_S, 0))
+            if t - since >= SHED_LOG_S:
+                logger.warning(
+                    "input flood on the %s: %d inputs shed before the controller", source, count + n
+                )
+                self._shed_logged[source] = (t, 0)
+            else:
+                self._shed_logged[source] = (since, count + n)
+
+    # --- storage faults ------------------------------------------------------------------------
+
+    def _storing(self, write: Callable[[], Any], failed: Any) -> Any:
+        """A write outside a state commit (acks, the idle high-water mark)."""
+        try:
+            return write()
+        except StorageFault as fault:
+            self._enter_storage_fault(fault, self.clock.now())
+            return failed
+
+    def _enter_storage_fault(self, fault: StorageFault, now: float) -> None:
+        """The database cannot be written: say so once (log, and ``storage_fault`` from
+        memory over MQTT), and refuse what needs a commit until a probe write succeeds."""
+        self._next_probe = self._mono() + STORAGE_PROBE_S
+        if self.storage_fault is not None:
+            return
+        self.storage_fault = fault.detail
+        self._fault_since = now
+        logger.error(
+            "state database cannot be written: %s; nothing opens until it can (retrying every "
+            "%.0f s)",
+            fault,
+            STORAGE_PROBE_S,
+        )
+        ev = Out("storage_fault", data={"detail": fault.detail[:200], "path": str(self.store.path)})
+        self.uplink.publish_unstored(self.store.unstored_event(ev, now, self.clock_synced()))
+        self._publish_state()
+
+    def _probe_storage(self) -> None:
+        if self._mono() >= self._next_probe:
+            self._try_resume()
+
+    def _try_resume(self) -> bool:
+        """Probe the database; when it takes writes again, record the outage and replay the
+        sensor reports that arrived meanwhile. True when storage works again."""
+        if self._mono() < self._next_probe:
+            return False
+        try:
+            self.store.probe()
+        except StorageFault:
+            self._next_probe = self._mono() + STORAGE_PROBE_S
+            return False
+        now = self.clock.now()
+        logger.warning(
+            "state database writable again after %.0f s (%s)",
+            now - self._fault_since,
+            self.storage_fault,
+        )
+        self.storage_fault = None
+        self._step(HardwareRecovered("storage"), now)
+        while self._replay and self.storage_fault is None:
+            self._step(self._replay.popleft(), self.clock.now())
+        return self.storage_fault is None
+
+    def _step(self, event: machine.Input, now: float) -> None:
+        self._apply(machine.step(self.state, event, self.rules, now), now, event)
+
+    def _refuse_unstored(self, event: object, now: float) -> None:
+        """What could not be committed: refuse a person at once, answer a command ``failed``,
+        keep sensor reports for replay. Nothing acts without a commit."""
+        if isinstance(event, PEOPLE):
+            if not (isinstance(event, KeyPressed) and event.key != "#"):
+                self._show(Feedback.OUT_OF_SERVICE)
+                # the entry is over: the next person starts from an empty keypad
+                self.state = dataclasses.replace(self.state, keypad=KeypadEntry())
+        elif isinstance(event, machine.CommandArrived):
+            cmd_id = event.command.cmd_id if event.command else None
+            error = ("storage_fault", f"the locker cannot store anything: {self.storage_fault}")
+            reply = reply_payload(cmd_id, "failed", (error[0], error[1][:500]), None, ts=now)
+            self.uplink.publish_reply(reply, event.correlation_data)
+        elif isinstance(event, _REPLAYED):
+            if len(self._replay) >= MAX_DEFERRED:
+                logger.error("storage fault: too many sensor reports kept; dropping the oldest")
+                self._replay.popleft()
+            self._replay.append(event)
 
     # --- the retained state snapshot ----------------------------------------------------------
 
@@ -556,10 +723,30 @@ class Controller:
 
 
 def _persistent_change(old: LockerState, new: LockerState) -> bool:
-    """Whether anything but the volatile keypad buffer changed (a key press alone is not
-    worth an fsync)."""
+    """Whether anything but the volatile fields changed (a key press or a counted refusal
+    alone is not worth an fsync)."""
     return any(
         getattr(old, f.name) is not getattr(new, f.name)
         for f in dataclasses.fields(LockerState)
-        if f.name != "keypad"
+        if f.name not in VOLATILE_FIELDS
+    )
+
+
+def _log_event(ev: Out) -> None:
+    """One line per event: alarms at WARNING, refusals with their reason (never a code)."""
+    level = logging.WARNING if ev.type in ALARMS else logging.INFO
+    if not logger.isEnabledFor(level):
+        return
+    details = "".join(
+        f" {k}={ev.data[k]}"
+        for k in ("reason", "source", "count", "device", "detail")
+        if k in ev.data and ev.type in ("access_denied", "hardware_fault", "storage_fault")
+    )
+    logger.log(
+        level,
+        "event %s%s%s%s",
+        ev.type,
+        f" compartment={ev.compartment}" if ev.compartment else "",
+        f" parcel={ev.parcel}" if ev.parcel else "",
+        details,
     )

@@ -5,7 +5,11 @@ Exit statuses (also in the README and ``lockerd --help``), by the category of th
   0   stopped cleanly (SIGTERM / SIGINT)
   1   an unexpected fault (a bug: the traceback is in the log)
   69  a device or the broker settings cannot be used (EX_UNAVAILABLE: HardwareError, LinkError)
-  74  the state database cannot be used (EX_IOERR: StorageError)
+  74  the state database cannot be used (EX_IOERR: StorageError). An unwritable one (disk
+      full, read-only, I/O error) is first waited for ``--store-wait`` seconds (default 60),
+      so systemd's restart 5 s later retries about once a minute, never in a tight loop
+  75  another lockerd already runs on this state directory (EX_TEMPFAIL); nothing of it was
+      touched. Not restarted by systemd (RestartPreventExitStatus=78 75)
   78  the configuration is invalid (EX_CONFIG; the unit's RestartPreventExitStatus=78 stops
       systemd from restart-looping on a file that will not get better by itself)
 """
@@ -13,12 +17,17 @@ Exit statuses (also in the README and ``lockerd --help``), by the category of th
 from __future__ import annotations
 
 import argparse
+import fcntl
 import logging
+import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from locker import __version__, errors
 from locker.cabinet import sdnotify
@@ -31,18 +40,26 @@ from locker.cabinet.config import (
     load_config,
 )
 
+if TYPE_CHECKING:
+    from locker.cabinet.assembly import Locker
+
 logger = logging.getLogger("lockerd")
 
 EXIT_OK = 0
 EXIT_FAULT = 1
 EXIT_UNAVAILABLE = 69
 EXIT_STORAGE = 74
+EXIT_RUNNING = 75  # sysexits EX_TEMPFAIL
+STORE_WAIT_S = 60.0
+STORE_RETRY_S = 5.0
+LOCK_NAME = "lockerd.lock"
 
 EXIT_STATUS_HELP = f"""exit status:
   {EXIT_OK}   clean stop (SIGTERM/SIGINT)
   {EXIT_FAULT}   unexpected fault (a bug; the traceback is in the log)
   {EXIT_UNAVAILABLE}  a device cannot be opened or the link cannot be set up
   {EXIT_STORAGE}  the state database cannot be used (newer schema, corrupt, read-only, full)
+  {EXIT_RUNNING}  another lockerd already runs on this state directory (not restarted by systemd)
   {EXIT_CONFIG}  the configuration is invalid (systemd does not restart: RestartPreventExitStatus)
 """
 
@@ -81,18 +98,64 @@ def _parser() -> argparse.ArgumentParser:
         help="simulation only (pin_factory = 'mock'): a simulated person opens a GPIO door "
         "OPEN_S after its lock is pulsed and closes it CLOSE_S later (0: leaves it open)",
     )
+    p.add_argument(
+        "--store-wait",
+        metavar="S",
+        type=float,
+        default=STORE_WAIT_S,
+        help="how long to wait for an unwritable state directory at start before exiting "
+        f"{EXIT_STORAGE} (default {STORE_WAIT_S:.0f} s)",
+    )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--version", action="version", version=f"lockerd {__version__}")
     return p
 
 
 def setup_logging(level: str) -> None:
-    # One line per event; journald adds the time, so only level and logger name here.
+    # One line per event. Under journald (it sets JOURNAL_STREAM) the journal adds the time;
+    # anywhere else the line carries its own UTC timestamp.
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(asctime)s " + fmt
+        logging.Formatter.converter = time.gmtime
     logging.basicConfig(
         level=getattr(logging, level),
-        format="%(levelname)s %(name)s: %(message)s",
+        format=fmt,
+        datefmt="%Y-%m-%dT%H:%M:%SZ",
         stream=sys.stderr,
     )
+
+
+def lock_state_dir(state_dir: Path) -> int | None:
+    """Take the exclusive lock that makes this the only lockerd on ``state_dir`` (flock on
+    ``state_dir/lockerd.lock``, released by the kernel when the process dies, however it
+    dies). Returns the lock's file descriptor (kept open for the life of the process), or
+    None when another process holds it. Raises OSError when the directory cannot be used."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # a read-only disk still locks
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    try:  # the holder's pid, for the message a second instance prints
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError:
+        pass
+    return fd
+
+
+def _holder(state_dir: Path) -> str:
+    try:
+        pid = (state_dir / LOCK_NAME).read_text().strip()
+    except OSError:
+        return "another lockerd"
+    return f"lockerd pid {pid}" if pid.isdigit() else "another lockerd"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -119,11 +182,69 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problems := environment_problems(cfg):
         print("\n".join(f"{args.config}: {p}" for p in problems), file=sys.stderr)
         return EXIT_CONFIG
-    return run(cfg, simulate_doors=doors)
+    return run(cfg, simulate_doors=doors, store_wait_s=args.store_wait)
 
 
-def run(cfg: Config, simulate_doors: tuple[float, float | None] | None = None) -> int:
-    from locker.cabinet.assembly import build, simulated_doors  # noqa: PLC0415 - keeps --check-config light
+def _build_when_writable(
+    cfg: Config, stop: threading.Event, interval: float | None, store_wait_s: float
+) -> Locker | int:
+    """``build``, waiting up to ``store_wait_s`` for an unwritable state database to come
+    back (a full disk may be cleaned up by log rotation). Returns the locker or an exit
+    status."""
+    from locker.cabinet.assembly import build  # noqa: PLC0415 - keeps --check-config light
+    from locker.cabinet.store import StorageFault  # noqa: PLC0415
+
+    deadline = time.monotonic() + store_wait_s
+    waiting = False
+    while True:
+        try:
+            locker = build(cfg, watchdog=sdnotify.watchdog if interval else lambda: None)
+        except StorageFault as fault:
+            if stop.is_set() or time.monotonic() >= deadline:
+                print(f"lockerd: state database cannot be written: {fault}", file=sys.stderr)
+                return EXIT_STORAGE
+            if not waiting:  # one line, however long we wait
+                logger.error("state database cannot be written: %s; waiting", fault)
+                sdnotify.status(f"waiting for a writable state directory: {fault.detail}")
+                waiting = True
+            stop.wait(min(STORE_RETRY_S, max(0.0, deadline - time.monotonic())))
+        except ConfigError as err:
+            print(str(err), file=sys.stderr)
+            return EXIT_CONFIG
+        except errors.LockerError as err:
+            logger.error("cannot start: %s", err)
+            return exit_status(err)
+        except Exception:
+            logger.exception("cannot start")
+            return EXIT_FAULT
+        else:
+            if waiting:
+                logger.warning("state database writable again; starting")
+            return locker
+
+
+def run(
+    cfg: Config,
+    simulate_doors: tuple[float, float | None] | None = None,
+    store_wait_s: float = STORE_WAIT_S,
+) -> int:
+    from locker.cabinet.assembly import simulated_doors  # noqa: PLC0415 - keeps --check-config light
+
+    # Before anything else (database, hardware, MQTT): one lockerd per state directory, so a
+    # second one started by hand never shares the database, the client id or the pins.
+    state_dir = Path(cfg.locker.state_dir)
+    try:
+        lock_fd = lock_state_dir(state_dir)
+    except OSError as err:
+        print(f"lockerd: state directory {state_dir} cannot be used: {err}", file=sys.stderr)
+        return EXIT_STORAGE
+    if lock_fd is None:
+        print(
+            f"lockerd: {_holder(state_dir)} already runs on state directory {state_dir}; "
+            "not starting (stop it first)",
+            file=sys.stderr,
+        )
+        return EXIT_RUNNING
 
     stop = threading.Event()
 
@@ -134,18 +255,11 @@ def run(cfg: Config, simulate_doors: tuple[float, float | None] | None = None) -
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    try:
-        interval = sdnotify.watchdog_interval()
-        locker = build(cfg, watchdog=sdnotify.watchdog if interval else lambda: None)
-    except ConfigError as err:
-        print(str(err), file=sys.stderr)
-        return EXIT_CONFIG
-    except errors.LockerError as err:
-        logger.error("cannot start: %s", err)
-        return exit_status(err)
-    except Exception:
-        logger.exception("cannot start")
-        return EXIT_FAULT
+    interval = sdnotify.watchdog_interval()
+    built = _build_when_writable(cfg, stop, interval, store_wait_s)
+    if isinstance(built, int):
+        return built
+    locker = built
     actor = simulated_doors(locker, simulate_doors) if simulate_doors else None
     try:
         if actor is not None:
@@ -169,6 +283,7 @@ def run(cfg: Config, simulate_doors: tuple[float, float | None] | None = None) -
             actor.close()
         locker.close()  # the controller already shut down at the end of its loop
     logger.info("stopped")
+    os.close(lock_fd)
     return EXIT_OK
 
 

@@ -95,7 +95,7 @@ class _Requests:
     resync: bool = False
     stream_reset: bool = False
     state: bytes | None = None
-    replies: list[tuple[bytes, bytes | None]] = field(default_factory=list)
+    replies: list[_Reply] = field(default_factory=list)
     done: list[tuple[int, int]] = field(default_factory=list)  # (client generation, mid)
 
 
@@ -104,6 +104,7 @@ class _Reply:
     payload: bytes
     correlation_data: bytes | None
     mid: int | None = None  # None: not published on the current connection
+    leaf: str = "res"  # or evt/{type} for an event published from memory (publish_unstored)
 
 
 class MqttLink(Uplink):
@@ -212,7 +213,11 @@ class MqttLink(Uplink):
         self._request(state=to_json(snapshot))
 
     def publish_reply(self, reply: Mapping[str, object], correlation_data: bytes | None) -> None:
-        self._request(reply=(to_json(reply), correlation_data))
+        self._request(reply=_Reply(to_json(reply), correlation_data))
+
+    def publish_unstored(self, row: OutboxRow) -> None:
+        # Sent like a reply (kept until PUBACKed on this connection), not from the outbox.
+        self._request(reply=_Reply(row.payload, None, leaf=f"evt/{row.type}"))
 
     def resync(self) -> None:
         self._request(resync=True)
@@ -251,7 +256,7 @@ class MqttLink(Uplink):
         resync: bool = False,
         stream_reset: bool = False,
         state: bytes | None = None,
-        reply: tuple[bytes, bytes | None] | None = None,
+        reply: _Reply | None = None,
         done: tuple[int, int] | None = None,
     ) -> None:
         with self._lock:
@@ -329,12 +334,12 @@ class MqttLink(Uplink):
                 self._client.ack(mid, 1)
         if req.state is not None:
             self._state_payload, self._state_dirty = req.state, True
-        for payload, corr in req.replies:
+        for reply in req.replies:
             if len(self._replies) >= MAX_PENDING_REPLIES:
                 # The server re-sends an unanswered command and gets "duplicate" + result.
                 logger.warning("reply queue full; dropping the oldest unsent reply")
                 self._replies.popleft()
-            self._replies.append(_Reply(payload, corr))
+            self._replies.append(reply)
         if req.outbox:
             self._sender.outbox_changed()
         if req.stream_reset:
@@ -556,7 +561,9 @@ class MqttLink(Uplink):
             self._state_dirty = False
         for reply in self._replies:
             if reply.mid is None:
-                reply.mid = self._publish("res", reply.payload, correlation=reply.correlation_data)
+                reply.mid = self._publish(
+                    reply.leaf, reply.payload, correlation=reply.correlation_data
+                )
 
     def _publish(
         self, leaf: str, payload: bytes, *, retain: bool = False, correlation: bytes | None = None

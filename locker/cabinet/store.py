@@ -12,12 +12,14 @@ The connection belongs to the controller thread. The MQTT link reads the outbox 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
+import os
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -63,6 +65,33 @@ _MIGRATIONS: dict[int, str] = {
 
 class StoreError(errors.StorageError):
     """The database cannot be used (newer schema, corruption)."""
+
+
+class StorageFault(StoreError):  # noqa: N818 - a condition of the disk, not a bug
+    """The database cannot be written right now (disk full, read-only, I/O error). Nothing of
+    the failed transaction was stored. ``detail`` says which, in words an installer can act
+    on; ``__cause__`` is SQLite's own error."""
+
+    def __init__(self, path: Path, detail: str) -> None:
+        super().__init__(f"{path}: {detail}")
+        self.detail = detail
+
+
+def describe(err: sqlite3.Error, where: Path | None = None) -> str:
+    """What SQLite's error means for the state directory (its extended result code name;
+    ``where``: the directory, to tell a read-only filesystem from other open failures)."""
+    name = getattr(err, "sqlite_errorname", "") or ""
+    if where is not None and _read_only_fs(where):
+        return f"read-only filesystem ({err})"
+    if name == "SQLITE_FULL":
+        return f"disk full ({err})"
+    if name.startswith("SQLITE_READONLY"):
+        return f"read-only ({err})"
+    if name.startswith("SQLITE_IOERR") or name == "SQLITE_CORRUPT":
+        return f"I/O error ({err})"
+    if name.startswith("SQLITE_CANTOPEN"):
+        return f"cannot open the database ({err})"
+    return str(err) or type(err).__name__
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -113,8 +142,25 @@ def _credential(raw: dict[str, Any]) -> Credential:
     return Credential(**{**raw, "step": Step(raw["step"])})
 
 
+def _throttle(raw: dict[str, Any]) -> Throttle:
+    """The stored throttle. ``recent`` was a list of failure times before it became
+    per-minute buckets: an old record is converted, not lost."""
+    buckets: dict[int, int] = {}
+    for item in raw.get("recent", ()):
+        minute, n = (int(item[0]), int(item[1])) if isinstance(item, list) else (int(item // 60), 1)
+        buckets[minute] = buckets.get(minute, 0) + n
+    return Throttle(**{**raw, "recent": tuple(sorted(buckets.items()))})
+
+
 def _command(raw: dict[str, Any]) -> CommandRecord:
     return CommandRecord(**raw)
+
+
+def _read_only_fs(directory: Path) -> bool:
+    try:
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 class Store:
@@ -123,8 +169,13 @@ class Store:
     def __init__(self, path: Path, *, boot_id: str) -> None:
         self.path = path
         self.boot_id = boot_id
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._con = connect(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._con = connect(path)
+        except OSError as err:
+            raise StorageFault(path, f"cannot create the state directory ({err})") from err
+        except sqlite3.Error as err:
+            raise StorageFault(path, describe(err, path.parent)) from err
         self._migrate()
         # Kept in memory (this connection is the only writer) so that the state snapshot
         # published after every event costs no query; read from disk once, here.
@@ -152,9 +203,10 @@ class Store:
             script = f"BEGIN IMMEDIATE;{_MIGRATIONS[target]}PRAGMA user_version={target};COMMIT;"
             try:
                 self._con.executescript(script)
-            except BaseException:
-                if self._con.in_transaction:
-                    self._con.execute("ROLLBACK")
+            except BaseException as err:
+                self._rollback()
+                if isinstance(err, sqlite3.Error):
+                    raise StorageFault(self.path, describe(err, self.path.parent)) from err
                 raise
 
     def close(self) -> None:
@@ -212,12 +264,7 @@ class Store:
                     for r in self._con.execute("SELECT jti, row FROM commands")
                 }
             ),
-            throttle=Throttle(
-                **{
-                    **self.meta("throttle", {}),
-                    "recent": tuple(self.meta("throttle", {}).get("recent", ())),
-                }
-            ),
+            throttle=_throttle(self.meta("throttle", {})),
             lockdown=bool(self.meta("lockdown", False)),
             remote_opens=tuple(self.meta("remote_opens", [])),
             keypad=KeypadEntry(),
@@ -236,8 +283,8 @@ class Store:
     ) -> list[OutboxRow]:
         """Persist ``new`` (only what differs from ``old``) and append ``events``, atomically."""
         con = self._con
-        con.execute("BEGIN IMMEDIATE")
         try:
+            con.execute("BEGIN IMMEDIATE")
             self._write_table("compartments", "id", old.compartments, new.compartments, _dump)
             self._write_table("parcels", "id", old.parcels, new.parcels, _dump)
             self._write_table("credentials", "tag", old.credentials, new.credentials, _dump)
@@ -256,13 +303,25 @@ class Store:
             for key, value in meta.items():
                 con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
             con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
+        except BaseException as err:
+            self._rollback()
+            if isinstance(err, sqlite3.OperationalError | sqlite3.DatabaseError):
+                raise StorageFault(self.path, describe(err, self.path.parent)) from err
             raise
         if rows:
             self._last_seq = rows[-1].seq
             self._depth += len(rows)
         return rows
+
+    def _rollback(self) -> None:
+        """Roll back what is left of a failed transaction. SQLite has often rolled it back
+        itself (SQLITE_FULL, SQLITE_IOERR): then there is nothing to do, and a ROLLBACK would
+        only raise "no transaction is active" over the real error."""
+        if self._con.in_transaction:
+            try:
+                self._con.execute("ROLLBACK")
+            except sqlite3.Error as err:
+                logger.debug("rollback after a failed commit: %s", err)
 
     def _write_table(
         self,
@@ -331,8 +390,10 @@ class Store:
             for key, value in (("epoch", epoch), ("epoch_began", now), ("last_seq", len(rows))):
                 con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
             con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
+        except BaseException as err:
+            self._rollback()
+            if isinstance(err, sqlite3.Error):
+                raise StorageFault(self.path, describe(err, self.path.parent)) from err
             raise
         self._epoch, self._last_seq, self._depth = epoch, len(rows), len(rows)
         return epoch
@@ -344,41 +405,72 @@ class Store:
             if seq is None:
                 seq = self._last_seq
             seq += 1
-            payload: dict[str, Any] = {
-                "v": 1,
-                "epoch": self._epoch,
-                "seq": seq,
-                "event_id": str(uuid.uuid4()),
-                "boot_id": self.boot_id,
-                "ts": rfc3339(now),
-                "clock_synced": clock_synced,
-                "type": ev.type,
-            }
-            if ev.compartment is not None:
-                payload["compartment"] = ev.compartment
-            if ev.parcel is not None:
-                payload["parcel"] = ev.parcel
-            payload["data"] = _jsonable(ev.data)
-            blob = json.dumps(payload, separators=(",", ":")).encode()
-            self._con.execute("INSERT INTO outbox VALUES (?, ?, ?, ?)", (seq, ev.type, blob, now))
-            rows.append(OutboxRow(seq, ev.type, blob))
+            row = self._row(seq, ev, now, clock_synced)
+            self._con.execute(
+                "INSERT INTO outbox VALUES (?, ?, ?, ?)", (seq, ev.type, row.payload, now)
+            )
+            rows.append(row)
         return rows
 
+    def unstored_event(self, ev: Out, now: float, clock_synced: bool) -> OutboxRow:
+        """An event that cannot be committed (``storage_fault``), to publish from memory. It
+        takes the next seq, so the server sees no gap; the next committed event takes the one
+        after, and that commit makes the skip durable."""
+        self._last_seq += 1
+        return self._row(self._last_seq, ev, now, clock_synced)
+
+    def _row(self, seq: int, ev: Out, now: float, clock_synced: bool) -> OutboxRow:
+        payload: dict[str, Any] = {
+            "v": 1,
+            "epoch": self._epoch,
+            "seq": seq,
+            "event_id": str(uuid.uuid4()),
+            "boot_id": self.boot_id,
+            "ts": rfc3339(now),
+            "clock_synced": clock_synced,
+            "type": ev.type,
+        }
+        if ev.compartment is not None:
+            payload["compartment"] = ev.compartment
+        if ev.parcel is not None:
+            payload["parcel"] = ev.parcel
+        payload["data"] = _jsonable(ev.data)
+        return OutboxRow(seq, ev.type, json.dumps(payload, separators=(",", ":")).encode())
+
     def set_meta(self, key: str, value: Any) -> None:
-        self._con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+        with self._writing():
+            self._con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One autocommit write: a failure becomes ``StorageFault`` with its cause named."""
+        try:
+            yield
+        except sqlite3.Error as err:
+            self._rollback()
+            raise StorageFault(self.path, describe(err, self.path.parent)) from err
+
+    def probe(self) -> None:
+        """Whether the database takes a durable write again: raises ``StorageFault`` if not."""
+        with self._writing():
+            self._con.execute("BEGIN IMMEDIATE")
+            self._con.execute("INSERT OR REPLACE INTO meta VALUES ('probe', '1')")
+            self._con.execute("COMMIT")
 
     # --- outbox bookkeeping ------------------------------------------------------------------
 
     def acknowledge(self, upto_seq: int) -> int:
         """The server holds every event up to ``upto_seq``: forget them. Returns rows freed."""
-        freed = self._con.execute("DELETE FROM outbox WHERE seq <= ?", (upto_seq,)).rowcount
+        with self._writing():
+            freed = self._con.execute("DELETE FROM outbox WHERE seq <= ?", (upto_seq,)).rowcount
         self._depth -= freed
         return freed
 
     def delivered(self, seqs: Iterable[int]) -> int:
         freed = 0
-        for s in seqs:
-            freed += self._con.execute("DELETE FROM outbox WHERE seq = ?", (s,)).rowcount
+        with self._writing():
+            for s in seqs:
+                freed += self._con.execute("DELETE FROM outbox WHERE seq = ?", (s,)).rowcount
         self._depth -= freed
         return freed
 

@@ -354,3 +354,6 @@ class CommandRejected(ContractError):  # noqa: N818 - a verdict, raised and stor
         self.code: RejectCode = code
         self.message = message
         self.cmd_id = cmd_id
+        # The signed iat, once the signature has been verified: the server's time, which may
+        # re-anchor a suspect clock (DESIGN section 6) even when the window check failed.
+        self.iat: int | None = None

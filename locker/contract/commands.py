@@ -69,6 +69,9 @@ def verify_command(
         return _check_claims(claims, header, cmd_id, locker_id=locker_id, now=now)
     except CommandRejected as rej:
         rej.cmd_id = cmd_id
+        iat = claims.get("iat")
+        if type(iat) is int and 0 <= iat <= MAX_INT_TIME:
+            rej.iat = iat
         raise
 
 

@@ -43,6 +43,15 @@ class Stop:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class ClockSuspect:
+    """The wall clock gave a reading the locker refused to trust (DESIGN section 6)."""
+
+    reading: float
+    trusted: float
+    synced: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class CommandArrived:
     """A command after signature checks: ``command`` when valid, ``rejected`` otherwise."""
 
@@ -64,4 +73,5 @@ Input = (
     | Boot
     | Stop
     | CommandArrived
+    | ClockSuspect
 )

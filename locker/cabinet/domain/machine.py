@@ -14,17 +14,21 @@ observation: an unlock whose door is not seen open in time is a jam.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from locker.cabinet.domain import remote, throttle
 from locker.cabinet.domain.compartments import JAM_WINDOW_S, best_fit, set_service, start_unlock
 from locker.cabinet.domain.draft import Draft, IndicateAction, LanguageAction, Transition
-from locker.cabinet.domain.inputs import Boot, CommandArrived, Input, Stop, Tick
+from locker.cabinet.domain.inputs import Boot, ClockSuspect, CommandArrived, Input, Stop, Tick
 from locker.cabinet.domain.model import (
+    Burst,
     Compartment,
     Credential,
     KeypadEntry,
     LockerState,
+    Parcel,
     ParcelStatus,
     Step,
     Unlock,
@@ -46,14 +50,15 @@ from locker.ports import (
 )
 
 MAX_CODE_DIGITS = 16
-MIN_CODE_DIGITS = 4
 MAX_PULSES_IN_WINDOW = 3
 DOOR_SENSOR = "door:"  # device name prefix of a door sensor's faults (``door:<compartment>``)
+REFUSAL_BURST_S = 60.0  # refusals of one (source, reason) within this are reported together
 
 # Re-exported: callers drive the machine through this module alone.
 __all__ = [
     "JAM_WINDOW_S",
     "Boot",
+    "ClockSuspect",
     "CommandArrived",
     "Input",
     "Rules",
@@ -108,6 +113,9 @@ def next_deadline(state: LockerState, rules: Rules) -> float | None:
             times.append(p.pickup_until)
     if state.keypad.digits or state.keypad.overflow or state.keypad.stars:
         times.append(state.keypad.last_key_at + rules.keypad_entry_timeout_s)
+    times.extend(b.until for b in state.refusals.values() if b.count)
+    if state.throttle.locked_out:
+        times.append(state.throttle.locked_until)
     return min(times) if times else None
 
 
@@ -127,34 +135,50 @@ def _on_key(d: Draft, ev: KeyPressed, rules: Rules, now: float) -> None:
         d.act(LanguageAction(int(ev.key)))
     elif ev.key == "#":
         d.put("keypad", KeypadEntry(last_key_at=now))
-        if entry.digits or entry.overflow:
+        if entry.digits or entry.overflow:  # an empty entry is nothing at all
             _submit_code(d, entry, rules, now)
     elif ev.key.isdigit() and len(ev.key) == 1:
         overflow = entry.overflow or len(entry.digits) >= MAX_CODE_DIGITS
         digits = entry.digits if overflow else entry.digits + ev.key
         d.put("keypad", KeypadEntry(digits, overflow, now))
     else:
-        _deny(d, "malformed", InputSource.KEYPAD, rules, now, count=False, detail="bad key")
+        _refuse(d, "malformed", ev.source, now, detail="bad_key")
 
 
 def _submit_code(d: Draft, entry: KeypadEntry, rules: Rules, now: float) -> None:
+    """One submitted keypad entry. Only an entry that could be a code and matches no live tag
+    is a guess (DESIGN section 6, throttle scope); every other refusal is not counted."""
     source = InputSource.KEYPAD
-    if _refused_at_the_door(d, source, rules, now):
+    if _refused_at_the_door(d, source, now):
         return
-    if entry.overflow or len(entry.digits) < MIN_CODE_DIGITS:
-        _deny(d, "malformed", source, rules, now, count=True, detail="length")
+    if entry.overflow or len(entry.digits) != rules.code_length or not entry.digits.isdigit():
+        _refuse(d, "malformed", source, now, detail="length")
         return
     tag = creds.code_tag(rules.device_key, entry.digits)
     cred = _find_credential(d, tag)
-    if cred is None or not cred.armed:
-        _deny(d, "unknown_code", source, rules, now, count=True)
+    if cred is None:
+        _guess_failed(d, source, rules, now)
         return
-    if now < cred.valid_from:
-        _deny(d, "not_yet_valid", source, rules, now, count=False)
+    # A live tag is never a guess, whatever else is wrong with it.
+    parcel = d.parcels.get(cred.parcel)
+    if not cred.armed:
+        _refuse(d, _why_not_armed(cred, parcel), source, now)
+    elif now < cred.valid_from:
+        _refuse(d, "not_yet_valid", source, now)
     elif cred.valid_until is not None and now > cred.valid_until:
-        _deny(d, "expired", source, rules, now, count=False)
+        _refuse(d, "expired", source, now)
     else:
         _grant(d, cred.parcel, cred.step, cred.tag, source, rules, now)
+
+
+def _why_not_armed(cred: Credential, parcel: Parcel | None) -> str:
+    """Why a live code opens nothing right now (never a guess: its tag is known)."""
+    if parcel is not None and cred.step is Step.PICKUP:
+        if parcel.status is ParcelStatus.RESERVED:
+            return "not_yet_available"  # typed before the courier deposited
+        if parcel.status is ParcelStatus.EXPIRED:
+            return "expired"
+    return "unknown_code"  # used already (its door may still be open), or cancelled
 
 
 def _find_credential(d: Draft, tag: str) -> Credential | None:
@@ -167,27 +191,36 @@ def _find_credential(d: Draft, tag: str) -> Credential | None:
 
 
 def _on_scan(d: Draft, ev: LineScanned, rules: Rules, now: float) -> None:
+    """A scanned line. Keypad guessing never refuses it (a signature cannot be guessed); the
+    scanner's own limit only bounds the work a flood of bad scans can cause."""
     source = InputSource.SCANNER
-    if _refused_at_the_door(d, source, rules, now):
+    if d.get("lockdown"):
+        _refuse(d, "lockdown", source, now)
         return
+    if throttle.scan_gate(d.get("scanner"), now):
+        _refuse(d, "throttled", source, now, detail="scan_flood")
+        return
+    reason, detail = _scan(d, ev, rules, now)
+    if reason is not None:
+        d.put("scanner", throttle.record_bad_scan(d.get("scanner"), now))
+        _refuse(d, reason, source, now, detail=detail)
+
+
+def _scan(d: Draft, ev: LineScanned, rules: Rules, now: float) -> tuple[str | None, str | None]:
+    """Verify a token and grant it; returns the refusal (reason, detail), or (None, None)."""
     try:
         token = creds.parse_token(ev.text)
         creds.verify_token(token, rules.token_keys)
     except creds.TokenError as err:
-        # Something that is not one of our tokens is not a guess; a forged one is.
-        _deny(d, err.reason, source, rules, now, count=err.reason != "malformed")
-        return
+        return err.reason, None
     if not hmac.compare_digest(token.locker_ref, creds.locker_ref(rules.locker_id)):
-        _deny(d, "wrong_locker", source, rules, now, count=False)
-        return
+        return "wrong_locker", None
     step_ = STEP_FOR_TOKEN_ACTION.get(int(token.action))
-    window = creds.token_window_reason(token, now)
     if step_ is None:
-        _deny(d, "malformed", source, rules, now, count=False, detail="action")
-        return
+        return "malformed", "action"
+    window = creds.token_window_reason(token, now)
     if window is not None:
-        _deny(d, window, source, rules, now, count=False)
-        return
+        return window, None
     parcel = next(
         (
             p
@@ -198,59 +231,99 @@ def _on_scan(d: Draft, ev: LineScanned, rules: Rules, now: float) -> None:
     )
     token_id = token.token_id.hex()
     if parcel is None or token_id in d.tokens:
-        _deny(d, "unknown_code", source, rules, now, count=False, detail="used_or_unknown")
-        return
+        return "unknown_code", "used_or_unknown"
     if parcel.status not in STATUS_FOR_STEP[step_]:
-        reason = "expired" if parcel.status is ParcelStatus.EXPIRED else "unknown_code"
-        _deny(d, reason, source, rules, now, count=False, detail="parcel_state")
-        return
+        if parcel.status is ParcelStatus.EXPIRED:
+            return "expired", "parcel_state"
+        if step_ is Step.PICKUP and parcel.status is ParcelStatus.RESERVED:
+            return "not_yet_available", "parcel_state"
+        return "unknown_code", "parcel_state"
+    source = InputSource.SCANNER
     _grant(d, parcel.id, step_, f"qr:{token_id}", source, rules, now, float(token.expires))
+    return None, None
 
 
 def _on_rejected_input(d: Draft, ev: InputRejected, rules: Rules, now: float) -> None:
-    _deny(d, "malformed", ev.source, rules, now, count=False, detail=ev.reason)
+    if ev.source is InputSource.KEYPAD:
+        # Keys were lost or garbled: what is left of the entry is no code, and reading it as
+        # one would turn a mashed keypad into guesses.
+        d.put("keypad", KeypadEntry(last_key_at=now))
+    _refuse(d, "malformed", ev.source, now, detail=ev.reason)
 
 
-def _refused_at_the_door(d: Draft, source: InputSource, rules: Rules, now: float) -> bool:
-    """Lockdown and throttle refuse input before it is even evaluated (and do not count)."""
+def _refused_at_the_door(d: Draft, source: InputSource, now: float) -> bool:
+    """Lockdown and the keypad throttle refuse keypad input unevaluated (and do not count)."""
     if d.get("lockdown"):
-        _deny(d, "lockdown", source, rules, now, count=False)
+        _refuse(d, "lockdown", source, now)
         return True
     why = throttle.gate(d.get("throttle"), now)
     if why is not None:
-        d.emit("access_denied", reason=why, source=str(source))
-        d.act(IndicateAction(Feedback.THROTTLED))
+        _refuse(d, why, source, now)
         return True
     return False
 
 
-def _deny(
-    d: Draft,
-    reason: str,
-    source: InputSource,
-    rules: Rules,
-    now: float,
-    *,
-    count: bool,
-    detail: str | None = None,
+def _refuse(
+    d: Draft, reason: str, source: InputSource, now: float, detail: str | None = None
 ) -> None:
+    """A refusal that is not a guess: its own feedback at once; reported as ``access_denied``
+    when it starts a burst, and otherwise counted into one event per burst (``_end_bursts``),
+    so a mashed keypad or a flood of bad scans cannot flood the outbox (issue 11, item 22)."""
+    d.act(IndicateAction(Feedback(reason)))
+    key = (str(source), reason)
+    bursts: Mapping[tuple[str, str], Burst] = d.get("refusals")
+    burst = bursts.get(key)
+    if burst is not None and now < burst.until:
+        _put_burst(d, key, Burst(burst.until, burst.count + 1, burst.detail))
+        return
+    _put_burst(d, key, Burst(now + REFUSAL_BURST_S, 0, detail))
     data: dict[str, Any] = {"reason": reason, "source": str(source)}
     if detail:
         data["detail"] = detail
     d.emit("access_denied", **data)
-    if not count:
-        d.act(IndicateAction(Feedback.REFUSED))
-        return
+
+
+def _put_burst(d: Draft, key: tuple[str, str], burst: Burst | None) -> None:
+    bursts = dict(d.get("refusals"))
+    if burst is None:
+        bursts.pop(key, None)
+    else:
+        bursts[key] = burst
+    d.put("refusals", MappingProxyType(bursts))
+
+
+def _end_bursts(d: Draft, now: float) -> None:
+    """Report what each finished burst counted beyond its first refusal, in one event."""
+    for key, burst in list(d.get("refusals").items()):
+        if now < burst.until:
+            continue
+        _put_burst(d, key, None)
+        if burst.count:
+            source, reason = key
+            data: dict[str, Any] = {"reason": reason, "source": source, "count": burst.count}
+            if burst.detail:
+                data["detail"] = burst.detail
+            d.emit("access_denied", aggregated=True, window_s=REFUSAL_BURST_S, **data)
+
+
+def _guess_failed(d: Draft, source: InputSource, rules: Rules, now: float) -> None:
+    """A code-shaped entry that matches no live tag: one guess against the device throttle."""
+    d.emit("access_denied", reason="unknown_code", source=str(source))
     t, verdict, delay = throttle.record_failure(d.get("throttle"), now, rules.limits)
     d.put("throttle", t)
     if verdict == "locked_out":
-        d.emit("keypad_locked_out", consecutive=t.consecutive, last_hour=len(t.recent))
-        d.act(IndicateAction(Feedback.ALARM))
+        d.emit(
+            "keypad_locked_out",
+            consecutive=t.consecutive,
+            last_hour=throttle.last_hour(t.recent),
+            lockout_s=delay,
+        )
+        d.act(IndicateAction(Feedback.LOCKED_OUT))
     elif verdict == "throttled":
         d.emit("keypad_throttled", consecutive=t.consecutive, delay_s=delay)
         d.act(IndicateAction(Feedback.THROTTLED))
     else:
-        d.act(IndicateAction(Feedback.REFUSED))
+        d.act(IndicateAction(Feedback.UNKNOWN_CODE))
 
 
 def _grant(
@@ -267,17 +340,21 @@ def _grant(
     parcel = d.parcels[parcel_id]
     comp = d.compartments[parcel.compartment]
     if parcel.status not in STATUS_FOR_STEP[step_]:
-        _deny(d, "unknown_code", source, rules, now, count=False, detail="parcel_state")
+        _refuse(d, "unknown_code", source, now, detail="parcel_state")
         return
-    if not comp.in_service or comp.busy or comp.door is DoorState.UNKNOWN:
+    if not comp.in_service:
+        _refuse(d, "out_of_service", source, now)
+        return
+    if comp.busy or comp.door is DoorState.UNKNOWN:
         # Unknown door: its board is not answering, an unlock could not even be sent.
-        _deny(d, "compartment_unavailable", source, rules, now, count=False)
+        _refuse(d, "compartment_unavailable", source, now)
         return
     if credential.startswith("qr:"):
         d.put_token(credential[3:], token_expires or now)
     else:
         d.update_credential(credential, armed=False)
-    d.put("throttle", throttle.record_success(d.get("throttle")))
+    if source is InputSource.KEYPAD:
+        d.put("throttle", throttle.record_success(d.get("throttle")))
     unlock = Unlock(
         step_, parcel_id, credential, str(source), now + rules.door_open_timeout_s, token_expires
     )
@@ -466,6 +543,10 @@ def _expire(d: Draft, rules: Rules, now: float) -> None:
             _disarm(d, parcel.id, Step.PICKUP)
             d.emit("pickup_expired", comp.id, parcel.id, kind=parcel.kind)
     _forget_old(d, now)
+    _end_bursts(d, now)
+    if throttle.lockout_over(d.get("throttle"), now):
+        d.put("throttle", throttle.reset(d.get("throttle")))
+        d.emit("keypad_unlocked", by="timeout")
     entry: KeypadEntry = d.get("keypad")
     if (
         entry.digits or entry.overflow or entry.stars
@@ -612,6 +693,17 @@ def _on_stop(d: Draft, ev: Stop, rules: Rules, now: float) -> None:
     d.emit("stopping", reason=ev.reason)
 
 
+def _on_clock_suspect(d: Draft, ev: ClockSuspect, rules: Rules, now: float) -> None:
+    """Reported once per episode by the controller's clock; nothing is judged on the reading."""
+    d.emit(
+        "clock_suspect",
+        reading=int(ev.reading),
+        trusted=int(ev.trusted),
+        step_s=int(ev.reading - ev.trusted),
+        synced=ev.synced,
+    )
+
+
 def _on_command(d: Draft, ev: CommandArrived, rules: Rules, now: float) -> None:
     remote.handle(d, ev, rules, now)
 
@@ -629,4 +721,5 @@ _HANDLERS: dict[type, Any] = {
     Boot: _on_boot,
     Stop: _on_stop,
     CommandArrived: _on_command,
+    ClockSuspect: _on_clock_suspect,
 }

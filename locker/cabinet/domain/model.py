@@ -3,8 +3,9 @@
 Everything the state machine decides on lives here: compartments, parcels, armed credential
 tags, consumed token ids, executed command ids, the throttle and a few flags. ``LockerState``
 is replaced, never mutated: ``locker.cabinet.domain.machine`` returns a new one,
-``locker.cabinet.store`` persists the difference. The keypad entry buffer is the one volatile
-part (never persisted: a half-typed code is not worth keeping across a crash).
+``locker.cabinet.store`` persists the difference. The keypad entry buffer, the refusal bursts and
+the scanner's work bound are volatile (``VOLATILE_FIELDS``, never persisted: a half-typed code
+or a count of mashed keys is not worth an fsync, nor keeping across a crash).
 """
 
 from __future__ import annotations
@@ -106,9 +107,12 @@ class Compartment:
 @dataclass(frozen=True, slots=True)
 class Throttle:
     consecutive: int = 0
-    recent: tuple[float, ...] = ()  # failure times within the last hour
+    # failures within the last hour, as (minute since the epoch, count): at most 61 pairs
+    # however many failures there are, so a failure costs the same at any rate
+    recent: tuple[tuple[int, int], ...] = ()
     blocked_until: float = 0.0
     locked_out: bool = False
+    locked_until: float = 0.0  # a hard lock-out ends by itself then (security.lockout_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +128,24 @@ class CommandRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Burst:
+    """Refusals of one (source, reason) within an aggregation window: the first was reported
+    on its own, ``count`` more were only counted and are reported together at ``until``."""
+
+    until: float
+    count: int = 0
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScanLimit:
+    """The scanner's own work bound: recent refused scans, and the end of a cooling-off."""
+
+    failures: tuple[float, ...] = ()
+    blocked_until: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class KeypadEntry:
     digits: str = ""
     overflow: bool = False
@@ -131,8 +153,12 @@ class KeypadEntry:
     stars: int = 0  # '*' presses in a row on an empty entry: '*' '*' digit picks a language
 
 
-def _frozen(d: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
+def _frozen(d: Mapping[Any, Any] | None = None) -> Mapping[Any, Any]:
     return MappingProxyType(dict(d or {}))
+
+
+# Never persisted: losing them in a crash costs nothing worth an fsync per key or refusal.
+VOLATILE_FIELDS = frozenset({"keypad", "refusals", "scanner"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +172,8 @@ class LockerState:
     lockdown: bool = False
     remote_opens: tuple[float, ...] = ()
     keypad: KeypadEntry = KeypadEntry()  # volatile
+    refusals: Mapping[tuple[str, str], Burst] = field(default_factory=_frozen)  # volatile
+    scanner: ScanLimit = ScanLimit()  # volatile
 
     def occupancy(self, compartment: Compartment) -> Occupancy:
         if compartment.parcel is None:

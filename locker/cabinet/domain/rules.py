@@ -27,6 +27,7 @@ class Rules:
     pickup_hours: float
     dropoff_hours: float
     max_remote_opens_per_hour: int
+    code_length: int  # keypad entries of another length are malformed, never guesses
     limits: throttle.Limits
     # Compartments within reach of a wheelchair user (DESIGN 8); none unless configured.
     accessible: frozenset[str] = frozenset()

@@ -1,0 +1,189 @@
+"""Issue 11 item 8: a state directory that cannot be written (disk full, read-only).
+
+Real SQLite on a real small filesystem: a tmpfs of a few hundred KiB mounted for the test
+(needs root; skipped otherwise), filled up or remounted read-only under the running
+controller, then given back."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from locker.cabinet import controller as controller_mod
+from locker.cabinet.controller import Controller
+from locker.cabinet.store import StorageFault, Store
+from locker.ports import DoorChanged, DoorState, KeyPressed, NullUplink, OutboxRow
+from tests.domain import SIZES, T0, Keys, command, rules
+from tests.test_controller import CheckingBank
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=640k", "tmpfs", str(mnt)],
+        capture_output=True,
+        check=False,
+        timeout=10,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False, timeout=10)
+
+
+def fill(disk: Path) -> Path:
+    """Fill the filesystem to the last byte; returns the filler file."""
+    filler = disk / "filler"
+    with filler.open("wb", buffering=0) as f:
+        for size in (65536, 4096, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    f.write(b"\0" * size)
+    return filler
+
+
+class Uplink(NullUplink):
+    def __init__(self) -> None:
+        self.unstored: list[OutboxRow] = []
+        self.replies: list[Mapping[str, object]] = []
+
+    def publish_unstored(self, row: OutboxRow) -> None:
+        self.unstored.append(row)
+
+    def publish_reply(self, reply: Mapping[str, object], correlation_data: bytes | None) -> None:
+        self.replies.append(reply)
+
+
+class Cabinet:
+    def __init__(self, state: Path) -> None:
+        self.keys = Keys()
+        self.wall, self.mono = T0, 0.0
+        self.db = state / "locker.db"
+        self.bank = CheckingBank(self.db)
+        self.uplink = Uplink()
+        self.ctl = Controller(
+            rules=rules(self.keys),
+            store=Store(self.db, boot_id="boot"),
+            compartment_sizes=SIZES,
+            banks=[self.bank],
+            version="test",
+            uplink=self.uplink,
+            wall=lambda: self.wall,
+            mono=lambda: self.mono,
+        )
+        self.ctl.start()
+        self.drain()
+
+    def advance(self, s: float) -> None:
+        self.wall += s
+        self.mono += s
+
+    def drain(self) -> None:
+        while self.ctl.step_once(0):
+            pass
+
+    def put(self, *events: Any) -> None:
+        for e in events:
+            self.ctl.submit(e)
+        self.drain()
+
+    def type_(self, code: str) -> None:
+        self.put(*[KeyPressed(k) for k in code + "#"])
+
+    def types(self) -> list[str]:
+        return [e["type"] for e in self.ctl.store.outbox()]
+
+
+def _fault(cab: Cabinet) -> str | None:
+    return cab.ctl.storage_fault  # read afresh (no narrowing from an earlier assert)
+
+
+def _assign(cab: Cabinet) -> tuple[str, str]:
+    drop, pick = "12345678", "87654321"
+    cab.put(
+        command(
+            "assign",
+            cab.wall,
+            parcel="P1",
+            kind="delivery",
+            size="S",
+            dropoff_tag=cab.keys.tag(drop),
+            pickup_tag=cab.keys.tag(pick),
+        )
+    )
+    return drop, pick
+
+
+def test_the_daemon_stays_up_refuses_and_resumes_by_itself(
+    small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cab = Cabinet(small_disk)
+    drop, _ = _assign(cab)
+    filler = fill(small_disk)
+    caplog.set_level(logging.INFO, logger=controller_mod.__name__)
+    for _ in range(3):
+        cab.type_(drop)
+    assert cab.bank.unlocked == []  # nothing opens without a commit
+    assert cab.ctl.storage_fault is not None
+    # said once, with the real error (not "cannot rollback - no transaction is active")
+    said = [r for r in caplog.records if "cannot be written" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.ERROR
+    assert "no transaction is active" not in caplog.text
+    assert "disk full" in said[0].getMessage()
+    assert [r.type for r in cab.uplink.unstored] == ["storage_fault"]
+    # a command is answered, from memory
+    cab.put(command("lockdown", cab.wall, on=True))
+    assert cab.uplink.replies[-1]["status"] == "failed"
+    assert cab.uplink.replies[-1]["error"]["code"] == "storage_fault"  # type: ignore[index]
+    # a door report arriving meanwhile is kept
+    cab.put(DoorChanged("C1", DoorState.OPEN))
+
+    filler.unlink()
+    cab.advance(controller_mod.STORAGE_PROBE_S)
+    cab.drain()
+    assert _fault(cab) is None
+    types = cab.types()
+    assert "hardware_recovered" in types
+    assert types[-2:] == ["door_opened", "door_forced"]  # replayed after the outage
+    cab.type_(drop)
+    assert cab.bank.unlocked == [("A1", True)], [
+        (e["type"], e["data"]) for e in cab.ctl.store.outbox()[-3:]
+    ]
+    # the event published from memory took a seq of its own: no reuse, no gap
+    seqs = [e["seq"] for e in cab.ctl.store.outbox()]
+    unstored_seq = cab.uplink.unstored[0].seq
+    assert unstored_seq not in seqs
+    assert sorted([*seqs, unstored_seq]) == list(range(seqs[0], seqs[-1] + 1))
+
+
+def test_a_full_disk_never_hides_the_error_behind_a_failed_rollback(small_disk: Path) -> None:
+    store = Store(small_disk / "locker.db", boot_id="b")
+    fill(small_disk)
+    with pytest.raises(StorageFault) as caught:
+        for i in range(200):  # until the WAL's own room is used up too
+            store.set_meta(f"k{i}", "x" * 2000)
+    assert "disk full" in str(caught.value)
+    assert isinstance(caught.value.__cause__, Exception)
+    assert "rollback" not in str(caught.value)
+    store.close()
+
+
+def test_fill_really_fills(small_disk: Path) -> None:
+    fill(small_disk)
+    with pytest.raises(OSError) as err:
+        (small_disk / "more").write_bytes(b"x" * 8192)
+    assert err.value.errno == errno.ENOSPC
