@@ -2,147 +2,75 @@
 
 Command-line front end over ``locker.fleet.provision`` (fleet and locker provisioning) and
 ``locker.fleet.client`` (the server side of the MQTT contract). It prints codes and QR tokens to the
-operator's terminal on purpose, and never private keys.
+operator's terminal on purpose, and never private keys. This module holds the argument parsers,
+the registration hook (``SUBCOMMANDS``), the provisioning handlers and ``main``; the handlers that
+talk to lockers are in ``ctl_ops``, the output and exit statuses in ``ctl_output``. It stays a
+little above 500 lines because every subcommand's parser is declared here, in one place.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import logging
 import sys
-import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO, TypeVar, get_args
+from typing import TextIO, TypeVar, get_args
 
 from locker import errors
 from locker.config.fields import PinFactoryName, Size
-from locker.contract import credentials
 from locker.contract.actions import ACTION_SUMMARY, Action, arg_fields, usage_line
 from locker.fleet import client as fleet
-from locker.fleet import provision, qr, watch
+from locker.fleet import provision
+from locker.fleet.ctl_ops import (
+    TOKEN_ACTIONS,
+    UsageError,
+    cmd_code_new,
+    cmd_parcel_issue,
+    cmd_send,
+    cmd_token_mint,
+    cmd_watch,
+)
+from locker.fleet.ctl_output import (
+    EXIT_BROKER,
+    EXIT_CODES_HELP,
+    EXIT_CONFIG,
+    EXIT_FILE,
+    EXIT_INTERNAL,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_PROVISION,
+    EXIT_REFUSED,
+    EXIT_TIMEOUT,
+    EXIT_USAGE,
+    Output,
+    exit_status,
+)
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-EXIT_OK = 0
-EXIT_REFUSED = 1
-EXIT_USAGE = 2
-EXIT_BROKER = 3
-EXIT_TIMEOUT = 4
-EXIT_CONFIG = 5
-EXIT_PROVISION = EXIT_CONFIG  # the older name of the same status
-EXIT_NOT_FOUND = 6
-EXIT_FILE = 7
-EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug; the traceback goes to stderr
-
-EXIT_CODES_HELP = f"""exit status:
-  {EXIT_OK}  success
-  {EXIT_REFUSED}  the locker refused or failed the command (rejected, failed, expired)
-  {EXIT_USAGE}  bad usage or arguments
-  {EXIT_BROKER}  cannot reach or authenticate with the MQTT broker
-  {EXIT_TIMEOUT}  no reply from the locker in time (see "cmd send --help": it may still run)
-  {EXIT_CONFIG}  fleet directory or provisioning error (missing files, refusing to overwrite)
-  {EXIT_NOT_FOUND}  no such locker in the fleet directory
-  {EXIT_FILE}  a local file could not be read or written
-  {EXIT_INTERNAL}  internal error (a bug: please report the traceback)
-
-With --json, stdout carries exactly one JSON document ({{"ok": true, ...}} or
-{{"ok": false, "error": {{"kind": ..., "message": ...}}}}), or one JSON object per line for
-watch; messages for people go to stderr. A command line argparse cannot parse (status 2)
-prints only its usage message, on stderr.
-"""
-
-TOKEN_ACTIONS = {
-    "pickup": credentials.TokenAction.PICKUP,
-    "dropoff": credentials.TokenAction.DROPOFF,
-    "retrieve": credentials.TokenAction.RETRIEVE,
-}
-
-UsageError = errors.UsageError  # raised by handlers for arguments that parse but make no sense
-
-
-def _utc(ts: float) -> str:
-    """RFC 3339 in UTC, for JSON documents."""
-    return (
-        dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    )
-
-
-def _local(ts: float) -> str:
-    """RFC 3339 in the operator's local time zone, for people."""
-    return dt.datetime.fromtimestamp(ts, dt.UTC).astimezone().isoformat(timespec="seconds")
-
-
-class Output:
-    """What one subcommand reports: text for a person, or one JSON document for a script.
-
-    Handlers write text with ``say`` (or ``print(..., file=out)``: ``write`` is the same) and
-    put the JSON document's fields with ``put``. With ``--json`` the text is dropped and
-    ``main`` prints ``{"ok": true, **fields}`` once at the end; ``line`` writes one JSON object
-    at once (JSON lines, for ``watch``).
-    """
-
-    def __init__(self, stream: TextIO, as_json: bool) -> None:
-        self.stream, self.as_json = stream, as_json
-        self.fields: dict[str, Any] = {}
-        self.streamed = False
-        self._written: list[str] = []  # text written in --json mode (dropped unless JSON)
-
-    def say(self, text: str = "") -> None:
-        if not self.as_json:
-            print(text, file=self.stream, flush=True)
-
-    def write(self, text: str) -> int:
-        if self.as_json:
-            self._written.append(text)
-        else:
-            self.stream.write(text)
-        return len(text)
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-    def isatty(self) -> bool:
-        return not self.as_json and self.stream.isatty()
-
-    def put(self, **fields: Any) -> None:
-        self.fields.update(fields)
-
-    def line(self, doc: Mapping[str, Any]) -> None:
-        """One JSON object on its own line, now (``--json`` streams such as ``watch``)."""
-        self.streamed = True
-        print(json.dumps(doc, separators=(",", ":"), sort_keys=True), file=self.stream, flush=True)
-
-    def finish(self, status: int, error: BaseException | None = None) -> None:
-        """Print the JSON document (``--json`` only; not after JSON lines)."""
-        if not self.as_json or (self.streamed and error is None):
-            return
-        doc: dict[str, Any]
-        own = self._own_document()
-        if error is None and own is not None:
-            doc = own  # a registered handler that prints its own --json document
-        elif error is None:
-            doc = {"ok": status == EXIT_OK, **self.fields}
-            if status not in (EXIT_OK, EXIT_REFUSED):
-                doc["error"] = {"kind": _kind(status), "message": "see stderr"}
-        else:
-            doc = {"ok": False, "error": {"kind": _kind(status), "message": str(error)}}
-        print(json.dumps(doc, sort_keys=True), file=self.stream, flush=True)
-
-    def _own_document(self) -> dict[str, Any] | None:
-        """The JSON object a handler printed itself with ``--json``, if it did and put nothing."""
-        if self.fields or not self._written:
-            return None
-        try:
-            doc = json.loads("".join(self._written))
-        except ValueError:
-            return None
-        return doc if isinstance(doc, dict) else None
-
+__all__ = [
+    "EXIT_BROKER",
+    "EXIT_CODES_HELP",
+    "EXIT_CONFIG",
+    "EXIT_FILE",
+    "EXIT_INTERNAL",
+    "EXIT_NOT_FOUND",
+    "EXIT_OK",
+    "EXIT_PROVISION",
+    "EXIT_REFUSED",
+    "EXIT_TIMEOUT",
+    "EXIT_USAGE",
+    "SUBCOMMANDS",
+    "TOKEN_ACTIONS",
+    "Output",
+    "UsageError",
+    "build_parser",
+    "exit_status",
+    "main",
+]
 
 # --- argument parsing -----------------------------------------------------------------------
 
@@ -562,288 +490,6 @@ def cmd_locker_list(args: argparse.Namespace, out: Output) -> int:
     for locker_id in lockers:
         out.say(locker_id)
     return EXIT_OK
-
-
-def known_locker(f: provision.Fleet, locker_id: str) -> str:
-    """``locker_id`` if it is provisioned in fleet ``f``.
-
-    :raises errors.NotFoundError: it is not (a typo would otherwise sign a command for
-        nobody, or mint a token no locker accepts).
-    """
-    provision.check_locker_id(locker_id)
-    if locker_id not in f.lockers():
-        raise errors.NotFoundError(
-            f"no locker {locker_id!r} in the fleet directory {f.dir} "
-            f"(provisioned: {', '.join(f.lockers()) or 'none'})"
-        )
-    return locker_id
-
-
-def _client(args: argparse.Namespace, f: provision.Fleet, **kw: object) -> fleet.FleetClient:
-    host, port = args.broker if args.broker else (None, None)
-    client = fleet.FleetClient.for_fleet(
-        f,
-        args.user,
-        host=host,
-        port=port,
-        tls=not args.no_tls,
-        **kw,  # type: ignore[arg-type]
-    )
-    client.connect(timeout=args.timeout)
-    return client
-
-
-def _reply_doc(reply: fleet.Reply) -> dict[str, Any]:
-    return {"status": reply.status, "cmd_id": reply.cmd_id, "result": reply.result,
-            "error": reply.error}  # fmt: skip
-
-
-def cmd_parcel_issue(args: argparse.Namespace, out: Output) -> int:
-    f = provision.Fleet.load(args.fleet)
-    device_key = f.device_key(known_locker(f, args.locker))
-    with _client(args, f) as client:
-        issued = client.issue_parcel(
-            args.locker,
-            args.parcel,
-            args.size,
-            device_key=device_key,
-            signer=fleet.signer_for(f),
-            kind=args.kind,
-            compartment=args.compartment,
-            accessible=args.accessible,
-            digits=args.digits,
-            dropoff_hours=args.dropoff_hours,
-            pickup_hours=args.pickup_hours,
-            token_key=f.token_key(),
-            token_kid=f.token_kid,
-            timeout=args.timeout,
-        )
-    out.put(locker=args.locker, parcel=args.parcel, reply=_reply_doc(issued.reply))
-    if not issued.reply.ok:
-        out.say(f"assign refused by {args.locker}: {issued.reply.describe()}")
-        return EXIT_REFUSED
-    _print_issued(issued, args, out)
-    return EXIT_OK
-
-
-def _print_issued(issued: fleet.IssuedParcel, args: argparse.Namespace, out: Output) -> None:
-    courier, customer = (
-        ("courier", "customer") if issued.kind == "delivery" else ("customer", "courier")
-    )
-    step = "pickup" if issued.qr_action is credentials.TokenAction.PICKUP else "drop-off"
-    out.put(
-        kind=issued.kind,
-        size=issued.size,
-        compartment=issued.compartment,
-        dropoff_code=issued.dropoff_code,
-        dropoff_until=_utc(issued.dropoff_until),
-        pickup_code=issued.pickup_code,
-        pickup_hours=issued.pickup_hours,
-        qr_token=issued.qr_token,
-        qr_step=step if issued.qr_token is not None else None,
-    )
-    out.say(
-        f"parcel {issued.parcel} ({issued.kind}, size {issued.size}) assigned to "
-        f"{issued.locker_id} compartment {issued.compartment}"
-    )
-    out.say(
-        f"drop-off code ({courier}): {issued.dropoff_code}  "
-        f"valid until {_local(issued.dropoff_until)}"
-    )
-    out.say(
-        f"pickup code ({customer}):   {issued.pickup_code}  "
-        f"valid {issued.pickup_hours} h after deposit"
-    )
-    if issued.qr_token is None:
-        return
-    out.say(f"{step} QR token: {issued.qr_token}")
-    _render_qr(issued.qr_token, args.qr_png, args.qr_svg, not args.no_qr, out)
-
-
-def _render_qr(token: str, png: Path | None, svg: Path | None, terminal: bool, out: Output) -> None:
-    try:
-        if png is not None:
-            qr.to_png(token, png)
-            out.say(f"QR written to {png}")
-        if svg is not None:
-            svg.write_text(qr.to_svg(token), encoding="utf-8")
-            out.say(f"QR written to {svg}")
-    except OSError as err:
-        raise errors.StorageError(f"cannot write the QR code: {err}") from err
-    out.put(qr_files=[str(p) for p in (png, svg) if p is not None])
-    if terminal and not out.as_json:
-        out.write(qr.to_terminal(token, ansi=out.isatty()))
-
-
-def cmd_send(args: argparse.Namespace, out: Output) -> int:
-    f = provision.Fleet.load(args.fleet)
-    known_locker(f, args.locker)
-    raw = dict(args.arg)
-    code = None
-    if args.new_code:
-        if args.action != Action.RETRIEVE:
-            raise UsageError("--new-code only applies to retrieve")
-        code = credentials.generate_code(8)
-        raw["code_tag"] = credentials.code_tag(f.device_key(args.locker), code)
-    typed = fleet.coerce_args(args.action, raw)
-    fleet.command_claims(args.locker, args.action, typed, now=time.time(), ttl=args.ttl)  # checks
-    with _client(args, f) as client:
-        try:
-            reply = client.send_command(
-                args.locker,
-                args.action,
-                typed,
-                signer=fleet.signer_for(f),
-                ttl=args.ttl,
-                timeout=args.timeout,
-            )
-        except fleet.ReplyTimeoutError as err:
-            raise fleet.ReplyTimeoutError(
-                f"no reply from {args.locker} in {args.timeout:g} s. If it has connected to "
-                "this broker before (within its session expiry), the broker holds the command "
-                "and it runs when the locker is back, unless its signed lifetime ends first; "
-                "if it has never connected, the command is lost."
-            ) from err
-    out.put(locker=args.locker, action=str(args.action), args=typed, reply=_reply_doc(reply))
-    out.say(f"{args.action} -> {args.locker}: {reply.describe()}")
-    if code is not None and reply.ok:
-        out.put(retrieval_code=code)
-        out.say(f"retrieval code (courier): {code}")
-    return EXIT_OK if reply.ok else EXIT_REFUSED
-
-
-def cmd_token_mint(args: argparse.Namespace, out: Output) -> int:
-    f = provision.Fleet.load(args.fleet)
-    known_locker(f, args.locker)
-    not_before = int(time.time()) if args.not_before is None else args.not_before
-    if args.hours <= 0:
-        raise UsageError("--hours must be positive")
-    expires = not_before + int(args.hours * 3600)
-    token = credentials.mint_token(
-        f.token_key(),
-        f.token_kid,
-        args.locker,
-        TOKEN_ACTIONS[args.action],
-        args.parcel,
-        not_before,
-        expires,
-    )
-    out.put(
-        token=token,
-        locker=args.locker,
-        parcel=args.parcel,
-        action=args.action,
-        not_before=_utc(not_before),
-        expires=_utc(expires),
-    )
-    out.say(token)
-    _render_qr(token, args.png, args.svg, args.qr, out)
-    return EXIT_OK
-
-
-def cmd_code_new(args: argparse.Namespace, out: Output) -> int:
-    f = provision.Fleet.load(args.fleet)
-    device_key = f.device_key(known_locker(f, args.locker))
-    code = credentials.generate_code(args.digits)
-    tag = credentials.code_tag(device_key, code)
-    out.put(locker=args.locker, code=code, tag=tag)
-    out.say(f"code: {code}")
-    out.say(f"tag:  {tag}")
-    return EXIT_OK
-
-
-class _JsonView(watch.FleetView):
-    """``FleetView`` whose lines are JSON objects: ``{"locker", "channel", "message",
-    "notes"}`` with the payload as received (events once each, duplicates dropped)."""
-
-    def handle(self, msg: fleet.Incoming) -> list[str]:
-        head = self.prefix + "/"
-        levels = msg.topic[len(head) :].split("/") if msg.topic.startswith(head) else []
-        locker_id = levels[0] if levels else ""
-        dups_before = self.lockers[locker_id].duplicates if locker_id in self.lockers else 0
-        notes = super().handle(msg)
-        if locker_id in self.lockers and self.lockers[locker_id].duplicates > dups_before:
-            return []
-        try:
-            message: Any = json.loads(msg.payload) if msg.payload else None
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            message = None
-        doc = {
-            "locker": locker_id or None,
-            "channel": levels[1] if len(levels) > 1 else None,
-            "topic": msg.topic,
-            "retained": msg.retain,
-            "message": message,
-            "notes": notes,
-        }
-        return [json.dumps(doc, separators=(",", ":"), sort_keys=True)]
-
-
-def cmd_watch(args: argparse.Namespace, out: Output) -> int:
-    f = provision.Fleet.load(args.fleet)
-    if args.locker:
-        known_locker(f, args.locker)
-    log = watch.EventLog(args.log_dir or f.dir / "events")
-    view = (_JsonView if out.as_json else watch.FleetView)(f.topic_prefix, log)
-
-    def line(text: str) -> None:
-        if out.as_json:
-            out.line(json.loads(text))
-        else:
-            out.say(text)
-
-    with _client(
-        args, f, clean_start=False, session_expiry_s=fleet.WATCH_SESSION_EXPIRY_S
-    ) as client:
-        watcher = watch.Watcher(
-            client,
-            view,
-            line,
-            locker_id=args.locker,
-            ack=not args.no_ack,
-            log=log,
-            # A first contact past its floor asks for the backlog, when this host may sign.
-            signer=fleet.signer_for(f) if f.command_key_file.exists() else None,
-        )
-        watcher.start()
-        deadline = None if args.duration is None else time.monotonic() + args.duration
-        try:
-            while deadline is None or time.monotonic() < deadline:
-                time.sleep(
-                    0.2 if deadline is None else max(0.0, min(0.2, deadline - time.monotonic()))
-                )
-        except KeyboardInterrupt:
-            pass
-        finally:
-            watcher.stop()
-            log.close()
-    return EXIT_OK
-
-
-# --- entry point ----------------------------------------------------------------------------
-
-# Most specific first: a ReplyTimeoutError is also a LinkError and a UsageError (FleetError).
-_STATUS_BY_CATEGORY: tuple[tuple[type[BaseException], int, str], ...] = (
-    (errors.LinkTimeoutError, EXIT_TIMEOUT, "timeout"),
-    (errors.LinkError, EXIT_BROKER, "broker"),
-    (errors.NotFoundError, EXIT_NOT_FOUND, "not_found"),
-    (errors.StorageError, EXIT_FILE, "file"),
-    (errors.ConfigError, EXIT_CONFIG, "config"),
-    (errors.ProvisionError, EXIT_CONFIG, "config"),
-    (errors.UsageError, EXIT_USAGE, "usage"),
-    (errors.ContractError, EXIT_USAGE, "usage"),
-    (errors.LockerError, EXIT_INTERNAL, "internal"),
-)
-_KINDS = {EXIT_REFUSED: "refused", **{code: kind for _c, code, kind in _STATUS_BY_CATEGORY}}
-
-
-def _kind(status: int) -> str:
-    return _KINDS.get(status, "error")
-
-
-def exit_status(err: BaseException) -> int:
-    """The exit status of an error, by its category in ``locker.errors``."""
-    return next((code for cls, code, _k in _STATUS_BY_CATEGORY if isinstance(err, cls)), 70)
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
