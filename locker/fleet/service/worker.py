@@ -66,7 +66,8 @@ class IngestWorker:
         client.add_listener(self._on_message)
 
     def _on_message(self, msg: Incoming) -> None:
-        if "/res" not in msg.topic:  # replies to other workers' commands: not ours to store
+        # {p}/res: replies to other workers' commands (not a shared subscription), not stored
+        if not msg.topic.endswith("/res"):
             self._queue.put(msg)
 
     def start(self) -> None:
