@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -91,6 +92,23 @@ def cabinet(
     where.mkdir(parents=True, exist_ok=True)
     provision.write_private(where / "device.key", cab.device_key)
     return cab
+
+
+@contextlib.contextmanager
+def site(
+    tmp: Path, broker: Broker, role: str = "viewer"
+) -> Iterator[tuple[FleetService, SimCabinet, users.NewUser]]:
+    """A fleet with one user of ``role``, its service started and a lockerd running."""
+    d = fleet_dir(tmp, broker)
+    user = add_user(d, f"u-{role}", role)
+    cab = cabinet(d, broker, tmp / "cab")
+    service = start_service(d)
+    try:
+        cab.start()
+        yield service, cab, user
+    finally:
+        service.stop()
+        cab.close()
 
 
 def api(service: FleetService, token: str) -> httpx.Client:

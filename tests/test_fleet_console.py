@@ -24,18 +24,10 @@ from locker.sim.cabinet import SimCabinet
 from tests.broker import paho_client
 from tests.conftest import wait_for
 from tests.fleet_rig import add_user, api, cabinet, fleet_dir, service_broker, start_service
+from tests.panel_rig import CHROMIUM, CHROMIUM_ARGS
 
 _ = service_broker
 ARTIFACTS = Path(__file__).parent / "artifacts" / "console"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
 PLAIN_HTTP = "[http]\nsecure_cookies = false\n"  # the test talks plain HTTP to 127.0.0.1
 
 

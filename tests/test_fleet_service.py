@@ -24,7 +24,15 @@ from locker.fleet.service import db
 from locker.sim.broker import Broker, free_port
 from locker.sim.cabinet import ACCESSIBLE
 from tests.conftest import wait_for
-from tests.fleet_rig import add_user, api, cabinet, fleet_dir, service_broker, start_service
+from tests.fleet_rig import (
+    add_user,
+    api,
+    cabinet,
+    fleet_dir,
+    service_broker,
+    site,
+    start_service,
+)
 
 _ = service_broker
 
@@ -221,41 +229,27 @@ def api_at(port: int, token: str) -> httpx.Client:
 def test_broker_restart_the_service_reconnects_and_keeps_ingesting(
     tmp_path: Path, service_broker: Broker
 ) -> None:
-    d = fleet_dir(tmp_path, service_broker)
-    viewer = add_user(d, "v", "viewer")
-    cab = cabinet(d, service_broker, tmp_path / "cab")
-    service = start_service(d)
-    cab.start()
-    try:
-        with api(service, viewer.token) as v:
+    with site(tmp_path, service_broker) as (service, cab, viewer), api(service, viewer.token) as v:
 
-            def denied() -> int:
-                evs = v.get("/api/v1/lockers/SIM-0001/events?limit=1000").json()
-                return sum(e["type"] == "access_denied" for e in evs)
+        def denied() -> int:
+            evs = v.get("/api/v1/lockers/SIM-0001/events?limit=1000").json()
+            return sum(e["type"] == "access_denied" for e in evs)
 
-            wait_for(lambda: v.get("/api/v1/lockers").json(), 15, what="locker known")
-            service_broker.restart()
-            cab.press("1#")
-            wait_for(lambda: denied() == 1, 40, what="an event after the broker restart")
-            wait_for(
-                lambda: v.get("/api/v1/lockers/SIM-0001").json()["outbox_depth"] == 0,
-                30,
-                what="acked after the restart",
-            )
-    finally:
-        service.stop()
-        cab.close()
+        wait_for(lambda: v.get("/api/v1/lockers").json(), 15, what="locker known")
+        service_broker.restart()
+        cab.press("1#")
+        wait_for(lambda: denied() == 1, 40, what="an event after the broker restart")
+        wait_for(
+            lambda: v.get("/api/v1/lockers/SIM-0001").json()["outbox_depth"] == 0,
+            30,
+            what="acked after the restart",
+        )
 
 
 def test_a_wiped_state_directory_is_a_new_epoch_not_duplicates(
     tmp_path: Path, service_broker: Broker
 ) -> None:
-    d = fleet_dir(tmp_path, service_broker)
-    viewer = add_user(d, "v", "viewer")
-    cab = cabinet(d, service_broker, tmp_path / "cab")
-    service = start_service(d)
-    cab.start()
-    try:
+    with site(tmp_path, service_broker) as (service, cab, viewer):
         with api(service, viewer.token) as v:
 
             def doc() -> dict[str, Any]:
@@ -283,6 +277,3 @@ def test_a_wiped_state_directory_is_a_new_epoch_not_duplicates(
         assert set(streams) == {first, second} and all(streams.values())
         assert "epoch_change" in kinds
         assert started == 2, "seq 1 of each epoch stored, neither taken for a duplicate"
-    finally:
-        service.stop()
-        cab.close()
