@@ -14,6 +14,7 @@ observation: an unlock whose door is not seen open in time is a jam.
 from __future__ import annotations
 
 import hmac
+import math
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -21,9 +22,9 @@ from typing import Any
 from locker.cabinet.domain import remote, throttle
 from locker.cabinet.domain.compartments import JAM_WINDOW_S, best_fit, set_service, start_unlock
 from locker.cabinet.domain.draft import Draft, IndicateAction, LanguageAction, Transition
+from locker.cabinet.domain.earliest import earliest, minimum
 from locker.cabinet.domain.inputs import Boot, ClockSuspect, CommandArrived, Input, Stop, Tick
 from locker.cabinet.domain.model import (
-    Burst,
     Compartment,
     Credential,
     KeypadEntry,
@@ -33,6 +34,7 @@ from locker.cabinet.domain.model import (
     Step,
     Unlock,
 )
+from locker.cabinet.domain.refusals import REFUSAL_BURST_S, end_bursts, refuse
 from locker.cabinet.domain.rules import Rules
 from locker.contract import credentials as creds
 from locker.ports import (
@@ -52,11 +54,11 @@ from locker.ports import (
 MAX_CODE_DIGITS = 16
 MAX_PULSES_IN_WINDOW = 3
 DOOR_SENSOR = "door:"  # device name prefix of a door sensor's faults (``door:<compartment>``)
-REFUSAL_BURST_S = 60.0  # refusals of one (source, reason) within this are reported together
 
 # Re-exported: callers drive the machine through this module alone.
 __all__ = [
     "JAM_WINDOW_S",
+    "REFUSAL_BURST_S",
     "Boot",
     "ClockSuspect",
     "CommandArrived",
@@ -104,13 +106,18 @@ def next_deadline(state: LockerState, rules: Rules) -> float | None:
             times.append(_pending_deadline(c, rules))
         if c.left_open_next is not None:
             times.append(c.left_open_next)
-    for p in state.parcels.values():
-        if state.compartments[p.compartment].busy:
-            continue  # judged when the door closes (_expire skips it until then)
-        if p.status is ParcelStatus.RESERVED:
-            times.append(p.dropoff_until)
-        elif p.status is ParcelStatus.DEPOSITED and p.pickup_until is not None:
-            times.append(p.pickup_until)
+    # judged when the door closes (_expire skips busy compartments' parcels until then)
+    parcels = earliest(
+        "parcels_free",
+        (state.parcels, state.compartments),
+        lambda: minimum(
+            _parcel_deadline(p)
+            for p in state.parcels.values()
+            if not state.compartments[p.compartment].busy
+        ),
+    )
+    if parcels != math.inf:
+        times.append(parcels)
     if state.keypad.digits or state.keypad.overflow or state.keypad.stars:
         times.append(state.keypad.last_key_at + rules.keypad_entry_timeout_s)
     times.extend(b.until for b in state.refusals.values() if b.count)
@@ -142,7 +149,7 @@ def _on_key(d: Draft, ev: KeyPressed, rules: Rules, now: float) -> None:
         digits = entry.digits if overflow else entry.digits + ev.key
         d.put("keypad", KeypadEntry(digits, overflow, now))
     else:
-        _refuse(d, "malformed", ev.source, now, detail="bad_key")
+        refuse(d, "malformed", ev.source, now, detail="bad_key")
 
 
 def _submit_code(d: Draft, entry: KeypadEntry, rules: Rules, now: float) -> None:
@@ -152,7 +159,7 @@ def _submit_code(d: Draft, entry: KeypadEntry, rules: Rules, now: float) -> None
     if _refused_at_the_door(d, source, now):
         return
     if entry.overflow or len(entry.digits) != rules.code_length or not entry.digits.isdigit():
-        _refuse(d, "malformed", source, now, detail="length")
+        refuse(d, "malformed", source, now, detail="length")
         return
     tag = creds.code_tag(rules.device_key, entry.digits)
     cred = _find_credential(d, tag)
@@ -162,11 +169,11 @@ def _submit_code(d: Draft, entry: KeypadEntry, rules: Rules, now: float) -> None
     # A live tag is never a guess, whatever else is wrong with it.
     parcel = d.parcels.get(cred.parcel)
     if not cred.armed:
-        _refuse(d, _why_not_armed(cred, parcel), source, now)
+        refuse(d, _why_not_armed(cred, parcel), source, now)
     elif now < cred.valid_from:
-        _refuse(d, "not_yet_valid", source, now)
+        refuse(d, "not_yet_valid", source, now)
     elif cred.valid_until is not None and now > cred.valid_until:
-        _refuse(d, "expired", source, now)
+        refuse(d, "expired", source, now)
     else:
         _grant(d, cred.parcel, cred.step, cred.tag, source, rules, now)
 
@@ -182,12 +189,30 @@ def _why_not_armed(cred: Credential, parcel: Parcel | None) -> str:
 
 
 def _find_credential(d: Draft, tag: str) -> Credential | None:
-    """Look a tag up comparing every live tag in constant time (DESIGN section 6)."""
-    found = None
-    for known, cred in d.credentials.items():
-        if hmac.compare_digest(known, tag):
-            found = cred
-    return found
+    """Look a tag up by key, then compare it in constant time (DESIGN section 6). The lookup
+    costs the same at any number of codes (issue 10), and its timing tells a guesser nothing:
+    a tag is an HMAC under the device key, which the guesser does not have."""
+    cred = d.credentials.get(tag)
+    if cred is not None and hmac.compare_digest(cred.tag, tag):
+        return cred
+    return None
+
+
+def _parcel_refs(d: Draft) -> Mapping[bytes, str]:
+    """QR ``parcel_ref`` -> parcel id, hashed once per version of the parcels table (issue
+    10: a scan hashed every parcel id)."""
+    parcels = d.parcels
+    if type(parcels) is MappingProxyType:
+        hit = _REFS.get("refs")
+        if hit is not None and hit[0] is parcels:
+            return hit[1]
+    refs = {creds.parcel_ref(pid): pid for pid in parcels}
+    if type(parcels) is MappingProxyType:
+        _REFS["refs"] = (parcels, refs)
+    return refs
+
+
+_REFS: dict[str, tuple[object, Mapping[bytes, str]]] = {}
 
 
 def _on_scan(d: Draft, ev: LineScanned, rules: Rules, now: float) -> None:
@@ -195,15 +220,15 @@ def _on_scan(d: Draft, ev: LineScanned, rules: Rules, now: float) -> None:
     scanner's own limit only bounds the work a flood of bad scans can cause."""
     source = InputSource.SCANNER
     if d.get("lockdown"):
-        _refuse(d, "lockdown", source, now)
+        refuse(d, "lockdown", source, now)
         return
     if throttle.scan_gate(d.get("scanner"), now):
-        _refuse(d, "throttled", source, now, detail="scan_flood")
+        refuse(d, "throttled", source, now, detail="scan_flood")
         return
     reason, detail = _scan(d, ev, rules, now)
     if reason is not None:
         d.put("scanner", throttle.record_bad_scan(d.get("scanner"), now))
-        _refuse(d, reason, source, now, detail=detail)
+        refuse(d, reason, source, now, detail=detail)
 
 
 def _scan(d: Draft, ev: LineScanned, rules: Rules, now: float) -> tuple[str | None, str | None]:
@@ -221,14 +246,12 @@ def _scan(d: Draft, ev: LineScanned, rules: Rules, now: float) -> tuple[str | No
     window = creds.token_window_reason(token, now)
     if window is not None:
         return window, None
-    parcel = next(
-        (
-            p
-            for p in d.parcels.values()
-            if hmac.compare_digest(creds.parcel_ref(p.id), token.parcel_ref)
-        ),
-        None,
-    )
+    pid = _parcel_refs(d).get(token.parcel_ref)
+    parcel = d.parcels.get(pid) if pid is not None else None
+    if parcel is not None and not hmac.compare_digest(
+        creds.parcel_ref(parcel.id), token.parcel_ref
+    ):
+        parcel = None
     token_id = token.token_id.hex()
     if parcel is None or token_id in d.tokens:
         return "unknown_code", "used_or_unknown"
@@ -248,62 +271,19 @@ def _on_rejected_input(d: Draft, ev: InputRejected, rules: Rules, now: float) ->
         # Keys were lost or garbled: what is left of the entry is no code, and reading it as
         # one would turn a mashed keypad into guesses.
         d.put("keypad", KeypadEntry(last_key_at=now))
-    _refuse(d, "malformed", ev.source, now, detail=ev.reason)
+    refuse(d, "malformed", ev.source, now, detail=ev.reason)
 
 
 def _refused_at_the_door(d: Draft, source: InputSource, now: float) -> bool:
     """Lockdown and the keypad throttle refuse keypad input unevaluated (and do not count)."""
     if d.get("lockdown"):
-        _refuse(d, "lockdown", source, now)
+        refuse(d, "lockdown", source, now)
         return True
     why = throttle.gate(d.get("throttle"), now)
     if why is not None:
-        _refuse(d, why, source, now)
+        refuse(d, why, source, now)
         return True
     return False
-
-
-def _refuse(
-    d: Draft, reason: str, source: InputSource, now: float, detail: str | None = None
-) -> None:
-    """A refusal that is not a guess: its own feedback at once; reported as ``access_denied``
-    when it starts a burst, and otherwise counted into one event per burst (``_end_bursts``),
-    so a mashed keypad or a flood of bad scans cannot flood the outbox (issue 11, item 22)."""
-    d.act(IndicateAction(Feedback(reason)))
-    key = (str(source), reason)
-    bursts: Mapping[tuple[str, str], Burst] = d.get("refusals")
-    burst = bursts.get(key)
-    if burst is not None and now < burst.until:
-        _put_burst(d, key, Burst(burst.until, burst.count + 1, burst.detail))
-        return
-    _put_burst(d, key, Burst(now + REFUSAL_BURST_S, 0, detail))
-    data: dict[str, Any] = {"reason": reason, "source": str(source)}
-    if detail:
-        data["detail"] = detail
-    d.emit("access_denied", **data)
-
-
-def _put_burst(d: Draft, key: tuple[str, str], burst: Burst | None) -> None:
-    bursts = dict(d.get("refusals"))
-    if burst is None:
-        bursts.pop(key, None)
-    else:
-        bursts[key] = burst
-    d.put("refusals", MappingProxyType(bursts))
-
-
-def _end_bursts(d: Draft, now: float) -> None:
-    """Report what each finished burst counted beyond its first refusal, in one event."""
-    for key, burst in list(d.get("refusals").items()):
-        if now < burst.until:
-            continue
-        _put_burst(d, key, None)
-        if burst.count:
-            source, reason = key
-            data: dict[str, Any] = {"reason": reason, "source": source, "count": burst.count}
-            if burst.detail:
-                data["detail"] = burst.detail
-            d.emit("access_denied", aggregated=True, window_s=REFUSAL_BURST_S, **data)
 
 
 def _guess_failed(d: Draft, source: InputSource, rules: Rules, now: float) -> None:
@@ -340,14 +320,14 @@ def _grant(
     parcel = d.parcels[parcel_id]
     comp = d.compartments[parcel.compartment]
     if parcel.status not in STATUS_FOR_STEP[step_]:
-        _refuse(d, "unknown_code", source, now, detail="parcel_state")
+        refuse(d, "unknown_code", source, now, detail="parcel_state")
         return
     if not comp.in_service:
-        _refuse(d, "out_of_service", source, now)
+        refuse(d, "out_of_service", source, now)
         return
     if comp.busy or comp.door is DoorState.UNKNOWN:
         # Unknown door: its board is not answering, an unlock could not even be sent.
-        _refuse(d, "compartment_unavailable", source, now)
+        refuse(d, "compartment_unavailable", source, now)
         return
     if credential.startswith("qr:"):
         d.put_token(credential[3:], token_expires or now)
@@ -526,7 +506,10 @@ def _expire(d: Draft, rules: Rules, now: float) -> None:
             d.update_compartment(comp.id, left_open_next=now + rules.door_left_open_s)
             d.emit("door_left_open", comp.id, comp.parcel, open_s=open_s)
             d.act(IndicateAction(Feedback.ALARM))
-    for parcel in list(d.parcels.values()):
+    due = earliest(
+        "parcels", (d.parcels,), lambda: minimum(map(_parcel_deadline, d.parcels.values()))
+    )
+    for parcel in list(d.parcels.values()) if now >= due else ():
         comp = d.compartments[parcel.compartment]
         if comp.busy:
             continue  # never pull a window shut under someone at the open door
@@ -543,7 +526,7 @@ def _expire(d: Draft, rules: Rules, now: float) -> None:
             _disarm(d, parcel.id, Step.PICKUP)
             d.emit("pickup_expired", comp.id, parcel.id, kind=parcel.kind)
     _forget_old(d, now)
-    _end_bursts(d, now)
+    end_bursts(d, now)
     if throttle.lockout_over(d.get("throttle"), now):
         d.put("throttle", throttle.reset(d.get("throttle")))
         d.emit("keypad_unlocked", by="timeout")
@@ -555,15 +538,42 @@ def _expire(d: Draft, rules: Rules, now: float) -> None:
 
 
 def _forget_old(d: Draft, now: float) -> None:
-    for token_id, expires in list(d.tokens.items()):
-        if expires < now:
-            d.drop_token(token_id)
-    for jti, record in list(d.commands.items()):
-        if record.exp < now:
-            d.drop_command(jti)
-    for cred in list(d.credentials.values()):
-        if cred.step is Step.RETRIEVE and cred.valid_until is not None and cred.valid_until < now:
-            d.drop_credential(cred.tag)
+    """Consumed token ids, command ids and retrieval codes past their time. Each table is
+    scanned only when its earliest deadline has passed (``earliest``: once per version)."""
+    tokens, commands, credentials = d.tokens, d.commands, d.credentials
+    if earliest("tokens", (tokens,), lambda: minimum(tokens.values())) < now:
+        for token_id, expires in list(tokens.items()):
+            if expires < now:
+                d.drop_token(token_id)
+    if earliest("commands", (commands,), lambda: minimum(r.exp for r in commands.values())) < now:
+        for jti, record in list(commands.items()):
+            if record.exp < now:
+                d.drop_command(jti)
+    if (
+        earliest(
+            "retrieve", (credentials,), lambda: minimum(map(_retrieve_until, credentials.values()))
+        )
+        < now
+    ):
+        for cred in list(credentials.values()):
+            if _retrieve_until(cred) < now:
+                d.drop_credential(cred.tag)
+
+
+def _retrieve_until(cred: Credential) -> float:
+    """When a retrieval code is forgotten (other codes go with their parcel)."""
+    if cred.step is Step.RETRIEVE and cred.valid_until is not None:
+        return cred.valid_until
+    return math.inf
+
+
+def _parcel_deadline(p: Parcel) -> float:
+    """When a parcel's window closes: its drop-off, or its pickup once deposited."""
+    if p.status is ParcelStatus.RESERVED:
+        return p.dropoff_until
+    if p.status is ParcelStatus.DEPOSITED and p.pickup_until is not None:
+        return p.pickup_until
+    return math.inf
 
 
 def _pending_deadline(comp: Compartment, rules: Rules) -> float:
