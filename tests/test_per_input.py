@@ -6,13 +6,18 @@ after unrelated inputs and after the tables changed."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+from pathlib import Path
 from types import MappingProxyType
 
 from locker.cabinet.domain import machine
 from locker.cabinet.domain.earliest import earliest, minimum
+from locker.cabinet.domain.model import Credential, Step
+from locker.cabinet.store import Store
 from locker.ports import LineScanned
-from tests.domain import T0, Sim, command, only
+from tests.domain import SIZES, T0, Sim, command, only
 
 
 def test_a_retrieval_code_is_forgotten_when_due_among_many_others() -> None:
@@ -78,3 +83,28 @@ def test_earliest_remembers_frozen_tables_only() -> None:
     editing["b"] = 1.0
     assert earliest("t", (editing,), lambda: compute(editing)) == 1.0  # never remembered
     assert earliest("t", (MappingProxyType({}),), lambda: compute({})) == math.inf
+
+
+def test_the_store_writes_the_touched_rows_and_without_them_every_changed_row(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "locker.db", boot_id="b")
+    base = store.load(SIZES)
+    creds = {
+        f"{i:064x}": Credential(f"{i:064x}", "P", Step.RETRIEVE, 0.0, None, True) for i in range(3)
+    }
+    full = dataclasses.replace(base, credentials=MappingProxyType(creds))
+    store.commit(base, full, (), T0, True)  # touched unknown: every new row
+    assert len(store.load(SIZES).credentials) == 0  # (their parcel does not exist: not loaded)
+    rows = store._con.execute("SELECT count(*) FROM credentials").fetchone()[0]
+    assert rows == 3
+    one = f"{1:064x}"
+    changed = dict(creds)
+    changed[one] = dataclasses.replace(creds[one], armed=False)
+    del changed[f"{2:064x}"]
+    after = dataclasses.replace(full, credentials=MappingProxyType(changed))
+    store.commit(full, after, (), T0, True, touched={"credentials": {one, f"{2:064x}"}})
+    table = dict(store._con.execute("SELECT tag, row FROM credentials"))
+    assert set(table) == {f"{0:064x}", one}
+    assert json.loads(table[one])["armed"] is False
+    store.close()

@@ -95,6 +95,8 @@ class _Batch:
     actions: list[object] = dataclasses.field(default_factory=list)
     transitions: list[Transition] = dataclasses.field(default_factory=list)  # for observers
     inputs: list[object] = dataclasses.field(default_factory=list)  # to refuse if not stored
+    # keys written per table by the staged transitions; None: unknown, compare whole tables
+    touched: dict[str, set[str]] | None = dataclasses.field(default_factory=dict)
     flush_now: bool = False  # an unlock is staged: commit and pulse without waiting
 
 
@@ -490,6 +492,12 @@ class Controller:
         batch.actions += tr.actions
         batch.transitions.append(tr)
         batch.inputs.append(source)
+        if tr.touched is None or batch.touched is None:
+            if tr.state is not self.state:
+                batch.touched = None
+        else:
+            for name, keys in tr.touched.items():
+                batch.touched.setdefault(name, set()).update(keys)
         batch.flush_now |= any(isinstance(a, UnlockAction) for a in tr.actions)
         self.state = tr.state
         for ev in tr.events:
@@ -512,6 +520,7 @@ class Controller:
                     now,
                     self.clock_synced(),
                     {"hwm": now, "rev": self.rev + 1},
+                    batch.touched,
                 )
             except StorageFault as fault:
                 # Nothing was committed, so nothing is done: back to the committed state.

@@ -19,7 +19,7 @@ import logging
 import os
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -140,6 +140,22 @@ def _parcel(raw: dict[str, Any]) -> Parcel:
 
 def _credential(raw: dict[str, Any]) -> Credential:
     return Credential(**{**raw, "step": Step(raw["step"])})
+
+
+def _changed(
+    old: Mapping[str, Any], new: Mapping[str, Any], keys: Collection[str] | None
+) -> Iterator[tuple[str, Any]]:
+    """(key, new value) of every row that differs, None for a row that is gone. ``keys``:
+    the only keys that may differ (None: compare the whole table)."""
+    if old is new:
+        return
+    for k in new.keys() | old.keys() if keys is None else keys:
+        v, was = new.get(k), old.get(k)
+        if v is None:
+            if was is not None:
+                yield k, None
+        elif was is not v and was != v:
+            yield k, v
 
 
 def _throttle(raw: dict[str, Any]) -> Throttle:
@@ -280,16 +296,15 @@ class Store:
         now: float,
         clock_synced: bool,
         extra_meta: Mapping[str, Any] | None = None,
+        touched: Mapping[str, Collection[str]] | None = None,
     ) -> list[OutboxRow]:
-        """Persist ``new`` (only what differs from ``old``) and append ``events``, atomically."""
+        """Persist ``new`` (only what differs from ``old``) and append ``events``, atomically.
+        ``touched``: the keys written per table, when known (``Transition.touched``): only
+        those rows are compared, so a change costs the same however many rows a table has."""
         con = self._con
         try:
             con.execute("BEGIN IMMEDIATE")
-            self._write_table("compartments", "id", old.compartments, new.compartments, _dump)
-            self._write_table("parcels", "id", old.parcels, new.parcels, _dump)
-            self._write_table("credentials", "tag", old.credentials, new.credentials, _dump)
-            self._write_tokens(old.tokens, new.tokens)
-            self._write_commands(old.commands, new.commands)
+            self._write_rows(old, new, touched)
             meta: dict[str, Any] = dict(extra_meta or {})
             if old.throttle != new.throttle:
                 meta["throttle"] = _jsonable(new.throttle)
@@ -313,6 +328,34 @@ class Store:
             self._depth += len(rows)
         return rows
 
+    def _write_rows(
+        self, old: LockerState, new: LockerState, touched: Mapping[str, Collection[str]] | None
+    ) -> None:
+        """Every row of the state tables that differs between ``old`` and ``new``."""
+        con = self._con
+
+        def keys(name: str) -> Collection[str] | None:
+            return None if touched is None else touched.get(name, ())
+
+        for table, key in (("compartments", "id"), ("parcels", "id"), ("credentials", "tag")):
+            for k, v in _changed(getattr(old, table), getattr(new, table), keys(table)):
+                if v is None:
+                    con.execute(f"DELETE FROM {table} WHERE {key}=?", (k,))  # noqa: S608 - fixed names
+                else:
+                    con.execute(f"INSERT OR REPLACE INTO {table} VALUES (?, ?)", (k, _dump(v)))  # noqa: S608
+        for k, exp in _changed(old.tokens, new.tokens, keys("tokens")):
+            if exp is None:
+                con.execute("DELETE FROM tokens WHERE token_id=?", (k,))
+            else:
+                con.execute("INSERT OR REPLACE INTO tokens VALUES (?, ?)", (k, exp))
+        for k, rec in _changed(old.commands, new.commands, keys("commands")):
+            if rec is None:
+                con.execute("DELETE FROM commands WHERE jti=?", (k,))
+            else:
+                con.execute(
+                    "INSERT OR REPLACE INTO commands VALUES (?, ?, ?)", (k, rec.exp, _dump(rec))
+                )
+
     def _rollback(self) -> None:
         """Roll back what is left of a failed transaction. SQLite has often rolled it back
         itself (SQLITE_FULL, SQLITE_IOERR): then there is nothing to do, and a ROLLBACK would
@@ -322,42 +365,6 @@ class Store:
                 self._con.execute("ROLLBACK")
             except sqlite3.Error as err:
                 logger.debug("rollback after a failed commit: %s", err)
-
-    def _write_table(
-        self,
-        table: str,
-        key: str,
-        old: Mapping[str, Any],
-        new: Mapping[str, Any],
-        dump: Callable[[Any], str],
-    ) -> None:
-        if old is new:
-            return
-        for k, v in new.items():
-            if old.get(k) is not v and old.get(k) != v:
-                self._con.execute(f"INSERT OR REPLACE INTO {table} VALUES (?, ?)", (k, dump(v)))  # noqa: S608 - fixed table names
-        for k in old.keys() - new.keys():
-            self._con.execute(f"DELETE FROM {table} WHERE {key}=?", (k,))  # noqa: S608
-
-    def _write_tokens(self, old: Mapping[str, float], new: Mapping[str, float]) -> None:
-        if old is new:
-            return
-        for k in new.keys() - old.keys():
-            self._con.execute("INSERT OR REPLACE INTO tokens VALUES (?, ?)", (k, new[k]))
-        for k in old.keys() - new.keys():
-            self._con.execute("DELETE FROM tokens WHERE token_id=?", (k,))
-
-    def _write_commands(
-        self, old: Mapping[str, CommandRecord], new: Mapping[str, CommandRecord]
-    ) -> None:
-        if old is new:
-            return
-        for k in new.keys() - old.keys():
-            self._con.execute(
-                "INSERT INTO commands VALUES (?, ?, ?)", (k, new[k].exp, _dump(new[k]))
-            )
-        for k in old.keys() - new.keys():
-            self._con.execute("DELETE FROM commands WHERE jti=?", (k,))
 
     def last_seq(self) -> int:
         """The highest seq of this epoch ever committed (never reused, even after its row

@@ -58,9 +58,13 @@ Action = UnlockAction | IndicateAction | ReplyAction | ResyncAction | LanguageAc
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Transition:
+    """``touched``: the keys written per table (the store writes only those rows, issue 10);
+    None when unknown (the store then compares whole tables that changed)."""
+
     state: LockerState
     events: tuple[Out, ...] = ()
     actions: tuple[Action, ...] = ()
+    touched: Mapping[str, frozenset[str]] | None = None
 
 
 class Draft:
@@ -69,6 +73,7 @@ class Draft:
     def __init__(self, state: LockerState) -> None:
         self.base = state
         self._tables: dict[str, dict[str, Any]] = {}
+        self._touched: dict[str, set[str]] = {}
         self._fields: dict[str, Any] = {}
         self.events: list[Out] = []
         self.actions: list[Action] = []
@@ -80,9 +85,12 @@ class Draft:
         table: Mapping[str, Any] = getattr(self.base, name)
         return table
 
-    def _writable(self, name: str) -> dict[str, Any]:
+    def _writable(self, name: str, key: str) -> dict[str, Any]:
+        """The table's copy for this step, noting that ``key`` is written."""
         if name not in self._tables:
             self._tables[name] = dict(getattr(self.base, name))
+            self._touched[name] = set()
+        self._touched[name].add(key)
         return self._tables[name]
 
     @property
@@ -115,11 +123,11 @@ class Draft:
 
     def update_compartment(self, cid: str, **changes: Any) -> Compartment:
         new = dataclasses.replace(self.compartments[cid], **changes)
-        self._writable("compartments")[cid] = new
+        self._writable("compartments", cid)[cid] = new
         return new
 
     def put_parcel(self, parcel: Parcel) -> None:
-        self._writable("parcels")[parcel.id] = parcel
+        self._writable("parcels", parcel.id)[parcel.id] = parcel
 
     def update_parcel(self, pid: str, **changes: Any) -> Parcel:
         new = dataclasses.replace(self.parcels[pid], **changes)
@@ -128,30 +136,30 @@ class Draft:
 
     def drop_parcel(self, pid: str) -> None:
         """Forget a parcel that left the locker, with every credential bound to it."""
-        self._writable("parcels").pop(pid, None)
+        self._writable("parcels", pid).pop(pid, None)
         for tag in [t for t, c in self.credentials.items() if c.parcel == pid]:
-            self._writable("credentials").pop(tag)
+            self._writable("credentials", tag).pop(tag)
 
     def put_credential(self, cred: Credential) -> None:
-        self._writable("credentials")[cred.tag] = cred
+        self._writable("credentials", cred.tag)[cred.tag] = cred
 
     def update_credential(self, tag: str, **changes: Any) -> None:
         self.put_credential(dataclasses.replace(self.credentials[tag], **changes))
 
     def drop_credential(self, tag: str) -> None:
-        self._writable("credentials").pop(tag, None)
+        self._writable("credentials", tag).pop(tag, None)
 
     def put_token(self, token_id: str, expires: float) -> None:
-        self._writable("tokens")[token_id] = expires
+        self._writable("tokens", token_id)[token_id] = expires
 
     def drop_token(self, token_id: str) -> None:
-        self._writable("tokens").pop(token_id, None)
+        self._writable("tokens", token_id).pop(token_id, None)
 
     def put_command(self, record: CommandRecord) -> None:
-        self._writable("commands")[record.jti] = record
+        self._writable("commands", record.jti)[record.jti] = record
 
     def drop_command(self, jti: str) -> None:
-        self._writable("commands").pop(jti, None)
+        self._writable("commands", jti).pop(jti, None)
 
     def emit(
         self,
@@ -169,4 +177,5 @@ class Draft:
         changes: dict[str, Any] = {n: MappingProxyType(t) for n, t in self._tables.items()}
         changes.update(self._fields)
         state = dataclasses.replace(self.base, **changes) if changes else self.base
-        return Transition(state, tuple(self.events), tuple(self.actions))
+        touched = MappingProxyType({n: frozenset(k) for n, k in self._touched.items()})
+        return Transition(state, tuple(self.events), tuple(self.actions), touched)
