@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import subprocess
 import sys
 import tempfile
 import threading
@@ -28,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-from bench.common import Figure, write_results  # noqa: E402
+from bench.common import Figure, spawn_server, write_results  # noqa: E402
 from locker.ports import LinkChanged, LinkEvent  # noqa: E402
 from tests.broker import (  # noqa: E402
     SERVER_CN,
@@ -79,14 +78,8 @@ def run(tls: bool, events: int, workdir: Path) -> dict[str, Any]:
     broker.start()
     endpoint = broker.endpoint(SERVER_CN)
     spec = {"events": events, "endpoint": dataclasses.asdict(endpoint)}
-    server = subprocess.Popen(
-        [sys.executable, __file__, "--serve", json.dumps(spec)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    server = spawn_server(__file__, spec)
     assert server.stdout is not None and server.stdin is not None
-    assert server.stdout.readline().strip() == "ready"
     broker.stop()
 
     outbox = SqliteOutbox(workdir / "outbox.db")
