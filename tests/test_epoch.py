@@ -184,6 +184,11 @@ def test_a_rolled_back_store_starts_a_new_epoch_and_keeps_every_event(rig: Epoch
         "abandoned_last_seq": behind,
     }
     assert rig.ctl.snapshot()["epoch"] == store.epoch
+    # A crash before the new state went out: the broker still holds the old epoch's state,
+    # which is this store's own past, not another store's.
+    new_epoch = store.epoch
+    rig.put(RetainedState(published["epoch"], published["last_seq"]))
+    assert store.epoch == new_epoch and len(rig.of("epoch_started")) == 1
     # A command signed before the new epoch began (a replay of one that may have run) is
     # refused; one signed after runs.
     rig.send(open_cmd(rig.clock.wall - 10))

@@ -396,8 +396,10 @@ class Controller:
         comparison is made)."""
         store = self.store
         reason = None
-        if seen.epoch is None:
-            pass  # nothing published yet (or from before epochs): nothing to compare
+        if seen.epoch is None or seen.epoch in store.meta("abandoned_epochs", []):
+            # Nothing published yet (or from before epochs), or this store's own state from
+            # before it began its current epoch (a crash before the new state went out).
+            pass
         elif seen.epoch == store.epoch:
             if seen.last_seq is not None and seen.last_seq > store.last_seq():
                 reason = "rolled_back"

@@ -394,7 +394,13 @@ class Store:
                     "INSERT INTO outbox VALUES (?, ?, ?, ?)",
                     (seq, doc["type"], json.dumps(doc, separators=(",", ":")).encode(), now),
                 )
-            for key, value in (("epoch", epoch), ("epoch_began", now), ("last_seq", len(rows))):
+            abandoned = [*self.meta("abandoned_epochs", []), self._epoch][-16:]
+            for key, value in (
+                ("epoch", epoch),
+                ("epoch_began", now),
+                ("last_seq", len(rows)),
+                ("abandoned_epochs", abandoned),  # its own old states are not another store's
+            ):
                 con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
             con.execute("COMMIT")
         except BaseException as err:
