@@ -69,6 +69,7 @@ def bare_paho(broker: Broker, events: int, first_seq: int) -> float:
     first was handed to paho."""
     ep = broker.endpoint(BARE)
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=BARE, protocol=mqtt.MQTTv5)
+    client.username_pw_set(BARE)  # a broker with an ACL but no TLS names it by user name
     if ep.cert is not None:
         client.tls_set(ep.ca_file, ep.cert.cert_file, ep.cert.key_file)
     client.max_inflight_messages_set(20)
