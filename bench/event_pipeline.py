@@ -5,9 +5,10 @@ fleet server in a separate process (its own GIL) that subscribes and acknowledge
 1. baseline: a bare paho QoS 1 publisher (its own client certificate, max_inflight 20,
    paho's own network thread) publishes N event-sized payloads; timed from the first
    publish to the last PUBACK (a flood with no flow control overruns a subscriber's queue);
-2. the real ``lockerd`` (``SimCabinet``), connected, gets N distinct garbage lines on its
-   scanner pty, each one an ``access_denied`` event committed to its outbox and published;
-   timed from the first line written until the server holds all N, contiguous.
+2. the real ``lockerd`` (``SimCabinet``, ``GUESSER_SECURITY``), connected, gets N wrong codes
+   typed on its keypad pty (``tests.e2e.guess_burst``), each one an ``access_denied`` event
+   committed to its outbox and published; timed from the first key typed until the server
+   holds all N, contiguous.
 The ratio daemon/bare is the figure of issue 10 (goal >= 0.5). ``--repeats`` runs both
 several times within one process (``bench/run.py`` also repeats the whole script).
 
