@@ -129,8 +129,8 @@ def test_a_lost_state_directory_starts_a_new_epoch_and_old_acks_delete_nothing(
     rig: EpochRig,
 ) -> None:
     # Issue 11 item 7: the server holds seqs up to 16 of the old store.
-    for n in range(8):
-        rig.put(KeyPressed(str(n)), KeyPressed("#"))
+    for n in range(8):  # one lockdown_changed event each
+        rig.put(command("lockdown", rig.clock.wall, on=n % 2 == 0))
     old_epoch, old_last = rig.ctl.store.epoch, rig.ctl.store.last_seq()
     rig.ctl.store.close()
     for f in rig.tmp.glob("locker.db*"):

@@ -52,7 +52,7 @@ def test_an_unlock_is_committed_before_its_pulse_even_inside_a_batch(rig: Rig) -
     noise = [InputRejected(InputSource.SCANNER, f"junk {i}") for i in range(50)]
     rig.put(*noise, *[KeyPressed(k) for k in drop + "#"], *noise)
     assert rig.bank.unlocked == [("A1", True)]  # CheckingBank read it committed at the pulse
-    assert len(commits) >= 2  # the batch ended at the unlock; the rest went in another
+    assert commits  # the unlock's own commit came first; the noise after it needs none
 
 
 def test_counters_alone_republish_the_state_at_a_bounded_rate(rig: Rig) -> None:
