@@ -10,12 +10,14 @@ nothing lost.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from locker.cabinet.sender import LinkCounters, OutboxSender, check_ack
+from locker.config.sections import Mqtt
 from locker.ports import OutboxRow
 
 EPOCH = "5f0c6a52-3f7e-4d0b-9a51-2b8f1c7d9e04"
@@ -58,6 +60,17 @@ def pump(sender: OutboxSender, outbox: Outbox, now: float, mids: list[int]) -> l
         out.append(r.seq)
 
 
+def make_sender(**settings: Any) -> OutboxSender:
+    """The configuration's MQTT defaults (the link gets them from the config model)."""
+    mqtt = Mqtt.model_fields
+    values = {
+        "require_ack": mqtt["require_server_ack"].default,
+        "max_inflight": mqtt["max_inflight"].default,
+        "ack_timeout_s": 60.0,  # the figures below are written for 60 s
+    }
+    return OutboxSender(**{**values, **settings})
+
+
 def test_check_ack() -> None:
     assert check_ack(EPOCH, 5, (EPOCH, 5)) == "ok"
     assert check_ack(None, 5, (EPOCH, 5)) == "ok"
@@ -67,7 +80,7 @@ def test_check_ack() -> None:
 
 
 def test_window_go_back_and_time_out() -> None:
-    outbox, sender, mids = Outbox(), OutboxSender(max_inflight=3, ack_window=5), [0]
+    outbox, sender, mids = Outbox(), make_sender(max_inflight=3, ack_window=5), [0]
     outbox.add(10)
     assert pump(sender, outbox, 0.0, mids) == [1, 2, 3]  # inflight bound
     for mid in (1, 2, 3):
@@ -88,7 +101,7 @@ def test_window_go_back_and_time_out() -> None:
 
 def test_an_ack_above_last_seq_does_not_stop_the_stream() -> None:
     # Issue 11 item 20: the bad ack used to move the window past every future event.
-    outbox, sender, mids = Outbox(), OutboxSender(), [0]
+    outbox, sender, mids = Outbox(), make_sender(), [0]
     outbox.add(3)
     assert pump(sender, outbox, 0.0, mids) == [1, 2, 3]
     assert sender.server_ack(EPOCH, 1000, (EPOCH, outbox.last_seq), 0.0) == "above_last_seq"
@@ -100,7 +113,7 @@ def test_an_ack_above_last_seq_does_not_stop_the_stream() -> None:
 
 
 def test_refused_rows_wait_for_resync_and_reset_stream_starts_over() -> None:
-    outbox, sender, mids = Outbox(), OutboxSender(), [0]
+    outbox, sender, mids = Outbox(), make_sender(), [0]
     outbox.add(3)
     pump(sender, outbox, 0.0, mids)
     assert sender.puback(2, failed=True) == 2
@@ -116,7 +129,7 @@ def test_refused_rows_wait_for_resync_and_reset_stream_starts_over() -> None:
 
 
 def test_without_server_acks_a_puback_is_delivery() -> None:
-    outbox, sender, mids = Outbox(), OutboxSender(require_ack=False, max_inflight=2), [0]
+    outbox, sender, mids = Outbox(), make_sender(require_ack=False, max_inflight=2), [0]
     outbox.add(3)
     assert pump(sender, outbox, 0.0, mids) == [1, 2]
     sender.puback(2, failed=False)
@@ -135,7 +148,11 @@ class SenderMachine(RuleBasedStateMachine):
     )
     def setup(self, inflight: int, window: int, timeout: float) -> None:
         self.sender = OutboxSender(
-            max_inflight=inflight, ack_window=window, ack_timeout_s=timeout, counters=LinkCounters()
+            require_ack=True,
+            max_inflight=inflight,
+            ack_window=window,
+            ack_timeout_s=timeout,
+            counters=LinkCounters(),
         )
         self.outbox = Outbox()
         self.now = 0.0

@@ -65,10 +65,12 @@ class OutboxSender:
     def __init__(
         self,
         *,
-        require_ack: bool = True,
+        # mqtt.require_server_ack, max_inflight, ack_timeout_s: no defaults here, the config
+        # model's are the only ones (through the link and the assembly).
+        require_ack: bool,
         ack_window: int = 500,
-        max_inflight: int = 20,
-        ack_timeout_s: float = 60.0,
+        max_inflight: int,
+        ack_timeout_s: float,
         counters: LinkCounters | None = None,
     ) -> None:
         if max_inflight < 1 or ack_window < 1:
