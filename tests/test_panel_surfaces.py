@@ -221,7 +221,7 @@ def test_locator_leds_dim_in_quiet_hours(mock_factory: MockFactory) -> None:
 def test_lcd_follower_writes_only_what_changed(fake_i2c: type[FakeBus]) -> None:
     from hardware.display.hd44780 import Hd44780I2c  # noqa: PLC0415
 
-    display = Hd44780I2c(0x27, cols=16, rows=2)
+    display = Hd44780I2c(0x27, bus=1, cols=16, rows=2)
     bus = FakeBus.opened[0]
     hub = PanelHub(["en", "pl"], "pl")
     follower = LcdFollower(hub, display, 16, 2)

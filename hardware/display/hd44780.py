@@ -18,7 +18,7 @@ class Hd44780I2c:
     :param bus: the I2C bus number (/dev/i2c-N). :param cols, rows: 16x2 or 20x4.
     Raises OSError when the bus or the device cannot be reached."""
 
-    def __init__(self, address: int, *, bus: int = 1, cols: int = 16, rows: int = 2) -> None:
+    def __init__(self, address: int, *, bus: int, cols: int, rows: int) -> None:
         from RPLCD.i2c import CharLCD  # noqa: PLC0415 - optional dependency (extra "lcd")
 
         self.cols, self.rows = cols, rows
