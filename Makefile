@@ -29,8 +29,9 @@ $(STAMP): pyproject.toml requirements/test.txt
 LOCK_FLAGS := --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
 	--no-emit-find-links
 lock: $(STAMP)
-	$(VENV)/bin/pip-compile $(LOCK_FLAGS) --extra cabinet -o requirements/cabinet.txt pyproject.toml
-	$(VENV)/bin/pip-compile $(LOCK_FLAGS) --extra cabinet --extra lgpio \
+	$(VENV)/bin/pip-compile $(LOCK_FLAGS) --extra cabinet --extra lcd \
+		-o requirements/cabinet.txt pyproject.toml
+	$(VENV)/bin/pip-compile $(LOCK_FLAGS) --extra cabinet --extra lcd --extra lgpio \
 		-o requirements/cabinet-lgpio.txt pyproject.toml
 	$(VENV)/bin/pip-compile $(LOCK_FLAGS) --extra fleet -o requirements/fleet.txt pyproject.toml
 	$(VENV)/bin/pip-compile $(LOCK_FLAGS) --extra test -o requirements/test.txt pyproject.toml

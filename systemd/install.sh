@@ -122,8 +122,9 @@ install_package() {
         run install -d -m 0755 "$PREFIX"
         run "$PYTHON" -m venv "$VENV"
     fi
-    # The cabinet extra only (no QR rendering, no web stack, no dev tools), at the versions
-    # and hashes of the lock file (make lock), then the project itself without dependencies.
+    # The cabinet and lcd extras only (no QR rendering, no web stack, no dev tools), at the
+    # versions and hashes of the lock file (make lock), then the project itself without
+    # dependencies.
     local lock="$SOURCE_DIR/requirements/cabinet.txt"
     if [ "$WITH_LGPIO" = 1 ]; then
         lock="$SOURCE_DIR/requirements/cabinet-lgpio.txt"

@@ -21,8 +21,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 LOCKS = {
-    "cabinet.txt": ["cabinet"],
-    "cabinet-lgpio.txt": ["cabinet", "lgpio"],
+    "cabinet.txt": ["cabinet", "lcd"],  # the LCD's pure-Python driver: small, no web stack
+    "cabinet-lgpio.txt": ["cabinet", "lcd", "lgpio"],
     "fleet.txt": ["fleet"],
     "test.txt": ["test"],
 }
