@@ -9,8 +9,9 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
+SOAK_ARGS ?=
 
-.PHONY: test simulate lint typecheck bench system-deps clean lock i18n
+.PHONY: test simulate lint typecheck bench soak system-deps clean lock i18n
 
 # Installs exactly the locked versions, each checked against its hash (requirements/test.txt,
 # made by `make lock`), then the project itself without dependencies. The venv's bin/ holds
@@ -78,6 +79,11 @@ i18n: $(STAMP)
 	  --project=parcel-locker -o $(LOCALE)/panel.pot .
 	$(VENV)/bin/pybabel update -i $(LOCALE)/panel.pot -d $(LOCALE) -D panel --no-fuzzy-matching
 	$(VENV)/bin/pybabel compile -d $(LOCALE) -D panel --statistics
+
+# A bounded chaos soak (10 minutes; CI: make soak SOAK_ARGS="--seconds 60"); exits 1 on a
+# violated invariant.
+soak: system-deps $(STAMP)
+	$(PY) bench/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
