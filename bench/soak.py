@@ -102,8 +102,12 @@ class Soak:
     def command(self, act: str, args: dict[str, Any]) -> None:
         token, jti = signed(self.cab, act, args)
         now = time.monotonic()
+        try:
+            self.srv.send_command(self.cab.locker_id, token, correlation_data=jti.encode())
+        except RuntimeError:  # the server's own connection is down (the broker restarts)
+            self.actions["command not sent: server offline"] += 1
+            return
         self.sent[jti] = (now, self.online_again(now))
-        self.srv.send_command(self.cab.locker_id, token, correlation_data=jti.encode())
 
     def issue(self) -> None:
         self.n += 1
@@ -163,6 +167,9 @@ class Soak:
         self.broker.stop(signal.SIGKILL)
         time.sleep(self.rng.uniform(1.0, 4.0))
         self.broker.start()
+        deadline = time.monotonic() + 15
+        while not self.srv.client.is_connected() and time.monotonic() < deadline:
+            time.sleep(0.05)  # the server reconnects on its own
 
     def blackhole(self) -> None:
         self.broker.pause()
