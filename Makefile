@@ -11,7 +11,7 @@ STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 SOAK_ARGS ?=
 
-.PHONY: test simulate lint typecheck bench soak system-deps clean lock i18n
+.PHONY: test simulate lint typecheck bench soak soak-sim soak-ci system-deps clean lock i18n
 
 # Installs exactly the locked versions, each checked against its hash (requirements/test.txt,
 # made by `make lock`), then the project itself without dependencies. The venv's bin/ holds
@@ -69,6 +69,16 @@ simulate: system-deps $(STAMP)
 
 bench: system-deps $(STAMP)
 	$(PY) bench/run.py
+
+# A second chaos soak (issue 10), locker.sim.soak: SOAK_SECONDS of faults under traffic (the
+# disk-full and blackhole faults and lockerctl watch's own journal among them), then the
+# invariants; exits non-zero on a violation. soak-ci is its one-minute run.
+SOAK_SECONDS ?= 600
+soak-sim: system-deps $(STAMP)
+	SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m locker.sim.soak
+
+soak-ci: SOAK_SECONDS = 60
+soak-ci: soak-sim
 
 # The front panel's translations: texts.py -> panel.pot -> each language's panel.po (edit
 # those by hand) -> panel.mo. The .mo files are committed so a locker needs only the standard

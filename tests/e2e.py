@@ -12,8 +12,8 @@
   ``GUESSER_SECURITY``), ``signed`` (a command with any claims) and ``command`` (send, wait
   for the reply echoing the CorrelationData). Refusals that are not guesses (garbage scans)
   are aggregated per burst (issue 11 item 22), so they no longer make one event each.
-- ``TcpProxy``: a loopback TCP relay whose ``cut()`` closes every relayed connection at both
-  ends at once, for network drops that neither the broker nor the daemon causes.
+- ``TcpProxy`` (from ``locker.sim.proxy``): a loopback TCP relay whose ``cut()`` closes every
+  relayed connection at both ends at once, for network drops that neither end causes.
 - ``never_within``: the one way to assert that something does NOT happen during a window.
 """
 
@@ -23,10 +23,7 @@ import contextlib
 import json
 import os
 import secrets
-import select
-import socket
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -36,8 +33,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from locker.contract import jws
-from locker.sim.broker import HOST, Broker
+from locker.sim.broker import Broker
 from locker.sim.cabinet import COMMAND_KID, SimCabinet
+from locker.sim.proxy import TcpProxy  # noqa: F401 - re-exported for the fault tests
 from tests.broker import ServerClient
 from tests.conftest import wait_for
 
@@ -220,78 +218,6 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
-
-
-# --- a TCP relay we can cut -------------------------------------------------------------------
-
-
-class TcpProxy:
-    """Relays ``HOST:port`` to an upstream; ``cut()`` closes every live connection both ways
-    (both peers see the close at once) and keeps accepting new ones."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream = (HOST, upstream_port)
-        self._listener = socket.create_server((HOST, 0))
-        self.port = int(self._listener.getsockname()[1])
-        self._pairs: list[tuple[socket.socket, socket.socket]] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self.accepted = 0
-        self._thread = threading.Thread(target=self._accept, name="tcp-proxy", daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        self._listener.settimeout(0.1)
-        while not self._stop.is_set():
-            try:
-                down, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            try:
-                up = socket.create_connection(self.upstream, timeout=2)
-            except OSError:
-                down.close()
-                continue
-            with self._lock:
-                self._pairs.append((down, up))
-                self.accepted += 1
-            threading.Thread(target=self._relay, args=(down, up), daemon=True).start()
-
-    def _relay(self, a: socket.socket, b: socket.socket) -> None:
-        peer = {a: b, b: a}
-        with contextlib.suppress(OSError, ValueError):
-            while not self._stop.is_set():
-                readable, _, _ = select.select([a, b], [], [], 0.2)
-                for sock in readable:
-                    data = sock.recv(65536)
-                    if not data:
-                        raise OSError("closed")
-                    peer[sock].sendall(data)
-        self._close(a, b)
-
-    @staticmethod
-    def _close(*socks: socket.socket) -> None:
-        for s in socks:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            with contextlib.suppress(OSError):
-                s.close()
-
-    def cut(self) -> int:
-        """Close every relayed connection now; returns how many were cut."""
-        with self._lock:
-            pairs, self._pairs = self._pairs, []
-        for down, up in pairs:
-            self._close(down, up)
-        return len(pairs)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._listener.close()
-        self.cut()
-        self._thread.join(2)
 
 
 # --- commands ---------------------------------------------------------------------------------

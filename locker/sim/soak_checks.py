@@ -1,0 +1,194 @@
+"""The invariants ``make soak`` checks after its chaos run (issue 10), as pure functions.
+
+Each check takes what was recorded (the server's journal, every reply seen on ``{p}/res``, the
+daemon's SQLite file, the board bus) and returns a ``Check``: a name, whether it held, and a
+one-line detail for the summary. Ground truth for "what the locker created" is the daemon's
+own store: its ``epoch`` and ``last_seq`` in ``meta`` (DESIGN 6: seqs are 1, 2, ... per epoch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hardware.boards.kerong import CMD_UNLOCK
+from hardware.emulators.kerong import KerongEmulator
+from hardware.gpio.pulse import MAX_PULSE_S
+
+# Events after which a spent credential is armed again (test_crash's list): a grant beyond
+# the first per (parcel, step) is legitimate only after one of these.
+REARM_EVENTS = frozenset({"door_jammed", "deposit_empty", "item_left_behind", "hardware_fault"})
+REPLY_DEADLINE_S = 2.0
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class StoreTruth:
+    """What the daemon's store says it created: the current epoch and its last seq."""
+
+    epoch: str | None
+    last_seq: int
+    outbox_depth: int
+
+
+def _ro(db: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+
+
+def store_truth(db: Path) -> StoreTruth:
+    with contextlib.closing(_ro(db)) as con:
+        meta = {k: json.loads(v) for k, v in con.execute("SELECT key, value FROM meta")}
+        (top,) = con.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()
+        (depth,) = con.execute("SELECT COUNT(*) FROM outbox").fetchone()
+    epoch = meta.get("epoch")
+    last = max(int(top), int(meta.get("last_seq") or 0))
+    return StoreTruth(epoch if isinstance(epoch, str) else None, last, int(depth))
+
+
+def integrity(db: Path) -> str:
+    """``PRAGMA integrity_check``'s answer ("ok" when the file is sound)."""
+    with contextlib.closing(_ro(db)) as con:
+        rows = con.execute("PRAGMA integrity_check").fetchall()
+    return "; ".join(str(r[0]) for r in rows)
+
+
+def journal(path: Path) -> list[dict[str, Any]]:
+    """The event rows of a ``locker.fleet.watch.EventLog`` file (baselines left out)."""
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return [r for r in rows if isinstance(r, dict) and "seq" in r]
+
+
+def check_journal(rows: Sequence[Mapping[str, Any]], truth: StoreTruth) -> Check:
+    """The journal holds exactly seq 1..last_seq of the store's epoch, once each, no other."""
+    by_epoch: dict[str, Counter[int]] = {}
+    for r in rows:
+        by_epoch.setdefault(str(r.get("epoch")), Counter())[int(r["seq"])] += 1
+    held = by_epoch.pop(str(truth.epoch), Counter())
+    want = set(range(1, truth.last_seq + 1))
+    missing = sorted(want - held.keys())
+    extra = sorted(held.keys() - want)
+    twice = sorted(s for s, n in held.items() if n > 1)
+    ids = [r.get("event_id") for r in rows]
+    problems = []
+    if missing:
+        problems.append(f"missing seq {missing[:10]} ({len(missing)})")
+    if extra:
+        problems.append(f"seq past the store's last {extra[:10]}")
+    if twice:
+        problems.append(f"seq stored twice {twice[:10]}")
+    if by_epoch:
+        problems.append(f"events of other epochs {sorted(by_epoch)}")
+    if len(set(ids)) != len(ids):
+        problems.append("an event_id under two seqs")
+    detail = "; ".join(problems) or f"seq 1..{truth.last_seq} of one epoch, each once"
+    return Check("journal equals what the locker created", not problems, detail)
+
+
+def check_redeliveries(conflicts: Sequence[tuple[str, int]], redelivered: int) -> Check:
+    """Every copy of an (epoch, seq) that arrived more than once was the very same event."""
+    detail = f"{redelivered} redelivered copies dropped by (epoch, seq)"
+    if conflicts:
+        detail = f"different content under the same (epoch, seq): {list(conflicts)[:5]}"
+    return Check("no duplicate after dedup", not conflicts, detail)
+
+
+def check_credentials(events: Iterable[Mapping[str, Any]]) -> Check:
+    """No credential opened twice: grants per (parcel, step) <= 1 + re-arms of that parcel."""
+    events = list(events)
+    grants = Counter(
+        (e.get("parcel"), (e.get("data") or {}).get("step"))
+        for e in events
+        if e["type"] == "access_granted"
+    )
+    rearms = Counter(e.get("parcel") for e in events if e["type"] in REARM_EVENTS)
+    bad = [f"{p} {s}: {n}" for (p, s), n in grants.items() if n > 1 + rearms[p]]
+    detail = f"{sum(grants.values())} grants, {sum(rearms.values())} re-arms"
+    return Check("no credential opened twice", not bad, "; ".join(bad) or detail)
+
+
+def check_commands(
+    replies: Iterable[Mapping[str, Any]], events: Iterable[Mapping[str, Any]], resent: int
+) -> Check:
+    """Each command id answered ``done`` at most once; each parcel reserved at most once."""
+    done = Counter(r.get("cmd_id") for r in replies if r.get("status") == "done")
+    reserved = Counter(e.get("parcel") for e in events if e["type"] == "parcel_reserved")
+    bad = [f"cmd {c} done {n}x" for c, n in done.items() if n > 1]
+    bad += [f"parcel {p} reserved {n}x" for p, n in reserved.items() if n > 1]
+    detail = f"{len(done)} commands done, {resent} sent twice on purpose"
+    return Check("no command executed twice", not bad, "; ".join(bad) or detail)
+
+
+def check_integrity(answers: Sequence[str]) -> Check:
+    bad = [a for a in answers if a != "ok"]
+    detail = f"{len(answers)} checks (after each SIGKILL and at the end)"
+    return Check("PRAGMA integrity_check ok", not bad, "; ".join(bad[:3]) or detail)
+
+
+def check_pulses(
+    emulator: KerongEmulator | None,
+    channels: Mapping[str, int],
+    events: Iterable[Mapping[str, Any]],
+    gpio_pulse_s: float,
+) -> Check:
+    """No pulse over the cap: the GPIO pulse configured within ``MAX_PULSE_S`` (the mock pins
+    are inside lockerd), every coil pulse on the board bus within it, and no unlock frame on
+    the bus without a committed grant for that compartment."""
+    problems = []
+    if not 0 < gpio_pulse_s <= MAX_PULSE_S:
+        problems.append(f"GPIO pulse {gpio_pulse_s} s")
+    frames = pulses = 0
+    if emulator is not None:
+        long = [p for p in emulator.pulses() if p.off is not None and p.off - p.on > MAX_PULSE_S]
+        pulses = len(emulator.pulses())
+        if long:
+            problems.append(f"{len(long)} coil pulses longer than {MAX_PULSE_S} s")
+        sent = Counter(f.lock_index + 1 for _, f in emulator.frames(cmd=CMD_UNLOCK))
+        frames = sum(sent.values())
+        granted = Counter(
+            channels[e["compartment"]]
+            for e in events
+            if e["type"] == "access_granted" and e.get("compartment") in channels
+        )
+        problems += [
+            f"channel {c}: {n} frames, {granted[c]} grants"
+            for c, n in sent.items()
+            if n > granted[c]
+        ]
+    detail = f"{frames} unlock frames, {pulses} coil pulses, all <= {MAX_PULSE_S} s and granted"
+    return Check("no pulse over the cap", not problems, "; ".join(problems) or detail)
+
+
+def check_latency(measured: Sequence[float], timed_out: int) -> Check:
+    """Every command sent outside an outage answered within ``REPLY_DEADLINE_S``."""
+    late = [t for t in measured if t > REPLY_DEADLINE_S]
+    ok = not late and timed_out == 0
+    if measured:
+        ordered = sorted(measured)
+        p95 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))]
+        detail = (
+            f"{len(measured)} commands, median {ordered[len(ordered) // 2] * 1000:.0f} ms, "
+            f"p95 {p95 * 1000:.0f} ms, max {ordered[-1] * 1000:.0f} ms"
+        )
+    else:
+        detail = "no command measured"
+    if late or timed_out:
+        detail += f"; {len(late)} over {REPLY_DEADLINE_S} s, {timed_out} unanswered"
+    return Check(
+        f"every command answered within {REPLY_DEADLINE_S:.0f} s outside outages",
+        ok and bool(measured),
+        detail,
+    )
