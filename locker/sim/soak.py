@@ -50,12 +50,12 @@ from locker.fleet.client import (
 from locker.fleet.watch import EventLog, FleetView, Watcher
 from locker.sim import soak_checks as checks
 from locker.sim.broker import SERVER_CN, Broker, Pki
-from locker.sim.cabinet import BOARD_LAYOUT, COMMAND_KID, SimCabinet
+from locker.sim.cabinet import BOARD_LAYOUT, COMMAND_KID, SimCabinet, SimError
 from locker.sim.proxy import TcpProxy
 
 DEFAULT_SECONDS = 600
-KEEPALIVE_S = 3  # the cabinet's MQTT keepalive: a blackhole is noticed within 1.5x this
-BLACKHOLE_S = 2 * KEEPALIVE_S + 1
+KEEPALIVE_S = 5  # the cabinet's MQTT keepalive, the config's minimum
+BLACKHOLE_S = 8.0  # past 1.5x the keepalive: both ends notice the dead link
 DISK_FULL_S = 3.0
 BROKER_DOWN_S = 1.0
 RECOVERY_S = 60.0  # a probe must be answered this soon after a fault ends
@@ -109,7 +109,7 @@ class Server:
         )
         self.replies: list[dict[str, Any]] = []
         self.copies: dict[tuple[str, int], bytes] = {}
-        self.conflicts: list[tuple[str, int]] = []
+        self.conflicts: list[tuple[str, int, str]] = []
         self.redelivered = 0
         self._lock = threading.Lock()
         self.client.add_listener(self._record)
@@ -122,6 +122,8 @@ class Server:
         self.watcher.stop()
         self.client.close()
         self.log.close()
+        with (self.log.dir / "replies.jsonl").open("w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in self.replies)
 
     def _record(self, msg: Incoming) -> None:
         channel = msg.topic.rsplit("/", 1)[-1] if msg.topic.endswith("/res") else ""
@@ -139,8 +141,9 @@ class Server:
                 first = self.copies.setdefault(key, body)
                 if first is not body:
                     self.redelivered += 1
-                    if first != body:
-                        self.conflicts.append(key)
+                    if first != body:  # kept with both types, for the summary
+                        was = json.loads(first).get("type")
+                        self.conflicts.append((*key, f"{was} then {doc.get('type')}"))
 
     def events(self) -> list[dict[str, Any]]:
         """The events released in order so far (all epochs)."""
@@ -405,12 +408,16 @@ class Soak:
                 status = self.cab.proc.returncode if self.cab.proc else None
                 self.say(f"lockerd exited by itself (status {status}); restarting")
                 self.cab.start()
+            tried = time.monotonic()
             with contextlib.suppress(FleetError):
                 self.server.client.send_signed(
-                    self.cab.locker_id, self.cab.sign("resync", {}), timeout=5.0
+                    self.cab.locker_id, self.cab.sign("resync", {}, ttl_s=10), timeout=5.0
                 )
                 self._outage = 0
                 return
+            # A send refused at once (server offline) must not become a flood of probes
+            # queued for later: at most one probe a second.
+            time.sleep(max(0.0, 1.0 - (time.monotonic() - tried)))
         raise SoakError(f"no answer within {RECOVERY_S} s after {what}")
 
     def fault(self, name: str, inject: Callable[[], None]) -> None:
@@ -490,10 +497,11 @@ class Soak:
         traffic.stop()
         thread.join(30)
         chaos = time.monotonic() - began
+        self._drain(cab, server)
+        cab.stop()  # SIGTERM: commits ``stopping``; the file must be sound when closed
+        self.integrity.append(checks.integrity(cab.state_dir / "locker.db"))
+        cab.start()  # whatever the stop did not deliver is resent now
         truth = self._drain(cab, server)
-        cab.stop()
-        db = cab.state_dir / "locker.db"
-        self.integrity.append(checks.integrity(db))
         return self._report(cab, server, traffic, truth, chaos)
 
     def _drain(self, cab: SimCabinet, server: Server) -> checks.StoreTruth:
@@ -566,7 +574,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         try:
             report = run(workdir, args.seconds, args.seed, lambda s: print(s, flush=True))
-        except SoakError as err:
+        except (SoakError, SimError) as err:
             print(f"soak could not run: {err}", file=sys.stderr)
             return 2
     print(report.render())

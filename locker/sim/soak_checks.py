@@ -98,7 +98,7 @@ def check_journal(rows: Sequence[Mapping[str, Any]], truth: StoreTruth) -> Check
     return Check("journal equals what the locker created", not problems, detail)
 
 
-def check_redeliveries(conflicts: Sequence[tuple[str, int]], redelivered: int) -> Check:
+def check_redeliveries(conflicts: Sequence[tuple[str, int, str]], redelivered: int) -> Check:
     """Every copy of an (epoch, seq) that arrived more than once was the very same event."""
     detail = f"{redelivered} redelivered copies dropped by (epoch, seq)"
     if conflicts:
