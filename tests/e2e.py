@@ -35,7 +35,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from locker.contract import jws
 from locker.sim.broker import Broker
 from locker.sim.cabinet import COMMAND_KID, SimCabinet
-from locker.sim.proxy import TcpProxy  # noqa: F401 - re-exported for the fault tests
 from tests.broker import ServerClient
 from tests.conftest import wait_for
 

@@ -19,12 +19,12 @@ import pytest
 
 from locker.sim.broker import Broker
 from locker.sim.cabinet import SimCabinet
+from locker.sim.proxy import TcpProxy
 from tests.broker import ServerClient, broker  # noqa: F401 - fixture
 from tests.conftest import never_within, wait_for
 from tests.contract import validate_payload
 from tests.e2e import (
     Cabinets,
-    TcpProxy,
     all_delivered,
     assert_exactly_once,
     assert_ran_once,
