@@ -51,8 +51,9 @@ from hardware.boards.kerong import CMD_UNLOCK
 from locker.contract.credentials import TokenAction
 from locker.sim.broker import Broker, Pki
 from locker.sim.cabinet import BOARD_LAYOUT, SimCabinet
+from locker.sim.proxy import TcpProxy
 from tests.broker import ServerClient
-from tests.e2e import TcpProxy, db_last_seq, db_outbox_depth, signed, start_online
+from tests.e2e import db_last_seq, db_outbox_depth, signed, start_online
 
 ANSWER_S = 2.0
 QUIET_BEFORE_S = 1.0  # and no sooner than this after the birth that followed the last fault
