@@ -17,6 +17,10 @@ test clock offset). After each fault, a ``resync`` probe must be answered before
 is over; commands sent outside outages are timed. At the end the invariants of
 ``locker.sim.soak_checks`` are checked; the process prints what it did and each invariant,
 and exits 1 if any failed (2 if the soak could not run).
+
+One module above the ~500-line guide on purpose: the reference server's recorder, the traffic
+and the fault schedule share the outage bookkeeping and are read together; the checks
+themselves are in ``locker.sim.soak_checks``.
 """
 
 from __future__ import annotations
@@ -144,6 +148,14 @@ class Server:
                     if first != body:  # kept with both types, for the summary
                         was = json.loads(first).get("type")
                         self.conflicts.append((*key, f"{was} then {doc.get('type')}"))
+
+    def send(self, token: bytes, timeout: float) -> Reply:
+        """A signed command and its reply, recorded (``FleetClient`` hands an awaited reply
+        to its caller only, never to the listeners)."""
+        reply = self.client.send_signed(self.locker_id, token, timeout=timeout)
+        with self._lock:
+            self.replies.append(reply.raw)
+        return reply
 
     def events(self) -> list[dict[str, Any]]:
         """The events released in order so far (all epochs)."""
@@ -284,7 +296,7 @@ class Traffic:
         sent = time.monotonic()
         self.counts[what] += 1
         try:
-            reply = self.server.client.send_signed(self.cab.locker_id, token, timeout=15.0)
+            reply = self.server.send(token, timeout=15.0)
         except FleetError:
             if fault == 0 and self.outage() == 0:
                 self.timed_out += 1
@@ -410,9 +422,7 @@ class Soak:
                 self.cab.start()
             tried = time.monotonic()
             with contextlib.suppress(FleetError):
-                self.server.client.send_signed(
-                    self.cab.locker_id, self.cab.sign("resync", {}, ttl_s=10), timeout=5.0
-                )
+                self.server.send(self.cab.sign("resync", {}, ttl_s=10), timeout=5.0)
                 self._outage = 0
                 return
             # A send refused at once (server offline) must not become a flood of probes
