@@ -5,6 +5,10 @@ machine, commits the new state and its events in one transaction, and only then 
 lock, show feedback, reply to a command, wake the MQTT sender. Timers are not threads: the
 machine derives its next deadline from the state, and the controller waits on the queue until
 then. Tests drive it synchronously with ``step_once`` and a fake clock.
+
+Parts of the controller live in sibling modules, as mixins of ``Controller``: the storage-fault
+handling (outage), the ack and published-state checks (streamcheck), the retained snapshot
+(snapshot); the event log lines are in eventlog.
 """
 
 from __future__ import annotations
@@ -28,12 +32,15 @@ from locker.cabinet.domain.draft import (
     UnlockAction,
 )
 from locker.cabinet.domain.inputs import ClockSuspect
-from locker.cabinet.domain.model import VOLATILE_FIELDS, KeypadEntry, LockerState, Out
-from locker.cabinet.inbox import DEFAULT_INPUT_LIMIT, PEOPLE, Inbox
-from locker.cabinet.sender import check_ack
+from locker.cabinet.domain.model import VOLATILE_FIELDS, LockerState, Out
+from locker.cabinet.eventlog import ALARMS, log_event
+from locker.cabinet.inbox import DEFAULT_INPUT_LIMIT, Inbox
+from locker.cabinet.outage import MAX_DEFERRED, STORAGE_PROBE_S, StorageOutage
+from locker.cabinet.snapshot import STATE_COUNTERS_EVERY_S, StatePublisher
 from locker.cabinet.store import StorageFault, Store
+from locker.cabinet.streamcheck import StreamCheck
 from locker.contract.actions import Command, CommandRejected
-from locker.contract.replies import reply_payload, rfc3339
+from locker.contract.replies import rfc3339
 from locker.ports import (
     CommandMessage,
     DoorChanged,
@@ -63,9 +70,6 @@ logger = logging.getLogger(__name__)
 
 HWM_PERSIST_S = 600.0  # how often an idle controller records the time high-water mark
 BATCH_MAX = 256  # inputs committed in one transaction at most (group commit)
-STATE_COUNTERS_EVERY_S = 1.0  # a state whose only change is the outbox counters waits this long
-ACK_INVALID_EVERY_S = 60.0  # at most one ack_invalid event per this much time (a flood of
-# bad acks from a confused server must not flood the outbox); the event counts the rest
 
 Verifier = Callable[[CommandMessage, float], Command]
 Observer = Callable[[Transition, float], None]
@@ -100,44 +104,21 @@ class _Batch:
     flush_now: bool = False  # an unlock is staged: commit and pulse without waiting
 
 
-# Kept here too: tests and tools import the clock from the controller.
-__all__ = ["Controller", "DomainClock"]
+# Kept here too: tests and tools import the clock and these constants from the controller.
+__all__ = [
+    "ALARMS",
+    "MAX_DEFERRED",
+    "STATE_COUNTERS_EVERY_S",
+    "STORAGE_PROBE_S",
+    "Controller",
+    "DomainClock",
+]
 
-STORAGE_PROBE_S = 5.0  # how often a controller in storage fault tries the database again
-MAX_DEFERRED = 10_000  # sensor reports kept for replay while the database cannot be written
 FEEDBACK_REPEAT_S = 0.05  # the same feedback is not restarted faster than a person can type
 SHED_LOG_S = 60.0  # shed input is logged at most this often, with the count
 
-# Events that need a person (logged at WARNING; DESIGN section 5 lists them as alarms).
-ALARMS = frozenset(
-    {
-        "door_forced",
-        "door_jammed",
-        "door_left_open",
-        "unlock_outcome_unknown",
-        "keypad_locked_out",
-        "hardware_fault",
-        "remote_open_limited",
-        "clock_suspect",
-        "storage_fault",
-        "command_rejected",
-        "item_left_behind",
-        "deposit_empty",
-    }
-)
-# Sensor and device reports that must not be lost while storage is down: replayed after.
-_REPLAYED = (
-    DoorChanged,
-    ItemChanged,
-    UnlockResult,
-    HardwareFault,
-    HardwareRecovered,
-    machine.Boot,
-    ClockSuspect,
-)
 
-
-class Controller:
+class Controller(StatePublisher, StreamCheck, StorageOutage):
     def __init__(
         self,
         *,
@@ -349,95 +330,6 @@ class Controller:
                 self._deferred = nxt  # handled next, in order
         return acks
 
-    def _server_acks(self, acks: list[ServerAck]) -> None:
-        """Delete what valid acks cover; an ack of another epoch or above last_seq deletes
-        nothing and is reported (DESIGN 5, issue 11 items 7 and 20)."""
-        stream = (self.store.epoch, self.store.last_seq())
-        upto = 0
-        for ack in acks:
-            verdict = check_ack(ack.epoch, ack.upto_seq, stream)
-            if verdict == "ok":
-                upto = max(upto, ack.upto_seq)
-            else:
-                self._ack_invalid(ack, verdict)
-        if upto:
-            self._freed(self.store.acknowledge(upto))
-
-    def _ack_invalid(self, ack: ServerAck, reason: str) -> None:
-        self._invalid_acks += 1
-        now = self.clock.now()
-        logger.warning(
-            "server ack refused (%s): upto_seq %d of epoch %s; this stream is %s up to seq %d",
-            reason,
-            ack.upto_seq,
-            ack.epoch or "(none)",
-            self.store.epoch,
-            self.store.last_seq(),
-        )
-        if now - self._invalid_reported_at < ACK_INVALID_EVERY_S:
-            return
-        data = {
-            "reason": reason,
-            "upto_seq": ack.upto_seq,
-            "ack_epoch": ack.epoch,
-            "last_seq": self.store.last_seq(),
-            "count": self._invalid_acks,
-        }
-        self._invalid_acks, self._invalid_reported_at = 0, now
-        self._apply(Transition(self.state, (Out("ack_invalid", data=data),)), now)
-
-    def _compare_published(self, seen: RetainedState) -> None:
-        """Compare the store with the state this locker last published (issue 11 item 21):
-        a store behind its own published ``last_seq`` was rolled back (WAL lost after a
-        crash); a store that had been seen in step before but finds another epoch published
-        is an older copy (restored backup). Both start a new epoch now, so no seq the server
-        holds is reused. A new store that finds an older epoch published says so. In all
-        three cases no command issued before now runs (the link holds commands until this
-        comparison is made)."""
-        store = self.store
-        reason = None
-        if seen.epoch is None or seen.epoch in store.meta("abandoned_epochs", []):
-            # Nothing published yet (or from before epochs), or this store's own state from
-            # before it began its current epoch (a crash before the new state went out).
-            pass
-        elif seen.epoch == store.epoch:
-            if seen.last_seq is not None and seen.last_seq > store.last_seq():
-                reason = "rolled_back"
-        elif store.meta("published_seen"):
-            reason = "restored"
-        else:
-            reason = "store_replaced"
-        now = self.clock.now()
-        data: dict[str, object] = {
-            "reason": reason,
-            "previous_epoch": seen.epoch,
-            "previous_last_seq": seen.last_seq,
-        }
-        if reason in ("rolled_back", "restored"):
-            data["abandoned_epoch"], data["abandoned_last_seq"] = store.epoch, store.last_seq()
-            logger.error(
-                "event store went backwards (%s): published epoch %s up to seq %s, store has "
-                "epoch %s up to seq %d; starting a new epoch",
-                reason,
-                seen.epoch,
-                seen.last_seq,
-                store.epoch,
-                store.last_seq(),
-            )
-            store.begin_epoch(now)
-            self.uplink.stream_reset()
-        elif reason == "store_replaced":
-            logger.warning(
-                "new event store: the broker holds epoch %s up to seq %s from a previous one",
-                seen.epoch,
-                seen.last_seq,
-            )
-            store.set_meta("epoch_began", now)
-        if not store.meta("published_seen"):
-            store.set_meta("published_seen", True)
-        if reason is not None:
-            self._apply(Transition(self.state, (Out("epoch_started", data=data),)), now)
-
     def _verified(self, msg: CommandMessage) -> machine.CommandArrived:
         now = self.clock.now()
         if self.verify is None:
@@ -503,7 +395,7 @@ class Controller:
         batch.flush_now |= any(isinstance(a, UnlockAction) for a in tr.actions)
         self.state = tr.state
         for ev in tr.events:
-            _log_event(ev)
+            log_event(ev)
         if alone or batch.flush_now:
             self._flush(now)
 
@@ -599,144 +491,6 @@ class Controller:
             else:
                 self._shed_logged[source] = (since, count + n)
 
-    # --- storage faults ------------------------------------------------------------------------
-
-    def _storing(self, write: Callable[[], Any], failed: Any) -> Any:
-        """A write outside a state commit (acks, the idle high-water mark)."""
-        try:
-            return write()
-        except StorageFault as fault:
-            self._enter_storage_fault(fault, self.clock.now())
-            return failed
-
-    def _enter_storage_fault(self, fault: StorageFault, now: float) -> None:
-        """The database cannot be written: say so once (log, and ``storage_fault`` from
-        memory over MQTT), and refuse what needs a commit until a probe write succeeds."""
-        self._next_probe = self._mono() + STORAGE_PROBE_S
-        if self.storage_fault is not None:
-            return
-        self.storage_fault = fault.detail
-        self._fault_since = now
-        logger.error(
-            "state database cannot be written: %s; nothing opens until it can (retrying every "
-            "%.0f s)",
-            fault,
-            STORAGE_PROBE_S,
-        )
-        ev = Out("storage_fault", data={"detail": fault.detail[:200], "path": str(self.store.path)})
-        row = self.store.unstored_event(ev, now, self.clock_synced())
-        # The retained state goes out first, not rate-bound: it carries the seq this event
-        # takes, so a locker stopped or killed before the database takes writes again finds
-        # its published last_seq ahead of its store at the next start and begins a new epoch
-        # rather than reusing that seq (a server would drop the new event as a duplicate).
-        self._publish_state(force=True)
-        self.uplink.publish_unstored(row)
-
-    def _probe_storage(self) -> None:
-        if self._mono() >= self._next_probe:
-            self._try_resume()
-
-    def _try_resume(self) -> bool:
-        """Probe the database; when it takes writes again, record the outage and replay the
-        sensor reports that arrived meanwhile. True when storage works again."""
-        if self._mono() < self._next_probe:
-            return False
-        try:
-            self.store.probe()
-        except StorageFault:
-            self._next_probe = self._mono() + STORAGE_PROBE_S
-            return False
-        now = self.clock.now()
-        logger.warning(
-            "state database writable again after %.0f s (%s)",
-            now - self._fault_since,
-            self.storage_fault,
-        )
-        self.storage_fault = None
-        self._step(HardwareRecovered("storage"), now)
-        while self._replay and self.storage_fault is None:
-            self._step(self._replay.popleft(), self.clock.now())
-        return self.storage_fault is None
-
-    def _step(self, event: machine.Input, now: float) -> None:
-        self._apply(machine.step(self.state, event, self.rules, now), now, event)
-
-    def _refuse_unstored(self, event: object, now: float) -> None:
-        """What could not be committed: refuse a person at once, answer a command ``failed``,
-        keep sensor reports for replay. Nothing acts without a commit."""
-        if isinstance(event, PEOPLE):
-            if not (isinstance(event, KeyPressed) and event.key != "#"):
-                self._show(Feedback.OUT_OF_SERVICE)
-                # the entry is over: the next person starts from an empty keypad
-                self.state = dataclasses.replace(self.state, keypad=KeypadEntry())
-        elif isinstance(event, machine.CommandArrived):
-            cmd_id = event.command.cmd_id if event.command else None
-            error = ("storage_fault", f"the locker cannot store anything: {self.storage_fault}")
-            reply = reply_payload(cmd_id, "failed", (error[0], error[1][:500]), None, ts=now)
-            self.uplink.publish_reply(reply, event.correlation_data)
-        elif isinstance(event, _REPLAYED):
-            if len(self._replay) >= MAX_DEFERRED:
-                logger.error("storage fault: too many sensor reports kept; dropping the oldest")
-                self._replay.popleft()
-            self._replay.append(event)
-
-    # --- the retained state snapshot ----------------------------------------------------------
-
-    def snapshot(self) -> dict[str, Any]:
-        s = self.state
-        return {
-            "v": 1,
-            "epoch": self.store.epoch,
-            "rev": self.rev,
-            "ts": rfc3339(self.clock.now()),
-            "lockdown": s.lockdown,
-            "keypad_locked": s.throttle.locked_out,
-            "outbox_depth": self.store.outbox_depth(),
-            "last_seq": self.store.last_seq(),
-            "compartments": [
-                {
-                    "id": c.id,
-                    "size": c.size,
-                    "state": str(s.occupancy(c)),
-                    "door": str(c.door),
-                    "in_service": c.in_service,
-                    "parcel": c.parcel,
-                }
-                for c in s.compartments.values()
-            ],
-        }
-
-    def _publish_state(self, force: bool = False) -> None:
-        """The retained snapshot, coalesced (issue 10): a change of what the state shows goes
-        out at once; a change of the outbox counters alone (every event, every ack) at most
-        once per ``STATE_COUNTERS_EVERY_S``, always the latest values."""
-        s = self.state
-        shape = (s.compartments, s.parcels, s.lockdown, s.throttle.locked_out, self.store.epoch)
-        now = self.clock.now()
-        if (
-            not force
-            and self._shape is not None
-            and all(a is b for a, b in zip(shape, self._shape, strict=True))
-        ):
-            if self._counters_due is None:
-                self._counters_due = self._state_sent_at + STATE_COUNTERS_EVERY_S
-            if now < self._counters_due:
-                return
-        self._shape = shape
-        self._counters_due = None
-        snap = self.snapshot()
-        key = {k: v for k, v in snap.items() if k not in ("rev", "ts")}
-        if key != self._snapshot_key:
-            self._snapshot_key = key
-            # Milliseconds of domain time (which never runs back), at least one more than the
-            # last value committed: strictly increasing within a run and across restarts.
-            self.rev = max(self.rev + 1, int(self.clock.now() * 1000))
-            snap["rev"] = self.rev
-        elif not force:
-            return
-        self._state_sent_at = now
-        self.uplink.publish_state(snap)
-
 
 def _persistent_change(old: LockerState, new: LockerState) -> bool:
     """Whether anything but the volatile fields changed (a key press or a counted refusal
@@ -745,24 +499,4 @@ def _persistent_change(old: LockerState, new: LockerState) -> bool:
         getattr(old, f.name) is not getattr(new, f.name)
         for f in dataclasses.fields(LockerState)
         if f.name not in VOLATILE_FIELDS
-    )
-
-
-def _log_event(ev: Out) -> None:
-    """One line per event: alarms at WARNING, refusals with their reason (never a code)."""
-    level = logging.WARNING if ev.type in ALARMS else logging.INFO
-    if not logger.isEnabledFor(level):
-        return
-    details = "".join(
-        f" {k}={ev.data[k]}"
-        for k in ("reason", "source", "count", "device", "detail")
-        if k in ev.data and ev.type in ("access_denied", "hardware_fault", "storage_fault")
-    )
-    logger.log(
-        level,
-        "event %s%s%s%s",
-        ev.type,
-        f" compartment={ev.compartment}" if ev.compartment else "",
-        f" parcel={ev.parcel}" if ev.parcel else "",
-        details,
     )
