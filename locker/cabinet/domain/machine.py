@@ -8,20 +8,19 @@ I/O and never reads a clock, so every flow is tested with plain values.
 Flows (DESIGN sections 5 and 6): assign -> drop-off unlock -> door opened -> door closed =
 deposited, pickup armed -> pickup unlock -> opened -> closed = collected; pickup window over =
 expired -> courier retrieval; cancel; extend; returns follow the same steps. Actuation is not
-observation: an unlock whose door is not seen open in time is a jam.
+observation: an unlock whose door is not seen open in time is a jam. The keypad and scanner
+flows live in locker.cabinet.domain.access; this module dispatches to them.
 """
 
 from __future__ import annotations
 
-import hmac
 import math
-from collections.abc import Mapping
-from types import MappingProxyType
 from typing import Any
 
 from locker.cabinet.domain import remote, throttle
+from locker.cabinet.domain.access import MAX_CODE_DIGITS, on_key, on_rejected_input, on_scan, rearm
 from locker.cabinet.domain.compartments import JAM_WINDOW_S, best_fit, set_service, start_unlock
-from locker.cabinet.domain.draft import Draft, IndicateAction, LanguageAction, Transition
+from locker.cabinet.domain.draft import Draft, IndicateAction, Transition
 from locker.cabinet.domain.earliest import earliest, minimum
 from locker.cabinet.domain.inputs import Boot, ClockSuspect, CommandArrived, Input, Stop, Tick
 from locker.cabinet.domain.model import (
@@ -34,9 +33,8 @@ from locker.cabinet.domain.model import (
     Step,
     Unlock,
 )
-from locker.cabinet.domain.refusals import REFUSAL_BURST_S, end_bursts, refuse
+from locker.cabinet.domain.refusals import REFUSAL_BURST_S, end_bursts
 from locker.cabinet.domain.rules import Rules
-from locker.contract import credentials as creds
 from locker.ports import (
     DoorChanged,
     DoorState,
@@ -51,13 +49,13 @@ from locker.ports import (
     UnlockResult,
 )
 
-MAX_CODE_DIGITS = 16
 MAX_PULSES_IN_WINDOW = 3
 DOOR_SENSOR = "door:"  # device name prefix of a door sensor's faults (``door:<compartment>``)
 
 # Re-exported: callers drive the machine through this module alone.
 __all__ = [
     "JAM_WINDOW_S",
+    "MAX_CODE_DIGITS",
     "REFUSAL_BURST_S",
     "Boot",
     "ClockSuspect",
@@ -72,13 +70,6 @@ __all__ = [
     "start_unlock",
     "step",
 ]
-
-STEP_FOR_TOKEN_ACTION = {1: Step.PICKUP, 2: Step.DROPOFF, 3: Step.RETRIEVE}
-STATUS_FOR_STEP = {
-    Step.DROPOFF: (ParcelStatus.RESERVED,),
-    Step.PICKUP: (ParcelStatus.DEPOSITED,),
-    Step.RETRIEVE: (ParcelStatus.EXPIRED, ParcelStatus.CANCELLED),
-}
 
 
 def step(state: LockerState, event: Input, rules: Rules, now: float) -> Transition:
@@ -124,233 +115,6 @@ def next_deadline(state: LockerState, rules: Rules) -> float | None:
     if state.throttle.locked_out:
         times.append(state.throttle.locked_until)
     return min(times) if times else None
-
-
-# --- keypad and scanner -------------------------------------------------------------------------
-
-
-def _on_key(d: Draft, ev: KeyPressed, rules: Rules, now: float) -> None:
-    entry: KeypadEntry = d.get("keypad")
-    d.act(IndicateAction(Feedback.KEY))
-    if ev.key == "*":
-        # '*' clears; pressed again on the empty entry it starts a language choice.
-        stars = 1 if entry.digits or entry.overflow else entry.stars + 1
-        d.put("keypad", KeypadEntry(last_key_at=now, stars=stars))
-    elif entry.stars >= 2 and ev.key.isdigit() and len(ev.key) == 1:
-        # '*' '*' digit: a language choice for the front panel, never a code nor a guess.
-        d.put("keypad", KeypadEntry(last_key_at=now))
-        d.act(LanguageAction(int(ev.key)))
-    elif ev.key == "#":
-        d.put("keypad", KeypadEntry(last_key_at=now))
-        if entry.digits or entry.overflow:  # an empty entry is nothing at all
-            _submit_code(d, entry, rules, now)
-    elif ev.key.isdigit() and len(ev.key) == 1:
-        overflow = entry.overflow or len(entry.digits) >= MAX_CODE_DIGITS
-        digits = entry.digits if overflow else entry.digits + ev.key
-        d.put("keypad", KeypadEntry(digits, overflow, now))
-    else:
-        refuse(d, "malformed", ev.source, now, detail="bad_key")
-
-
-def _submit_code(d: Draft, entry: KeypadEntry, rules: Rules, now: float) -> None:
-    """One submitted keypad entry. Only an entry that could be a code and matches no live tag
-    is a guess (DESIGN section 6, throttle scope); every other refusal is not counted."""
-    source = InputSource.KEYPAD
-    if _refused_at_the_door(d, source, now):
-        return
-    if entry.overflow or len(entry.digits) != rules.code_length or not entry.digits.isdigit():
-        refuse(d, "malformed", source, now, detail="length")
-        return
-    tag = creds.code_tag(rules.device_key, entry.digits)
-    cred = _find_credential(d, tag)
-    if cred is None:
-        _guess_failed(d, source, rules, now)
-        return
-    # A live tag is never a guess, whatever else is wrong with it.
-    parcel = d.parcels.get(cred.parcel)
-    if not cred.armed:
-        refuse(d, _why_not_armed(cred, parcel), source, now)
-    elif now < cred.valid_from:
-        refuse(d, "not_yet_valid", source, now)
-    elif cred.valid_until is not None and now > cred.valid_until:
-        refuse(d, "expired", source, now)
-    else:
-        _grant(d, cred.parcel, cred.step, cred.tag, source, rules, now)
-
-
-def _why_not_armed(cred: Credential, parcel: Parcel | None) -> str:
-    """Why a live code opens nothing right now (never a guess: its tag is known)."""
-    if parcel is not None and cred.step is Step.PICKUP:
-        if parcel.status is ParcelStatus.RESERVED:
-            return "not_yet_available"  # typed before the courier deposited
-        if parcel.status is ParcelStatus.EXPIRED:
-            return "expired"
-    return "unknown_code"  # used already (its door may still be open), or cancelled
-
-
-def _find_credential(d: Draft, tag: str) -> Credential | None:
-    """Look a tag up by key, then compare it in constant time (DESIGN section 6). The lookup
-    costs the same at any number of codes (issue 10), and its timing tells a guesser nothing:
-    a tag is an HMAC under the device key, which the guesser does not have."""
-    cred = d.credentials.get(tag)
-    if cred is not None and hmac.compare_digest(cred.tag, tag):
-        return cred
-    return None
-
-
-def _parcel_refs(d: Draft) -> Mapping[bytes, str]:
-    """QR ``parcel_ref`` -> parcel id, hashed once per version of the parcels table (issue
-    10: a scan hashed every parcel id)."""
-    parcels = d.parcels
-    if type(parcels) is MappingProxyType:
-        hit = _REFS.get("refs")
-        if hit is not None and hit[0] is parcels:
-            return hit[1]
-    refs = {creds.parcel_ref(pid): pid for pid in parcels}
-    if type(parcels) is MappingProxyType:
-        _REFS["refs"] = (parcels, refs)
-    return refs
-
-
-_REFS: dict[str, tuple[object, Mapping[bytes, str]]] = {}
-
-
-def _on_scan(d: Draft, ev: LineScanned, rules: Rules, now: float) -> None:
-    """A scanned line. Keypad guessing never refuses it (a signature cannot be guessed); the
-    scanner's own limit only bounds the work a flood of bad scans can cause."""
-    source = InputSource.SCANNER
-    if d.get("lockdown"):
-        refuse(d, "lockdown", source, now)
-        return
-    if throttle.scan_gate(d.get("scanner"), now):
-        refuse(d, "throttled", source, now, detail="scan_flood")
-        return
-    reason, detail = _scan(d, ev, rules, now)
-    if reason is not None:
-        d.put("scanner", throttle.record_bad_scan(d.get("scanner"), now))
-        refuse(d, reason, source, now, detail=detail)
-
-
-def _scan(d: Draft, ev: LineScanned, rules: Rules, now: float) -> tuple[str | None, str | None]:
-    """Verify a token and grant it; returns the refusal (reason, detail), or (None, None)."""
-    try:
-        token = creds.parse_token(ev.text)
-        creds.verify_token(token, rules.token_keys)
-    except creds.TokenError as err:
-        return err.reason, None
-    if not hmac.compare_digest(token.locker_ref, creds.locker_ref(rules.locker_id)):
-        return "wrong_locker", None
-    step_ = STEP_FOR_TOKEN_ACTION.get(int(token.action))
-    if step_ is None:
-        return "malformed", "action"
-    window = creds.token_window_reason(token, now)
-    if window is not None:
-        return window, None
-    pid = _parcel_refs(d).get(token.parcel_ref)
-    parcel = d.parcels.get(pid) if pid is not None else None
-    if parcel is not None and not hmac.compare_digest(
-        creds.parcel_ref(parcel.id), token.parcel_ref
-    ):
-        parcel = None
-    token_id = token.token_id.hex()
-    if parcel is None or token_id in d.tokens:
-        return "unknown_code", "used_or_unknown"
-    if parcel.status not in STATUS_FOR_STEP[step_]:
-        if parcel.status is ParcelStatus.EXPIRED:
-            return "expired", "parcel_state"
-        if step_ is Step.PICKUP and parcel.status is ParcelStatus.RESERVED:
-            return "not_yet_available", "parcel_state"
-        return "unknown_code", "parcel_state"
-    source = InputSource.SCANNER
-    _grant(d, parcel.id, step_, f"qr:{token_id}", source, rules, now, float(token.expires))
-    return None, None
-
-
-def _on_rejected_input(d: Draft, ev: InputRejected, rules: Rules, now: float) -> None:
-    if ev.source is InputSource.KEYPAD:
-        # Keys were lost or garbled: what is left of the entry is no code, and reading it as
-        # one would turn a mashed keypad into guesses.
-        d.put("keypad", KeypadEntry(last_key_at=now))
-    refuse(d, "malformed", ev.source, now, detail=ev.reason)
-
-
-def _refused_at_the_door(d: Draft, source: InputSource, now: float) -> bool:
-    """Lockdown and the keypad throttle refuse keypad input unevaluated (and do not count)."""
-    if d.get("lockdown"):
-        refuse(d, "lockdown", source, now)
-        return True
-    why = throttle.gate(d.get("throttle"), now)
-    if why is not None:
-        refuse(d, why, source, now)
-        return True
-    return False
-
-
-def _guess_failed(d: Draft, source: InputSource, rules: Rules, now: float) -> None:
-    """A code-shaped entry that matches no live tag: one guess against the device throttle."""
-    d.emit("access_denied", reason="unknown_code", source=str(source))
-    t, verdict, delay = throttle.record_failure(d.get("throttle"), now, rules.limits)
-    d.put("throttle", t)
-    if verdict == "locked_out":
-        d.emit(
-            "keypad_locked_out",
-            consecutive=t.consecutive,
-            last_hour=throttle.last_hour(t.recent),
-            lockout_s=delay,
-        )
-        d.act(IndicateAction(Feedback.LOCKED_OUT))
-    elif verdict == "throttled":
-        d.emit("keypad_throttled", consecutive=t.consecutive, delay_s=delay)
-        d.act(IndicateAction(Feedback.THROTTLED))
-    else:
-        d.act(IndicateAction(Feedback.UNKNOWN_CODE))
-
-
-def _grant(
-    d: Draft,
-    parcel_id: str,
-    step_: Step,
-    credential: str,
-    source: InputSource,
-    rules: Rules,
-    now: float,
-    token_expires: float | None = None,
-) -> None:
-    """Consume the credential and queue the unlock; the controller commits before pulsing."""
-    parcel = d.parcels[parcel_id]
-    comp = d.compartments[parcel.compartment]
-    if parcel.status not in STATUS_FOR_STEP[step_]:
-        refuse(d, "unknown_code", source, now, detail="parcel_state")
-        return
-    if not comp.in_service:
-        refuse(d, "out_of_service", source, now)
-        return
-    if comp.busy or comp.door is DoorState.UNKNOWN:
-        # Unknown door: its board is not answering, an unlock could not even be sent.
-        refuse(d, "compartment_unavailable", source, now)
-        return
-    if credential.startswith("qr:"):
-        d.put_token(credential[3:], token_expires or now)
-    else:
-        d.update_credential(credential, armed=False)
-    if source is InputSource.KEYPAD:
-        d.put("throttle", throttle.record_success(d.get("throttle")))
-    unlock = Unlock(
-        step_, parcel_id, credential, str(source), now + rules.door_open_timeout_s, token_expires
-    )
-    d.emit("access_granted", comp.id, parcel_id, source=str(source), step=str(step_))
-    d.act(IndicateAction(Feedback.ACCEPTED))
-    start_unlock(d, comp, unlock, now)
-
-
-def _rearm(d: Draft, unlock: Unlock) -> None:
-    """Give the person their credential back (the door never opened, or the step is undone)."""
-    if unlock.credential is None:
-        return
-    if unlock.credential.startswith("qr:"):
-        d.drop_token(unlock.credential[3:])
-    elif unlock.credential in d.credentials:
-        d.update_credential(unlock.credential, armed=True)
 
 
 # --- doors ----------------------------------------------------------------------------------
@@ -423,7 +187,7 @@ def _complete(d: Draft, comp: Compartment, session: Unlock, rules: Rules, now: f
     if session.purpose is Step.DROPOFF:
         if comp.item is False:
             d.emit("deposit_empty", comp.id, parcel.id)
-            _rearm(d, session)
+            rearm(d, session)
             return
         until = now + parcel.pickup_hours * 3600
         d.update_parcel(
@@ -440,7 +204,7 @@ def _complete(d: Draft, comp: Compartment, session: Unlock, rules: Rules, now: f
         return
     if comp.item is True:
         d.emit("item_left_behind", comp.id, parcel.id, step=str(session.purpose))
-        _rearm(d, session)
+        rearm(d, session)
         return
     kind = "parcel_collected" if session.purpose is Step.PICKUP else "parcel_retrieved"
     d.emit(kind, comp.id, parcel.id, kind=parcel.kind)
@@ -458,7 +222,7 @@ def _on_unlock_result(d: Draft, ev: UnlockResult, rules: Rules, now: float) -> N
     if ev.sent or comp is None or comp.pending is None:
         return
     # Nothing reached the coil: the person may simply try again.
-    _rearm(d, comp.pending)
+    rearm(d, comp.pending)
     d.update_compartment(comp.id, pending=None, pulses=comp.pulses[:-1])
     d.emit(
         "hardware_fault",
@@ -617,11 +381,11 @@ def _jammed(d: Draft, comp: Compartment, rules: Rules, now: float) -> None:
     if unlock.purpose is Step.REMOTE:
         return
     if unlock.purpose is Step.DROPOFF and _move_parcel(d, comp, unlock, rules):
-        _rearm(d, unlock)
+        rearm(d, unlock)
         return
     if len(pulses) >= MAX_PULSES_IN_WINDOW:
         set_service(d, comp.id, False, "door_jammed")
-    _rearm(d, unlock)
+    rearm(d, unlock)
 
 
 def _move_parcel(d: Draft, comp: Compartment, unlock: Unlock, rules: Rules) -> bool:
@@ -719,9 +483,9 @@ def _on_command(d: Draft, ev: CommandArrived, rules: Rules, now: float) -> None:
 
 
 _HANDLERS: dict[type, Any] = {
-    KeyPressed: _on_key,
-    LineScanned: _on_scan,
-    InputRejected: _on_rejected_input,
+    KeyPressed: on_key,
+    LineScanned: on_scan,
+    InputRejected: on_rejected_input,
     DoorChanged: _on_door,
     ItemChanged: _on_item,
     UnlockResult: _on_unlock_result,
