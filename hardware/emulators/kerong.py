@@ -15,12 +15,13 @@ Every byte received is cut into frames and recorded with its arrival time
 (:meth:`KerongEmulator.pulses`), so tests and benchmarks can see what reached the wire and when.
 
 ``python -m hardware.emulators.kerong --boards 0 1`` serves boards on a pty, prints its path and
-takes simple commands on stdin (``help`` lists them).
+takes simple commands on stdin (``help`` lists them); that command line is in
+:mod:`hardware.emulators.kerong_cli`, the pty and serial transports in
+:mod:`hardware.emulators.transport`.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import errno
 import functools
@@ -28,18 +29,12 @@ import heapq
 import itertools
 import logging
 import os
-import select
-import signal
 import sys
 import threading
 import time
-import tty
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
-
-import serial
 
 from hardware.boards.kerong import (
     CHANNELS,
@@ -51,10 +46,11 @@ from hardware.boards.kerong import (
     SplitResult,
     encode_status,
 )
+from hardware.emulators.transport import MAX_WAIT_S as _MAX_WAIT_S
+from hardware.emulators.transport import PtyTransport, SerialTransport, Transport
 
 logger = logging.getLogger(__name__)
 
-_MAX_WAIT_S = 0.01  # longest the loop blocks, so switches and stop() act promptly
 _RECORD_LIMIT = 100_000  # received-frame log entries kept (oldest dropped)
 
 
@@ -99,67 +95,6 @@ class _Board:
             lock_bits |= locked_bit << i
             item_bits |= int(self.item[i]) << i
         return encode_status(self.address, lock_bits, item_bits, lock_index)
-
-
-class _Transport(Protocol):
-    def read(self, timeout: float) -> bytes: ...
-
-    def write(self, data: bytes) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class _PtyTransport:
-    """The master end of a fresh pty; the slave is what the driver opens.
-
-    The emulator keeps its own slave descriptor open so that reading the master never fails
-    with EIO while the driver has the port closed (between reopen attempts)."""
-
-    def __init__(self) -> None:
-        self.master, self._slave = os.openpty()
-        tty.setraw(self._slave)
-        os.set_blocking(self.master, False)
-        self.path = os.ttyname(self._slave)
-
-    def read(self, timeout: float) -> bytes:
-        ready, _, _ = select.select([self.master], [], [], timeout)
-        if not ready:
-            return b""
-        try:
-            return os.read(self.master, 4096)
-        except BlockingIOError:
-            return b""
-
-    def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                n = os.write(self.master, view)
-            except BlockingIOError:
-                return  # nobody reads the slave: the bytes are lost, as on a real line
-            view = view[n:]
-
-    def close(self) -> None:
-        for fd in (self.master, self._slave):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-
-class _SerialTransport:
-    """Any pySerial URL (a second USB-RS485 adapter, ``socket://`` ...)."""
-
-    def __init__(self, url: str, baudrate: int) -> None:
-        self._port = serial.serial_for_url(url, baudrate=baudrate, timeout=_MAX_WAIT_S)
-        self.path = url
-
-    def read(self, timeout: float) -> bytes:
-        return bytes(self._port.read(max(1, self._port.in_waiting)))
-
-    def write(self, data: bytes) -> None:
-        self._port.write(data)
-
-    def close(self) -> None:
-        self._port.close()
 
 
 class KerongEmulator:
@@ -212,7 +147,7 @@ class KerongEmulator:
         self._on_frame_hook = on_frame
         self._lock = threading.RLock()  # board state, logs and the action heap
         self._io_lock = threading.Lock()  # the transport (swapped by unplug/replug)
-        self._transport: _Transport | None = None
+        self._transport: Transport | None = None
         self._path: str | None = None
         self._heap: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
@@ -271,11 +206,11 @@ class KerongEmulator:
             if self._transport is not None:
                 return
             if self._port_url is not None:
-                transport: _PtyTransport | _SerialTransport = _SerialTransport(
+                transport: PtyTransport | SerialTransport = SerialTransport(
                     self._port_url, self._baudrate
                 )
             else:
-                transport = _PtyTransport()
+                transport = PtyTransport()
             self._path = transport.path
             if self._link is not None:
                 tmp = self._link.with_name(self._link.name + ".new")
@@ -564,108 +499,8 @@ def _split(data: bytes, pieces: int) -> list[bytes]:
     return out
 
 
-# -- command line ---------------------------------------------------------------------------
-
-_HELP = """commands (B = board address, C = channel 1-16):
-  close B C        the person shuts the door        open B C        force the door open
-  item B C 0|1     item absent / present            jam B C 0|1     jam the lock or free it
-  leftopen B C 0|1 door does not auto-close         silent B 0|1    board stops answering
-  delay B SECONDS  late replies                     corrupt B 0|1   bad checksums
-  polarity B 0|1   lock_bit_locked of the board     answer B 0|1    reply to unlocks
-  echo 0|1         the adapter echoes what it sends
-  status           doors and items of every board   help"""
-
-
-def _command(emu: KerongEmulator, words: Sequence[str]) -> str:
-    """Apply one stdin command; returns the line to print."""
-    if not words:
-        return ""
-    cmd, args = words[0], [int(w) if w.isdigit() else w for w in words[1:]]
-    per_channel: dict[str, Callable[[int, int, int], None]] = {
-        "item": lambda b, c, v: emu.set_item(b, c, bool(v)),
-        "jam": lambda b, c, v: emu.set_jammed(b, c, bool(v)),
-        "leftopen": lambda b, c, v: emu.set_left_open(b, c, bool(v)),
-    }
-    if cmd in ("close", "open") and len(args) == 2:
-        b, c = int(args[0]), int(args[1])
-        (emu.close_door if cmd == "close" else emu.force_open)(b, c)
-    elif cmd in per_channel and len(args) == 3:
-        per_channel[cmd](int(args[0]), int(args[1]), int(args[2]))
-    elif cmd in ("silent", "corrupt", "polarity", "answer") and len(args) == 2:
-        b, v = int(args[0]), int(args[1])
-        if cmd == "silent":
-            emu.configure(b, silent=bool(v))
-        elif cmd == "corrupt":
-            emu.configure(b, corrupt_checksum=bool(v))
-        elif cmd == "polarity":
-            emu.configure(b, lock_bit_locked=v)
-        else:
-            emu.configure(b, answer_unlock=bool(v))
-    elif cmd == "echo" and len(args) == 1:
-        emu.configure_line(echo=bool(int(args[0])))
-    elif cmd == "delay" and len(args) == 2:
-        emu.configure(int(args[0]), reply_delay_s=float(args[1]))
-    elif cmd == "status":
-        return _status_text(emu)
-    else:
-        return _HELP
-    return "ok"
-
-
-def _status_text(emu: KerongEmulator) -> str:
-    lines = []
-    for addr in emu.addresses:
-        doors = "".join("O" if emu.door_open(addr, c) else "." for c in range(1, CHANNELS + 1))
-        items = "".join("I" if emu.item_present(addr, c) else "." for c in range(1, CHANNELS + 1))
-        lines.append(f"board {addr}: doors {doors} items {items}")
-    return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m hardware.emulators.kerong",
-        description="Emulate Kerong KR-CU16 lock boards on a pty; prints the pty path.",
-    )
-    parser.add_argument("--boards", type=int, nargs="+", default=[0], help="board addresses")
-    parser.add_argument("--lock-bit-locked", type=int, choices=(0, 1), default=1)
-    parser.add_argument("--pulse", type=float, default=0.5, help="boards' unlock pulse, s")
-    parser.add_argument("--auto-close", type=float, default=None, help="doors shut after s")
-    parser.add_argument("--answer-unlock", action="store_true")
-    parser.add_argument("--link", help="keep a symlink to the pty at this path")
-    parser.add_argument("--port", help="serve on this pySerial URL instead of a pty")
-    args = parser.parse_args(argv)
-    # SIGTERM ends the process like Ctrl-C, through the same clean-up
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        emu = KerongEmulator(
-            args.boards,
-            lock_bit_locked=args.lock_bit_locked,
-            pulse_s=args.pulse,
-            auto_close_s=args.auto_close,
-            answer_unlock=args.answer_unlock,
-            port=args.port,
-            link=args.link,
-        )
-        path = emu.start()
-    except (ValueError, OSError, serial.SerialException) as exc:
-        print(f"kerong_emulator: {exc}", file=sys.stderr)
-        return 2
-    print(path, flush=True)
-    try:
-        for line in sys.stdin:
-            try:
-                reply = _command(emu, line.split())
-            except (ValueError, KeyError) as exc:
-                reply = f"error: {exc}"
-            if reply:
-                print(reply, flush=True)
-        threading.Event().wait()  # stdin closed (started by the simulator): serve until killed
-    except KeyboardInterrupt:
-        pass
-    finally:
-        emu.stop()
-    return 0
-
-
 if __name__ == "__main__":
+    # The command line lives in kerong_cli; ``python -m hardware.emulators.kerong`` still runs it.
+    from hardware.emulators.kerong_cli import main
+
     sys.exit(main())
