@@ -6,6 +6,8 @@
   and sends commands on ``{p}/cmd`` (QoS 1, not retained, ResponseTopic ``{p}/res``,
   random CorrelationData) and waits, bounded, for the matching reply; ``issue_parcel`` on top
   (codes, tags with the locker's device key, a signed ``assign``, the customer's QR token).
+  Command claims, arguments, signing, replies and the errors are in ``locker.fleet.commands``
+  (re-exported here).
 
 Watching a fleet (``FleetView``, ``EventLog``, ``Watcher``) lives in ``locker.fleet.watch``.
 
@@ -22,9 +24,8 @@ import secrets
 import ssl
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,183 +37,57 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from locker.contract import credentials, jws
-from locker.contract.actions import (
-    LONG_LIFETIME_S,
-    SHORT_LIFETIME_S,
-    SHORT_LIVED_ACTIONS,
-    Action,
-    args_from_json,
-    args_from_text,
-    args_to_json,
+from locker.contract import credentials
+from locker.contract.actions import Action
+from locker.fleet.commands import (
+    DEFAULT_DROPOFF_HOURS,
+    DEFAULT_LONG_TTL_S,
+    DEFAULT_PICKUP_HOURS,
+    DEFAULT_SHORT_TTL_S,
+    BrokerError,
+    CommandSigner,
+    FleetError,
+    IssuedParcel,
+    Reply,
+    ReplyTimeoutError,
+    check_args,
+    coerce_args,
+    command_claims,
+    max_ttl,
+    new_code_pair,
+    parse_action,
 )
-from locker.errors import ContractError, LinkError, LinkTimeoutError, UsageError
 from locker.fleet.provision import Fleet
 from locker.ports import guarded
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SHORT_TTL_S = 60
-DEFAULT_LONG_TTL_S = 2 * 24 * 3600
-DEFAULT_DROPOFF_HOURS = 48
-DEFAULT_PICKUP_HOURS = 72
+# The command-building part lives in locker.fleet.commands; callers import it from here too.
+__all__ = [
+    "DEFAULT_DROPOFF_HOURS",
+    "DEFAULT_LONG_TTL_S",
+    "DEFAULT_PICKUP_HOURS",
+    "DEFAULT_SHORT_TTL_S",
+    "WATCH_SESSION_EXPIRY_S",
+    "BrokerError",
+    "CommandSigner",
+    "FleetClient",
+    "FleetError",
+    "Incoming",
+    "IssuedParcel",
+    "Reply",
+    "ReplyTimeoutError",
+    "TlsFiles",
+    "check_args",
+    "coerce_args",
+    "command_claims",
+    "max_ttl",
+    "new_code_pair",
+    "parse_action",
+    "signer_for",
+]
+
 WATCH_SESSION_EXPIRY_S = 7 * 24 * 3600
-
-
-class FleetError(UsageError):
-    """A fleet operation that could not be done (bad arguments, broker refused...)."""
-
-
-class BrokerError(FleetError, LinkError):
-    """Cannot reach or authenticate with the broker."""
-
-
-class ReplyTimeoutError(FleetError, LinkTimeoutError):
-    """No reply in time. The command may still run later: it waits in the locker's session
-    until its ``exp``."""
-
-
-# --- commands -------------------------------------------------------------------------------
-
-
-def parse_action(action: str) -> Action:
-    try:
-        return Action(action)
-    except ValueError:
-        known = ", ".join(a.value for a in Action)
-        raise FleetError(f"unknown action {action!r} (one of: {known})") from None
-
-
-def coerce_args(action: Action | str, raw: Mapping[str, str]) -> dict[str, Any]:
-    """Turn ``name -> text`` (from a command line) into checked command arguments; the rules
-    are the action's model in ``locker.contract.actions``."""
-    act = parse_action(str(action))
-    try:
-        return args_to_json(args_from_text(act, raw))
-    except UsageError as err:
-        raise FleetError(str(err)) from None
-
-
-def check_args(action: Action, args: Mapping[str, Any]) -> dict[str, Any]:
-    """``args`` checked against ``action``'s model, as the locker will check them."""
-    try:
-        return args_to_json(args_from_json(action, args))
-    except ContractError as err:
-        raise FleetError(f"{action}: {err}") from None
-
-
-def max_ttl(action: Action) -> int:
-    return SHORT_LIFETIME_S if action in SHORT_LIVED_ACTIONS else LONG_LIFETIME_S
-
-
-def command_claims(
-    locker_id: str,
-    action: Action | str,
-    args: Mapping[str, Any],
-    *,
-    now: float,
-    ttl: int | None = None,
-    jti: str | None = None,
-) -> dict[str, Any]:
-    """The claims of DESIGN 5: aud, jti, iat, exp, act, args; ``exp - iat`` within the limit."""
-    act = parse_action(str(action))
-    limit = max_ttl(act)
-    if ttl is None:
-        ttl = DEFAULT_SHORT_TTL_S if act in SHORT_LIVED_ACTIONS else DEFAULT_LONG_TTL_S
-    if not 1 <= ttl <= limit:
-        raise FleetError(f"{act}: lifetime must be 1-{limit} s, got {ttl}")
-    iat = int(now)
-    return {
-        "aud": locker_id,
-        "jti": jti or str(uuid.uuid4()),
-        "iat": iat,
-        "exp": iat + ttl,
-        "act": act.value,
-        "args": check_args(act, args),
-    }
-
-
-@dataclass(frozen=True)
-class CommandSigner:
-    """The fleet's command signing key and its ``kid`` (``security.command_keys``)."""
-
-    key: Ed25519PrivateKey = field(repr=False)
-    kid: str
-
-    def sign(self, claims: Mapping[str, Any]) -> bytes:
-        return jws.sign_command(self.key, self.kid, claims)
-
-
-@dataclass(frozen=True)
-class Reply:
-    """A locker's reply on ``{p}/res``."""
-
-    status: str
-    cmd_id: str | None
-    result: dict[str, Any] | None
-    error: dict[str, Any] | None
-    raw: dict[str, Any]
-
-    @property
-    def ok(self) -> bool:
-        """Done now, or done before (a duplicate with a stored result and no error)."""
-        return self.status == "done" or (self.status == "duplicate" and not self.error)
-
-    @classmethod
-    def parse(cls, payload: bytes) -> Reply:
-        try:
-            raw = json.loads(payload)
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise FleetError(f"reply is not JSON: {err}") from None
-        if not isinstance(raw, dict) or not isinstance(raw.get("status"), str):
-            raise FleetError("reply has no status")
-        result, error = raw.get("result"), raw.get("error")
-        return cls(
-            status=raw["status"],
-            cmd_id=raw.get("cmd_id") if isinstance(raw.get("cmd_id"), str) else None,
-            result=result if isinstance(result, dict) else None,
-            error=error if isinstance(error, dict) else None,
-            raw=raw,
-        )
-
-    def describe(self) -> str:
-        text = f"{self.status}"
-        if self.error:
-            text += f" ({self.error.get('code')}: {self.error.get('message')})"
-        if self.result:
-            text += " " + json.dumps(self.result, sort_keys=True)
-        return text
-
-
-@dataclass(frozen=True)
-class IssuedParcel:
-    """A parcel announced to a locker. The codes are for the operator's eyes only."""
-
-    locker_id: str
-    parcel: str
-    kind: str
-    size: str
-    dropoff_until: int
-    pickup_hours: int
-    reply: Reply
-    dropoff_code: str = field(repr=False)
-    pickup_code: str = field(repr=False)
-    qr_token: str | None = field(default=None, repr=False)
-    qr_action: credentials.TokenAction | None = None
-
-    @property
-    def compartment(self) -> str | None:
-        value = (self.reply.result or {}).get("compartment")
-        return value if isinstance(value, str) else None
-
-
-def new_code_pair(device_key: bytes, digits: int = 8) -> tuple[str, str, str, str]:
-    """(dropoff code, pickup code, dropoff tag, pickup tag); the two tags differ."""
-    while True:
-        dropoff, pickup = credentials.generate_code(digits), credentials.generate_code(digits)
-        d_tag, p_tag = (credentials.code_tag(device_key, c) for c in (dropoff, pickup))
-        if d_tag != p_tag:
-            return dropoff, pickup, d_tag, p_tag
 
 
 # --- MQTT client ----------------------------------------------------------------------------
