@@ -7,7 +7,8 @@ WAL + ``synchronous=FULL``: a commit that returned is on disk. Schema version li
 ``PRAGMA user_version`` with forward-only migrations.
 
 The connection belongs to the controller thread. The MQTT link reads the outbox through
-``OutboxView``, its own connection (WAL lets it read while the controller writes).
+``OutboxView``, its own connection (WAL lets it read while the controller writes). How rows
+map to the model is in locker.cabinet.rows.
 """
 
 from __future__ import annotations
@@ -26,21 +27,24 @@ from typing import Any
 
 from locker import errors
 from locker.cabinet.domain.model import (
-    CommandRecord,
     Compartment,
-    Credential,
     KeypadEntry,
     LockerState,
     Out,
-    Parcel,
-    ParcelStatus,
-    Step,
-    Throttle,
-    Unlock,
     fresh_state,
 )
+from locker.cabinet.rows import (
+    changed_rows,
+    dump,
+    jsonable,
+    load_command,
+    load_compartment,
+    load_credential,
+    load_parcel,
+    load_throttle,
+)
 from locker.contract.replies import rfc3339
-from locker.ports import DoorState, OutboxReader, OutboxRow
+from locker.ports import OutboxReader, OutboxRow
 
 logger = logging.getLogger(__name__)
 
@@ -100,76 +104,6 @@ def connect(path: Path) -> sqlite3.Connection:
     con.execute("PRAGMA synchronous=FULL")
     con.execute("PRAGMA foreign_keys=ON")
     return con
-
-
-def _jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, tuple | list):
-        return [_jsonable(v) for v in value]
-    return value  # StrEnum members serialise as their value
-
-
-def _dump(value: Any) -> str:
-    return json.dumps(_jsonable(value), separators=(",", ":"), sort_keys=True)
-
-
-def _unlock(raw: dict[str, Any] | None) -> Unlock | None:
-    if raw is None:
-        return None
-    return Unlock(**{**raw, "purpose": Step(raw["purpose"])})
-
-
-def _compartment(raw: dict[str, Any]) -> Compartment:
-    return Compartment(
-        **{
-            **raw,
-            "door": DoorState(raw["door"]),
-            "pending": _unlock(raw["pending"]),
-            "session": _unlock(raw["session"]),
-            "pulses": tuple(raw["pulses"]),
-        }
-    )
-
-
-def _parcel(raw: dict[str, Any]) -> Parcel:
-    return Parcel(**{**raw, "status": ParcelStatus(raw["status"])})
-
-
-def _credential(raw: dict[str, Any]) -> Credential:
-    return Credential(**{**raw, "step": Step(raw["step"])})
-
-
-def _changed(
-    old: Mapping[str, Any], new: Mapping[str, Any], keys: Collection[str] | None
-) -> Iterator[tuple[str, Any]]:
-    """(key, new value) of every row that differs, None for a row that is gone. ``keys``:
-    the only keys that may differ (None: compare the whole table)."""
-    if old is new:
-        return
-    for k in new.keys() | old.keys() if keys is None else keys:
-        v, was = new.get(k), old.get(k)
-        if v is None:
-            if was is not None:
-                yield k, None
-        elif was is not v and was != v:
-            yield k, v
-
-
-def _throttle(raw: dict[str, Any]) -> Throttle:
-    """The stored throttle. ``recent`` was a list of failure times before it became
-    per-minute buckets: an old record is converted, not lost."""
-    buckets: dict[int, int] = {}
-    for item in raw.get("recent", ()):
-        minute, n = (int(item[0]), int(item[1])) if isinstance(item, list) else (int(item // 60), 1)
-        buckets[minute] = buckets.get(minute, 0) + n
-    return Throttle(**{**raw, "recent": tuple(sorted(buckets.items()))})
-
-
-def _command(raw: dict[str, Any]) -> CommandRecord:
-    return CommandRecord(**raw)
 
 
 def _read_only_fs(directory: Path) -> bool:
@@ -239,7 +173,7 @@ class Store:
         (id -> size): new ones are added free; sizes follow the configuration."""
         base = fresh_state(configured)
         stored = {
-            r[0]: _compartment(json.loads(r[1]))
+            r[0]: load_compartment(json.loads(r[1]))
             for r in self._con.execute("SELECT id, row FROM compartments")
         }
         comps: dict[str, Compartment] = {}
@@ -251,7 +185,7 @@ class Store:
         parcels = {
             p.id: p
             for p in (
-                _parcel(json.loads(r[0])) for r in self._con.execute("SELECT row FROM parcels")
+                load_parcel(json.loads(r[0])) for r in self._con.execute("SELECT row FROM parcels")
             )
             if p.compartment in comps
         }
@@ -265,7 +199,7 @@ class Store:
                 {
                     c.tag: c
                     for c in (
-                        _credential(json.loads(r[0]))
+                        load_credential(json.loads(r[0]))
                         for r in self._con.execute("SELECT row FROM credentials")
                     )
                     if c.parcel in parcels
@@ -276,11 +210,11 @@ class Store:
             ),
             commands=MappingProxyType(
                 {
-                    r[0]: _command(json.loads(r[1]))
+                    r[0]: load_command(json.loads(r[1]))
                     for r in self._con.execute("SELECT jti, row FROM commands")
                 }
             ),
-            throttle=_throttle(self.meta("throttle", {})),
+            throttle=load_throttle(self.meta("throttle", {})),
             lockdown=bool(self.meta("lockdown", False)),
             remote_opens=tuple(self.meta("remote_opens", [])),
             keypad=KeypadEntry(),
@@ -307,7 +241,7 @@ class Store:
             self._write_rows(old, new, touched)
             meta: dict[str, Any] = dict(extra_meta or {})
             if old.throttle != new.throttle:
-                meta["throttle"] = _jsonable(new.throttle)
+                meta["throttle"] = jsonable(new.throttle)
             if old.lockdown != new.lockdown:
                 meta["lockdown"] = new.lockdown
             if old.remote_opens != new.remote_opens:
@@ -338,22 +272,22 @@ class Store:
             return None if touched is None else touched.get(name, ())
 
         for table, key in (("compartments", "id"), ("parcels", "id"), ("credentials", "tag")):
-            for k, v in _changed(getattr(old, table), getattr(new, table), keys(table)):
+            for k, v in changed_rows(getattr(old, table), getattr(new, table), keys(table)):
                 if v is None:
                     con.execute(f"DELETE FROM {table} WHERE {key}=?", (k,))  # noqa: S608 - fixed names
                 else:
-                    con.execute(f"INSERT OR REPLACE INTO {table} VALUES (?, ?)", (k, _dump(v)))  # noqa: S608
-        for k, exp in _changed(old.tokens, new.tokens, keys("tokens")):
+                    con.execute(f"INSERT OR REPLACE INTO {table} VALUES (?, ?)", (k, dump(v)))  # noqa: S608
+        for k, exp in changed_rows(old.tokens, new.tokens, keys("tokens")):
             if exp is None:
                 con.execute("DELETE FROM tokens WHERE token_id=?", (k,))
             else:
                 con.execute("INSERT OR REPLACE INTO tokens VALUES (?, ?)", (k, exp))
-        for k, rec in _changed(old.commands, new.commands, keys("commands")):
+        for k, rec in changed_rows(old.commands, new.commands, keys("commands")):
             if rec is None:
                 con.execute("DELETE FROM commands WHERE jti=?", (k,))
             else:
                 con.execute(
-                    "INSERT OR REPLACE INTO commands VALUES (?, ?, ?)", (k, rec.exp, _dump(rec))
+                    "INSERT OR REPLACE INTO commands VALUES (?, ?, ?)", (k, rec.exp, dump(rec))
                 )
 
     def _rollback(self) -> None:
@@ -447,7 +381,7 @@ class Store:
             payload["compartment"] = ev.compartment
         if ev.parcel is not None:
             payload["parcel"] = ev.parcel
-        payload["data"] = _jsonable(ev.data)
+        payload["data"] = jsonable(ev.data)
         return OutboxRow(seq, ev.type, json.dumps(payload, separators=(",", ":")).encode())
 
     def set_meta(self, key: str, value: Any) -> None:
