@@ -552,7 +552,7 @@ def test_resync_republishes_status_state_and_unacked_events(
         lk.publish_state(state(1))
         wait_for(lambda: len(server.events(LOCKER)) == 3 and server.messages(f"{P}/state"))
         lk.resync()
-        wait_for(lambda: len(server.events(LOCKER)) == 6, what="events re-sent")
+        wait_for(lambda: len(server.events(LOCKER)) == 6, timeout=20, what="events re-sent")
         assert [e["seq"] for e in server.events(LOCKER)] == [1, 2, 3, 1, 2, 3]
         wait_for(lambda: len(server.statuses(LOCKER)) == 2, what="birth again")
         wait_for(lambda: len(server.messages(f"{P}/state")) == 2, what="state again")

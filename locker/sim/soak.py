@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from locker.contract.credentials import TokenAction
+from locker.errors import LinkTimeoutError
 from locker.fleet.client import (
     CommandSigner,
     FleetClient,
@@ -76,7 +77,7 @@ SECURITY = {
 BOARD_CHANNEL = {cid: ch for cid, _, ch in BOARD_LAYOUT}
 
 
-class SoakError(RuntimeError):
+class SoakError(LinkTimeoutError):
     """The soak could not set up or recover (not an invariant violation: exit status 2)."""
 
 
