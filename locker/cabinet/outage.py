@@ -101,12 +101,8 @@ class StorageOutage:
         )
         ev = Out("storage_fault", data={"detail": fault.detail[:200], "path": str(self.store.path)})
         row = self.store.unstored_event(ev, now, self.clock_synced())
-        # The retained state goes out first, not rate-bound: it carries the seq this event
-        # takes, so a locker stopped or killed before the database takes writes again finds
-        # its published last_seq ahead of its store at the next start and begins a new epoch
-        # rather than reusing that seq (a server would drop the new event as a duplicate).
-        self._publish_state(force=True)
         self.uplink.publish_unstored(row)
+        self._publish_state()
 
     def _probe_storage(self) -> None:
         if self._mono() >= self._next_probe:

@@ -132,7 +132,6 @@ class Store:
         row = self._con.execute("SELECT max(seq), count(*) FROM outbox").fetchone()
         self._last_seq = max(int(row[0] or 0), int(self.meta("last_seq", 0)))
         self._depth = int(row[1])
-        self._unstored: list[OutboxRow] = []  # published from memory, stored at the next commit
         # The event stream's name (DESIGN 5): random, created with the database (or on the
         # first start of a database from before epochs) and kept as long as it lives.
         epoch = self.meta("epoch")
@@ -247,17 +246,9 @@ class Store:
                 meta["lockdown"] = new.lockdown
             if old.remote_opens != new.remote_opens:
                 meta["remote_opens"] = list(new.remote_opens)
-            # Events published from memory while the database could not be written take
-            # their place in the outbox now, so they are re-sent until a server ack covers
-            # them (a copy lost in flight would otherwise leave the server a gap for good).
-            unstored = self._unstored
-            for row in unstored:
-                con.execute(
-                    "INSERT INTO outbox VALUES (?, ?, ?, ?)", (row.seq, row.type, row.payload, now)
-                )
             rows = self._append(events, now, clock_synced)
-            if rows or unstored:
-                meta["last_seq"] = rows[-1].seq if rows else unstored[-1].seq
+            if rows:
+                meta["last_seq"] = rows[-1].seq
             for key, value in meta.items():
                 con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
             con.execute("COMMIT")
@@ -268,8 +259,7 @@ class Store:
             raise
         if rows:
             self._last_seq = rows[-1].seq
-        self._depth += len(rows) + len(unstored)
-        self._unstored = []
+            self._depth += len(rows)
         return rows
 
     def _write_rows(
@@ -371,12 +361,10 @@ class Store:
 
     def unstored_event(self, ev: Out, now: float, clock_synced: bool) -> OutboxRow:
         """An event that cannot be committed (``storage_fault``), to publish from memory. It
-        takes the next seq, so the server sees no gap; the next successful commit stores it in
-        the outbox under that seq (so it is re-sent until acked) before its own events."""
+        takes the next seq, so the server sees no gap; the next committed event takes the one
+        after, and that commit makes the skip durable."""
         self._last_seq += 1
-        row = self._row(self._last_seq, ev, now, clock_synced)
-        self._unstored.append(row)
-        return row
+        return self._row(self._last_seq, ev, now, clock_synced)
 
     def _row(self, seq: int, ev: Out, now: float, clock_synced: bool) -> OutboxRow:
         payload: dict[str, Any] = {
