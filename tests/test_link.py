@@ -551,8 +551,11 @@ def test_resync_republishes_status_state_and_unacked_events(
         lk, _rec = harness.start(broker)
         lk.publish_state(state(1))
         wait_for(lambda: len(server.events(LOCKER)) == 3 and server.messages(f"{P}/state"))
+        # The server can hold an event before its PUBACK reaches the link; resync re-sends
+        # what is confirmed-but-unacked, not what is still in flight, so wait for the PUBACKs.
+        wait_for(lambda: lk.counters.pubacked >= 3, what="PUBACKs of the first pass")
         lk.resync()
-        wait_for(lambda: len(server.events(LOCKER)) == 6, timeout=20, what="events re-sent")
+        wait_for(lambda: len(server.events(LOCKER)) == 6, what="events re-sent")
         assert [e["seq"] for e in server.events(LOCKER)] == [1, 2, 3, 1, 2, 3]
         wait_for(lambda: len(server.statuses(LOCKER)) == 2, what="birth again")
         wait_for(lambda: len(server.messages(f"{P}/state")) == 2, what="state again")
