@@ -27,6 +27,7 @@ from typing import Any
 
 from locker import errors
 from locker.fleet import provision
+from locker.fleet.client import FleetClient, TlsFiles
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 SERVER_CN = provision.BACKEND_USER
@@ -247,3 +248,20 @@ class Endpoint:
     port: int
     ca_file: str | None = None
     cert: ClientCert | None = None
+
+
+def server_client(broker: Broker, keepalive_s: int) -> FleetClient:
+    """The central server's MQTT client on ``broker`` (not yet connected): the ``SERVER_CN``
+    identity of its Pki, mutual TLS, a persistent session (an hour), so commands and events
+    in flight survive a reconnect."""
+    assert broker.pki is not None
+    cert = broker.pki.client(SERVER_CN)
+    return FleetClient(
+        broker.host,
+        broker.port,
+        client_id=SERVER_CN,
+        tls=TlsFiles(Path(broker.pki.ca_file), Path(cert.cert_file), Path(cert.key_file)),
+        clean_start=False,
+        session_expiry_s=3600,
+        keepalive_s=keepalive_s,
+    )

@@ -98,6 +98,10 @@ class SimCabinet:
     extra_command_keys: Mapping[str, str] = field(default_factory=dict)
     extra_token_keys: Mapping[str, str] = field(default_factory=dict)
     panel: bool = True  # the front panel on a free loopback port (panel_url)
+    # how lockerd runs: ``python -m <module>`` with these variables added to the environment
+    # (the soak's clock steps: locker.sim.clockstep)
+    module: str = "locker"
+    env: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Absolute paths: the config resolves relative ones against its own directory.
@@ -213,7 +217,7 @@ class SimCabinet:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.bind(str(sock_path))
             sock.settimeout(0.2)
-            env = {**os.environ, "NOTIFY_SOCKET": str(sock_path)}
+            env = {**os.environ, **self.env, "NOTIFY_SOCKET": str(sock_path)}
             doors = f"{self.door_open_after_s},{self.door_close_after_s or 0}"
             with self.log_path.open("ab") as log:
                 sim = ["--simulate-doors", doors] if self.simulate_doors else []
@@ -221,7 +225,7 @@ class SimCabinet:
                     [
                         sys.executable,
                         "-m",
-                        "locker",
+                        self.module,
                         "--config",
                         str(self.config_path),
                         *sim,

@@ -1,7 +1,7 @@
 """``make soak``: a bounded chaos soak of one simulated cabinet (issue 10).
 
 ``python -m locker.sim.soak [--seconds N] [--seed S] [--workdir DIR]`` (``SOAK_SECONDS`` sets
-the default duration: 600 s; ``make soak-ci`` runs 60 s). One ``SimCabinet`` (the real
+the default duration: 600 s; ``make soak SOAK_SECONDS=60`` or ``make soak-ci`` runs 60 s). One ``SimCabinet`` (the real
 ``lockerd`` on mock pins, ptys and the KR-CU16 emulator) talks through a ``TcpProxy`` to a
 real TLS Mosquitto (``locker.sim.broker``); the reference server is ``lockerctl watch``'s own
 bookkeeping (``locker.fleet.watch``: ``FleetView`` + ``Watcher`` + an fsynced ``EventLog``,
@@ -12,8 +12,9 @@ on the keypad, QR tokens on the scanner), types wrong codes, forces board doors 
 garbage and re-sends commands, the main thread injects one fault at a time, in a shuffled
 round: the broker SIGKILLed and restarted, the link cut, the link blackholed, lockerd
 SIGKILLed and restarted, the state directory's disk full (a small tmpfs mounted there; needs
-root, otherwise skipped with the reason printed), and a clock step (skipped: lockerd has no
-test clock offset). After each fault, a ``resync`` probe must be answered before the outage
+root, otherwise skipped with the reason printed), and lockerd's wall clock stepped 44 years
+ahead and 2 hours back (``locker.sim.clockstep``: libfaketime preloaded into lockerd alone;
+skipped with the reason when it is not installed). After each fault, a ``resync`` probe must be answered before the outage
 is over; commands sent outside outages are timed. At the end the invariants of
 ``locker.sim.soak_checks`` are checked; the process prints what it did and each invariant,
 and exits 1 if any failed (2 if the soak could not run).
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import random
@@ -44,17 +46,11 @@ from typing import Any
 
 from locker.contract.credentials import TokenAction
 from locker.errors import LinkTimeoutError
-from locker.fleet.client import (
-    CommandSigner,
-    FleetClient,
-    FleetError,
-    Incoming,
-    Reply,
-    TlsFiles,
-)
+from locker.fleet.client import CommandSigner, FleetError, Incoming, Reply
 from locker.fleet.watch import EventLog, FleetView, Watcher
+from locker.sim import clockstep
 from locker.sim import soak_checks as checks
-from locker.sim.broker import SERVER_CN, Broker, Pki
+from locker.sim.broker import Broker, Pki, server_client
 from locker.sim.cabinet import BOARD_LAYOUT, COMMAND_KID, SimCabinet, SimError
 from locker.sim.proxy import TcpProxy
 
@@ -68,6 +64,10 @@ DRAIN_S = 90.0
 QUIET_S = (2.0, 5.0)  # measured traffic between two faults
 LIVE_PARCELS = 3  # at most; fits the four S compartments
 TMPFS_SIZE = "32m"
+# The wall-clock steps (libfaketime offsets) and how long each lasts: a bad NTP answer 44
+# years ahead for a second (a Pi has come up in 2069), and a clock set two hours back.
+# Both far below clock.CONFIRM_S (30 s), after which a synchronised jump would be believed.
+CLOCK_STEPS = {"clock step +44 y": ("+44y", 1.0), "clock step -2 h": ("-2h", 3.0)}
 # Guessing must not lock the keypad: every wrong code is one more event to carry.
 SECURITY = {
     "failures_before_backoff": 1_000_000,
@@ -89,17 +89,7 @@ class Server:
     reply and of every (epoch, seq) copy received, for the checks."""
 
     def __init__(self, broker: Broker, cab: SimCabinet, journal_dir: Path) -> None:
-        assert broker.pki is not None
-        cert = broker.pki.client(SERVER_CN)
-        self.client = FleetClient(
-            broker.host,
-            broker.port,
-            client_id=SERVER_CN,
-            tls=TlsFiles(Path(broker.pki.ca_file), Path(cert.cert_file), Path(cert.key_file)),
-            clean_start=False,
-            session_expiry_s=3600,
-            keepalive_s=5,
-        )
+        self.client = server_client(broker, keepalive_s=5)
         self.locker_id = cab.locker_id
         self.log = EventLog(journal_dir)
         self.view = FleetView(log=self.log)
@@ -351,12 +341,22 @@ class Soak:
         self.proxy: TcpProxy | None = None
         self.cab: SimCabinet | None = None
         self.server: Server | None = None
+        self.stepper: clockstep.ClockStepper | None = None
+        self.clock_probes: list[checks.ClockProbe] = []
+        self.began_wall = time.time()  # the soak's own clock is never stepped
 
     # -- set-up and tear-down --
 
     def setup(self) -> tuple[SimCabinet, Server]:
         self.broker.start()
         self.proxy = TcpProxy(self.broker.port)
+        library = clockstep.find_library()
+        launch: dict[str, Any] = {}
+        if library is None:
+            self.skipped["clock step"] = "libfaketime not installed (Debian package faketime)"
+        else:
+            self.stepper = clockstep.ClockStepper(self.workdir / "faketime.rc", library)
+            launch = {"module": clockstep.MODULE, "env": self.stepper.env()}
         cab = self.cab = SimCabinet(
             self.workdir / "cabinet",
             broker=self.broker,
@@ -364,6 +364,7 @@ class Soak:
             mqtt={"port": self.proxy.port, "keepalive_s": KEEPALIVE_S, "will_delay_s": 1},
             panel=False,
             log_level="INFO",
+            **launch,
         )
         self._mount_tmpfs(cab.state_dir)
         self.server = Server(self.broker, cab, self.workdir / "journal")
@@ -478,8 +479,33 @@ class Soak:
         finally:
             ballast.unlink(missing_ok=True)
 
+    def clock_step(self, offset: str, hold_s: float) -> None:
+        """lockerd's wall clock stepped by ``offset`` for ``hold_s``: a command signed with
+        the real time is sent while it is wrong and another once it is undone; both must be
+        executed (recorded for ``checks.check_clock``)."""
+        assert self.stepper is not None
+        began = time.monotonic()
+        self.stepper.step(offset)
+        try:
+            self._clock_probe(offset, "during", hold_s)
+            time.sleep(max(0.0, hold_s - (time.monotonic() - began)))  # the fault's length
+        finally:
+            self.stepper.undo()
+        self._clock_probe(offset, "after", RECOVERY_S)
+
+    def _clock_probe(self, offset: str, when: str, timeout: float) -> None:
+        assert self.cab is not None and self.server is not None
+        try:
+            reply = self.server.send(self.cab.sign("resync", {}), timeout=max(timeout, 5.0))
+        except FleetError as err:
+            self.clock_probes.append(checks.ClockProbe(offset, when, False, str(err)))
+            return
+        detail = str(reply.raw.get("status")) + (
+            f" {reply.raw.get('error')}" if not reply.ok else ""
+        )
+        self.clock_probes.append(checks.ClockProbe(offset, when, reply.ok, detail))
+
     def schedule(self) -> list[tuple[str, Callable[[], None]]]:
-        self.skipped["clock step"] = "lockerd has no test clock offset to step"
         faults = [
             ("broker SIGKILL + restart", self.broker_kill),
             ("link cut", self.link_cut),
@@ -488,6 +514,11 @@ class Soak:
         ]
         if self.mounted:
             faults.append(("disk full", self.disk_full))
+        if self.stepper is not None:
+            faults += [
+                (name, functools.partial(self.clock_step, offset, hold))
+                for name, (offset, hold) in CLOCK_STEPS.items()
+            ]
         return faults
 
     # -- the run --
@@ -499,12 +530,16 @@ class Soak:
         began = time.monotonic()
         thread.start()
         faults = self.schedule()
-        round_: list[tuple[str, Callable[[], None]]] = []
-        while time.monotonic() - began < self.seconds:
+        # The first round always completes (every kind happens once, even in a short run);
+        # later ones stop when the time is up.
+        round_ = self.rng.sample(faults, len(faults))
+        first = True
+        while round_ and (first or time.monotonic() - began < self.seconds):
             time.sleep(self.rng.uniform(*QUIET_S))  # measured traffic between faults
-            if not round_:
-                round_ = self.rng.sample(faults, len(faults))
             self.fault(*round_.pop())
+            if not round_:
+                first = False
+                round_ = self.rng.sample(faults, len(faults))
         traffic.stop()
         thread.join(30)
         chaos = time.monotonic() - began
@@ -538,15 +573,23 @@ class Soak:
         server.watcher.stop()
         server.log.sync()
         rows = checks.journal(server.log.path(cab.locker_id))
-        cfg_pulse = float(cab.config()["timing"]["unlock_pulse_s"])
+        timing = cab.config()["timing"]
+        cfg_pulse = float(timing["unlock_pulse_s"])
         results = [
             checks.check_journal(rows, truth),
             checks.check_redeliveries(server.conflicts, server.redelivered),
             checks.check_credentials(rows),
             checks.check_commands(server.replies, rows, traffic.counts["commands re-sent"]),
             checks.check_integrity(self.integrity),
-            checks.check_pulses(cab.emulator, BOARD_CHANNEL, rows, cfg_pulse),
+            checks.check_pulses(
+                cab.emulator, BOARD_CHANNEL, rows, cfg_pulse, cfg_pulse + timing["unlock_rest_s"]
+            ),
             checks.check_latency(traffic.latencies, traffic.timed_out),
+            checks.check_clock(
+                rows, sum(self.faults[name] for name in CLOCK_STEPS), self.clock_probes
+            ),
+            checks.check_expiry(rows),
+            checks.check_timestamps(rows, self.began_wall, time.time()),
         ]
         log = cab.log()
         crashes = log.count("Traceback") + self.exits

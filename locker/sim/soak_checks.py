@@ -9,11 +9,13 @@ own store: its ``epoch`` and ``last_seq`` in ``meta`` (DESIGN 6: seqs are 1, 2, 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import sqlite3
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,10 @@ from hardware.gpio.pulse import MAX_PULSE_S
 # the first per (parcel, step) is legitimate only after one of these.
 REARM_EVENTS = frozenset({"door_jammed", "deposit_empty", "item_left_behind", "hardware_fault"})
 REPLY_DEADLINE_S = 2.0
+# Every soak credential and parcel outlives the soak many times over (the default windows are
+# days), so any of these means a deadline was judged on a wrong clock.
+EXPIRY_REASONS = frozenset({"expired", "not_yet_valid", "dropoff_expired", "pickup_expired"})
+TS_SLACK_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -143,10 +149,12 @@ def check_pulses(
     channels: Mapping[str, int],
     events: Iterable[Mapping[str, Any]],
     gpio_pulse_s: float,
+    spacing_s: float,
 ) -> Check:
     """No pulse over the cap: the GPIO pulse configured within ``MAX_PULSE_S`` (the mock pins
-    are inside lockerd), every coil pulse on the board bus within it, and no unlock frame on
-    the bus without a committed grant for that compartment."""
+    are inside lockerd), every coil pulse on the board bus within it, no unlock frame on the
+    bus without a committed grant for that compartment, and one coil at a time: no two
+    unlock frames closer than ``spacing_s`` (the configured pulse plus rest, less 10 ms)."""
     problems = []
     if not 0 < gpio_pulse_s <= MAX_PULSE_S:
         problems.append(f"GPIO pulse {gpio_pulse_s} s")
@@ -156,7 +164,12 @@ def check_pulses(
         pulses = len(emulator.pulses())
         if long:
             problems.append(f"{len(long)} coil pulses longer than {MAX_PULSE_S} s")
-        sent = Counter(f.lock_index + 1 for _, f in emulator.frames(cmd=CMD_UNLOCK))
+        unlocks = emulator.frames(cmd=CMD_UNLOCK)
+        sent = Counter(f.lock_index + 1 for _, f in unlocks)
+        times = sorted(t for t, _ in unlocks)
+        close = [b - a for a, b in itertools.pairwise(times) if b - a < spacing_s - 0.01]
+        if close:
+            problems.append(f"{len(close)} unlock frames within {spacing_s} s of the last")
         frames = sum(sent.values())
         granted = Counter(
             channels[e["compartment"]]
@@ -168,7 +181,10 @@ def check_pulses(
             for c, n in sent.items()
             if n > granted[c]
         ]
-    detail = f"{frames} unlock frames, {pulses} coil pulses, all <= {MAX_PULSE_S} s and granted"
+    detail = (
+        f"{frames} unlock frames, {pulses} coil pulses, all <= {MAX_PULSE_S} s, granted and "
+        "one coil at a time"
+    )
     return Check("no pulse over the cap", not problems, "; ".join(problems) or detail)
 
 
@@ -192,3 +208,69 @@ def check_latency(measured: Sequence[float], timed_out: int) -> Check:
         ok and bool(measured),
         detail,
     )
+
+
+@dataclass(frozen=True)
+class ClockProbe:
+    """A signed command sent with the real time in its ``iat`` around a clock step."""
+
+    offset: str  # libfaketime's form: "+44y", "-2h"
+    when: str  # "during" or "after" the step
+    ok: bool  # answered ``done``
+    detail: str
+
+
+def check_clock(
+    events: Iterable[Mapping[str, Any]], steps: int, probes: Sequence[ClockProbe]
+) -> Check:
+    """DESIGN 6: each wall-clock step is reported once as ``clock_suspect`` (one episode per
+    step: the reading after the step is undone is plausible again), and commands signed with
+    the real time are executed during the step and after it is undone."""
+    suspects = sum(1 for e in events if e["type"] == "clock_suspect")
+    refused = [f"{p.offset} {p.when}: {p.detail}" for p in probes if not p.ok]
+    problems = list(refused)
+    if suspects != steps:
+        problems.append(f"{suspects} clock_suspect for {steps} steps")
+    detail = (
+        f"{steps} steps, {suspects} clock_suspect, {len(probes)} signed commands around them done"
+        if steps
+        else "no clock step made"
+    )
+    return Check(
+        "clock steps reported once, commands accepted", not problems, "; ".join(problems) or detail
+    )
+
+
+def check_expiry(events: Iterable[Mapping[str, Any]]) -> Check:
+    """Nothing expired on a bad clock reading: no expiry at all, since every deadline in the
+    soak is days away (refusals ``expired``/``not_yet_valid``, ``pickup_expired``, a drop-off
+    cancelled as expired)."""
+    bad: Counter[str] = Counter()
+    for e in events:
+        reason = str((e.get("data") or {}).get("reason", ""))
+        if e["type"] == "pickup_expired" or reason in EXPIRY_REASONS:
+            bad[f"{e['type']} {reason}".strip()] += 1
+    detail = ", ".join(f"{k}: {n}" for k, n in bad.items()) or "no expiry, no refusal as expired"
+    return Check("nothing expired on a bad clock reading", not bad, detail)
+
+
+def _epoch_s(ts: object) -> float | None:
+    try:
+        return datetime.fromisoformat(str(ts)).timestamp()
+    except ValueError:
+        return None
+
+
+def check_timestamps(events: Iterable[Mapping[str, Any]], began: float, ended: float) -> Check:
+    """Every event's ``ts`` lies within the soak's real run (``began``..``ended``, seconds
+    since the epoch, +-``TS_SLACK_S``): the locker's trusted time never took a stepped
+    reading."""
+    events = list(events)
+    stamps = [(e.get("seq"), _epoch_s(e.get("ts"))) for e in events]
+    bad = [
+        f"seq {seq}: {ts}"
+        for seq, ts in stamps
+        if ts is None or not began - TS_SLACK_S <= ts <= ended + TS_SLACK_S
+    ]
+    detail = f"{len(events)} events stamped within the run"
+    return Check("event times within the real run", not bad, "; ".join(bad[:5]) or detail)

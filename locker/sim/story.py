@@ -24,11 +24,11 @@ from typing import Any
 from hardware.emulators.kerong import KerongEmulator
 from locker.contract.credentials import TokenAction
 from locker.fleet import qr
-from locker.fleet.client import FleetClient, Incoming, Reply, TlsFiles
+from locker.fleet.client import Incoming, Reply
 from locker.fleet.ledger import Ack
 from locker.fleet.watch import FleetView
 from locker.sim import fleet as sim_fleet
-from locker.sim.broker import SERVER_CN, Broker, BrokerStartError, Pki
+from locker.sim.broker import SERVER_CN, Broker, BrokerStartError, Pki, server_client
 from locker.sim.cabinet import SimCabinet, SimError
 from locker.sim.prompt import interact
 from locker.sim.workdir import DEFAULT_WORKDIR, WorkdirError, claim_default, claim_workdir
@@ -62,17 +62,7 @@ class Server:
     def __init__(
         self, broker: Broker, locker_id: str, resync_token: Callable[[], bytes] | None = None
     ) -> None:
-        assert broker.pki is not None
-        cert = broker.pki.client(SERVER_CN)
-        self.client = FleetClient(
-            broker.host,
-            broker.port,
-            client_id=SERVER_CN,
-            tls=TlsFiles(Path(broker.pki.ca_file), Path(cert.cert_file), Path(cert.key_file)),
-            clean_start=False,
-            session_expiry_s=3600,
-            keepalive_s=10,
-        )
+        self.client = server_client(broker, keepalive_s=10)
         self.locker_id = locker_id
         self.resync_token = resync_token  # a signed resync, for a first contact past a gap
         self.events: list[dict[str, Any]] = []
