@@ -1,21 +1,22 @@
 """``make soak``: a bounded chaos soak of one simulated cabinet (issue 10).
 
 ``python -m locker.sim.soak [--seconds N] [--seed S] [--workdir DIR]`` (``SOAK_SECONDS`` sets
-the default duration: 600 s; ``make soak SOAK_SECONDS=60`` or ``make soak-ci`` runs 60 s). One ``SimCabinet`` (the real
-``lockerd`` on mock pins, ptys and the KR-CU16 emulator) talks through a ``TcpProxy`` to a
-real TLS Mosquitto (``locker.sim.broker``); the reference server is ``lockerctl watch``'s own
-bookkeeping (``locker.fleet.watch``: ``FleetView`` + ``Watcher`` + an fsynced ``EventLog``,
-deduplicating and acknowledging by (locker, epoch, seq)).
+the default duration: 600 s; ``make soak SOAK_SECONDS=60`` or ``make soak-ci`` runs 60 s).
+One ``SimCabinet`` (the real ``lockerd`` on mock pins, ptys and the KR-CU16 emulator) talks
+through a ``TcpProxy`` to a real TLS Mosquitto (``locker.sim.broker``); the reference server
+is ``lockerctl watch``'s own bookkeeping (``locker.fleet.watch``: ``FleetView`` + ``Watcher``
++ an fsynced ``EventLog``, deduplicating and acknowledging by (locker, epoch, seq)).
 
 While a traffic thread issues parcels (signed ``assign``), deposits and collects them (codes
 on the keypad, QR tokens on the scanner), types wrong codes, forces board doors open, scans
-garbage and re-sends commands, the main thread injects one fault at a time, in a shuffled
-round: the broker SIGKILLed and restarted, the link cut, the link blackholed, lockerd
-SIGKILLed and restarted, the state directory's disk full (a small tmpfs mounted there; needs
-root, otherwise skipped with the reason printed), and lockerd's wall clock stepped 44 years
-ahead and 2 hours back (``locker.sim.clockstep``: libfaketime preloaded into lockerd alone;
-skipped with the reason when it is not installed). After each fault, a ``resync`` probe must be answered before the outage
-is over; commands sent outside outages are timed. At the end the invariants of
+garbage and re-sends commands, the main thread injects one fault at a time, in shuffled
+rounds (the first always completes, so even a short run has every kind): the broker
+SIGKILLed and restarted, the link cut, the link blackholed, lockerd SIGKILLed and restarted,
+the state directory's disk full (a small tmpfs mounted there; needs root, otherwise skipped
+with the reason printed), and lockerd's wall clock stepped 44 years ahead and 2 hours back
+(``locker.sim.clockstep``: libfaketime preloaded into lockerd alone; skipped with the reason
+when it is not installed). After each fault, a ``resync`` probe must be answered before the
+outage is over; commands sent outside outages are timed. At the end the invariants of
 ``locker.sim.soak_checks`` are checked; the process prints what it did and each invariant,
 and exits 1 if any failed (2 if the soak could not run).
 
