@@ -14,7 +14,7 @@ import functools
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import ParamSpec, TypeVar
+from typing import Final, ParamSpec, TypeVar
 
 from locker import errors
 
@@ -63,9 +63,14 @@ class UnlockResult:
     detail: str = ""
 
 
+# The keys a locker keypad has (DESIGN section 7); every keypad adapter reports these alone
+# as ``KeyPressed`` and anything else as ``InputRejected``.
+LOCKER_KEYS: Final = frozenset("0123456789*#")
+
+
 @dataclass(frozen=True, slots=True)
 class KeyPressed:
-    """One key from a keypad: '0'-'9', '*' or '#'."""
+    """One key from a keypad: one of ``LOCKER_KEYS`` ('0'-'9', '*' or '#')."""
 
     key: str
     source: InputSource = InputSource.KEYPAD

@@ -17,6 +17,7 @@ from typing import Final
 from gpiozero import DigitalInputDevice, DigitalOutputDevice, Factory
 
 from locker.ports import (
+    LOCKER_KEYS,
     EventSink,
     HardwareEvent,
     HardwareFault,
@@ -33,7 +34,6 @@ PinSpec = int | str
 
 KEYMAP_3X4: Final = ("123", "456", "789", "*0#")
 KEYMAP_4X4: Final = ("123A", "456B", "789C", "*0#D")
-LOCKER_KEYS: Final = frozenset("0123456789*#")
 
 _AMBIGUOUS: Final = "<ambiguous>"
 

@@ -30,12 +30,13 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Final, Protocol
+from typing import ClassVar, Final, Protocol
 
 import serial
 
 from hardware.serial_io.ports import waiting
 from locker.ports import (
+    LOCKER_KEYS,
     EventSink,
     HardwareEvent,
     HardwareFault,
@@ -188,7 +189,7 @@ class LineAssembler:
 class KeyDecoder:
     """Serial keypad bytes -> keys (rules in the module docstring)."""
 
-    KEYS: Final = frozenset(b"0123456789*#")
+    KEYS: Final = frozenset(ord(k) for k in LOCKER_KEYS)
 
     def __init__(self) -> None:
         self._after_cr = False
@@ -248,17 +249,20 @@ class SerialInput(InputDevice):
         default ``serial.serial_for_url(url, baudrate, timeout=read_timeout_s)``.
     """
 
+    default_name: ClassVar[str] = "serial"  # ``name`` when none is given
+
     def __init__(
         self,
         url: str,
         *,
-        name: str,
+        name: str | None = None,
         baudrate: int,  # [keypad]/[scanner] baudrate: the config model holds the default
         read_timeout_s: float = 0.1,
         retry_base_s: float = RETRY_BASE_S,
         retry_max_s: float = RETRY_MAX_S,
         opener: Opener | None = None,
     ) -> None:
+        name = name or self.default_name
         if not 0 < read_timeout_s <= 1.0:
             raise ValueError(f"read_timeout_s must be in (0, 1], got {read_timeout_s}")
         if not 0 < retry_base_s <= retry_max_s:
@@ -401,11 +405,13 @@ class SerialScanner(SerialInput):
     inter-byte timeout (tests inject one).
     """
 
+    default_name = "scanner"
+
     def __init__(
         self,
         url: str,
         *,
-        name: str = "scanner",
+        name: str | None = None,
         baudrate: int,  # [keypad]/[scanner] baudrate: the config model holds the default
         read_timeout_s: float = 0.1,
         retry_base_s: float = RETRY_BASE_S,
@@ -437,28 +443,10 @@ class SerialScanner(SerialInput):
 
 
 class SerialKeypad(SerialInput):
-    """A keypad that sends one ASCII byte per key: reports ``KeyPressed`` / ``InputRejected``."""
+    """A keypad that sends one ASCII byte per key: reports ``KeyPressed`` / ``InputRejected``.
+    Port options as :class:`SerialInput`."""
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        name: str = "keypad",
-        baudrate: int,  # [keypad]/[scanner] baudrate: the config model holds the default
-        read_timeout_s: float = 0.1,
-        retry_base_s: float = RETRY_BASE_S,
-        retry_max_s: float = RETRY_MAX_S,
-        opener: Opener | None = None,
-    ) -> None:
-        super().__init__(
-            url,
-            name=name,
-            baudrate=baudrate,
-            read_timeout_s=read_timeout_s,
-            retry_base_s=retry_base_s,
-            retry_max_s=retry_max_s,
-            opener=opener,
-        )
+    default_name = "keypad"
 
     def _decoder(self) -> Decoder:
         return KeyDecoder()
