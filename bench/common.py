@@ -18,11 +18,14 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from locker.sim.broker import SERVER_CN, Broker, ClientCert, Endpoint
+from tests.broker import ServerClient
 
 OUT_ENV = "BENCH_OUT"  # the runner sets it: where this repeat's JSON goes
 PACKAGES = ("paho-mqtt", "pyserial", "gpiozero", "cryptography", "pydantic", "jsonschema")
@@ -166,3 +169,31 @@ def spawn_server(script: str, spec: dict[str, Any]) -> subprocess.Popen[str]:
         server.kill()
         raise RuntimeError(f"{script}: the server process did not start")
     return server
+
+
+def serve_spec(broker: Broker, **extra: Any) -> dict[str, Any]:
+    """What a ``--serve`` process needs (JSON-able): the server identity's endpoint on
+    ``broker`` (``SERVER_CN``) and ``extra``."""
+    return {"endpoint": dataclasses.asdict(broker.endpoint(SERVER_CN))} | extra
+
+
+def start_server(spec: dict[str, Any]) -> ServerClient:
+    """In a ``--serve`` process: the acknowledging server client of ``serve_spec``, started,
+    and "ready" printed for :func:`spawn_server`."""
+    ep = spec["endpoint"]
+    cert = ClientCert(**ep["cert"]) if ep["cert"] else None
+    server = ServerClient(Endpoint(**ep | {"cert": cert}))
+    server.start()
+    print("ready", flush=True)
+    return server
+
+
+def arrival_order(seqs: Iterable[int]) -> tuple[set[int], bool]:
+    """The distinct seqs received, and whether their first copies arrived in order."""
+    seen: set[int] = set()
+    first_seen: list[int] = []
+    for seq in seqs:
+        if seq not in seen:
+            seen.add(seq)
+            first_seen.append(seq)
+    return seen, first_seen == sorted(first_seen)

@@ -24,7 +24,6 @@ Run: ``.venv/bin/python bench/daemon_drain.py [--events N] [--plain-only] [--out
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import tempfile
@@ -36,11 +35,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-from bench.common import Figure, spawn_server, write_results  # noqa: E402
+from bench.common import (  # noqa: E402
+    Figure,
+    arrival_order,
+    serve_spec,
+    spawn_server,
+    start_server,
+    write_results,
+)
 from bench.event_pipeline import bare_paho  # noqa: E402
-from locker.sim.broker import SERVER_CN, Broker, ClientCert, Endpoint, Pki  # noqa: E402
+from locker.sim.broker import Broker, Pki  # noqa: E402
 from locker.sim.cabinet import SimCabinet  # noqa: E402
-from tests.broker import ServerClient  # noqa: E402
 from tests.e2e import GUESSER_SECURITY, db_last_seq, db_outbox_depth, guess_burst  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results-daemon-drain.json"
@@ -51,11 +56,7 @@ TIMEOUT_S = 300.0
 def serve(spec: dict[str, Any]) -> None:
     """The fleet server process: ack everything; once told how many events to expect (on
     stdin), report when they were all held, their order, and when the locker came online."""
-    ep = spec["endpoint"]
-    cert = ClientCert(**ep["cert"]) if ep["cert"] else None
-    server = ServerClient(Endpoint(**ep | {"cert": cert}))
-    server.start()
-    print("ready", flush=True)
+    server = start_server(spec)
     expected = int(sys.stdin.readline())
     deadline = time.monotonic() + TIMEOUT_S
     while not server.has_all(LOCKER, expected) and time.monotonic() < deadline:
@@ -63,18 +64,12 @@ def serve(spec: dict[str, Any]) -> None:
     all_at = time.monotonic()
     events = server.messages(lambda r: r.topic.startswith(f"lockers/{LOCKER}/evt/"))
     births = [r.at for r in server.messages(f"lockers/{LOCKER}/status") if r.json()["online"]]
-    first_seen: list[int] = []
-    seen: set[int] = set()
-    for rec in events:
-        seq = rec.json()["seq"]
-        if seq not in seen:
-            seen.add(seq)
-            first_seen.append(seq)
+    seen, in_order = arrival_order(rec.json()["seq"] for rec in events)
     report = {
         "received": len(events),
         "unique": len(seen),
         "contiguous": seen == set(range(1, expected + 1)),
-        "in_order": first_seen == sorted(first_seen),
+        "in_order": in_order,
         "birth_at": births[0] if births else None,
         "first_event_at": events[0].at if events else None,
         "all_at": all_at,
@@ -98,8 +93,7 @@ def run(tls: bool, events: int, workdir: Path, outage_s: float = 0.0) -> dict[st
     pki = Pki(workdir / "pki") if tls else None
     broker = Broker(workdir / "broker", pki=pki)
     broker.start()
-    spec = {"endpoint": dataclasses.asdict(broker.endpoint(SERVER_CN))}
-    server = spawn_server(__file__, spec)
+    server = spawn_server(__file__, serve_spec(broker))
     assert server.stdout is not None and server.stdin is not None
     cab = SimCabinet(workdir / "cab", broker=broker, locker_id=LOCKER, security=GUESSER_SECURITY)
     try:

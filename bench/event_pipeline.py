@@ -19,7 +19,6 @@ Run: ``.venv/bin/python bench/event_pipeline.py [--events N] [--repeats R] [--pl
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import sys
@@ -35,10 +34,9 @@ sys.path.insert(0, str(ROOT))
 import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from bench.common import Figure, spawn_server, write_results  # noqa: E402
-from locker.sim.broker import SERVER_CN, Broker, ClientCert, Endpoint, Pki  # noqa: E402
+from bench.common import Figure, serve_spec, spawn_server, start_server, write_results  # noqa: E402
+from locker.sim.broker import Broker, Pki  # noqa: E402
 from locker.sim.cabinet import SimCabinet  # noqa: E402
-from tests.broker import ServerClient  # noqa: E402
 from tests.e2e import GUESSER_SECURITY, db_last_seq, guess_burst  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results-event-pipeline.json"
@@ -50,11 +48,7 @@ TIMEOUT_S = 300.0
 def serve(spec: dict[str, Any]) -> None:
     """The fleet server process: ack everything; for each ``<locker> <upto>`` line on stdin,
     print the monotonic time at which it held every seq of that locker up to ``upto``."""
-    ep = spec["endpoint"]
-    cert = ClientCert(**ep["cert"]) if ep["cert"] else None
-    server = ServerClient(Endpoint(**ep | {"cert": cert}))
-    server.start()
-    print("ready", flush=True)
+    server = start_server(spec)
     for line in sys.stdin:
         locker, upto = line.split()
         deadline = time.monotonic() + TIMEOUT_S
@@ -104,8 +98,7 @@ def run(tls: bool, events: int, workdir: Path, repeats: int) -> dict[str, Any]:
     pki = Pki(workdir / "pki") if tls else None
     broker = Broker(workdir / "broker", pki=pki)
     broker.start()
-    spec = {"endpoint": dataclasses.asdict(broker.endpoint(SERVER_CN))}
-    server = spawn_server(__file__, spec)
+    server = spawn_server(__file__, serve_spec(broker))
     assert server.stdout is not None and server.stdin is not None
     cab = SimCabinet(workdir / "cab", broker=broker, locker_id=LOCKER, security=GUESSER_SECURITY)
     bare_rates: list[float] = []

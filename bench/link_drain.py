@@ -14,7 +14,6 @@ Run: ``.venv/bin/python bench/link_drain.py [--events N]``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import tempfile
@@ -27,16 +26,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-from bench.common import Figure, spawn_server, write_results  # noqa: E402
+from bench.common import (  # noqa: E402
+    Figure,
+    arrival_order,
+    serve_spec,
+    spawn_server,
+    start_server,
+    write_results,
+)
 from locker.ports import LinkChanged, LinkEvent  # noqa: E402
 from tests.broker import (  # noqa: E402
-    SERVER_CN,
     Broker,
-    ClientCert,
-    Endpoint,
     LinkRecorder,
     Pki,
-    ServerClient,
     SqliteOutbox,
     make_link,
 )
@@ -48,24 +50,15 @@ RESULTS = Path(__file__).resolve().parent / "results-link-drain.json"
 def serve(spec: dict[str, Any]) -> None:
     """The fleet server process: ack everything, report order and duplicates, stay until
     stdin closes (its acks must reach the locker)."""
-    ep = spec["endpoint"]
-    cert = ClientCert(**ep["cert"]) if ep["cert"] else None
-    server = ServerClient(Endpoint(**ep | {"cert": cert}))
-    server.start()
-    print("ready", flush=True)
+    server = start_server(spec)
     n = spec["events"]
     while not server.has_all(LOCKER, n):
         time.sleep(0.01)
-    first_seen: list[int] = []
-    seen: set[int] = set()
-    for event in server.events(LOCKER):
-        if event["seq"] not in seen:
-            seen.add(event["seq"])
-            first_seen.append(event["seq"])
+    seen, in_order = arrival_order(event["seq"] for event in server.events(LOCKER))
     report = {
         "received": len(server.events(LOCKER)),
         "unique": len(seen),
-        "in_order": first_seen == sorted(first_seen),
+        "in_order": in_order,
     }
     print("done " + json.dumps(report), flush=True)
     sys.stdin.read()
@@ -76,9 +69,7 @@ def run(tls: bool, events: int, workdir: Path) -> dict[str, Any]:
     pki = Pki(workdir / "pki") if tls else None
     broker = Broker(workdir / "broker", pki=pki)
     broker.start()
-    endpoint = broker.endpoint(SERVER_CN)
-    spec = {"events": events, "endpoint": dataclasses.asdict(endpoint)}
-    server = spawn_server(__file__, spec)
+    server = spawn_server(__file__, serve_spec(broker, events=events))
     assert server.stdout is not None and server.stdin is not None
     broker.stop()
 
