@@ -50,9 +50,11 @@ from locker.fleet.commands import (
     IssuedParcel,
     Reply,
     ReplyTimeoutError,
+    assign_args,
     check_args,
     coerce_args,
     command_claims,
+    customer_token,
     max_ttl,
     new_code_pair,
     parse_action,
@@ -78,9 +80,11 @@ __all__ = [
     "Reply",
     "ReplyTimeoutError",
     "TlsFiles",
+    "assign_args",
     "check_args",
     "coerce_args",
     "command_claims",
+    "customer_token",
     "max_ttl",
     "new_code_pair",
     "parse_action",
@@ -365,27 +369,20 @@ class FleetClient:
         t = time.time() if now is None else now
         dropoff, pickup, d_tag, p_tag = new_code_pair(device_key, digits)
         until = int(t + dropoff_hours * 3600)
-        args: dict[str, Any] = {
-            "parcel": parcel,
-            "kind": kind,
-            "size": size,
-            "dropoff_tag": d_tag,
-            "pickup_tag": p_tag,
-            "dropoff_until": until,
-            "pickup_hours": pickup_hours,
-        }
-        if compartment is not None:
-            args["compartment"] = compartment
-        if accessible:
-            args["accessible"] = True
+        args = assign_args(
+            parcel,
+            kind,
+            size,
+            dropoff_tag=d_tag,
+            pickup_tag=p_tag,
+            dropoff_until=until,
+            pickup_hours=pickup_hours,
+            compartment=compartment,
+            accessible=accessible,
+        )
         token, action = None, None
         if token_key is not None:
-            action = (
-                credentials.TokenAction.PICKUP
-                if kind == "delivery"
-                else credentials.TokenAction.DROPOFF
-            )
-            expires = until + (pickup_hours * 3600 if kind == "delivery" else 0)
+            action, expires = customer_token(kind, until, pickup_hours)
             token = credentials.mint_token(
                 token_key, token_kid, locker_id, action, parcel, int(t), expires
             )

@@ -37,9 +37,11 @@ __all__ = [
     "IssuedParcel",
     "Reply",
     "ReplyTimeoutError",
+    "assign_args",
     "check_args",
     "coerce_args",
     "command_claims",
+    "customer_token",
     "max_ttl",
     "new_code_pair",
     "parse_action",
@@ -202,3 +204,43 @@ def new_code_pair(device_key: bytes, digits: int = 8) -> tuple[str, str, str, st
         d_tag, p_tag = (credentials.code_tag(device_key, c) for c in (dropoff, pickup))
         if d_tag != p_tag:
             return dropoff, pickup, d_tag, p_tag
+
+
+def assign_args(
+    parcel: str,
+    kind: str,
+    size: str,
+    *,
+    dropoff_tag: str,
+    pickup_tag: str,
+    dropoff_until: int,
+    pickup_hours: int,
+    compartment: str | None = None,
+    accessible: bool = False,
+) -> dict[str, Any]:
+    """An ``assign`` command's arguments (DESIGN section 5; ``dropoff_until`` in seconds since
+    the epoch): ``compartment`` and ``accessible`` only when given."""
+    args: dict[str, Any] = {
+        "parcel": parcel,
+        "kind": kind,
+        "size": size,
+        "dropoff_tag": dropoff_tag,
+        "pickup_tag": pickup_tag,
+        "dropoff_until": dropoff_until,
+        "pickup_hours": pickup_hours,
+    }
+    if compartment is not None:
+        args["compartment"] = compartment
+    if accessible:
+        args["accessible"] = True
+    return args
+
+
+def customer_token(
+    kind: str, dropoff_until: int, pickup_hours: int
+) -> tuple[credentials.TokenAction, int]:
+    """The QR token a parcel's customer gets: its action (pickup for a delivery, drop-off for a
+    return) and its expiry, when that step's window can last end (seconds since the epoch)."""
+    if kind == "delivery":
+        return credentials.TokenAction.PICKUP, dropoff_until + pickup_hours * 3600
+    return credentials.TokenAction.DROPOFF, dropoff_until

@@ -32,12 +32,16 @@ from locker.contract import credentials
 from locker.contract.actions import Action
 from locker.fleet import provision
 from locker.fleet.client import (
+    DEFAULT_DROPOFF_HOURS,
+    DEFAULT_PICKUP_HOURS,
     BrokerError,
     FleetClient,
     FleetError,
     Reply,
     ReplyTimeoutError,
+    assign_args,
     command_claims,
+    customer_token,
     new_code_pair,
 )
 from locker.fleet.service import parcel_ledger, users
@@ -47,8 +51,7 @@ from locker.fleet.service.metrics import METRICS
 logger = logging.getLogger(__name__)
 
 PARCEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-DROPOFF_HOURS = 48
-RETRIEVE_HOURS = 48
+RETRIEVE_HOURS = 48  # a courier retrieval code's default validity (the API's valid_hours)
 FINAL_STATES = frozenset({"collected", "retrieved", "cancelled"})
 
 
@@ -197,27 +200,21 @@ class Actions:
             raise ActionError(409, "duplicate_parcel", f"parcel {parcel} is already active")
         now = int(time.time())
         dropoff, pickup, d_tag, p_tag = new_code_pair(device_key)
-        hours = pickup_hours if pickup_hours is not None else 72
-        args: dict[str, Any] = {
-            "parcel": parcel,
-            "kind": kind,
-            "size": size,
-            "dropoff_tag": d_tag,
-            "pickup_tag": p_tag,
-            "dropoff_until": now + DROPOFF_HOURS * 3600,
-            "pickup_hours": hours,
-        }
-        if compartment is not None:
-            args["compartment"] = compartment
-        if accessible:
-            args["accessible"] = True
-        token_id = secrets.token_bytes(credentials.TOKEN_ID_BYTES)
-        nb, exp = now - 60, now + DROPOFF_HOURS * 3600 + (hours * 3600 if kind == "delivery" else 0)
-        action = (
-            credentials.TokenAction.PICKUP
-            if kind == "delivery"
-            else credentials.TokenAction.DROPOFF
+        hours = pickup_hours if pickup_hours is not None else DEFAULT_PICKUP_HOURS
+        args = assign_args(
+            parcel,
+            kind,
+            size,
+            dropoff_tag=d_tag,
+            pickup_tag=p_tag,
+            dropoff_until=now + DEFAULT_DROPOFF_HOURS * 3600,
+            pickup_hours=hours,
+            compartment=compartment,
+            accessible=accessible,
         )
+        token_id = secrets.token_bytes(credentials.TOKEN_ID_BYTES)
+        action, exp = customer_token(kind, args["dropoff_until"], hours)
+        nb = now - 60  # a locker's clock a minute behind still takes it
         token = credentials.mint_token(
             self.fleet.token_key(), self.fleet.token_kid, locker, action, parcel, nb, exp, token_id
         )

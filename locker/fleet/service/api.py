@@ -27,7 +27,7 @@ from locker.contract.actions import Action
 from locker.fleet import qr
 from locker.fleet.service import alarms as alarm_rules
 from locker.fleet.service import parcel_ledger, users
-from locker.fleet.service.actions import ActionError, Actions
+from locker.fleet.service.actions import RETRIEVE_HOURS, ActionError, Actions
 from locker.fleet.service.db import alarms, events, lockers
 
 logger = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class ExtendIn(_Body):
 
 
 class RetrieveIn(_Body):
-    valid_hours: int = Field(default=48, ge=1, le=24 * 7)
+    valid_hours: int = Field(default=RETRIEVE_HOURS, ge=1, le=24 * 7)
     reason: str = Field(default="", max_length=500)
 
 
