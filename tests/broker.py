@@ -7,7 +7,9 @@
   ``locker.fleet.provision`` (the same code ``lockerctl`` provisions real fleets with).
 - ``ServerClient``: a paho client playing the central server: subscribes to every locker's
   status/state/evt/res, records what arrives (topic, payload, retain flag, properties), can
-  ack events (deduplicated by ``seq``, contiguous high-water mark) and send commands.
+  ack events and send commands. Its receipt bookkeeping is the servers' own
+  (``locker.fleet.ledger.Stream`` per locker and epoch: deduplicated by (epoch, seq), acked
+  with the epoch up to the contiguous high-water mark, never past a gap).
 - ``SqliteOutbox`` and ``LinkRecorder``: a real-SQLite ``OutboxReader`` and a link sink that
   does what the controller does with acks, for tests of the link on its own.
 
@@ -39,6 +41,7 @@ from locker.cabinet.link import MqttLink
 from locker.cabinet.sender import check_ack
 from locker.config.sections import Mqtt
 from locker.contract.replies import rfc3339
+from locker.fleet import ledger
 from locker.ports import (
     EventsDelivered,
     LinkEvent,
@@ -142,9 +145,9 @@ class ServerClient:
         self.auto_ack = auto_ack
         self.first_seq = first_seq
         self.received: list[Received] = []
-        self.seqs: dict[str, set[int]] = {}
-        self.high_water: dict[str, int] = {}
-        self._acked: dict[str, int] = {}
+        self.seqs: dict[str, set[int]] = {}  # every seq seen per locker, all epochs
+        self.streams: dict[tuple[str, str], ledger.Stream] = {}  # (locker, epoch)
+        self._epoch: dict[str, str] = {}  # each locker's epoch of its latest event
         self._cond = threading.Condition()
         self._stop = False
         self.connects = 0
@@ -212,15 +215,26 @@ class ServerClient:
 
     def _note_seq(self, locker_id: str, payload: bytes) -> None:
         try:
-            seq = json.loads(payload)["seq"]
-        except (ValueError, KeyError, TypeError):
+            doc = json.loads(payload)
+            seq, epoch = doc["seq"], ledger.epoch_of(doc)
+        except (ValueError, KeyError, TypeError, AttributeError):
             return
-        got = self.seqs.setdefault(locker_id, set())
-        got.add(seq)
-        hw = self.high_water.get(locker_id, self.first_seq - 1)
-        while hw + 1 in got:
-            hw += 1
-        self.high_water[locker_id] = hw
+        if type(seq) is not int or seq < 1 or epoch is None:
+            return
+        self.seqs.setdefault(locker_id, set()).add(seq)
+        stream = self.streams.get((locker_id, epoch))
+        if stream is None:  # a server that starts mid-stream holds nothing below first_seq
+            stream = ledger.Stream(locker_id, epoch, contiguous=self.first_seq - 1)
+            self.streams[(locker_id, epoch)] = stream
+        stream.receive(seq, doc)
+        stream.take_released()  # ``received`` keeps every copy in arrival order
+        self._epoch[locker_id] = epoch
+
+    @property
+    def high_water(self) -> dict[str, int]:
+        """Per locker, the contiguous high-water mark of its latest event's epoch."""
+        with self._cond:
+            return {lk: self.streams[(lk, ep)].contiguous for lk, ep in self._epoch.items()}
 
     def _ack_loop(self) -> None:
         # Acks are coalesced: under load one ack covers many events, as a real backend does.
@@ -229,15 +243,17 @@ class ServerClient:
                 self._cond.wait_for(lambda: self._stop or self._ack_due(), timeout=1.0)
                 if self._stop:
                     return
-                due = {k: v for k, v in self.high_water.items() if v > self._acked.get(k, 0)}
-                if not self.auto_ack:
-                    due = {}
-                self._acked.update(due)
-            for locker_id, upto in due.items():
-                self.ack(locker_id, upto)
+                due: list[tuple[str, ledger.Ack]] = []
+                for (locker_id, _), stream in self.streams.items() if self.auto_ack else ():
+                    ack = stream.ack_due()
+                    if ack is not None:
+                        stream.mark_acked(ack.upto_seq)
+                        due.append((locker_id, ack))
+            for locker_id, ack in due:
+                self.client.publish(f"lockers/{locker_id}/ack", json.dumps(ack.payload()), qos=1)
 
     def _ack_due(self) -> bool:
-        return self.auto_ack and any(v > self._acked.get(k, 0) for k, v in self.high_water.items())
+        return self.auto_ack and any(s.ack_due() is not None for s in self.streams.values())
 
     # --- what tests call --------------------------------------------------------------------
 
@@ -298,8 +314,8 @@ class ServerClient:
             return set(self.seqs.get(locker_id, set()))
 
     def has_all(self, locker_id: str, upto: int) -> bool:
-        with self._cond:
-            return self.high_water.get(locker_id, 0) >= upto
+        """Whether every seq up to ``upto`` of the locker's latest epoch is held."""
+        return self.high_water.get(locker_id, 0) >= upto
 
 
 class SqliteOutbox(OutboxReader):
