@@ -119,6 +119,19 @@ HardwareEvent = (
 )
 
 EventSink = Callable[[HardwareEvent], None]
+
+
+def deliver(sink: EventSink | None, event: HardwareEvent, name: str) -> None:
+    """Hand an input adapter's ``event`` to its ``sink`` (none yet: dropped); a sink that
+    raises is logged under the adapter's ``name``, never raised into its reader thread."""
+    if sink is None:
+        return
+    try:
+        sink(event)
+    except Exception:
+        logging.getLogger(__name__).exception("%s: sink refused an event", name)
+
+
 """Where adapters put events. Must be cheap and thread-safe (``queue.Queue.put``)."""
 
 

@@ -26,6 +26,7 @@ from locker.ports import (
     InputRejected,
     InputSource,
     KeyPressed,
+    deliver,
 )
 
 logger = logging.getLogger(__name__)
@@ -164,13 +165,7 @@ class MatrixKeypad(InputDevice):
         self._emit(HardwareFault(self.name, f"scan failed: {type(exc).__name__}: {exc}"))
 
     def _emit(self, event: HardwareEvent) -> None:
-        sink = self._sink
-        if sink is None:
-            return
-        try:
-            sink(event)
-        except Exception:
-            logger.exception("%s: sink refused an event", self.name)
+        deliver(self._sink, event, self.name)
 
     def _close_devices(self) -> None:
         for row in self._rows:

@@ -30,7 +30,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import ClassVar, Final, Protocol
+from typing import ClassVar, Final, Protocol, TypedDict, Unpack
 
 import serial
 
@@ -46,6 +46,7 @@ from locker.ports import (
     InputSource,
     KeyPressed,
     LineScanned,
+    deliver,
     guarded,
 )
 
@@ -238,6 +239,16 @@ class Decoder(Protocol):
     def flush(self) -> Sequence[HardwareEvent]: ...
 
 
+class PortOptions(TypedDict, total=False):
+    """:class:`SerialInput`'s optional port options, for subclasses that add their own."""
+
+    name: str | None
+    read_timeout_s: float
+    retry_base_s: float
+    retry_max_s: float
+    opener: Opener | None
+
+
 class SerialInput(InputDevice):
     """A reader thread on one pySerial port, with fault reporting and reconnection.
 
@@ -389,13 +400,7 @@ class SerialInput(InputDevice):
             logger.debug("%s: closing the port failed", self.name, exc_info=True)
 
     def _emit(self, event: HardwareEvent) -> None:
-        sink = self._sink
-        if sink is None:
-            return
-        try:
-            sink(event)
-        except Exception:
-            logger.exception("%s: sink refused an event", self.name)
+        deliver(self._sink, event, self.name)
 
 
 class SerialScanner(SerialInput):
@@ -411,25 +416,13 @@ class SerialScanner(SerialInput):
         self,
         url: str,
         *,
-        name: str | None = None,
         baudrate: int,  # [keypad]/[scanner] baudrate: the config model holds the default
-        read_timeout_s: float = 0.1,
-        retry_base_s: float = RETRY_BASE_S,
-        retry_max_s: float = RETRY_MAX_S,
-        opener: Opener | None = None,
         repeat_window_s: float = REPEAT_WINDOW_S,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
         clock: Clock = time.monotonic,
+        **port: Unpack[PortOptions],
     ) -> None:
-        super().__init__(
-            url,
-            name=name,
-            baudrate=baudrate,
-            read_timeout_s=read_timeout_s,
-            retry_base_s=retry_base_s,
-            retry_max_s=retry_max_s,
-            opener=opener,
-        )
+        super().__init__(url, baudrate=baudrate, **port)
         self._repeat_window_s = repeat_window_s
         self._idle_timeout_s = idle_timeout_s
         self._clock = clock
