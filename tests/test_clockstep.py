@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from locker.sim import clockstep
+from tests.conftest import wait_for
 
 LIBRARY = clockstep.find_library()
 pytestmark = pytest.mark.skipif(LIBRARY is None, reason="libfaketime not installed (faketime)")
@@ -24,6 +25,7 @@ YEAR_S = 365 * 86400  # libfaketime's "y"
 CHILD = """
 import json, threading, time
 from locker.sim import clockstep
+from tests.conftest import wait_for
 time.sleep = clockstep._sleep
 m0 = time.monotonic()
 time.sleep(0.05)
@@ -72,3 +74,23 @@ def test_undo_restores_the_real_time_and_the_file_is_never_empty(tmp_path: Path)
     stepper.undo()
     assert stepper.path.read_text() == "+0\n"
     assert abs(_child(stepper)["wall"] - time.time()) < 5
+
+
+def test_forget_removes_what_a_killed_child_left_in_dev_shm(tmp_path: Path) -> None:
+    assert LIBRARY is not None
+    stepper = clockstep.ClockStepper(tmp_path / "faketime.rc", LIBRARY)
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; time.time(); sys.stdin.read()"],
+        env={**os.environ, **stepper.env()},
+        stdin=subprocess.PIPE,
+    )
+    left = [clockstep.SHM_DIR / f"faketime_shm_{child.pid}"]
+    left.append(clockstep.SHM_DIR / f"sem.faketime_sem_{child.pid}")
+    try:
+        wait_for(lambda: all(p.exists() for p in left), 10, what="libfaketime's shared memory")
+    finally:
+        child.kill()  # no exit handler runs: the files stay
+        child.wait(10)
+    assert all(p.exists() for p in left)
+    stepper.forget(child.pid)
+    assert not any(p.exists() for p in left)

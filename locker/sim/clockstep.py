@@ -35,6 +35,7 @@ from typing import SupportsIndex
 # Debian's multiarch location (dpkg -L libfaketime); the first match wins.
 LIBRARY_GLOB = "/usr/lib/*/faketime/libfaketimeMT.so.1"
 MODULE = "locker.sim.clockstep"
+SHM_DIR = Path("/dev/shm")  # noqa: S108 - where libfaketime puts them, named by pid
 
 
 def find_library() -> Path | None:
@@ -76,6 +77,13 @@ class ClockStepper:
 
     def undo(self) -> None:
         self.step("+0")
+
+    def forget(self, pid: int) -> None:
+        """Remove the shared-memory pair libfaketime made for the child ``pid``, once it has
+        exited (its README, "Cleaning up shared memory": a clean exit removes them, a SIGKILL
+        leaves them in ``/dev/shm``)."""
+        for name in (f"faketime_shm_{pid}", f"sem.faketime_sem_{pid}"):
+            (SHM_DIR / name).unlink(missing_ok=True)
 
     def _write(self, offset: str) -> None:
         # Replaced whole, never rewritten in place: the child re-reads it on every call and

@@ -345,6 +345,7 @@ class Soak:
         self.stepper: clockstep.ClockStepper | None = None
         self.clock_probes: list[checks.ClockProbe] = []
         self.began_wall = time.time()  # the soak's own clock is never stepped
+        self.pids: list[int] = []  # every lockerd started
 
     # -- set-up and tear-down --
 
@@ -370,7 +371,7 @@ class Soak:
         self._mount_tmpfs(cab.state_dir)
         self.server = Server(self.broker, cab, self.workdir / "journal")
         self.server.start()
-        cab.start()
+        self._start()
         self.recover("start")
         return cab, self.server
 
@@ -396,6 +397,12 @@ class Soak:
         if not self.mounted:
             self.skipped["disk full"] = reason
 
+    def _start(self) -> None:
+        assert self.cab is not None
+        self.cab.start()
+        if self.cab.proc is not None:
+            self.pids.append(self.cab.proc.pid)
+
     def close(self) -> None:
         steps: list[Callable[[], None]] = [self.broker.stop]
         for part in (self.proxy, self.server, self.cab):
@@ -406,6 +413,9 @@ class Soak:
                 step()
         if self.mounted and self.cab is not None:
             subprocess.run(["/bin/umount", str(self.cab.state_dir)], check=False)  # noqa: S603
+        if self.stepper is not None:
+            for pid in self.pids:
+                self.stepper.forget(pid)
 
     # -- outages --
 
@@ -422,7 +432,7 @@ class Soak:
                 self.exits += 1
                 status = self.cab.proc.returncode if self.cab.proc else None
                 self.say(f"lockerd exited by itself (status {status}); restarting")
-                self.cab.start()
+                self._start()
             tried = time.monotonic()
             with contextlib.suppress(FleetError):
                 self.server.send(self.cab.sign("resync", {}, ttl_s=10), timeout=5.0)
@@ -465,7 +475,7 @@ class Soak:
         assert self.cab is not None
         self.cab.kill()
         self.integrity.append(checks.integrity(self.cab.state_dir / "locker.db"))
-        self.cab.start()
+        self._start()
 
     def disk_full(self) -> None:
         assert self.cab is not None
@@ -547,7 +557,7 @@ class Soak:
         self._drain(cab, server)
         cab.stop()  # SIGTERM: commits ``stopping``; the file must be sound when closed
         self.integrity.append(checks.integrity(cab.state_dir / "locker.db"))
-        cab.start()  # whatever the stop did not deliver is resent now
+        self._start()  # whatever the stop did not deliver is resent now
         truth = self._drain(cab, server)
         return self._report(cab, server, traffic, truth, chaos)
 
