@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 logger = logging.getLogger(__name__)
 
@@ -62,12 +63,23 @@ class Timex(ctypes.Structure):
     ]
 
 
-def read_timex() -> Timex | None:
-    """The kernel's clock discipline state (a read-only adjtimex call); None if unavailable."""
+@functools.cache
+def _adjtimex() -> Callable[[Any], int] | None:
+    """libc's ``adjtimex``, looked up once: ``find_library`` runs ``ldconfig -p`` in a child
+    process (about 1.5 ms), and ``clock_synced`` is asked on every commit, before an unlock's
+    pulse (issue 10). None where there is no such call."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        adjtimex = libc.adjtimex
+        fn: Callable[[Any], int] = libc.adjtimex
     except (OSError, AttributeError):
+        return None
+    return fn
+
+
+def read_timex() -> Timex | None:
+    """The kernel's clock discipline state (a read-only adjtimex call); None if unavailable."""
+    adjtimex = _adjtimex()
+    if adjtimex is None:
         return None
     tx = Timex()  # modes = 0: read only
     if adjtimex(ctypes.byref(tx)) < 0:
