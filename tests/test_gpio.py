@@ -131,6 +131,36 @@ def test_scheduler_serialises_bounded_pulses_with_rest() -> None:
 
 
 @pytest.mark.timeout(20)
+def test_idle_bank_switches_the_coil_on_before_request_returns() -> None:
+    """Issue 10: no thread hand-off between the controller's commit and an idle bank's coil;
+    a request behind a pulse or its rest still waits its turn."""
+    bench = CoilBench(["a", "b"])
+    results: list[UnlockResult] = []
+    scheduler = PulseScheduler(bench.coils, pulse_s=0.05, rest_s=0.05, sink=results.append)
+    try:
+        scheduler.request("a")
+        assert bench.energised == {"a"}  # on already, on this thread
+        scheduler.request("b")
+        assert bench.energised == {"a"}  # queued behind a's pulse and rest
+        wait_for(lambda: len(results) == 2, 10, what="two results")
+        # parked again after b's rest: the next request is switched on at once again
+        wait_for(lambda: scheduler._idle, 5, what="bank idle")
+        scheduler.request("b")
+        assert bench.energised == {"b"}
+        wait_for(lambda: len(results) == 3, 10, what="three results")
+    finally:
+        scheduler.close()
+    assert all(r.sent for r in results)
+    assert bench.overlaps == 0
+    pulses = bench.pulses()
+    assert [p[0] for p in pulses] == ["a", "b", "b"]
+    for _, on, off in pulses:
+        assert 0.05 <= off - on <= 0.05 + TOLERANCE_S
+    for (_, _, off), (_, on, _) in itertools.pairwise(pulses):
+        assert on - off >= 0.05
+
+
+@pytest.mark.timeout(20)
 def test_scheduler_reports_a_coil_that_cannot_be_driven() -> None:
     bench = CoilBench(["ok"])
     off_calls: list[str] = []

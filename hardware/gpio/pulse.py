@@ -4,7 +4,13 @@ A :class:`PulseScheduler` owns one worker thread that serialises unlock requests
 hold for ``pulse_s``, coil off, rest for ``rest_s``, next request. So at most one coil of the
 bank is ever energised, every pulse is bounded (hard cap :data:`MAX_PULSE_S`, refused in the
 constructor), and consecutive pulses are separated by the rest. Each request ends in exactly
-one :class:`~locker.ports.UnlockResult`. The scheduler knows nothing of gpiozero: a coil is
+one :class:`~locker.ports.UnlockResult`.
+
+A request that finds the bank idle (no coil on, the rest over, nothing queued) switches its
+coil on at once, on the caller's thread, and only then hands the hold, the switch-off and the
+rest to the worker: the controller's commit is followed by the coil without waiting for a
+thread to wake (issue 10: that hand-off was up to a millisecond at p99). A request that finds
+the bank busy is queued as before. The scheduler knows nothing of gpiozero: a coil is
 anything with ``on()`` and ``off()`` (a ``DigitalOutputDevice``, or :class:`CallableCoil`).
 """
 
@@ -45,6 +51,15 @@ class CallableCoil:
 _STOP: Final = object()
 
 
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """A coil the caller of ``request`` switched on at ``on_at`` (``time.monotonic``): the
+    worker holds it until ``on_at + pulse_s``, switches it off and rests."""
+
+    compartment: str
+    on_at: float
+
+
 def check_timing(pulse_s: float, rest_s: float) -> None:
     """Refuse a pulse longer than the hard cap (or not positive) and a negative rest."""
     if not 0 < pulse_s <= MAX_PULSE_S:
@@ -83,6 +98,7 @@ class PulseScheduler:
         # makes "check closed, enqueue" atomic against close() enqueueing the stop marker
         self._gate = threading.Lock()
         self._closed = False
+        self._idle = True  # under _gate: worker parked, no coil on, rest over, queue empty
         self._thread = threading.Thread(target=self._run, name=f"{name}-pulses", daemon=True)
         self._thread.start()
 
@@ -95,14 +111,29 @@ class PulseScheduler:
         return self._rest_s
 
     def request(self, compartment: str) -> None:
-        """Queue one pulse; returns at once. Unknown compartment: ``KeyError``."""
-        if compartment not in self._coils:
-            raise KeyError(compartment)
+        """One pulse: the coil goes on before this returns if the bank is idle, else the
+        request is queued. Returns without waiting for the pulse. Unknown compartment:
+        ``KeyError``."""
+        coil = self._coils[compartment]
         with self._gate:
             if not self._closed:
-                self._requests.put(compartment)
+                if self._idle:
+                    # on under the gate: close() cannot slip between the check and the coil
+                    self._switch_on_now(compartment, coil)
+                else:
+                    self._requests.put(compartment)
                 return
         self._report(UnlockResult(compartment, sent=False, detail=f"{self.name} is closed"))
+
+    def _switch_on_now(self, compartment: str, coil: Coil) -> None:
+        """Fast path of ``request`` (caller's thread, ``_gate`` held)."""
+        try:
+            coil.on()
+        except Exception as exc:
+            self._failed_on(coil, compartment, exc)  # the bank stays idle
+            return
+        self._idle = False
+        self._requests.put(_Held(compartment, time.monotonic()))
 
     def close(self, timeout: float = 5.0) -> None:
         """Turn every coil off, end queued requests with ``sent=False``, stop the worker.
@@ -129,8 +160,14 @@ class PulseScheduler:
             item = self._requests.get()
             if item is _STOP:
                 return
-            assert isinstance(item, str)
-            self._serve(item)
+            if isinstance(item, _Held):
+                self._finish(item)
+            else:
+                assert isinstance(item, str)
+                self._serve(item)
+            with self._gate:
+                # parked: the next request may switch its coil on itself
+                self._idle = self._requests.empty()
 
     @guarded(logger)
     def _serve(self, compartment: str) -> None:
@@ -141,15 +178,25 @@ class PulseScheduler:
         try:
             coil.on()
         except Exception as exc:
-            self._safe_off(coil, compartment)
-            detail = f"coil could not be driven: {type(exc).__name__}: {exc}"
-            logger.error("%s: %s: %s", self.name, compartment, detail)
-            self._report(UnlockResult(compartment, sent=False, detail=detail))
+            self._failed_on(coil, compartment, exc)
             return
-        self._hold(self._pulse_s)
-        off_ok = self._safe_off(coil, compartment)
-        self._report(UnlockResult(compartment, sent=True, detail="" if off_ok else "coil stuck"))
+        self._finish(_Held(compartment, time.monotonic()))
+
+    @guarded(logger)
+    def _finish(self, held: _Held) -> None:
+        """A coil is on since ``held.on_at``: hold it, switch it off, report, rest."""
+        coil = self._coils[held.compartment]
+        self._hold(held.on_at + self._pulse_s - time.monotonic())
+        off_ok = self._safe_off(coil, held.compartment)
+        detail = "" if off_ok else "coil stuck"
+        self._report(UnlockResult(held.compartment, sent=True, detail=detail))
         self._hold(self._rest_s)
+
+    def _failed_on(self, coil: Coil, compartment: str, exc: Exception) -> None:
+        self._safe_off(coil, compartment)
+        detail = f"coil could not be driven: {type(exc).__name__}: {exc}"
+        logger.error("%s: %s: %s", self.name, compartment, detail)
+        self._report(UnlockResult(compartment, sent=False, detail=detail))
 
     def _hold(self, seconds: float) -> None:
         """Wait ``seconds`` on the monotonic clock, or less if the scheduler is closing."""
