@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 
 from locker.cabinet import controller as controller_module
+from locker.cabinet.store import CHECKPOINT_AFTER, Store
 from locker.ports import InputRejected, InputSource, KeyPressed, ServerAck
+from tests.domain import command
 from tests.test_controller import Rig, _assign
 
 
@@ -72,3 +74,45 @@ def test_counters_alone_republish_the_state_at_a_bounded_rate(rig: Rig) -> None:
     n = len(seen)
     _assign(rig, "P9")  # what the state shows changed: at once
     assert len(seen) == n + 1 and seen[-1]["compartments"][0]["state"] == "reserved"
+
+
+def test_sqlite_never_checkpoints_inside_a_commit_the_store_does_when_told(
+    tmp_path: Path,
+) -> None:
+    """Issue 10: the commit that crossed SQLite's WAL threshold paid the checkpoint before its
+    unlock's pulse. The store's connection does not checkpoint by itself; ``checkpoint`` does,
+    after which the WAL starts over instead of growing."""
+    store = Store(tmp_path / "s.db", boot_id="b")
+    try:
+        assert store._con.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        wal = tmp_path / "s.db-wal"
+        while not store.checkpoint_due(idle=True):
+            assert not store.checkpoint_due(idle=False)
+            store.set_meta("k", "x" * 3000)
+        grown = wal.stat().st_size
+        store.set_meta("k", "y" * 3000)
+        assert wal.stat().st_size > grown  # no checkpoint yet: appended
+        store.checkpoint()
+        assert not store.checkpoint_due(idle=True)
+        size = wal.stat().st_size
+        store.set_meta("k", "z" * 3000)
+        assert wal.stat().st_size == size  # restarted from its beginning
+        assert store.meta("k") == "z" * 3000
+    finally:
+        store.close()
+
+
+def test_the_controller_checkpoints_only_with_nothing_waiting(rig: Rig) -> None:
+    calls: list[int] = []
+    real = rig.ctl.store.checkpoint
+
+    def checkpoint() -> None:
+        calls.append(rig.ctl.queue.qsize())
+        real()
+
+    rig.ctl.store.checkpoint = checkpoint  # type: ignore[method-assign]
+    for _ in range(8):
+        # each burst: a commit per command, queued together
+        rig.put(*[command("resync", rig.clock.wall) for _ in range(CHECKPOINT_AFTER // 4)])
+    assert calls  # 8 x 16 writes: at least one checkpoint
+    assert set(calls) == {0}  # and never with an input waiting

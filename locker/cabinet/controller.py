@@ -224,7 +224,15 @@ class Controller(StatePublisher, StreamCheck, StorageOutage):
             self._handle_batch(event)
         else:
             self.handle(event)
+        self._checkpoint()
         return True
+
+    def _checkpoint(self) -> None:
+        """The WAL checkpoint, after the actions and only when nothing waits (else bounded
+        by ``CHECKPOINT_FORCED``): never inside an unlock's commit (issue 10)."""
+        idle = self._deferred is None and self.queue.qsize() == 0
+        if self.storage_fault is None and self.store.checkpoint_due(idle=idle):
+            self.store.checkpoint()
 
     def _handle_batch(self, first: object) -> None:
         """Group commit (issue 10): run ``first`` and the machine-only inputs already queued
