@@ -1,5 +1,5 @@
 """Unlock latency end to end: the ``#`` that submits a code on the keypad -> the lock acts,
-against a bare SQLite commit measured in the same run.
+against a bare SQLite commit and a bare pipeline measured in the same run.
 
 Runs the whole daemon in this process as ``lockerd`` assembles it (``tests.daemon_rig``): a
 serial keypad on a real pty, the controller committing each grant to SQLite (WAL,
@@ -11,35 +11,58 @@ written to the keypad pty to:
 - board compartment: the unlock frame's last byte read by the KR-CU16 emulator on another pty
   (the bus polled at the configuration default, 200 ms).
 
-Every unlock is a whole visit (assign, type the code, the door opens, is shut, the step
-completes; then the same for the pickup), so it meets the bus at a random phase of its polling
-as a person's does. The baseline is the floor of any unlock: one small ``synchronous=FULL``
-WAL commit on the same disk (``bench.common.bare_commit_ms``). A pty has no baud rate: on a
-real 19200 baud line add about 2.6 ms for the five bytes of the frame.
+Every unlock is a whole visit (assign, type the code, a person's pause, ``#``, the door opens,
+is shut, the step completes; then the same for the pickup), so it meets the bus at a random
+phase of its polling as a person's does. Baselines, all on the same disk and in this process:
 
-    python bench/unlock_latency_e2e.py [--parcels 60]
+- bare commit: one small ``synchronous=FULL`` WAL commit, back to back
+  (``bench.common.bare_commit_ms``);
+- bare commit after idle: the same commit, one after each visit, so that like an unlock's own
+  commit it follows a quiet spell (a commit after ~0.1 s of idle costs about twice one made
+  back to back on this machine: the disk's and the CPU's idle states);
+- bare pipeline: the floor of the unlock path in CPython with nothing of the locker in it:
+  ``#`` on a pty -> a pySerial reader thread -> a condition-variable hand-off -> a worker
+  thread that commits (as above) -> a mock pin high, paced like the visits.
+
+Percentiles are nearest-rank over at least 500 samples of each kind by default (p99 is then
+the 5th slowest). A pty has no baud rate: on a real 19200 baud line add about 2.6 ms for the
+five bytes of the board's frame.
+
+    python bench/unlock_latency_e2e.py [--parcels 250]
 """
 
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import statistics
 import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import serial
 from gpiozero.pins.mock import MockFactory, MockPin
 
 from bench.common import Figure, bare_commit_ms, percentile, write_results
-from tests.daemon_rig import GPIO_LAYOUT, REST_S, BoardCabinet, DaemonRig, unlock_latencies
+from tests.daemon_rig import (
+    GPIO_LAYOUT,
+    KEY_GAP_S,
+    REST_S,
+    BoardCabinet,
+    DaemonRig,
+    unlock_latencies,
+)
+from tests.ptys import PtyPort
 
 RESULTS = Path(__file__).with_name("results-unlock-latency-e2e.json")
 BOARD_POLL_S = 0.2  # the configuration default
+PIPELINE_GAP_S = 0.1  # quiet spell before each bare-pipeline sample, like a visit's
 
 
 class TimedPin(MockPin):  # type: ignore[misc]
@@ -51,23 +74,52 @@ class TimedPin(MockPin):  # type: ignore[misc]
     def _change_state(self, value: bool) -> bool:
         changed = bool(super()._change_state(value))
         if changed and value:
-            if not hasattr(self, "rises"):
-                self.rises, self.cond = [], threading.Condition()
-            with self.cond:
+            with _RISES:
+                if not hasattr(self, "rises"):
+                    self.rises = []
                 self.rises.append(time.monotonic())
-                self.cond.notify_all()
+                _RISES.notify_all()
         return changed
 
     def wait_rise(self, n: int, timeout: float = 5.0) -> float:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if len(getattr(self, "rises", ())) >= n:
-                return self.rises[n - 1]
-            time.sleep(0.0005)  # the lock pin is driven from another thread
-        raise TimeoutError("the lock pin never went high")
+        """The time of this pin's ``n``-th rise, waiting for it without polling (a polling
+        waiter would compete with the daemon's threads for the GIL while it is measured)."""
+        with _RISES:
+            if not _RISES.wait_for(lambda: len(getattr(self, "rises", ())) >= n, timeout):
+                raise TimeoutError("the lock pin never went high")
+            return self.rises[n - 1]
 
 
-def gpio_latencies(workdir: Path, parcels: int) -> list[float]:
+_RISES = threading.Condition()
+
+
+class PacedCommit:
+    """The bare commit of ``bench.common.bare_commit_ms``, one at a time, on its own file."""
+
+    def __init__(self, path: Path) -> None:
+        self.con = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.con.execute("PRAGMA journal_mode=WAL")
+        self.con.execute("PRAGMA synchronous=FULL")
+        self.con.execute("CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY, v TEXT)")
+        self.i = 0
+        self.samples: list[float] = []
+
+    def commit(self) -> None:
+        self.i += 1
+        self.con.execute("BEGIN IMMEDIATE")
+        self.con.execute("INSERT OR REPLACE INTO t VALUES (?, ?)", (self.i % 16, "x" * 200))
+        self.con.execute("COMMIT")
+
+    def measure(self) -> None:
+        t0 = time.perf_counter()
+        self.commit()
+        self.samples.append((time.perf_counter() - t0) * 1000.0)
+
+    def close(self) -> None:
+        self.con.close()
+
+
+def gpio_latencies(workdir: Path, parcels: int, paced: PacedCommit) -> list[float]:
     factory = MockFactory(pin_class=TimedPin)
     rig = DaemonRig(workdir, factory)
     rig.start()
@@ -84,6 +136,7 @@ def gpio_latencies(workdir: Path, parcels: int) -> list[float]:
                 (pick, "parcel_collected", "pickup"),
             ):
                 rig.press(code)
+                time.sleep(KEY_GAP_S)  # the person, not a wait for the daemon
                 n = len(getattr(pin, "rises", ())) + 1
                 submitted = time.monotonic()
                 rig.press("#")
@@ -96,18 +149,78 @@ def gpio_latencies(workdir: Path, parcels: int) -> list[float]:
                 while any(rig.lock_pin(c).state for c in cids):
                     time.sleep(0.005)
                 time.sleep(REST_S + 0.02)
+                paced.measure()
     finally:
         rig.close()
     return samples
 
 
-def board_latencies(workdir: Path, parcels: int) -> tuple[list[float], Any]:
+def board_latencies(workdir: Path, parcels: int, paced: PacedCommit) -> tuple[list[float], Any]:
     cab = BoardCabinet(workdir, poll_interval_s=BOARD_POLL_S)
     try:
-        samples = unlock_latencies(cab, parcels)
+
+        def between() -> None:
+            time.sleep(REST_S + 0.02)
+            paced.measure()
+
+        samples = unlock_latencies(cab, parcels, between=between)
         return samples, cab.bus.counters()
     finally:
         cab.close()
+
+
+def bare_pipeline_ms(workdir: Path, n: int) -> list[float]:
+    """``#`` on a pty -> reader thread -> hand-off -> commit -> pin high, in milliseconds:
+    what any Python implementation of this path costs here (see the module docstring)."""
+    pty = PtyPort(workdir / "pipe")
+    pty.plug()
+    port = serial.serial_for_url(str(pty.link), timeout=0.1)
+    commit = PacedCommit(workdir / "pipeline.db")
+    pin = MockFactory(pin_class=TimedPin).pin(5)
+    pin.output_with_state(False)
+    cond = threading.Condition()
+    inbox: deque[bytes] = deque()
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            data = port.read(max(1, port.in_waiting))
+            if data:
+                with cond:
+                    inbox.append(data)
+                    cond.notify()
+
+    def worker() -> None:
+        while True:
+            with cond:
+                cond.wait_for(lambda: inbox or stop.is_set())
+                if stop.is_set():
+                    return
+                inbox.popleft()
+            commit.commit()
+            pin.state = True
+
+    threads = [threading.Thread(target=reader), threading.Thread(target=worker)]
+    for t in threads:
+        t.start()
+    out: list[float] = []
+    try:
+        for i in range(n):
+            time.sleep(PIPELINE_GAP_S)
+            pin.state = False
+            submitted = time.monotonic()
+            pty.write(b"#")
+            out.append((pin.wait_rise(i + 1) - submitted) * 1000.0)
+    finally:
+        stop.set()
+        with cond:
+            cond.notify_all()
+        for t in threads:
+            t.join(5)
+        port.close()
+        commit.close()
+        pty.unplug()
+    return out
 
 
 def summary(ms: list[float]) -> dict[str, float]:
@@ -122,36 +235,61 @@ def summary(ms: list[float]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--parcels", type=int, default=60, help="two unlocks per parcel")
+    parser.add_argument(
+        "--parcels", type=int, default=250, help="two unlocks per parcel, of each kind"
+    )
     args = parser.parse_args(argv)
+    n = 2 * args.parcels
     with tempfile.TemporaryDirectory(dir=Path.cwd()) as tmp:
         base = Path(tmp)
-        commit = bare_commit_ms(base, n=max(300, 4 * args.parcels))
-        gpio = [s * 1000 for s in gpio_latencies(base / "gpio", args.parcels)]
-        board_s, counters = board_latencies(base / "board", args.parcels)
+        commit = bare_commit_ms(base, n=max(500, n))
+        pipeline = bare_pipeline_ms(base, n)
+        paced = PacedCommit(base / "paced.db")
+        try:
+            gpio = [s * 1000 for s in gpio_latencies(base / "gpio", args.parcels, paced)]
+            board_s, counters = board_latencies(base / "board", args.parcels, paced)
+        finally:
+            paced.close()
         board = [s * 1000 for s in board_s]
     results = {
         "bare_commit": summary(commit),
+        "bare_commit_after_idle": summary(paced.samples),
+        "bare_pipeline": summary(pipeline),
         "gpio": summary(gpio),
         "board": summary(board) | {"polls": counters.polls, "preempted": counters.preempted},
     }
     for name, r in results.items():
-        print(f"{name:12} n={r['samples']:<5} p50 {r['p50_ms']:8.3f} ms  p99 {r['p99_ms']:8.3f} ms")
-    c50, c99 = results["bare_commit"]["p50_ms"], results["bare_commit"]["p99_ms"]
+        print(f"{name:22} n={r['samples']:<5} p50 {r['p50_ms']:8.3f} ms  p99 {r['p99_ms']:8.3f} ms")
     goal = "p99 <= 1.5x bare commit and < 10 ms"
     figures = [
-        Figure("bare commit p50", c50, "ms"),
-        Figure("bare commit p99", c99, "ms"),
-        Figure("GPIO unlock p50", results["gpio"]["p50_ms"], "ms", "bare commit p50"),
-        Figure("GPIO unlock p99", results["gpio"]["p99_ms"], "ms", "bare commit p99", goal),
-        Figure("board unlock p50", results["board"]["p50_ms"], "ms", "bare commit p50"),
-        Figure("board unlock p99", results["board"]["p99_ms"], "ms", "bare commit p99", goal),
+        Figure("bare commit p50", results["bare_commit"]["p50_ms"], "ms"),
+        Figure("bare commit p99", results["bare_commit"]["p99_ms"], "ms"),
+        Figure("bare commit after idle p50", results["bare_commit_after_idle"]["p50_ms"], "ms"),
+        Figure("bare commit after idle p99", results["bare_commit_after_idle"]["p99_ms"], "ms"),
+        Figure("bare pipeline p50", results["bare_pipeline"]["p50_ms"], "ms"),
+        Figure("bare pipeline p99", results["bare_pipeline"]["p99_ms"], "ms"),
     ]
+    for kind, label in (("gpio", "GPIO"), ("board", "board")):
+        p50, p99 = results[kind]["p50_ms"], results[kind]["p99_ms"]
+        figures += [
+            Figure(f"{label} unlock p50", p50, "ms", "bare commit p50"),
+            Figure(f"{label} unlock p99", p99, "ms", "bare commit p99", goal),
+            Figure(
+                f"{label} unlock p99 (vs commit after idle)",
+                p99,
+                "ms",
+                "bare commit after idle p99",
+                goal,
+            ),
+            Figure(f"{label} unlock p99 (vs bare pipeline)", p99, "ms", "bare pipeline p99"),
+        ]
     write_results(
         RESULTS,
         "'#' written to the keypad pty -> GPIO lock pin high / KR-CU16 unlock frame received "
         f"(bus polled every {BOARD_POLL_S * 1000:.0f} ms), whole in-process daemon with its "
-        "SQLite commit on disk, against a bare synchronous=FULL WAL commit on the same disk",
+        "SQLite commit on disk, against a bare synchronous=FULL WAL commit on the same disk "
+        "(back to back, and one after each visit's idle spell) and a bare pty -> thread -> "
+        "commit -> pin pipeline",
         results,
         figures=figures,
         note="pty has no baud rate; add ~2.6 ms for 5 bytes at 19200 baud",
