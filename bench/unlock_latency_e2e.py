@@ -3,7 +3,9 @@ against a bare SQLite commit and a bare pipeline measured in the same run.
 
 Runs the whole daemon in this process as ``lockerd`` assembles it (``tests.daemon_rig``): a
 serial keypad on a real pty, the controller committing each grant to SQLite (WAL,
-``synchronous=FULL``, on disk) before acting. Time runs from just before the ``#`` byte is
+``synchronous=FULL``, on disk) before acting, and the MQTT link up: every event is published
+to a real Mosquitto on loopback and acknowledged by a server client in another process's
+place (``tests.broker.ServerClient``), as in a cabinet. Time runs from just before the ``#`` byte is
 written to the keypad pty to:
 
 - GPIO compartment: the lock pin going high (a gpiozero MockFactory pin that notes the time of
@@ -50,9 +52,12 @@ import serial
 from gpiozero.pins.mock import MockFactory, MockPin
 
 from bench.common import Figure, bare_commit_ms, percentile, write_results
+from locker.sim.broker import Broker
+from tests.broker import ServerClient
 from tests.daemon_rig import (
     GPIO_LAYOUT,
     KEY_GAP_S,
+    LOCKER_ID,
     REST_S,
     BoardCabinet,
     DaemonRig,
@@ -93,6 +98,34 @@ class TimedPin(MockPin):  # type: ignore[misc]
 _RISES = threading.Condition()
 
 
+class Server:
+    """A running broker and a server client that acknowledges every event; the events it
+    received, deduplicated by seq, are what the rig waits on (the outbox empties)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.broker = Broker(workdir / "broker")
+        self.broker.start()
+        self.client = ServerClient(self.broker)
+        self.client.start()
+        self._seen: dict[int, dict[str, Any]] = {}
+        self._read = 0
+
+    def mqtt_table(self) -> dict[str, Any]:
+        return {"mqtt": {"host": self.broker.host, "port": self.broker.port, "tls": False}}
+
+    def events(self) -> list[dict[str, Any]]:
+        new = self.client.messages(lambda r: r.topic.startswith(f"lockers/{LOCKER_ID}/evt/"))
+        for r in new[self._read :]:
+            doc = r.json()
+            self._seen.setdefault(int(doc["seq"]), doc)
+        self._read = len(new)
+        return [self._seen[k] for k in sorted(self._seen)]
+
+    def close(self) -> None:
+        self.client.stop()
+        self.broker.stop()
+
+
 class PacedCommit:
     """The bare commit of ``bench.common.bare_commit_ms``, one at a time, on its own file."""
 
@@ -119,9 +152,9 @@ class PacedCommit:
         self.con.close()
 
 
-def gpio_latencies(workdir: Path, parcels: int, paced: PacedCommit) -> list[float]:
+def gpio_latencies(workdir: Path, parcels: int, paced: PacedCommit, server: Server) -> list[float]:
     factory = MockFactory(pin_class=TimedPin)
-    rig = DaemonRig(workdir, factory)
+    rig = DaemonRig(workdir, factory, tables=server.mqtt_table(), events_from=server.events)
     rig.start()
     samples: list[float] = []
     try:
@@ -155,8 +188,15 @@ def gpio_latencies(workdir: Path, parcels: int, paced: PacedCommit) -> list[floa
     return samples
 
 
-def board_latencies(workdir: Path, parcels: int, paced: PacedCommit) -> tuple[list[float], Any]:
-    cab = BoardCabinet(workdir, poll_interval_s=BOARD_POLL_S)
+def board_latencies(
+    workdir: Path, parcels: int, paced: PacedCommit, server: Server
+) -> tuple[list[float], Any]:
+    cab = BoardCabinet(
+        workdir,
+        poll_interval_s=BOARD_POLL_S,
+        tables=server.mqtt_table(),
+        events_from=server.events,
+    )
     try:
 
         def between() -> None:
@@ -246,10 +286,19 @@ def main(argv: list[str] | None = None) -> int:
         pipeline = bare_pipeline_ms(base, n)
         paced = PacedCommit(base / "paced.db")
         try:
-            gpio = [s * 1000 for s in gpio_latencies(base / "gpio", args.parcels, paced)]
-            board_s, counters = board_latencies(base / "board", args.parcels, paced)
+            server = Server(base / "gpio-server")
+            try:
+                gpio_s = gpio_latencies(base / "gpio", args.parcels, paced, server)
+            finally:
+                server.close()
+            server = Server(base / "board-server")
+            try:
+                board_s, counters = board_latencies(base / "board", args.parcels, paced, server)
+            finally:
+                server.close()
         finally:
             paced.close()
+        gpio = [s * 1000 for s in gpio_s]
         board = [s * 1000 for s in board_s]
     results = {
         "bare_commit": summary(commit),
@@ -287,9 +336,9 @@ def main(argv: list[str] | None = None) -> int:
         RESULTS,
         "'#' written to the keypad pty -> GPIO lock pin high / KR-CU16 unlock frame received "
         f"(bus polled every {BOARD_POLL_S * 1000:.0f} ms), whole in-process daemon with its "
-        "SQLite commit on disk, against a bare synchronous=FULL WAL commit on the same disk "
-        "(back to back, and one after each visit's idle spell) and a bare pty -> thread -> "
-        "commit -> pin pipeline",
+        "SQLite commit on disk and its MQTT link up, against a bare synchronous=FULL WAL "
+        "commit on the same disk (back to back, and one after each visit's idle spell) and "
+        "a bare pty -> thread -> commit -> pin pipeline",
         results,
         figures=figures,
         note="pty has no baud rate; add ~2.6 ms for 5 bytes at 19200 baud",

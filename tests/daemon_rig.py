@@ -3,7 +3,8 @@
 ``DaemonRig`` runs the real daemon as ``lockerd`` assembles it (``locker.cabinet.assembly.build``:
 configuration, SQLite store, GPIO lock bank on a gpiozero ``MockFactory`` the test holds,
 RS-485 bus on the KR-CU16 emulator's pty, serial keypad and QR scanner on real ptys) with the
-controller loop on its own thread, and no MQTT link. The test plays everyone around it:
+controller loop on its own thread, and no MQTT link unless given an ``mqtt`` table. The test
+plays everyone around it:
 
 - the server: commands are signed JWS handed to ``controller.submit`` as the link would, so
   the real verification path runs; events are read back from the outbox table;
@@ -212,9 +213,13 @@ class DaemonRig:
         security: Mapping[str, Any] | None = None,
         tables: Mapping[str, Any] | None = None,
         compartment_keys: Mapping[str, Mapping[str, Any]] | None = None,
+        events_from: Callable[[], Sequence[Mapping[str, Any]]] | None = None,
     ) -> None:
-        """``tables``: more top-level tables (e.g. ``panel``); ``compartment_keys``: more keys
-        of some compartments, by id (e.g. ``led_pin``)."""
+        """``events_from``: where committed events are read back, oldest first, when not
+        from the outbox (with a link and a server that acknowledges them, the outbox
+        empties); ``tables``: more top-level tables (e.g. ``panel``; an ``mqtt`` table also starts
+        the MQTT link, which then publishes every event as ``lockerd``'s does);
+        ``compartment_keys``: more keys of some compartments, by id (e.g. ``led_pin``)."""
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
         self.factory = factory
@@ -247,6 +252,7 @@ class DaemonRig:
             entry.update((compartment_keys or {}).get(entry["id"], {}))
         self.config: Config = parse_config(self.data, source="rig.toml", base_dir=workdir)
         self.db = workdir / "state" / "locker.db"
+        self._events_from = events_from
         self.locker: Locker | None = None
         self.starts = 0
         self._thread: threading.Thread | None = None
@@ -298,7 +304,8 @@ class DaemonRig:
         # build, start, loop and close on one thread: the store's connection lives here
         locker: Locker | None = None
         try:
-            locker = build(self.config, pin_factory=self.factory, with_link=False)
+            with_link = self.config.mqtt is not None
+            locker = build(self.config, pin_factory=self.factory, with_link=with_link)
             self._apply_doors()  # building pulls door inputs up; put the doors back as they are
             locker.start()
             self.locker = locker
@@ -355,7 +362,10 @@ class DaemonRig:
     # --- the outbox ----------------------------------------------------------------------------
 
     def events(self) -> list[dict[str, Any]]:
-        """Every event in the outbox, oldest first (nothing is acknowledged in these tests)."""
+        """Every event in the outbox, oldest first (nothing is acknowledged in these tests),
+        or from ``events_from``."""
+        if self._events_from is not None:
+            return [dict(e) for e in self._events_from()]
         if not self.db.exists():
             return []
         with contextlib.closing(read_only(self.db)) as con:
@@ -367,6 +377,8 @@ class DaemonRig:
 
     def matching(self, type_: str, **fields: Any) -> list[dict[str, Any]]:
         """Events of one type whose ``fields`` match (top level or in ``data``)."""
+        if self._events_from is not None:
+            return [dict(e) for e in self._events_from() if e["type"] == type_ and _has(e, fields)]
         if not self.db.exists():
             return []
         with contextlib.closing(read_only(self.db)) as con:
@@ -488,7 +500,13 @@ class BoardCabinet:
     ``BOARD_LAYOUT``) and what reached its wire."""
 
     def __init__(
-        self, workdir: Path, *, item_sensors: bool = False, poll_interval_s: float = 0.05
+        self,
+        workdir: Path,
+        *,
+        item_sensors: bool = False,
+        poll_interval_s: float = 0.05,
+        tables: Mapping[str, Any] | None = None,
+        events_from: Callable[[], Sequence[Mapping[str, Any]]] | None = None,
     ) -> None:
         self.watch = WireWatch()
         self.emu = KerongEmulator([0], pulse_s=PULSE_S, open_delay_s=0.02, on_frame=self.watch)
@@ -503,6 +521,8 @@ class BoardCabinet:
                 )
             ],
             board_compartments=BOARD_LAYOUT,
+            tables=tables,
+            events_from=events_from,
         )
         self.rig.start()
 

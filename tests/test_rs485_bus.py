@@ -296,6 +296,26 @@ def test_unlocks_are_spaced_by_pulse_and_rest(emu: KerongEmulator, make_bus: Mak
     assert all(r.sent for r in rec.of(UnlockResult))
 
 
+def test_unlock_returns_once_its_frame_is_out_unless_it_must_wait_its_turn(
+    emu: KerongEmulator, make_bus: MakeBus
+) -> None:
+    """Issue 10: the controller goes on with what can wait (sender, snapshot, panel) only
+    once the frame is written, so none of it delays the frame; an unlock that must wait for
+    the previous pulse and rest does not hold the controller."""
+    timing = dataclasses.replace(FAST, unlock_wait_s=5.0, rest_s=1.0)
+    bus = make_bus(timing=timing)
+    rec = started(bus)
+    bus.unlock("A1")
+    assert bus.counters().unlocks_sent == 1  # written before unlock() returned
+    assert rec.of(UnlockResult) == [UnlockResult("A1", True)]
+    called = time.monotonic()
+    bus.unlock("A2")  # within A1's pulse and rest: queued
+    assert time.monotonic() - called < timing.rest_s / 2
+    assert bus.counters().unlocks_sent == 1
+    rec.wait_count(UnlockResult, 2, WAIT)
+    assert unlock_frames(emu) == [encode_unlock(0, 1), encode_unlock(0, 2)]
+
+
 def test_unlocks_go_before_due_polls(emu: KerongEmulator, make_bus: MakeBus) -> None:
     timing = dataclasses.replace(FAST, response_timeout_s=0.3, fail_threshold=100)
     bus = make_bus(timing=timing)

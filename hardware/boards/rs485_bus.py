@@ -12,6 +12,13 @@ An adapter that echoes what it sends (a half-duplex transceiver with its receive
 hands every written frame back: the echo of the frame just written is recognised and dropped
 (counted as ``echoes``, logged once as "local echo"), so a healthy board never looks dead.
 
+``unlock`` returns once the unlock frame is written when the bus can take it at once (nothing
+to wait for but a transaction in flight), for at most ``unlock_wait_s``: the caller (the
+controller, right after committing the unlock) then goes on with what can wait (waking the
+MQTT sender, the state snapshot, the front panel) only once the frame is out, so none of it
+competes with the bus worker for the interpreter before the frame (issue 10). An unlock that
+must wait for the previous pulse and rest is queued and ``unlock`` returns at once.
+
 An unlock whose write has started is never repeated: its :class:`UnlockResult` says
 ``sent=True`` and the door sensor tells the rest. Boards may or may not answer an unlock; an
 answer is a status reading like any other (it came after the unlock), so there is no blind
@@ -126,6 +133,7 @@ class BusTiming:
     Modbus RTU's inter-frame gap). ``preempt_after_s``: a poll whose board has not begun to
     answer by then gives way to a queued unlock. ``board_response_s`` is the boards' own
     reply latency, used only to estimate what poll schedule the bus can keep.
+    ``unlock_wait_s``: the longest ``unlock`` waits for its frame to be written.
     """
 
     pulse_s: float  # timing.unlock_pulse_s and timing.unlock_rest_s: no defaults here, the
@@ -142,6 +150,7 @@ class BusTiming:
     write_timeout_s: float = 1.0
     preempt_after_s: float = 0.03
     board_response_s: float = 0.002
+    unlock_wait_s: float = 0.01
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -253,6 +262,8 @@ class KerongBus(LockBank):
 
         self._cond = threading.Condition()  # guards everything below that unlock()/doors() read
         self._unlocks: deque[str] = deque()
+        self._queued = 0  # unlocks ever queued, and of those ever written or refused:
+        self._done = 0  # unlock() waits for its own number (bounded by unlock_wait_s)
         self._doors = {c: DoorState.UNKNOWN for c in self._compartments}
         self._items: dict[str, bool | None] = {c: None for c in self._compartments}
         self._port_ok = False
@@ -316,7 +327,14 @@ class KerongBus(LockBank):
             if board.link is not _Link.UP:
                 raise HardwareUnavailable(f"board {board.spec.name} is not answering")
             self._unlocks.append(compartment)
+            self._queued += 1
+            ticket = self._queued
             self._cond.notify_all()
+            if time.monotonic() >= self._next_unlock_at:
+                # due now: give the worker the interpreter until the frame is out
+                self._cond.wait_for(
+                    lambda: self._done >= ticket or self._closed, self._t.unlock_wait_s
+                )
 
     def doors(self) -> Mapping[str, DoorState]:
         with self._cond:
@@ -501,13 +519,34 @@ class KerongBus(LockBank):
     # -- transactions -------------------------------------------------------------------------
 
     def _unlock(self, compartment: str) -> None:
+        board, _ = self._where[compartment]
+        try:
+            written = self._write_unlock(compartment)
+        finally:
+            with self._cond:
+                self._done += 1
+                self._cond.notify_all()
+        if not written:
+            return
+        # Some boards answer an unlock with their status: a reading like any other. Waiting
+        # for it (ended by its last byte) keeps the next query from colliding with it.
+        reply = self._await_status(board, self._t.unlock_reply_window_s, preemptible=False)
+        if isinstance(reply, BoardStatus):
+            self._counters.unlock_replies += 1
+            self._board_ok(board, reply)
+        elif reply is _Outcome.BROKEN:
+            self._resync()
+
+    def _write_unlock(self, compartment: str) -> bool:
+        """Write one unlock frame and report its ``UnlockResult``; False: refused, not
+        written."""
         board, channel = self._where[compartment]
         with self._cond:
             up = board.link is _Link.UP
         if not up:
             self._counters.unlocks_refused += 1
             self._emit(UnlockResult(compartment, False, f"board {board.spec.name} unreachable"))
-            return
+            return False
         try:
             self._settle()
             if self._stop.is_set():
@@ -524,14 +563,7 @@ class KerongBus(LockBank):
             self._next_unlock_at = time.monotonic() + self._t.pulse_s + self._t.rest_s
         self._counters.unlocks_sent += 1
         self._emit(UnlockResult(compartment, True))
-        # Some boards answer an unlock with their status: a reading like any other. Waiting
-        # for it (ended by its last byte) keeps the next query from colliding with it.
-        reply = self._await_status(board, self._t.unlock_reply_window_s, preemptible=False)
-        if isinstance(reply, BoardStatus):
-            self._counters.unlock_replies += 1
-            self._board_ok(board, reply)
-        elif reply is _Outcome.BROKEN:
-            self._resync()
+        return True
 
     def _poll(self, board: _Board, now: float) -> None:
         if now - board.next_poll > board.interval:
@@ -842,6 +874,8 @@ class KerongBus(LockBank):
         with self._cond:
             pending = list(self._unlocks)
             self._unlocks.clear()
+            self._done += len(pending)
+            self._cond.notify_all()
         self._counters.unlocks_refused += len(pending)
         self._emit_all([UnlockResult(c, False, detail) for c in pending])
 
