@@ -313,6 +313,8 @@ def test_unlock_returns_once_its_frame_is_out_unless_it_must_wait_its_turn(
     assert time.monotonic() - called < timing.rest_s / 2
     assert bus.counters().unlocks_sent == 1
     rec.wait_count(UnlockResult, 2, WAIT)
+    # the emulator reads the frame on its own thread, after the write that made the result
+    wait_for(lambda: len(unlock_frames(emu)) == 2, WAIT, what="two unlock frames")
     assert unlock_frames(emu) == [encode_unlock(0, 1), encode_unlock(0, 2)]
 
 
