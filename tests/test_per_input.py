@@ -7,14 +7,13 @@ after unrelated inputs and after the tables changed."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 from types import MappingProxyType
 
 from locker.cabinet.domain import machine
 from locker.cabinet.domain.earliest import earliest, minimum
-from locker.cabinet.domain.model import Credential, Step
+from locker.cabinet.domain.model import Credential, Credentials, Step
 from locker.cabinet.store import Store
 from locker.ports import LineScanned
 from tests.domain import SIZES, T0, Sim, command, only
@@ -93,7 +92,7 @@ def test_the_store_writes_the_touched_rows_and_without_them_every_changed_row(
     creds = {
         f"{i:064x}": Credential(f"{i:064x}", "P", Step.RETRIEVE, 0.0, None, True) for i in range(3)
     }
-    full = dataclasses.replace(base, credentials=MappingProxyType(creds))
+    full = dataclasses.replace(base, credentials=Credentials(creds))
     store.commit(base, full, (), T0, True)  # touched unknown: every new row
     assert len(store.load(SIZES).credentials) == 0  # (their parcel does not exist: not loaded)
     rows = store._con.execute("SELECT count(*) FROM credentials").fetchone()[0]
@@ -102,9 +101,9 @@ def test_the_store_writes_the_touched_rows_and_without_them_every_changed_row(
     changed = dict(creds)
     changed[one] = dataclasses.replace(creds[one], armed=False)
     del changed[f"{2:064x}"]
-    after = dataclasses.replace(full, credentials=MappingProxyType(changed))
+    after = dataclasses.replace(full, credentials=Credentials(changed))
     store.commit(full, after, (), T0, True, touched={"credentials": {one, f"{2:064x}"}})
-    table = dict(store._con.execute("SELECT tag, row FROM credentials"))
+    table = {r[0]: r for r in store._con.execute("SELECT tag, armed FROM credentials")}
     assert set(table) == {f"{0:064x}", one}
-    assert json.loads(table[one])["armed"] is False
+    assert table[one][1] == 0
     store.close()

@@ -23,12 +23,14 @@ from locker.cabinet.domain.model import (
 from locker.ports import DoorState
 
 __all__ = [
+    "CREDENTIAL_COLUMNS",
     "changed_rows",
+    "credential_columns",
+    "credential_from_columns",
     "dump",
     "jsonable",
     "load_command",
     "load_compartment",
-    "load_credential",
     "load_parcel",
     "load_throttle",
     "load_unlock",
@@ -71,8 +73,24 @@ def load_parcel(raw: dict[str, Any]) -> Parcel:
     return Parcel(**{**raw, "status": ParcelStatus(raw["status"])})
 
 
-def load_credential(raw: dict[str, Any]) -> Credential:
-    return Credential(**{**raw, "step": Step(raw["step"])})
+# The credentials table's columns (schema 2), in the order of ``credential_columns``.
+CREDENTIAL_COLUMNS = "tag, parcel, step, valid_from, valid_until, armed"
+_STEPS = {str(s): s for s in Step}  # a dict look-up: Step(value) is slower, 100,000 times
+
+
+def credential_columns(c: Credential) -> tuple[str, str, str, float, float | None, int]:
+    """A credential as the values of ``CREDENTIAL_COLUMNS``."""
+    return (c.tag, c.parcel, str(c.step), c.valid_from, c.valid_until, int(c.armed))
+
+
+def credential_from_columns(row: tuple[Any, ...], parcels: Mapping[str, str]) -> Credential | None:
+    """A stored credential row, or None when its parcel is not in ``parcels`` (parcel id ->
+    the same id, whose string object the credential shares)."""
+    tag, parcel, step, valid_from, valid_until, armed = row
+    pid = parcels.get(parcel)
+    if pid is None:
+        return None
+    return Credential(tag, pid, _STEPS[step], valid_from, valid_until, bool(armed))
 
 
 def changed_rows(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -32,19 +33,24 @@ from typing import Any
 
 from locker import errors
 from locker.cabinet.domain.model import (
+    Commands,
     Compartment,
+    Credentials,
     KeypadEntry,
     LockerState,
     Out,
+    Tokens,
     fresh_state,
 )
 from locker.cabinet.rows import (
+    CREDENTIAL_COLUMNS,
     changed_rows,
+    credential_columns,
+    credential_from_columns,
     dump,
     jsonable,
     load_command,
     load_compartment,
-    load_credential,
     load_parcel,
     load_throttle,
 )
@@ -53,7 +59,7 @@ from locker.ports import OutboxReader, OutboxRow
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CHECKPOINT_AFTER = 64  # writes before an idle controller checkpoints (about 500 WAL pages)
 CHECKPOINT_FORCED = 1024  # writes before a checkpoint is made even when busy: bounds the WAL
 _MIGRATIONS: dict[int, str] = {
@@ -70,6 +76,25 @@ _MIGRATIONS: dict[int, str] = {
         payload BLOB NOT NULL,
         created REAL NOT NULL
     );
+    """,
+    # Credentials in typed columns (issue 10): a start-up with 100,000 of them spent most of
+    # its time parsing one JSON document per row. Old rows are converted, not lost.
+    2: """
+    CREATE TABLE credentials_v2 (
+        tag TEXT PRIMARY KEY,
+        parcel TEXT NOT NULL,
+        step TEXT NOT NULL,
+        valid_from REAL NOT NULL,
+        valid_until REAL,
+        armed INTEGER NOT NULL
+    );
+    INSERT INTO credentials_v2
+        SELECT tag, json_extract(row, '$.parcel'), json_extract(row, '$.step'),
+               json_extract(row, '$.valid_from'), json_extract(row, '$.valid_until'),
+               json_extract(row, '$.armed')
+        FROM credentials;
+    DROP TABLE credentials;
+    ALTER TABLE credentials_v2 RENAME TO credentials;
     """,
 }
 
@@ -201,27 +226,26 @@ class Store:
         for p in parcels.values():
             if comps[p.compartment].parcel != p.id:
                 comps[p.compartment] = dataclasses.replace(comps[p.compartment], parcel=p.id)
+        # The credential's parcel id is the parcels table's own string: 100,000 codes on a
+        # few parcels share a few strings, not 100,000 copies.
+        ids = {pid: pid for pid in parcels}
+        credentials = Credentials(
+            (c.tag, c)
+            for c in map(
+                credential_from_columns,
+                self._con.execute(f"SELECT {CREDENTIAL_COLUMNS} FROM credentials"),  # noqa: S608
+                itertools.repeat(ids),
+            )
+            if c is not None
+        )
         return LockerState(
             compartments=MappingProxyType(comps),
             parcels=MappingProxyType(parcels),
-            credentials=MappingProxyType(
-                {
-                    c.tag: c
-                    for c in (
-                        load_credential(json.loads(r[0]))
-                        for r in self._con.execute("SELECT row FROM credentials")
-                    )
-                    if c.parcel in parcels
-                }
-            ),
-            tokens=MappingProxyType(
-                dict(self._con.execute("SELECT token_id, expires FROM tokens"))
-            ),
-            commands=MappingProxyType(
-                {
-                    r[0]: load_command(json.loads(r[1]))
-                    for r in self._con.execute("SELECT jti, row FROM commands")
-                }
+            credentials=credentials,
+            tokens=Tokens(self._con.execute("SELECT token_id, expires FROM tokens")),
+            commands=Commands(
+                (r[0], load_command(json.loads(r[1])))
+                for r in self._con.execute("SELECT jti, row FROM commands")
             ),
             throttle=load_throttle(self.meta("throttle", {})),
             lockdown=bool(self.meta("lockdown", False)),
@@ -296,12 +320,13 @@ class Store:
         def keys(name: str) -> Collection[str] | None:
             return None if touched is None else touched.get(name, ())
 
-        for table, key in (("compartments", "id"), ("parcels", "id"), ("credentials", "tag")):
+        for table in ("compartments", "parcels"):
             for k, v in changed_rows(getattr(old, table), getattr(new, table), keys(table)):
                 if v is None:
-                    con.execute(f"DELETE FROM {table} WHERE {key}=?", (k,))  # noqa: S608 - fixed names
+                    con.execute(f"DELETE FROM {table} WHERE id=?", (k,))  # noqa: S608 - fixed names
                 else:
                     con.execute(f"INSERT OR REPLACE INTO {table} VALUES (?, ?)", (k, dump(v)))  # noqa: S608
+        self._write_credentials(old, new, keys("credentials"))
         for k, exp in changed_rows(old.tokens, new.tokens, keys("tokens")):
             if exp is None:
                 con.execute("DELETE FROM tokens WHERE token_id=?", (k,))
@@ -313,6 +338,18 @@ class Store:
             else:
                 con.execute(
                     "INSERT OR REPLACE INTO commands VALUES (?, ?, ?)", (k, rec.exp, dump(rec))
+                )
+
+    def _write_credentials(
+        self, old: LockerState, new: LockerState, keys: Collection[str] | None
+    ) -> None:
+        for k, cred in changed_rows(old.credentials, new.credentials, keys):
+            if cred is None:
+                self._con.execute("DELETE FROM credentials WHERE tag=?", (k,))
+            else:
+                self._con.execute(
+                    "INSERT OR REPLACE INTO credentials VALUES (?, ?, ?, ?, ?, ?)",
+                    credential_columns(cred),
                 )
 
     def _rollback(self) -> None:

@@ -1,9 +1,12 @@
 """A copy-on-write editor for ``LockerState``, used inside one machine step.
 
 The machine reads like ordinary imperative code (``d.set_compartment(...)``, ``d.emit(...)``)
-while the input state is never touched: tables are copied the first time they change and the
-result is frozen again by ``finish``. Unchanged rows stay the very same objects, which is what
-lets the store write only what changed.
+while the input state is never touched: the small tables (compartments, parcels: one row per
+compartment at most) are copied the first time they change and frozen again by ``finish``; the
+tables that grow with history (credentials, tokens, commands) are persistent
+(``locker.cabinet.domain.table``), so a change copies one shard of them, never the whole
+table (issue 10). Unchanged rows stay the very same objects, and the keys written are noted
+(``Transition.touched``), which is what lets the store write only what changed.
 """
 
 from __future__ import annotations
@@ -15,11 +18,14 @@ from typing import Any
 
 from locker.cabinet.domain.model import (
     CommandRecord,
+    Commands,
     Compartment,
     Credential,
+    Credentials,
     LockerState,
     Out,
     Parcel,
+    Tokens,
 )
 from locker.ports import Feedback
 
@@ -72,7 +78,8 @@ class Draft:
 
     def __init__(self, state: LockerState) -> None:
         self.base = state
-        self._tables: dict[str, dict[str, Any]] = {}
+        self._tables: dict[str, dict[str, Any]] = {}  # compartments, parcels: copies
+        self._history: dict[str, Any] = {}  # credentials, tokens, commands: new versions
         self._touched: dict[str, set[str]] = {}
         self._fields: dict[str, Any] = {}
         self.events: list[Out] = []
@@ -86,12 +93,20 @@ class Draft:
         return table
 
     def _writable(self, name: str, key: str) -> dict[str, Any]:
-        """The table's copy for this step, noting that ``key`` is written."""
+        """The small table's copy for this step, noting that ``key`` is written."""
         if name not in self._tables:
             self._tables[name] = dict(getattr(self.base, name))
-            self._touched[name] = set()
-        self._touched[name].add(key)
+        self._touched.setdefault(name, set()).add(key)
         return self._tables[name]
+
+    def _history_table(self, name: str) -> Any:
+        return self._history[name] if name in self._history else getattr(self.base, name)
+
+    def _write(self, name: str, key: str, value: Any) -> None:
+        """Set (``value`` not None) or drop ``key`` of a history table."""
+        table = self._history_table(name)
+        self._history[name] = table.drop(key) if value is None else table.set(key, value)
+        self._touched.setdefault(name, set()).add(key)
 
     @property
     def compartments(self) -> Mapping[str, Compartment]:
@@ -102,16 +117,19 @@ class Draft:
         return self._table("parcels")
 
     @property
-    def credentials(self) -> Mapping[str, Credential]:
-        return self._table("credentials")
+    def credentials(self) -> Credentials:
+        table: Credentials = self._history_table("credentials")
+        return table
 
     @property
-    def tokens(self) -> Mapping[str, float]:
-        return self._table("tokens")
+    def tokens(self) -> Tokens:
+        table: Tokens = self._history_table("tokens")
+        return table
 
     @property
-    def commands(self) -> Mapping[str, CommandRecord]:
-        return self._table("commands")
+    def commands(self) -> Commands:
+        table: Commands = self._history_table("commands")
+        return table
 
     def get(self, name: str) -> Any:
         """A scalar field (throttle, lockdown, remote_opens, keypad) as it stands now."""
@@ -137,29 +155,29 @@ class Draft:
     def drop_parcel(self, pid: str) -> None:
         """Forget a parcel that left the locker, with every credential bound to it."""
         self._writable("parcels", pid).pop(pid, None)
-        for tag in [t for t, c in self.credentials.items() if c.parcel == pid]:
-            self._writable("credentials", tag).pop(tag)
+        for tag in list(self.credentials.group(pid)):
+            self.drop_credential(tag)
 
     def put_credential(self, cred: Credential) -> None:
-        self._writable("credentials", cred.tag)[cred.tag] = cred
+        self._write("credentials", cred.tag, cred)
 
     def update_credential(self, tag: str, **changes: Any) -> None:
         self.put_credential(dataclasses.replace(self.credentials[tag], **changes))
 
     def drop_credential(self, tag: str) -> None:
-        self._writable("credentials", tag).pop(tag, None)
+        self._write("credentials", tag, None)
 
     def put_token(self, token_id: str, expires: float) -> None:
-        self._writable("tokens", token_id)[token_id] = expires
+        self._write("tokens", token_id, expires)
 
     def drop_token(self, token_id: str) -> None:
-        self._writable("tokens", token_id).pop(token_id, None)
+        self._write("tokens", token_id, None)
 
     def put_command(self, record: CommandRecord) -> None:
-        self._writable("commands", record.jti)[record.jti] = record
+        self._write("commands", record.jti, record)
 
     def drop_command(self, jti: str) -> None:
-        self._writable("commands", jti).pop(jti, None)
+        self._write("commands", jti, None)
 
     def emit(
         self,
@@ -175,6 +193,7 @@ class Draft:
 
     def finish(self) -> Transition:
         changes: dict[str, Any] = {n: MappingProxyType(t) for n, t in self._tables.items()}
+        changes.update(self._history)
         changes.update(self._fields)
         state = dataclasses.replace(self.base, **changes) if changes else self.base
         touched = MappingProxyType({n: frozenset(k) for n, k in self._touched.items()})

@@ -1,11 +1,11 @@
-"""The earliest deadline of a whole table, computed once per version of the table (issue 10).
+"""The earliest deadline of a small table, computed once per version of the table (issue 10).
 
 Every input runs the machine's expiry pass, and the controller asks for the next deadline
-twice per turn. Scanning every parcel, credential, consumed token id and command id each time
-made a key press cost O(history) (52x slower at 100,000 credentials). State tables are
-immutable and replaced, never changed, when they change (``Draft.finish``), so the earliest
-deadline of a table is a pure function of the table object: it is remembered per table
-identity and recomputed only when the table was replaced, i.e. on the inputs that changed it.
+twice per turn. The parcels table (one row per compartment at most) is immutable and
+replaced, never changed, when it changes (``Draft.finish``), so the earliest deadline over it
+is a pure function of the table object: it is remembered per table identity and recomputed
+only when the table was replaced. The tables that grow with history keep their own deadline
+index instead (``locker.cabinet.domain.table``).
 
 A memo, not state: results depend only on the arguments. Tables still being edited (a
 ``Draft``'s plain dicts) are never remembered. The controller thread is the only caller.

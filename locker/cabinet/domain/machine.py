@@ -25,7 +25,6 @@ from locker.cabinet.domain.earliest import earliest, minimum
 from locker.cabinet.domain.inputs import Boot, ClockSuspect, CommandArrived, Input, Stop, Tick
 from locker.cabinet.domain.model import (
     Compartment,
-    Credential,
     KeypadEntry,
     LockerState,
     Parcel,
@@ -193,9 +192,8 @@ def _complete(d: Draft, comp: Compartment, session: Unlock, rules: Rules, now: f
         d.update_parcel(
             parcel.id, status=ParcelStatus.DEPOSITED, deposited_at=now, pickup_until=until
         )
-        for cred in list(d.credentials.values()):
-            if cred.parcel != parcel.id:
-                continue
+        for tag in list(d.credentials.group(parcel.id)):
+            cred = d.credentials[tag]
             if cred.step is Step.PICKUP:
                 d.update_credential(cred.tag, armed=True, valid_from=now, valid_until=until)
             else:
@@ -302,33 +300,14 @@ def _expire(d: Draft, rules: Rules, now: float) -> None:
 
 
 def _forget_old(d: Draft, now: float) -> None:
-    """Consumed token ids, command ids and retrieval codes past their time. Each table is
-    scanned only when its earliest deadline has passed (``earliest``: once per version)."""
-    tokens, commands, credentials = d.tokens, d.commands, d.credentials
-    if earliest("tokens", (tokens,), lambda: minimum(tokens.values())) < now:
-        for token_id, expires in list(tokens.items()):
-            if expires < now:
-                d.drop_token(token_id)
-    if earliest("commands", (commands,), lambda: minimum(r.exp for r in commands.values())) < now:
-        for jti, record in list(commands.items()):
-            if record.exp < now:
-                d.drop_command(jti)
-    if (
-        earliest(
-            "retrieve", (credentials,), lambda: minimum(map(_retrieve_until, credentials.values()))
-        )
-        < now
-    ):
-        for cred in list(credentials.values()):
-            if _retrieve_until(cred) < now:
-                d.drop_credential(cred.tag)
-
-
-def _retrieve_until(cred: Credential) -> float:
-    """When a retrieval code is forgotten (other codes go with their parcel)."""
-    if cred.step is Step.RETRIEVE and cred.valid_until is not None:
-        return cred.valid_until
-    return math.inf
+    """Consumed token ids, command ids and retrieval codes past their time, found through
+    each table's deadline index (``locker.cabinet.domain.table``): no scan of the rows."""
+    for token_id in d.tokens.due(now):
+        d.drop_token(token_id)
+    for jti in d.commands.due(now):
+        d.drop_command(jti)
+    for tag in d.credentials.due(now):
+        d.drop_credential(tag)
 
 
 def _parcel_deadline(p: Parcel) -> float:
@@ -365,9 +344,9 @@ def _outcome_unknown(d: Draft, comp: Compartment) -> None:
 
 
 def _disarm(d: Draft, parcel_id: str, step_: Step) -> None:
-    for cred in list(d.credentials.values()):
-        if cred.parcel == parcel_id and cred.step is step_:
-            d.update_credential(cred.tag, armed=False)
+    for tag in list(d.credentials.group(parcel_id)):
+        if d.credentials[tag].step is step_:
+            d.update_credential(tag, armed=False)
 
 
 def _jammed(d: Draft, comp: Compartment, rules: Rules, now: float) -> None:

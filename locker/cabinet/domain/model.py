@@ -11,11 +11,13 @@ or a count of mashed keys is not worth an fsync, nor keeping across a crash).
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from locker.cabinet.domain.table import Table
 from locker.ports import DoorState
 
 SIZE_RANK = {"S": 0, "M": 1, "L": 2, "XL": 3}
@@ -157,6 +159,53 @@ def _frozen(d: Mapping[Any, Any] | None = None) -> Mapping[Any, Any]:
     return MappingProxyType(dict(d or {}))
 
 
+class Credentials(Table[Credential]):
+    """Armed and spent credential tags -> ``Credential``, indexed by parcel and by when a
+    retrieval code is forgotten (other codes go with their parcel)."""
+
+    __slots__ = ()
+    indexed_deadline = True
+    indexed_group = True
+
+    @staticmethod
+    def deadline_of(value: Credential) -> float:
+        if value.step is Step.RETRIEVE and value.valid_until is not None:
+            return value.valid_until
+        return math.inf
+
+    @staticmethod
+    def group_of(value: Credential) -> str:
+        return value.parcel
+
+
+class Tokens(Table[float]):
+    """Consumed QR token ids (hex) -> when the token expires (then the id is forgotten)."""
+
+    __slots__ = ()
+    indexed_deadline = True
+
+    @staticmethod
+    def deadline_of(value: float) -> float:
+        return value
+
+
+class Commands(Table[CommandRecord]):
+    """Executed command ids (``jti``) -> ``CommandRecord``, forgotten at its ``exp``."""
+
+    __slots__ = ()
+    indexed_deadline = True
+
+    @staticmethod
+    def deadline_of(value: CommandRecord) -> float:
+        return value.exp
+
+
+# The tables that grow with history: persistent (``Table``), never copied whole per change.
+HISTORY_TABLES: Mapping[str, type[Table[Any]]] = MappingProxyType(
+    {"credentials": Credentials, "tokens": Tokens, "commands": Commands}
+)
+
+
 # Never persisted: losing them in a crash costs nothing worth an fsync per key or refusal.
 VOLATILE_FIELDS = frozenset({"keypad", "refusals", "scanner"})
 
@@ -165,15 +214,22 @@ VOLATILE_FIELDS = frozenset({"keypad", "refusals", "scanner"})
 class LockerState:
     compartments: Mapping[str, Compartment]
     parcels: Mapping[str, Parcel] = field(default_factory=_frozen)
-    credentials: Mapping[str, Credential] = field(default_factory=_frozen)
-    tokens: Mapping[str, float] = field(default_factory=_frozen)  # consumed token id -> expires
-    commands: Mapping[str, CommandRecord] = field(default_factory=_frozen)
+    credentials: Credentials = field(default_factory=Credentials)
+    tokens: Tokens = field(default_factory=Tokens)  # consumed token id -> expires
+    commands: Commands = field(default_factory=Commands)
     throttle: Throttle = Throttle()
     lockdown: bool = False
     remote_opens: tuple[float, ...] = ()
     keypad: KeypadEntry = KeypadEntry()  # volatile
     refusals: Mapping[tuple[str, str], Burst] = field(default_factory=_frozen)  # volatile
     scanner: ScanLimit = ScanLimit()  # volatile
+
+    def __post_init__(self) -> None:
+        # Any mapping is taken (tests build states from dicts); kept as its persistent table.
+        for name, kind in HISTORY_TABLES.items():
+            table = getattr(self, name)
+            if type(table) is not kind:
+                object.__setattr__(self, name, kind(table))
 
     def occupancy(self, compartment: Compartment) -> Occupancy:
         if compartment.parcel is None:

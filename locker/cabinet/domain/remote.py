@@ -221,9 +221,9 @@ def _cancel(d: Draft, a: CancelArgs) -> dict[str, Any]:
     if parcel.status is ParcelStatus.CANCELLED:
         raise Refusal("invalid_state", "parcel already cancelled")
     d.update_parcel(parcel.id, status=ParcelStatus.CANCELLED)
-    for cred in list(d.credentials.values()):
-        if cred.parcel == parcel.id and cred.step is Step.PICKUP:
-            d.update_credential(cred.tag, armed=False)
+    for tag in list(d.credentials.group(parcel.id)):
+        if d.credentials[tag].step is Step.PICKUP:
+            d.update_credential(tag, armed=False)
     d.emit(
         "assignment_cancelled", parcel.compartment, parcel.id, reason="command", after_deposit=True
     )
@@ -237,9 +237,9 @@ def _extend(d: Draft, a: ExtendArgs, now: float) -> dict[str, Any]:
     if a.pickup_until <= now:
         raise Refusal("invalid_args", "pickup_until is in the past")
     d.update_parcel(parcel.id, status=ParcelStatus.DEPOSITED, pickup_until=float(a.pickup_until))
-    for cred in list(d.credentials.values()):
-        if cred.parcel == parcel.id and cred.step is Step.PICKUP:
-            d.update_credential(cred.tag, armed=True, valid_until=float(a.pickup_until))
+    for tag in list(d.credentials.group(parcel.id)):
+        if d.credentials[tag].step is Step.PICKUP:
+            d.update_credential(tag, armed=True, valid_until=float(a.pickup_until))
     d.emit("pickup_extended", parcel.compartment, parcel.id, pickup_until=a.pickup_until)
     return {"pickup_until": a.pickup_until}
 
