@@ -24,20 +24,25 @@ from types import MappingProxyType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import Figure, write_results
 from locker.cabinet.controller import Controller
 from locker.cabinet.domain.model import (
     CommandRecord,
+    Commands,
     Credential,
+    Credentials,
     LockerState,
     Parcel,
     ParcelStatus,
     Step,
+    Tokens,
 )
 from locker.cabinet.store import Store
 from locker.ports import DoorState, EventSink, KeyPressed, LockBank
 from tests.domain import SIZES, Keys, rules
 
 FAR = 4_000_000_000.0
+RESULTS = Path(__file__).with_name("results-per-input.json")
 
 
 class RecordingBank(LockBank):
@@ -85,9 +90,9 @@ def seed(db: Path, keys: Keys, n: int) -> list[str]:
     new = LockerState(
         compartments=MappingProxyType(comps),
         parcels=MappingProxyType(parcels),
-        credentials=MappingProxyType(creds),
-        tokens=MappingProxyType(tokens),
-        commands=MappingProxyType(commands),
+        credentials=Credentials(creds),
+        tokens=Tokens(tokens),
+        commands=Commands(commands),
     )
     store.commit(base, new, (), time.time(), True)
     store.close()
@@ -142,6 +147,20 @@ def main() -> int:
     print(f"{'figure':<16}{'100':>12}{args.large:>12}{'ratio':>9}")
     for k in small:
         print(f"{k:<16}{small[k]:>12.4f}{large[k]:>12.4f}{large[k] / small[k]:>8.1f}x")
+    units = {"startup_s": "s", "wrong_code_ms": "ms", "right_code_ms": "ms"}
+    figures = []
+    for k, unit in units.items():
+        base = f"{k}, 100 credentials"
+        figures.append(Figure(base, small[k], unit))
+        figures.append(Figure(f"{k}, {args.large:,} credentials", large[k], unit, base, "< 1.5x"))
+    write_results(
+        RESULTS,
+        f"the controller alone (in-process, SQLite on disk, no link) with 100 vs {args.large:,} "
+        "live credentials: start-up (open, load, boot), a wrong and a right 8-digit code typed "
+        "(medians of 4 and 6)",
+        {"100": small, str(args.large): large},
+        figures=figures,
+    )
     return 0
 
 

@@ -75,6 +75,25 @@ BENCHMARKS: list[Bench] = [
         quick_args=("--events", "500", "--plain-only", "--outage-s", "5"),
     ),
     Bench("events live through the daemon", "event_pipeline.py", quick_args=("--events", "300")),
+    Bench(
+        "lockerd against history (credentials, outbox)",
+        "history.py",
+        quick_args=(
+            "--credentials",
+            "20000",
+            "--outbox",
+            "20000",
+            "--rounds",
+            "2",
+            "--idle-seconds",
+            "3",
+        ),
+    ),
+    Bench(
+        "per-input work against history (controller alone)",
+        "per_input.py",
+        quick_args=("--large", "20000"),
+    ),
 ]
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import Any
 
 from locker.cabinet.domain.model import (
@@ -26,7 +26,7 @@ __all__ = [
     "CREDENTIAL_COLUMNS",
     "changed_rows",
     "credential_columns",
-    "credential_from_columns",
+    "credentials_from_columns",
     "dump",
     "jsonable",
     "load_command",
@@ -83,14 +83,20 @@ def credential_columns(c: Credential) -> tuple[str, str, str, float, float | Non
     return (c.tag, c.parcel, str(c.step), c.valid_from, c.valid_until, int(c.armed))
 
 
-def credential_from_columns(row: tuple[Any, ...], parcels: Mapping[str, str]) -> Credential | None:
-    """A stored credential row, or None when its parcel is not in ``parcels`` (parcel id ->
-    the same id, whose string object the credential shares)."""
-    tag, parcel, step, valid_from, valid_until, armed = row
-    pid = parcels.get(parcel)
-    if pid is None:
-        return None
-    return Credential(tag, pid, _STEPS[step], valid_from, valid_until, bool(armed))
+def credentials_from_columns(
+    rows: Iterable[tuple[Any, ...]], parcels: Mapping[str, object]
+) -> dict[str, Credential]:
+    """Stored credential rows (``CREDENTIAL_COLUMNS``) whose parcel is in ``parcels``, by tag.
+    Each credential's parcel id is the very string of ``parcels``' key: 100,000 codes on a
+    few parcels share a few strings, not 100,000 copies."""
+    ids = {pid: pid for pid in parcels}
+    steps = _STEPS
+    out: dict[str, Credential] = {}
+    for tag, parcel, step, valid_from, valid_until, armed in rows:
+        pid = ids.get(parcel)
+        if pid is not None:
+            out[tag] = Credential(tag, pid, steps[step], valid_from, valid_until, bool(armed))
+    return out
 
 
 def changed_rows(

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
+import gc
 import json
 import logging
 import os
@@ -46,7 +46,7 @@ from locker.cabinet.rows import (
     CREDENTIAL_COLUMNS,
     changed_rows,
     credential_columns,
-    credential_from_columns,
+    credentials_from_columns,
     dump,
     jsonable,
     load_command,
@@ -139,6 +139,20 @@ def connect(path: Path) -> sqlite3.Connection:
     return con
 
 
+@contextlib.contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """Loading makes a few objects per stored row and no reference cycles; with the cyclic
+    collector on, its full passes over the growing heap made loading 100,000 credentials up
+    to twice as slow (issue 10). Restored as it was, whatever happens."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def _read_only_fs(directory: Path) -> bool:
     try:
         return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
@@ -205,6 +219,10 @@ class Store:
     def load(self, configured: Mapping[str, str]) -> LockerState:
         """The stored state, with compartments reconciled against the configuration
         (id -> size): new ones are added free; sizes follow the configuration."""
+        with _no_cycle_collection():
+            return self._load(configured)
+
+    def _load(self, configured: Mapping[str, str]) -> LockerState:
         base = fresh_state(configured)
         stored = {
             r[0]: load_compartment(json.loads(r[1]))
@@ -226,26 +244,25 @@ class Store:
         for p in parcels.values():
             if comps[p.compartment].parcel != p.id:
                 comps[p.compartment] = dataclasses.replace(comps[p.compartment], parcel=p.id)
-        # The credential's parcel id is the parcels table's own string: 100,000 codes on a
-        # few parcels share a few strings, not 100,000 copies.
-        ids = {pid: pid for pid in parcels}
+        # In deadline order, so that building each table's deadline index sorts sorted input.
         credentials = Credentials(
-            (c.tag, c)
-            for c in map(
-                credential_from_columns,
-                self._con.execute(f"SELECT {CREDENTIAL_COLUMNS} FROM credentials"),  # noqa: S608
-                itertools.repeat(ids),
+            credentials_from_columns(
+                self._con.execute(
+                    f"SELECT {CREDENTIAL_COLUMNS} FROM credentials ORDER BY valid_until, tag"  # noqa: S608 - fixed names
+                ),
+                parcels,
             )
-            if c is not None
         )
         return LockerState(
             compartments=MappingProxyType(comps),
             parcels=MappingProxyType(parcels),
             credentials=credentials,
-            tokens=Tokens(self._con.execute("SELECT token_id, expires FROM tokens")),
+            tokens=Tokens(
+                self._con.execute("SELECT token_id, expires FROM tokens ORDER BY expires, token_id")
+            ),
             commands=Commands(
                 (r[0], load_command(json.loads(r[1])))
-                for r in self._con.execute("SELECT jti, row FROM commands")
+                for r in self._con.execute("SELECT jti, row FROM commands ORDER BY exp, jti")
             ),
             throttle=load_throttle(self.meta("throttle", {})),
             lockdown=bool(self.meta("lockdown", False)),

@@ -42,9 +42,10 @@ class Deadlines:
 
     def __init__(self, items: Iterable[Item] = ()) -> None:
         ordered = sorted(items)
-        self._chunks: tuple[tuple[Item, ...], ...] = tuple(
-            tuple(ordered[i : i + CHUNK]) for i in range(0, len(ordered), CHUNK)
-        )
+        chunks = [tuple(ordered[i : i + CHUNK]) for i in range(0, len(ordered), CHUNK)]
+        if len(chunks) > 1 and len(chunks[-1]) < CHUNK // 2:
+            chunks[-2:] = [chunks[-2] + chunks[-1]]  # no chunk under half full
+        self._chunks: tuple[tuple[Item, ...], ...] = tuple(chunks)
         self._lasts: tuple[Item, ...] = tuple(c[-1] for c in self._chunks)
         self._len = len(ordered)
 
