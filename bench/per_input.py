@@ -147,12 +147,13 @@ def main() -> int:
     print(f"{'figure':<16}{'100':>12}{args.large:>12}{'ratio':>9}")
     for k in small:
         print(f"{k:<16}{small[k]:>12.4f}{large[k]:>12.4f}{large[k] / small[k]:>8.1f}x")
-    units = {"startup_s": "s", "wrong_code_ms": "ms", "right_code_ms": "ms"}
+    goals = {"startup_s": ("s", "< 1.5 s"), "wrong_code_ms": ("ms", "< 1.5x")}
+    goals["right_code_ms"] = goals["wrong_code_ms"]
     figures = []
-    for k, unit in units.items():
+    for k, (unit, goal) in goals.items():
         base = f"{k}, 100 credentials"
         figures.append(Figure(base, small[k], unit))
-        figures.append(Figure(f"{k}, {args.large:,} credentials", large[k], unit, base, "< 1.5x"))
+        figures.append(Figure(f"{k}, {args.large:,} credentials", large[k], unit, base, goal))
     write_results(
         RESULTS,
         f"the controller alone (in-process, SQLite on disk, no link) with 100 vs {args.large:,} "
