@@ -164,8 +164,8 @@ class PanelStream:
                     with self._cond:
                         self.seen.append((t, json.loads(raw[6:])))
                         self._cond.notify_all()
-        except (OSError, ValueError):
-            return
+        except (OSError, ValueError, http.client.HTTPException):
+            return  # the stream closed (we or lockerd stopped): nothing more to read
 
     def wait(self, after: int, pred: Callable[[dict[str, Any]], bool]) -> tuple[int, float]:
         """The index and arrival time of the first payload past ``after`` that ``pred``
