@@ -369,8 +369,10 @@ class Uplink(abc.ABC):
         """``clean``: publish offline status and disconnect normally (will suppressed)."""
 
     def publish_unstored(self, row: OutboxRow) -> None:  # noqa: B027 - optional hook
-        """Publish an event that could not be committed (``storage_fault``) from memory,
-        once, on ``{p}/evt/{type}``: at most once, never re-sent."""
+        """Publish an event that could not be committed (``storage_fault``) from memory on
+        ``{p}/evt/{type}``, once the broker retains the state handed over just before it
+        (which counts its seq). The store keeps it and writes it to the outbox at the first
+        write that succeeds; from there it is re-sent like any event until acked."""
 
     def command_done(self, receipt: object) -> None:  # noqa: B027 - optional hook
         """The command carrying ``receipt`` is committed (executed or refused, its id
@@ -384,6 +386,11 @@ class Uplink(abc.ABC):
     def stream_reset(self) -> None:  # noqa: B027 - optional hook
         """The outbox was renumbered into a new epoch: forget every confirmation and send
         it all again from seq 1."""
+
+    def stream_checked(self) -> None:  # noqa: B027 - optional hook
+        """The controller has compared its store with the ``RetainedState`` the link handed
+        it (and begun a new epoch if the store went backwards): only now may events and the
+        state go out, so no event of an abandoned stream is sent under a reused seq."""
 
 
 class NullUplink(Uplink):

@@ -47,6 +47,7 @@ from locker.ports import (
     LinkEvent,
     OutboxReader,
     OutboxRow,
+    RetainedState,
     ServerAck,
 )
 from locker.sim.broker import (  # noqa: F401 - re-exported for the tests
@@ -399,7 +400,8 @@ class SqliteOutbox(OutboxReader):
 
 class LinkRecorder:
     """A link sink for tests: records every LinkEvent and, like the controller, deletes
-    acknowledged rows from the outbox on its own thread and tells the link (``attach``)."""
+    acknowledged rows from the outbox on its own thread and tells the link (``attach``), and
+    answers the link's ``RetainedState`` with ``stream_checked`` (nothing to compare here)."""
 
     def __init__(self, outbox: SqliteOutbox | None = None) -> None:
         self.outbox = outbox
@@ -408,11 +410,16 @@ class LinkRecorder:
         self._todo: list[LinkEvent] = []
         self._closed = False
         self._outbox_changed: Callable[[], None] | None = None
+        self._stream_checked: Callable[[], None] | None = None
         self._worker: threading.Thread | None = None
 
-    def attach(self, outbox_changed: Callable[[], None]) -> None:
-        """Start applying acks to the outbox; ``outbox_changed`` is the link's method."""
+    def attach(
+        self, outbox_changed: Callable[[], None], stream_checked: Callable[[], None] | None = None
+    ) -> None:
+        """Start applying acks to the outbox; ``outbox_changed`` and ``stream_checked`` are
+        the link's methods (without the latter, the link never sends events or state)."""
         self._outbox_changed = outbox_changed
+        self._stream_checked = stream_checked
         self._worker = threading.Thread(target=self._work, name="test-controller", daemon=True)
         self._worker.start()
 
@@ -429,6 +436,8 @@ class LinkRecorder:
             if isinstance(event, ServerAck | EventsDelivered):
                 self._todo.append(event)
             self._cond.notify_all()
+        if isinstance(event, RetainedState) and self._stream_checked is not None:
+            self._stream_checked()  # only queues a request on the link
 
     def _work(self) -> None:
         # Coalesced like a busy controller: one delete per batch of acks.

@@ -112,7 +112,7 @@ def start_link(
     outbox = SqliteOutbox(tmp_path / f"{locker_id}.db")
     rec = LinkRecorder(outbox)
     lk = make_link(broker, outbox, locker_id=locker_id, **kw)  # type: ignore[arg-type]
-    rec.attach(lk.outbox_changed)
+    rec.attach(lk.outbox_changed, lk.stream_checked)
     lk.start(rec)
     return lk, rec
 

@@ -66,7 +66,7 @@ class Harness:
     def start(self, b: Broker, **settings: object) -> tuple[MqttLink, LinkRecorder]:
         rec = LinkRecorder(self.outbox)
         lk = make_link(b, self.outbox, **settings)  # type: ignore[arg-type]
-        rec.attach(lk.outbox_changed)
+        rec.attach(lk.outbox_changed, lk.stream_checked)
         lk.start(rec)
         self.links.append((lk, rec))
         return lk, rec

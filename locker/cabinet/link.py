@@ -19,7 +19,21 @@ Reliability model:
   ``PublishRefused`` and the row stays (not retried until ``resync``).
 - At the first connect of the process, the link reads its own retained ``{p}/state`` and
   hands it to the controller (``RetainedState``) before any command, so a store that went
-  backwards is noticed before it could run a command twice (issue 11 item 21).
+  backwards is noticed before it could run a command twice (issue 11 item 21). It
+  subscribes to that topic and, once SUBACKed, unsubscribes at once: the broker queues a
+  subscription's retained message when it handles the SUBSCRIBE, so it comes before the
+  UNSUBACK; an UNSUBACK with no retained copy before it is the broker saying none is
+  retained. Commands wait for that answer; events and our own state wait until the
+  controller has compared and says so (``stream_checked``): publishing the state would
+  replace the very copy being read, and an event sent before a rolled-back store begins
+  its new epoch would reuse a seq the server holds. No answer within ``STATE_CHECK_S`` means a dead
+  connection: it is dropped and the next one asks again, while commands stay queued with
+  the broker (not PUBACKed); a command released unchecked could run a second time on a
+  rolled-back store, a held one only waits. Only a refused subscription (no read access:
+  the comparison can never be made) releases them uncompared, with an error in the log.
+- An event published from memory (``publish_unstored``, a storage fault) goes out only
+  once the broker has PUBACKed the latest state given before it, which counts its seq: a
+  server can never hold that event while the broker's retained state says less.
 - Reconnect back-off grows from ``reconnect_min_s`` to ``reconnect_max_s`` with random jitter;
   while the broker cannot be reached at all, attempts stay at most
   ``reconnect_unreachable_max_s`` apart (``_schedule_retry``).
@@ -81,8 +95,7 @@ from locker.ports import (
 logger = logging.getLogger(__name__)
 
 MAX_PENDING_REPLIES = 256
-STATE_CHECK_S = 5.0  # longest wait for our own retained state at the first connect
-STATE_GRACE_S = 0.5  # wait after its SUBACK (the retained copy follows it at once)
+STATE_CHECK_S = 5.0  # longest wait for the answer about our own retained state
 _IDLE_WAIT_S = 1.0  # longest select(): keepalive and timers are checked at least this often
 
 
@@ -94,6 +107,7 @@ class _Requests:
     outbox: bool = False
     resync: bool = False
     stream_reset: bool = False
+    stream_checked: bool = False
     state: bytes | None = None
     replies: list[_Reply] = field(default_factory=list)
     done: list[tuple[int, int]] = field(default_factory=list)  # (client generation, mid)
@@ -105,6 +119,7 @@ class _Reply:
     correlation_data: bytes | None
     mid: int | None = None  # None: not published on the current connection
     leaf: str = "res"  # or evt/{type} for an event published from memory (publish_unstored)
+    after_state: bool = False  # not before the latest state given to the link is PUBACKed
 
 
 class MqttLink(Uplink):
@@ -193,9 +208,10 @@ class MqttLink(Uplink):
         self._status_mid: int | None = None
         self._replies: deque[_Reply] = deque()
         self._held_commands: list[CommandMessage] | None = []  # until RetainedState is out
-        self._state_check_sub: int | None = None  # mid of the {p}/state subscription
+        self._stream_checked = False  # events and state wait for the controller's comparison
+        self._state_check_sub: int | None = None  # mid of the {p}/state SUBSCRIBE
+        self._state_check_unsub: int | None = None  # mid of the UNSUBSCRIBE that follows
         self._state_check_deadline = float("inf")
-        self._own_states: deque[bytes] = deque(maxlen=8)  # published while checking
 
     # --- Uplink: called from the controller thread, return at once -------------------------
 
@@ -217,13 +233,17 @@ class MqttLink(Uplink):
 
     def publish_unstored(self, row: OutboxRow) -> None:
         # Sent like a reply (kept until PUBACKed on this connection), not from the outbox.
-        self._request(reply=_Reply(row.payload, None, leaf=f"evt/{row.type}"))
+        # The state naming its seq was handed over just before: wait for its PUBACK.
+        self._request(reply=_Reply(row.payload, None, leaf=f"evt/{row.type}", after_state=True))
 
     def resync(self) -> None:
         self._request(resync=True)
 
     def stream_reset(self) -> None:
         self._request(stream_reset=True)
+
+    def stream_checked(self) -> None:
+        self._request(stream_checked=True)
 
     def command_done(self, receipt: object) -> None:
         if isinstance(receipt, tuple):
@@ -255,6 +275,7 @@ class MqttLink(Uplink):
         outbox: bool = False,
         resync: bool = False,
         stream_reset: bool = False,
+        stream_checked: bool = False,
         state: bytes | None = None,
         reply: _Reply | None = None,
         done: tuple[int, int] | None = None,
@@ -268,6 +289,7 @@ class MqttLink(Uplink):
             req.outbox |= outbox
             req.resync |= resync
             req.stream_reset |= stream_reset
+            req.stream_checked |= stream_checked
             if state is not None:
                 req.state = state  # coalesced: only the latest snapshot matters
             if reply is not None:
@@ -314,10 +336,9 @@ class MqttLink(Uplink):
             self._drop("connection lost")
         elif not self._connected and time.monotonic() > self._connack_deadline:
             self._drop("no CONNACK in time")
+        elif self._held_commands is not None and time.monotonic() > self._state_check_deadline:
+            self._state_check_overdue()
         elif self._connected:
-            if self._held_commands is not None and time.monotonic() > self._state_check_deadline:
-                logger.warning("own retained state not seen in time; store not compared")
-                self._state_seen(None)
             self._flush()
         return False
 
@@ -344,6 +365,9 @@ class MqttLink(Uplink):
             self._sender.outbox_changed()
         if req.stream_reset:
             self._sender.reset_stream()
+        if req.stream_checked and not self._stream_checked:
+            self._stream_checked = True
+            self._sender.outbox_changed()
         if req.resync:
             self._sender.resync()
             if self._connected:
@@ -406,6 +430,7 @@ class MqttLink(Uplink):
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
+        client.on_unsubscribe = self._on_unsubscribe
         return client
 
     def _schedule_retry(self, *, unreachable: bool = False) -> None:
@@ -435,6 +460,10 @@ class MqttLink(Uplink):
 
     def _lost_inflight(self) -> None:
         self._sender.lost()
+        if self._held_commands is not None:
+            # Never PUBACKed: the broker delivers them again on the next connection.
+            self._held_commands = []
+        self._state_check_deadline = float("inf")  # the next connection asks again
         self._state_mid = self._status_mid = None
         self._state_dirty = self._state_payload is not None
         for reply in self._replies:
@@ -460,7 +489,7 @@ class MqttLink(Uplink):
             _, mid = self._client.subscribe(
                 self._topic("state"), options=SubscribeOptions(qos=1, retainAsPublished=False)
             )
-            self._state_check_sub = mid
+            self._state_check_sub, self._state_check_unsub = mid, None
             self._state_check_deadline = time.monotonic() + STATE_CHECK_S
         self._publish_birth()
         self._sender.connected()
@@ -532,9 +561,15 @@ class MqttLink(Uplink):
     def _has_work(self) -> bool:
         if not self._connected:
             return False
-        state = self._state_dirty and self._state_mid is None
-        replies = any(r.mid is None for r in self._replies)
-        return state or replies or self._sender.has_work()
+        state = self._state_dirty and self._state_mid is None and self._stream_checked
+        replies = any(r.mid is None and self._sendable(r) for r in self._replies)
+        return state or replies or (self._stream_checked and self._sender.has_work())
+
+    def _sendable(self, reply: _Reply) -> bool:
+        """False for an event from memory until the broker retains the latest state."""
+        return not reply.after_state or (
+            self._stream_checked and not self._state_dirty and self._state_mid is None
+        )
 
     def _idle_wait(self) -> float:
         due = self._sender.next_timeout(time.monotonic())
@@ -553,14 +588,17 @@ class MqttLink(Uplink):
         self._send_events()
 
     def _flush_state_and_replies(self) -> None:
-        if self._state_dirty and self._state_mid is None and self._state_payload is not None:
+        if (
+            self._state_dirty
+            and self._state_mid is None
+            and self._state_payload is not None
+            and self._stream_checked  # not over the retained copy still being read
+        ):
             # One state in flight at a time; newer snapshots replace the waiting one.
             self._state_mid = self._publish("state", self._state_payload, retain=True)
-            if self._held_commands is not None:
-                self._own_states.append(self._state_payload)
             self._state_dirty = False
         for reply in self._replies:
-            if reply.mid is None:
+            if reply.mid is None and self._sendable(reply):
                 reply.mid = self._publish(
                     reply.leaf, reply.payload, correlation=reply.correlation_data
                 )
@@ -593,6 +631,8 @@ class MqttLink(Uplink):
         return to_json(doc)
 
     def _send_events(self) -> None:
+        if not self._stream_checked:
+            return
         sender = self._sender
         while True:
             row = sender.next_row()
@@ -647,6 +687,12 @@ class MqttLink(Uplink):
         self._callbacks.append(("suback", [str(r) for r in reasons if r.is_failure], mid))
 
     @guarded(logger)
+    def _on_unsubscribe(
+        self, client: mqtt.Client, userdata: object, mid: int, reasons: Any, props: Any
+    ) -> None:
+        self._callbacks.append(("unsuback", mid))
+
+    @guarded(logger)
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         self._callbacks.append(
             (
@@ -677,10 +723,10 @@ class MqttLink(Uplink):
                 if data[1] == self._state_check_sub:
                     self._state_seen(None)  # no read access: nothing to compare with
             elif kind == "suback" and data[1] == self._state_check_sub:
-                # A broker sends the retained message right behind the SUBACK (Mosquitto
-                # queues both in one go): a short grace, not the whole time-out.
-                grace = time.monotonic() + STATE_GRACE_S
-                self._state_check_deadline = min(self._state_check_deadline, grace)
+                self._state_check_unsubscribe()
+            elif kind == "unsuback" and data[0] == self._state_check_unsub:
+                # Anything retained was queued before this UNSUBACK and has been handled.
+                self._state_seen(None)
             elif kind == "disconnect":
                 logger.info("MQTT disconnect: %s", data[0])
         if seqs := self._sender.take_delivered():
@@ -746,9 +792,8 @@ class MqttLink(Uplink):
         elif topic == self._topic("state"):
             if retained:
                 self._state_seen(payload)
-            elif payload in self._own_states:
-                self._state_seen(None)  # our own, first: nothing was retained
-            # else: an old copy queued in the session before a crash; wait for the real one
+            # else: a live copy queued in the session of a process killed while it was
+            # subscribed (only the retained copy is what this locker last published)
         else:
             logger.warning("message on unexpected topic %r ignored", topic[:120])
 
@@ -759,14 +804,29 @@ class MqttLink(Uplink):
         if verdict != "stale":
             self._emit(ServerAck(upto, epoch))  # the controller deletes, or reports it
 
+    def _state_check_unsubscribe(self) -> None:
+        if self._client is not None and self._state_check_unsub is None:
+            _, self._state_check_unsub = self._client.unsubscribe(self._topic("state"))
+
+    def _state_check_overdue(self) -> None:
+        """No answer about our retained state in time (neither the copy nor the UNSUBACK):
+        the connection is not working. Commands stay held, not PUBACKed (the broker keeps
+        them and delivers them again), and the next connection asks again."""
+        logger.warning(
+            "no answer about our own retained state within %.0f s; reconnecting, commands held",
+            STATE_CHECK_S,
+        )
+        self._state_check_deadline = float("inf")
+        self._drop("no answer about the retained state")
+
     def _state_seen(self, retained: bytes | None) -> None:
-        """The first message on ``{p}/state`` after subscribing: the retained one (what this
-        locker last published), or our own fresh publication when none was retained."""
+        """The answer about ``{p}/state``: its retained copy (what this locker last
+        published), or None when the broker has none (or refuses to tell)."""
         if self._held_commands is None:
             return
         epoch, last_seq = parse_state_stream(retained) if retained is not None else (None, None)
-        if self._client is not None:
-            self._client.unsubscribe(self._topic("state"))
+        self._state_check_unsubscribe()
+        self._state_check_deadline = float("inf")
         self._emit(RetainedState(epoch, last_seq))
         held, self._held_commands = self._held_commands, None
         for command in held:

@@ -27,6 +27,7 @@ from locker.ports import (
     HardwareRecovered,
     ItemChanged,
     KeyPressed,
+    RetainedState,
     UnlockResult,
     Uplink,
 )
@@ -76,6 +77,7 @@ class StorageOutage:
         def _apply(self, tr: Transition, now: float, source: object = None) -> None: ...
         def _publish_state(self, force: bool = False) -> None: ...
         def _show(self, feedback: Feedback) -> None: ...
+        def _compare_published(self, seen: RetainedState) -> None: ...
 
     def _storing(self, write: Callable[[], Any], failed: Any) -> Any:
         """A write outside a state commit (acks, the idle high-water mark)."""
@@ -101,8 +103,14 @@ class StorageOutage:
         )
         ev = Out("storage_fault", data={"detail": fault.detail[:200], "path": str(self.store.path)})
         row = self.store.unstored_event(ev, now, self.clock_synced())
+        # The retained state goes out first, not rate-bound: its last_seq and outbox_depth
+        # both count the event's seq (so the floor a server derives from them stays below
+        # every unacknowledged event), and the link sends the event only once the broker
+        # holds that state. A locker killed before the database takes writes again then
+        # finds its published last_seq ahead of its store at the next start and begins a
+        # new epoch instead of reusing the seq for another event.
+        self._publish_state(force=True)
         self.uplink.publish_unstored(row)
-        self._publish_state()
 
     def _probe_storage(self) -> None:
         if self._mono() >= self._next_probe:
@@ -130,7 +138,10 @@ class StorageOutage:
             self._step(self._replay.popleft(), self.clock.now())
         return self.storage_fault is None
 
-    def _step(self, event: machine.Input, now: float) -> None:
+    def _step(self, event: machine.Input | RetainedState, now: float) -> None:
+        if isinstance(event, RetainedState):
+            self._compare_published(event)  # kept when storage failed during it
+            return
         self._apply(machine.step(self.state, event, self.rules, now), now, event)
 
     def _refuse_unstored(self, event: object, now: float) -> None:

@@ -179,7 +179,15 @@ class Store:
         # published after every event costs no query; read from disk once, here.
         row = self._con.execute("SELECT max(seq), count(*) FROM outbox").fetchone()
         self._last_seq = max(int(row[0] or 0), int(self.meta("last_seq", 0)))
+        # What the store held when this process opened it: the figure a published state is
+        # compared with (issue 11 item 21), not last_seq after this run's own commits.
+        self.opened_last_seq = self._last_seq
         self._depth = int(row[1])
+        # Events published from memory while the database could not be written (storage
+        # fault): they hold the next seqs and count in outbox_depth until the first write
+        # that succeeds stores them (``_store_unstored``), before anything else.
+        self._unstored: list[tuple[OutboxRow, float]] = []  # (row, when it was made)
+        self._stored_last_seq = self._last_seq  # meta last_seq as on disk
         # The event stream's name (DESIGN 5): random, created with the database (or on the
         # first start of a database from before epochs) and kept as long as it lives.
         epoch = self.meta("epoch")
@@ -296,6 +304,7 @@ class Store:
                 meta["lockdown"] = new.lockdown
             if old.remote_opens != new.remote_opens:
                 meta["remote_opens"] = list(new.remote_opens)
+            self._store_unstored()
             rows = self._append(events, now, clock_synced)
             if rows:
                 meta["last_seq"] = rows[-1].seq
@@ -308,8 +317,9 @@ class Store:
                 raise StorageFault(self.path, describe(err, self.path.parent)) from err
             raise
         self._writes += 1
+        self._unstored_committed()
         if rows:
-            self._last_seq = rows[-1].seq
+            self._last_seq = self._stored_last_seq = rows[-1].seq
             self._depth += len(rows)
         return rows
 
@@ -327,6 +337,24 @@ class Store:
             self._con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error as err:
             logger.warning("%s: WAL checkpoint failed: %s", self.path, describe(err))
+
+    def _store_unstored(self) -> None:
+        """Inside an open write transaction: the events published from memory take their
+        place in the outbox under the seqs they went out with, and meta ``last_seq`` counts
+        them, before anything else is written (a copy lost in flight is then re-sent until
+        a server ack covers it; no later event can take their seqs)."""
+        for row, created in self._unstored:
+            self._con.execute(
+                "INSERT INTO outbox VALUES (?, ?, ?, ?)", (row.seq, row.type, row.payload, created)
+            )
+        if self._last_seq > self._stored_last_seq:
+            self._con.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('last_seq', ?)", (json.dumps(self._last_seq),)
+            )
+
+    def _unstored_committed(self) -> None:
+        self._unstored = []
+        self._stored_last_seq = self._last_seq
 
     def _write_rows(
         self, old: LockerState, new: LockerState, touched: Mapping[str, Collection[str]] | None
@@ -391,13 +419,13 @@ class Store:
 
     def begin_epoch(self, now: float) -> str:
         """Start a new event stream (the store was found rolled back or restored, issue 11
-        item 21): a new epoch, and every event still unacknowledged renumbered from seq 1
-        into it, in order and in one transaction, so nothing is lost and no seq the server
-        holds under the old epoch is reused. Returns the new epoch."""
+        item 21): a new epoch, and every event still unacknowledged (those published from
+        memory included) renumbered from seq 1 into it, in order and in one transaction, so
+        nothing is lost and no seq the server holds under the old epoch is reused. Returns
+        the new epoch. Raises ``StorageFault`` when the database cannot be written."""
         epoch = str(uuid.uuid4())
         con = self._con
-        con.execute("BEGIN IMMEDIATE")
-        try:
+        with self._writing():
             rows = con.execute("SELECT seq, payload FROM outbox ORDER BY seq").fetchall()
             con.execute("DELETE FROM outbox")
             for seq, (_old, blob) in enumerate(rows, start=1):
@@ -415,13 +443,8 @@ class Store:
                 ("abandoned_epochs", abandoned),  # its own old states are not another store's
             ):
                 con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
-            con.execute("COMMIT")
-        except BaseException as err:
-            self._rollback()
-            if isinstance(err, sqlite3.Error):
-                raise StorageFault(self.path, describe(err, self.path.parent)) from err
-            raise
         self._epoch, self._last_seq, self._depth = epoch, len(rows), len(rows)
+        self._stored_last_seq = self._last_seq
         return epoch
 
     def _append(self, events: Iterable[Out], now: float, clock_synced: bool) -> list[OutboxRow]:
@@ -439,11 +462,22 @@ class Store:
         return rows
 
     def unstored_event(self, ev: Out, now: float, clock_synced: bool) -> OutboxRow:
-        """An event that cannot be committed (``storage_fault``), to publish from memory. It
-        takes the next seq, so the server sees no gap; the next committed event takes the one
-        after, and that commit makes the skip durable."""
+        """An event that cannot be committed (``storage_fault``), to publish from memory.
+
+        It takes the next seq and counts at once in ``last_seq`` and ``outbox_depth``, as
+        if it were in the outbox: a server derives the seqs gone from the locker as
+        ``last_seq - outbox_depth`` (locker.fleet.ledger.state_floor), so a seq counted in
+        one and not the other would move that floor past a real, unacknowledged event. The
+        first write that succeeds stores it in the outbox under that seq before anything
+        else (``_store_unstored``), so it is re-sent until a server ack covers it. Until
+        then it exists only in memory and in what was published: a process killed before
+        that finds its published ``last_seq`` ahead of its store at the next start and
+        begins a new epoch (locker.cabinet.streamcheck), so the seq is never reused."""
         self._last_seq += 1
-        return self._row(self._last_seq, ev, now, clock_synced)
+        row = self._row(self._last_seq, ev, now, clock_synced)
+        self._unstored.append((row, now))
+        self._depth += 1
+        return row
 
     def _row(self, seq: int, ev: Out, now: float, clock_synced: bool) -> OutboxRow:
         payload: dict[str, Any] = {
@@ -469,20 +503,30 @@ class Store:
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
-        """One autocommit write: a failure becomes ``StorageFault`` with its cause named."""
+        """One write transaction, events published from memory stored first: a failure
+        becomes ``StorageFault`` with its cause named, and nothing of it is stored."""
         self._writes += 1
         try:
+            self._con.execute("BEGIN IMMEDIATE")
+            self._store_unstored()
             yield
-        except sqlite3.Error as err:
+            self._con.execute("COMMIT")
+        except BaseException as err:
             self._rollback()
-            raise StorageFault(self.path, describe(err, self.path.parent)) from err
+            if isinstance(err, sqlite3.Error):
+                raise StorageFault(self.path, describe(err, self.path.parent)) from err
+            raise
+        self._unstored_committed()
 
     def probe(self) -> None:
-        """Whether the database takes a durable write again: raises ``StorageFault`` if not."""
+        """Whether the database takes a durable write again: raises ``StorageFault`` if not.
+        The probe that succeeds is the write that stores events published from memory."""
         with self._writing():
-            self._con.execute("BEGIN IMMEDIATE")
             self._con.execute("INSERT OR REPLACE INTO meta VALUES ('probe', '1')")
-            self._con.execute("COMMIT")
+
+    def unstored_count(self) -> int:
+        """Events published from memory and not stored yet (0 outside a storage fault)."""
+        return len(self._unstored)
 
     # --- outbox bookkeeping ------------------------------------------------------------------
 
