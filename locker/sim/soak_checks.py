@@ -42,11 +42,14 @@ class Check:
 
 @dataclass(frozen=True)
 class StoreTruth:
-    """What the daemon's store says it created: the current epoch and its last seq."""
+    """What the daemon's store says it created: the current epoch and its last seq, and the
+    epochs it abandoned (a store found behind its published state starts a new epoch and
+    renumbers its unacknowledged events into it: DESIGN 5, issue 11 item 21)."""
 
     epoch: str | None
     last_seq: int
     outbox_depth: int
+    abandoned: tuple[str, ...] = ()
 
 
 def _ro(db: Path) -> sqlite3.Connection:
@@ -60,7 +63,8 @@ def store_truth(db: Path) -> StoreTruth:
         (depth,) = con.execute("SELECT COUNT(*) FROM outbox").fetchone()
     epoch = meta.get("epoch")
     last = max(int(top), int(meta.get("last_seq") or 0))
-    return StoreTruth(epoch if isinstance(epoch, str) else None, last, int(depth))
+    abandoned = tuple(str(e) for e in meta.get("abandoned_epochs") or ())
+    return StoreTruth(epoch if isinstance(epoch, str) else None, last, int(depth), abandoned)
 
 
 def integrity(db: Path) -> str:
@@ -78,17 +82,36 @@ def journal(path: Path) -> list[dict[str, Any]]:
     return [r for r in rows if isinstance(r, dict) and "seq" in r]
 
 
+def distinct(events: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Each event once: an event renumbered into a new epoch keeps its ``event_id``, and the
+    server may hold it under both (epoch, seq)."""
+    seen: set[object] = set()
+    out = []
+    for e in events:
+        key = e.get("event_id")
+        if key not in seen:
+            seen.add(key)
+            out.append(e)
+    return out
+
+
 def check_journal(rows: Sequence[Mapping[str, Any]], truth: StoreTruth) -> Check:
-    """The journal holds exactly seq 1..last_seq of the store's epoch, once each, no other."""
+    """The journal holds exactly seq 1..last_seq of the store's epoch, once each, and no
+    other epoch but those the store abandoned (each seq of them at most once: their
+    unacknowledged tail went on in the new epoch)."""
     by_epoch: dict[str, Counter[int]] = {}
+    ids_by_epoch: dict[str, list[object]] = {}
     for r in rows:
-        by_epoch.setdefault(str(r.get("epoch")), Counter())[int(r["seq"])] += 1
+        epoch = str(r.get("epoch"))
+        by_epoch.setdefault(epoch, Counter())[int(r["seq"])] += 1
+        ids_by_epoch.setdefault(epoch, []).append(r.get("event_id"))
     held = by_epoch.pop(str(truth.epoch), Counter())
     want = set(range(1, truth.last_seq + 1))
     missing = sorted(want - held.keys())
     extra = sorted(held.keys() - want)
     twice = sorted(s for s, n in held.items() if n > 1)
-    ids = [r.get("event_id") for r in rows]
+    for epoch in truth.abandoned:
+        twice += sorted(s for s, n in by_epoch.pop(epoch, Counter()).items() if n > 1)
     problems = []
     if missing:
         problems.append(f"missing seq {missing[:10]} ({len(missing)})")
@@ -98,9 +121,11 @@ def check_journal(rows: Sequence[Mapping[str, Any]], truth: StoreTruth) -> Check
         problems.append(f"seq stored twice {twice[:10]}")
     if by_epoch:
         problems.append(f"events of other epochs {sorted(by_epoch)}")
-    if len(set(ids)) != len(ids):
+    if any(len(set(ids)) != len(ids) for ids in ids_by_epoch.values()):
         problems.append("an event_id under two seqs")
     detail = "; ".join(problems) or f"seq 1..{truth.last_seq} of one epoch, each once"
+    if truth.abandoned and not problems:
+        detail += f" (after {len(truth.abandoned)} abandoned epoch(s))"
     return Check("journal equals what the locker created", not problems, detail)
 
 
@@ -114,7 +139,7 @@ def check_redeliveries(conflicts: Sequence[tuple[str, int, str]], redelivered: i
 
 def check_credentials(events: Iterable[Mapping[str, Any]]) -> Check:
     """No credential opened twice: grants per (parcel, step) <= 1 + re-arms of that parcel."""
-    events = list(events)
+    events = distinct(events)
     grants = Counter(
         (e.get("parcel"), (e.get("data") or {}).get("step"))
         for e in events
@@ -131,7 +156,7 @@ def check_commands(
 ) -> Check:
     """Each command id answered ``done`` at most once; each parcel reserved at most once."""
     done = Counter(r.get("cmd_id") for r in replies if r.get("status") == "done")
-    reserved = Counter(e.get("parcel") for e in events if e["type"] == "parcel_reserved")
+    reserved = Counter(e.get("parcel") for e in distinct(events) if e["type"] == "parcel_reserved")
     bad = [f"cmd {c} done {n}x" for c, n in done.items() if n > 1]
     bad += [f"parcel {p} reserved {n}x" for p, n in reserved.items() if n > 1]
     detail = f"{len(done)} commands done, {resent} sent twice on purpose"
@@ -173,7 +198,7 @@ def check_pulses(
         frames = sum(sent.values())
         granted = Counter(
             channels[e["compartment"]]
-            for e in events
+            for e in distinct(events)
             if e["type"] == "access_granted" and e.get("compartment") in channels
         )
         problems += [
