@@ -240,6 +240,39 @@ def test_a_rolled_back_store_starts_a_new_epoch_and_keeps_every_event(rig: Epoch
     assert rig.ctl.store.epoch == store.epoch
 
 
+def test_a_rollback_is_seen_even_when_as_many_events_were_committed_before_the_check(
+    rig: EpochRig,
+) -> None:
+    """The comparison is made on the store as it was opened: a locker that restarts on a
+    rolled-back store while the broker is unreachable commits ``started`` and more (here as
+    many events as were lost) before it can read its retained state, and those take the very
+    seqs the server already holds. Comparing with last_seq after them would see no rollback."""
+    rig.ctl.store.close()
+    backup = rig.tmp / "backup"
+    backup.mkdir()
+    for f in rig.tmp.glob("locker.db*"):
+        shutil.copy(f, backup / f.name)
+    rig.reopen()
+    for n in range(3):
+        rig.put(KeyPressed(str(n)), KeyPressed("#"))
+    published = rig.ctl.snapshot()
+    rig.ctl.store.close()
+    for f in rig.tmp.glob("locker.db*"):
+        f.unlink()
+    for f in backup.iterdir():
+        shutil.copy(f, rig.tmp / f.name)
+    rig.reopen()  # offline: started, then people at the keypad
+    opened = rig.ctl.store.opened_last_seq
+    for n in range(published["last_seq"] - opened + 2):  # one lockdown_changed each
+        rig.put(command("lockdown", rig.clock.wall, on=n % 2 == 0))
+    assert opened < published["last_seq"] < rig.ctl.store.last_seq()
+    old_epoch = rig.ctl.store.epoch
+    rig.put(RetainedState(published["epoch"], published["last_seq"]))
+    assert rig.ctl.store.epoch != old_epoch
+    assert rig.of("epoch_started")[-1]["data"]["reason"] == "rolled_back"
+    assert {e["epoch"] for e in rig.outbox()} == {rig.ctl.store.epoch}
+
+
 def test_a_new_store_says_which_stream_it_replaces_and_refuses_older_commands(
     tmp_path: Path,
 ) -> None:

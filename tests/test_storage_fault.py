@@ -297,3 +297,23 @@ def test_a_locker_killed_during_a_storage_fault_never_reuses_the_seq(small_disk:
     reason = [e["data"] for e in rows if e["type"] == "epoch_started"]
     assert reason[0]["reason"] == "rolled_back"
     assert reason[0]["previous_last_seq"] == sent["seq"]
+
+
+def test_a_clean_stop_after_the_disk_came_back_stores_the_event_from_memory(
+    small_disk: Path,
+) -> None:
+    """A stop (SIGTERM) between the disk coming back and the next probe still stores the
+    event sent from memory and commits ``stopping``: no new epoch is needed at the next start."""
+    cab = Cabinet(small_disk)
+    drop, _ = _assign(cab)
+    filler = fill(small_disk)
+    cab.type_(drop)
+    seq = cab.uplink.unstored[0].seq
+    filler.unlink()  # back, but the next probe is seconds away
+    cab.ctl.shutdown()
+    assert _fault(cab) is None
+    stored = Store(small_disk / "locker.db", boot_id="after")
+    types = {e["seq"]: e["type"] for e in stored.outbox()}
+    assert types[seq] == "storage_fault" and types[max(types)] == "stopping"
+    assert stored.opened_last_seq == max(types)
+    stored.close()

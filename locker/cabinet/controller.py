@@ -282,6 +282,11 @@ class Controller(StatePublisher, StreamCheck, StorageOutage):
             return
         self.stopped.set()
         try:
+            if self.storage_fault is not None:
+                # One last probe whatever its timer: if the database takes writes again, the
+                # events published from memory are stored and ``stopping`` is committed (a
+                # stop during the fault would otherwise cost a new epoch at the next start).
+                self._next_probe = float("-inf")
             self._run_machine(machine.Stop(reason))
             self._publish_state(force=True)  # the last word: counters included, not rate-bound
         finally:
