@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from locker.cabinet import link as link_mod
 from locker.cabinet.link import MqttLink
 from locker.cabinet.linkwire import backoff_delay, parse_ack, unreachable
 from locker.ports import (
@@ -26,6 +27,7 @@ from locker.ports import (
     LinkChanged,
     OutboxRow,
     PublishRefused,
+    RetainedState,
     ServerAck,
 )
 from locker.sim.broker import Broker
@@ -692,3 +694,77 @@ def test_watchdog_rebuilds_the_client_after_an_internal_failure(
     assert lk.counters.rebuilds == 1
     assert "rebuilding the client" in caplog.text
     assert lk.healthy()
+
+
+# --- the first connect: the retained-state check (issue 11 item 21) -------------------------
+
+
+def test_events_and_state_wait_until_the_store_is_compared(
+    broker: Broker,  # noqa: F811
+    server: ServerClient,
+    outbox: SqliteOutbox,
+) -> None:
+    """Nothing of the event stream goes out before the controller has compared its store
+    with the retained state (``stream_checked``): an event sent first would reuse a seq if
+    the store turns out rolled back. An event from memory (a storage fault) goes out after
+    the retained state that counts its seq."""
+    outbox.add(3)
+    rec = LinkRecorder(outbox)
+    lk = make_link(broker, outbox)
+    rec.attach(lk.outbox_changed)  # no stream_checked: this "controller" never answers yet
+    lk.start(rec)
+    try:
+        lk.publish_state(state(1))
+        wait_for(lambda: rec.of(RetainedState), what="the answer about the retained state")
+        assert rec.of(RetainedState) == [RetainedState(None, None)]  # none on a new broker
+        wait_for(lambda: server.statuses(LOCKER), what="birth")
+        fault = {**json.loads(outbox.read(0, 1)[0].payload), "seq": 4, "type": "storage_fault"}
+        lk.publish_unstored(OutboxRow(4, "storage_fault", json.dumps(fault).encode()))
+
+        def stream() -> list[Received]:
+            return server.messages(lambda m: m.topic.endswith("/state") or "/evt/" in m.topic)
+
+        never_within(stream, 1.0, what="an event or the state before the comparison")
+        lk.stream_checked()
+        wait_for(lambda: len(stream()) >= 5, what="state and four events")
+        topics = [m.topic.removeprefix(f"{P}/") for m in stream()]
+        assert topics.index("state") < topics.index("evt/storage_fault")
+        assert sorted(m.json()["seq"] for m in stream() if "/evt/" in m.topic) == [1, 2, 3, 4]
+        assert all(m.retain for m in server.messages(f"{P}/state"))
+    finally:
+        lk.close(clean=False)
+        rec.close()
+
+
+def test_commands_wait_for_an_answer_about_the_retained_state(
+    broker: Broker,  # noqa: F811
+    server: ServerClient,
+    harness: Harness,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No answer in time (here: the first connection never gets its UNSUBACK) releases no
+    command unchecked: the connection is dropped, the broker delivers the command again on
+    the next one, and it reaches the controller once, after the comparison."""
+    monkeypatch.setattr(link_mod, "STATE_CHECK_S", 1.5)
+    real = MqttLink._state_check_unsubscribe
+    asked: list[int] = []
+
+    def first_one_unanswered(self: MqttLink) -> None:
+        asked.append(1)
+        if len(asked) > 1:
+            real(self)
+
+    monkeypatch.setattr(MqttLink, "_state_check_unsubscribe", first_one_unanswered)
+    caplog.set_level(logging.WARNING, logger=link_mod.__name__)
+    _lk, rec = harness.start(broker)
+    wait_for(lambda: server.statuses(LOCKER), what="birth (subscriptions are made before it)")
+    server.send_command(LOCKER, b"a.b.c", correlation_data=b"k-held")
+    wait_for(lambda: rec.of(RetainedState), timeout=10, what="the answer, on a new connection")
+    assert "no answer about our own retained state" in caplog.text
+    assert sum(1 for e in rec.of(LinkChanged) if e.connected) >= 2
+    wait_for(lambda: rec.of(CommandMessage), what="the command, delivered again")
+    never_within(lambda: len(rec.of(CommandMessage)) > 1, 0.5, what="the command twice")
+    order = [type(e) for e in rec.events]
+    assert order.index(RetainedState) < order.index(CommandMessage)
+    assert rec.of(CommandMessage)[0].correlation_data == b"k-held"
