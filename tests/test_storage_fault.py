@@ -317,3 +317,22 @@ def test_a_clean_stop_after_the_disk_came_back_stores_the_event_from_memory(
     assert types[seq] == "storage_fault" and types[max(types)] == "stopping"
     assert stored.opened_last_seq == max(types)
     stored.close()
+
+
+def test_writes_failing_during_the_fault_do_not_put_off_the_probe(small_disk: Path) -> None:
+    """Acks keep coming while the disk is full (the server acks the event from memory, and
+    again on every duplicate); each fails to write. They must not push the next probe back
+    by another 5 s each, or a steady trickle of acks would keep the locker out of service."""
+    cab = Cabinet(small_disk)
+    drop, _ = _assign(cab)
+    filler = fill(small_disk)
+    cab.type_(drop)
+    seq = cab.uplink.unstored[0].seq
+    for _ in range(4):
+        cab.advance(controller_mod.STORAGE_PROBE_S / 5)
+        cab.put(ServerAck(seq, cab.ctl.store.epoch))  # cannot be written either
+    assert _fault(cab) is not None
+    filler.unlink()
+    cab.advance(controller_mod.STORAGE_PROBE_S / 5)  # 5 s after the fault: the probe is due
+    cab.drain()
+    assert _fault(cab) is None

@@ -40,7 +40,7 @@ Reliability model:
 - Watchdog: any unexpected exception in the thread drops the client and builds a new one after
   a back-off; ``healthy()`` tells whether the thread is alive and looping.
 
-Size: about 750 lines, above the project's ~500, because it is one thread's loop around one
+Size: about 850 lines, above the project's ~500, because it is one thread's loop around one
 paho client (connection, socket pump, publishing, callbacks) whose state is shared by all of
 it; the parts that are not (``sender``, ``linkwire``) are already out.
 """

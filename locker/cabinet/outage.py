@@ -90,9 +90,11 @@ class StorageOutage:
     def _enter_storage_fault(self, fault: StorageFault, now: float) -> None:
         """The database cannot be written: say so once (log, and ``storage_fault`` from
         memory over MQTT), and refuse what needs a commit until a probe write succeeds."""
-        self._next_probe = self._mono() + STORAGE_PROBE_S
         if self.storage_fault is not None:
+            # Already known (an ack or a write of the meantime failing too): the next probe
+            # keeps its time, or a steady trickle of acks would put it off for ever.
             return
+        self._next_probe = self._mono() + STORAGE_PROBE_S
         self.storage_fault = fault.detail
         self._fault_since = now
         logger.error(

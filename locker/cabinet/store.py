@@ -14,6 +14,10 @@ unlock's pulse, on about one unlock in thirty (issue 10).
 The connection belongs to the controller thread. The MQTT link reads the outbox through
 ``OutboxView``, its own connection (WAL lets it read while the controller writes). How rows
 map to the model is in locker.cabinet.rows.
+
+Slightly above the project's ~500 lines: every write path (commit, probe, acks, a new epoch)
+shares the bookkeeping of events published from memory during a storage fault, which must be
+stored first by whichever write succeeds first, so they stay in one class.
 """
 
 from __future__ import annotations
