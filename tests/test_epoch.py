@@ -83,6 +83,27 @@ def open_cmd(iat: float) -> Command:
     return arrived.command
 
 
+def roll_back(rig: EpochRig, entries: int) -> dict[str, Any]:
+    """A copy of the database taken now, ``entries`` keypad entries after it, then the copy
+    back (WAL lost after a crash) while the broker holds the later state: returns that
+    state. The rig is left closed (``reopen`` it)."""
+    rig.ctl.store.close()
+    backup = rig.tmp / "backup"
+    backup.mkdir()
+    for f in rig.tmp.glob("locker.db*"):
+        shutil.copy(f, backup / f.name)
+    rig.reopen()
+    for n in range(entries):
+        rig.put(KeyPressed(str(n)), KeyPressed("#"))
+    published = rig.ctl.snapshot()
+    rig.ctl.store.close()
+    for f in rig.tmp.glob("locker.db*"):
+        f.unlink()
+    for f in backup.iterdir():
+        shutil.copy(f, rig.tmp / f.name)
+    return published
+
+
 def test_events_and_state_carry_the_epoch_of_the_database(rig: EpochRig) -> None:
     epoch = rig.ctl.store.epoch
     assert len(epoch) == 36
@@ -187,20 +208,7 @@ def test_a_rolled_back_store_starts_a_new_epoch_and_keeps_every_event(rig: Epoch
     # Issue 11 item 21: a copy of the database taken at seq N, more events after it, then
     # the copy comes back (WAL lost after a crash) while the broker holds the later state.
     rig.put(KeyPressed("1"), KeyPressed("#"))
-    rig.ctl.store.close()
-    backup = rig.tmp / "backup"
-    backup.mkdir()
-    for f in rig.tmp.glob("locker.db*"):
-        shutil.copy(f, backup / f.name)
-    rig.reopen()
-    for n in range(5):
-        rig.put(KeyPressed(str(n)), KeyPressed("#"))
-    published = rig.ctl.snapshot()
-    rig.ctl.store.close()
-    for f in rig.tmp.glob("locker.db*"):
-        f.unlink()
-    for f in backup.iterdir():
-        shutil.copy(f, rig.tmp / f.name)
+    published = roll_back(rig, 5)
     rig.clock.advance(30)
     rig.reopen()
     store = rig.ctl.store
@@ -247,20 +255,7 @@ def test_a_rollback_is_seen_even_when_as_many_events_were_committed_before_the_c
     rolled-back store while the broker is unreachable commits ``started`` and more (here as
     many events as were lost) before it can read its retained state, and those take the very
     seqs the server already holds. Comparing with last_seq after them would see no rollback."""
-    rig.ctl.store.close()
-    backup = rig.tmp / "backup"
-    backup.mkdir()
-    for f in rig.tmp.glob("locker.db*"):
-        shutil.copy(f, backup / f.name)
-    rig.reopen()
-    for n in range(3):
-        rig.put(KeyPressed(str(n)), KeyPressed("#"))
-    published = rig.ctl.snapshot()
-    rig.ctl.store.close()
-    for f in rig.tmp.glob("locker.db*"):
-        f.unlink()
-    for f in backup.iterdir():
-        shutil.copy(f, rig.tmp / f.name)
+    published = roll_back(rig, 3)
     rig.reopen()  # offline: started, then people at the keypad
     opened = rig.ctl.store.opened_last_seq
     for n in range(published["last_seq"] - opened + 2):  # one lockdown_changed each
