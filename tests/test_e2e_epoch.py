@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -182,3 +184,72 @@ def test_first_contact_on_a_live_event_loses_no_queued_event(
     wait_for(lambda: db_outbox_depth(cab) == db_last_seq(cab) - ack.upto_seq, 10, what="acked")
     held = [e["seq"] for e in view.lockers[LOCKER].events]
     assert held == list(range(1, ack.upto_seq + 1))
+
+
+@pytest.fixture
+def small_state_dir(cabinets: Cabinets, broker: Broker) -> Iterator[SimCabinet]:  # noqa: F811
+    """A cabinet whose state directory is a small tmpfs of its own (needs root)."""
+    cab = cabinets.make(broker, timing={"door_open_timeout_s": 3.0})
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(cab.state_dir)],
+        capture_output=True,
+        check=False,
+        timeout=10,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield cab
+    finally:
+        cab.close()
+        subprocess.run(["umount", "-l", str(cab.state_dir)], check=False, timeout=10)
+
+
+def test_a_daemon_killed_during_a_storage_fault_reuses_no_seq(
+    server: ServerClient, small_state_dir: SimCabinet
+) -> None:
+    """Issue 11, storage_fault's open variant: the event sent from memory while the disk is
+    full holds a seq the database does not; lockerd SIGKILLed before the disk comes back
+    used to give that seq to its next ``started``. The retained state counting it goes out
+    before the event, the restarted daemon compares with it on the store as opened and sends
+    nothing before: a new epoch, and no (epoch, seq) is ever two different events."""
+    cab = small_state_dir
+    start_online(server, cab)
+    commit_events(cab, db_last_seq(cab) + 3)
+    ballast = cab.state_dir / "ballast"
+    with ballast.open("wb", buffering=0) as f:
+        for size in (65536, 4096, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    f.write(b"\0" * size)
+
+    def faults() -> list[dict[str, Any]]:
+        return [e for e in server.events(LOCKER) if e["type"] == "storage_fault"]
+
+    def fault_seen() -> bool:
+        if not faults():
+            guess_burst(cab, 1, stall_s=0.2)  # a commit that cannot be written
+        return bool(faults())
+
+    wait_for(fault_seen, 15, interval=0.2, what="storage_fault\n" + failure_context(cab))
+    fault = faults()[0]
+    state = last_state(server)
+    assert (state["epoch"], state["last_seq"]) == (fault["epoch"], fault["seq"])
+    assert state["last_seq"] - state["outbox_depth"] == 0  # nothing acked: nothing gone
+    cab.kill()
+    ballast.unlink()
+    start_online(server, cab)
+    wait_for(lambda: epoch_started(server), 15, what="epoch_started\n" + failure_context(cab))
+    ev = epoch_started(server)[-1]
+    assert ev["data"]["reason"] == "rolled_back"
+    assert ev["data"]["previous_last_seq"] == fault["seq"]
+    assert ev["epoch"] != fault["epoch"]
+    wait_for(lambda: last_state(server).get("epoch") == ev["epoch"], 10, what="new state")
+    ids: dict[tuple[str, int], set[str]] = {}
+    for e in server.events(LOCKER):
+        ids.setdefault((e["epoch"], e["seq"]), set()).add(e["event_id"])
+    assert all(len(v) == 1 for v in ids.values()), {k: v for k, v in ids.items() if len(v) > 1}
+    started = [e for e in server.events(LOCKER) if e["type"] == "started"]
+    assert started[-1]["epoch"] == ev["epoch"]
