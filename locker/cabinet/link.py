@@ -26,11 +26,11 @@ Reliability model:
   retained. Commands wait for that answer; events and our own state wait until the
   controller has compared and says so (``stream_checked``): publishing the state would
   replace the very copy being read, and an event sent before a rolled-back store begins
-  its new epoch would reuse a seq the server holds. No answer within ``STATE_CHECK_S`` means a dead
-  connection: it is dropped and the next one asks again, while commands stay queued with
-  the broker (not PUBACKed); a command released unchecked could run a second time on a
-  rolled-back store, a held one only waits. Only a refused subscription (no read access:
-  the comparison can never be made) releases them uncompared, with an error in the log.
+  its new epoch would reuse a seq the server holds. No answer within ``STATE_CHECK_S``
+  means a dead connection: it is dropped and the next one asks again, while commands stay
+  queued with the broker (not PUBACKed); a command released unchecked could run a second
+  time on a rolled-back store, a held one only waits. Only a refused subscription (no read
+  access: the comparison can never be made) releases them uncompared, with an error logged.
 - An event published from memory (``publish_unstored``, a storage fault) goes out only
   once the broker has PUBACKed the latest state given before it, which counts its seq: a
   server can never hold that event while the broker's retained state says less.
