@@ -26,7 +26,7 @@ from hardware.gpio.pulse import MAX_PULSE_S
 # Events after which a spent credential is armed again (test_crash's list): a grant beyond
 # the first per (parcel, step) is legitimate only after one of these. After
 # unlock_outcome_unknown (lockerd killed between a grant and the door) the parcel's other
-# credential (its QR token after its code) still opens: bench/soak.py counts it too.
+# credential (its QR token after its code) still opens: the grant may not have opened.
 REARM_EVENTS = frozenset(
     {"door_jammed", "deposit_empty", "item_left_behind", "hardware_fault", "unlock_outcome_unknown"}
 )
