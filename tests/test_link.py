@@ -687,6 +687,9 @@ def test_watchdog_rebuilds_the_client_after_an_internal_failure(
     monkeypatch.setattr(outbox, "read", flaky_read)
     lk, rec = harness.start(broker)
     wait_for(connected(rec))
+    # the first read comes once the store is compared (events wait for that): the second,
+    # for the events added below, is the one that fails
+    wait_for(lambda: calls["n"] >= 1, what="the first read of the outbox")
     with caplog.at_level(logging.ERROR, logger="locker.cabinet.link"):
         outbox.add(3)
         lk.outbox_changed()
