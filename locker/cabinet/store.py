@@ -15,9 +15,10 @@ The connection belongs to the controller thread. The MQTT link reads the outbox 
 ``OutboxView``, its own connection (WAL lets it read while the controller writes). How rows
 map to the model is in locker.cabinet.rows.
 
-Slightly above the project's ~500 lines: every write path (commit, probe, acks, a new epoch)
-shares the bookkeeping of events published from memory during a storage fault, which must be
-stored first by whichever write succeeds first, so they stay in one class.
+About 600 lines, above the project's ~500: every write path (commit, probe, acks, a new epoch,
+checkpoints) shares the bookkeeping of events published from memory during a storage fault
+(stored first by whichever write succeeds first) and the write count, so they stay in one
+class; the row codec is already in locker.cabinet.rows.
 """
 
 from __future__ import annotations
