@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 from pathlib import Path
+
+import pytest
 
 from locker.cabinet import timesync
 from locker.cabinet.timesync import STA_UNSYNC, Timex, make_clock_synced, synced_from
@@ -49,3 +52,22 @@ def test_without_adjtimex_the_timesyncd_flag_answers(tmp_path: Path) -> None:
     assert make_clock_synced(lambda: None, flag)() is False
     flag.touch()
     assert make_clock_synced(lambda: None, flag)() is True
+
+
+def test_libc_is_looked_up_once_not_per_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    # find_library runs ldconfig in a child process: once per commit was a fork per event
+    calls: list[str] = []
+    real = ctypes.util.find_library
+
+    def counting(name: str) -> str | None:
+        calls.append(name)
+        return real(name)
+
+    monkeypatch.setattr(ctypes.util, "find_library", counting)
+    timesync._adjtimex.cache_clear()
+    try:
+        for _ in range(5):
+            assert timesync.read_timex() is not None
+    finally:
+        timesync._adjtimex.cache_clear()
+    assert calls == ["c"]

@@ -33,7 +33,7 @@ from locker.cabinet.domain.draft import (
 )
 from locker.cabinet.domain.inputs import ClockSuspect
 from locker.cabinet.domain.model import VOLATILE_FIELDS, LockerState, Out
-from locker.cabinet.eventlog import ALARMS, log_event
+from locker.cabinet.eventlog import ALARMS, EventLog
 from locker.cabinet.inbox import DEFAULT_INPUT_LIMIT, Inbox
 from locker.cabinet.outage import MAX_DEFERRED, STORAGE_PROBE_S, StorageOutage
 from locker.cabinet.snapshot import STATE_COUNTERS_EVERY_S, StatePublisher
@@ -170,6 +170,7 @@ class Controller(StatePublisher, StreamCheck, StorageOutage):
         self._replay: deque[Any] = deque()
         self._last_feedback: tuple[Feedback, float] | None = None
         self._shed_logged: dict[str, tuple[float, int]] = {}
+        self._event_log = EventLog()
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -218,6 +219,7 @@ class Controller(StatePublisher, StreamCheck, StorageOutage):
                 return True
             self._persist_hwm(now)
             self._publish_counters(now)
+            self._event_log.flush(self._mono())
             return False
         self._report_shed()
         if isinstance(event, _BATCHABLE):
@@ -289,6 +291,7 @@ class Controller(StatePublisher, StreamCheck, StorageOutage):
                 self._next_probe = float("-inf")
             self._run_machine(machine.Stop(reason))
             self._publish_state(force=True)  # the last word: counters included, not rate-bound
+            self._event_log.flush(self._mono(), force=True)
         finally:
             for bank in self.banks:
                 bank.close()
@@ -408,7 +411,7 @@ class Controller(StatePublisher, StreamCheck, StorageOutage):
         batch.flush_now |= any(isinstance(a, UnlockAction) for a in tr.actions)
         self.state = tr.state
         for ev in tr.events:
-            log_event(ev)
+            self._event_log.log(ev, self._mono())
         if alone or batch.flush_now:
             self._flush(now)
 
