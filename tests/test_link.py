@@ -20,7 +20,7 @@ import pytest
 
 from locker.cabinet import link as link_mod
 from locker.cabinet.link import MqttLink
-from locker.cabinet.linkwire import backoff_delay, parse_ack, unreachable
+from locker.cabinet.linkwire import backoff_delay, parse_ack, unreachable, unreachable_delay
 from locker.ports import (
     CommandMessage,
     EventsDelivered,
@@ -145,6 +145,7 @@ def test_an_unreachable_broker_is_retried_within_seconds(
     ``reconnect_unreachable_max_s`` away, whatever the number of failed attempts."""
     assert unreachable(ConnectionRefusedError(errno.ECONNREFUSED, "refused"))
     assert unreachable(OSError(errno.EHOSTUNREACH, "no route"))
+    assert unreachable(ConnectionResetError(errno.ECONNRESET, "reset while starting"))
     assert not unreachable(ssl.SSLError("handshake"))
     lk, rec = harness.start(
         broker, reconnect_min_s=0.05, reconnect_max_s=60.0, reconnect_unreachable_max_s=0.2
@@ -152,9 +153,20 @@ def test_an_unreachable_broker_is_retried_within_seconds(
     wait_for(connected(rec))
     broker.stop()
     wait_for(lambda: any(not e.connected for e in rec.of(LinkChanged)), what="link down")
-    wait_for(lambda: lk._attempts >= 12, 10, what="many refused attempts")  # ceiling 60 s now
+    wait_for(lambda: lk._failures >= 12, 10, what="many refused attempts")
+    # the refusals of an absent broker did not grow the back-off of one that answers: a
+    # broker that comes back and drops the first connection is retried within 2*0.05 s
+    assert lk._attempts <= 1
     broker.start()
     wait_for(connected(rec, 2), 3, what="back within the unreachable bound")
+    assert lk.counters.connect_failures >= 12
+    assert lk._failures == lk._attempts == 0
+
+
+def test_unreachable_attempts_are_jittered_within_half_to_all_of_the_cap() -> None:
+    delays = [unreachable_delay(1.0) for _ in range(500)]
+    assert all(0.5 <= d <= 1.0 for d in delays)
+    assert len(set(delays)) > 400 and max(delays) - min(delays) > 0.4
 
 
 # --- status, state, replies, commands -------------------------------------------------------

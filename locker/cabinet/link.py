@@ -34,9 +34,12 @@ Reliability model:
 - An event published from memory (``publish_unstored``, a storage fault) goes out only
   once the broker has PUBACKed the latest state given before it, which counts its seq: a
   server can never hold that event while the broker's retained state says less.
-- Reconnect back-off grows from ``reconnect_min_s`` to ``reconnect_max_s`` with random jitter;
-  while the broker cannot be reached at all, attempts stay at most
-  ``reconnect_unreachable_max_s`` apart (``_schedule_retry``).
+- Reconnect back-off grows from ``reconnect_min_s`` to ``reconnect_max_s`` with random jitter
+  while the broker answers and refuses (TLS, auth, no CONNACK) or drops us; while no broker
+  answers at all, attempts are ``reconnect_unreachable_max_s`` apart at most, however long
+  the outage, and such attempts do not grow the back-off (``_schedule_retry``). paho's own
+  reconnect delay (``reconnect_delay_set``) is never involved: it only applies inside
+  ``loop_forever``, and every connection here is a fresh client connected by this thread.
 - Watchdog: any unexpected exception in the thread drops the client and builds a new one after
   a back-off; ``healthy()`` tells whether the thread is alive and looping.
 
@@ -74,6 +77,7 @@ from locker.cabinet.linkwire import (
     to_json,
     topic_level,
     unreachable,
+    unreachable_delay,
 )
 from locker.cabinet.sender import LinkCounters, OutboxSender
 from locker.contract.replies import rfc3339
@@ -169,7 +173,7 @@ class MqttLink(Uplink):
         self._ack_timeout = ack_timeout_s
         self._max_inflight = max_inflight
         self._backoff = (reconnect_min_s, reconnect_max_s)
-        self._unreachable_max = max(reconnect_min_s, reconnect_unreachable_max_s)
+        self._unreachable_max = reconnect_unreachable_max_s
         self._connect_timeout = connect_timeout_s
         self._close_timeout = close_timeout_s
         self._clock = clock
@@ -200,7 +204,9 @@ class MqttLink(Uplink):
         self._callbacks: deque[tuple[Any, ...]] = deque()
         self._connected = False
         self._connack_deadline = 0.0
-        self._attempts = 0
+        self._attempts = 0  # refusals by a broker that answered, since the last CONNACK
+        self._failures = 0  # failed connects of any kind since the last CONNACK
+        self._down_since: float | None = None  # first failed connect since the last CONNACK
         self._next_attempt = 0.0
         self._state_payload: bytes | None = None
         self._state_dirty = False
@@ -388,7 +394,10 @@ class MqttLink(Uplink):
                 self._host, self._port, self._keepalive, clean_start=False, properties=props
             )
         except (OSError, ValueError) as err:  # refused, unreachable, TLS handshake or name
-            logger.warning("MQTT connect to %s:%s failed: %s", self._host, self._port, err)
+            # The first failure of an outage is a warning; the attempts after it (one every
+            # second or two while the broker is away) only debug lines, summed up on connect.
+            level = logging.WARNING if self._failures == 0 else logging.DEBUG
+            logger.log(level, "MQTT connect to %s:%s failed: %s", self._host, self._port, err)
             self._schedule_retry(unreachable=unreachable(err))
             return
         self._client = client
@@ -435,15 +444,24 @@ class MqttLink(Uplink):
 
     def _schedule_retry(self, *, unreachable: bool = False) -> None:
         """Back off before the next connect. A broker that answered and refused (TLS, auth,
-        a dropped session) gets the full back-off up to ``reconnect_max_s``; one that cannot
-        be reached at all (nothing listens, no route) costs it nothing to retry, so the
-        delay stays below ``reconnect_unreachable_max_s`` and the locker is back within
-        seconds of the broker (issue 10: a 90 s outage left a 13-19 s median wait)."""
-        self._attempts += 1
-        low, high = self._backoff
+        no CONNACK) or dropped us gets the doubling back-off up to ``reconnect_max_s``; one
+        that cannot be reached at all (nothing listens, no route, reset before it answered)
+        costs nothing to retry, so the next attempt is at most ``reconnect_unreachable_max_s``
+        away, however long the outage, and these attempts do not grow the back-off: a broker
+        that comes back after 90 s, and resets the first connection while it starts, is
+        retried within a second or two, not after a 60 s ceiling reached while it was away
+        (issue 10: a 90 s outage left a 13-19 s median wait)."""
+        now = time.monotonic()
+        self._failures += 1
+        if self._down_since is None:
+            self._down_since = now
         if unreachable:
-            high = min(high, self._unreachable_max)
-        self._next_attempt = time.monotonic() + backoff_delay(self._attempts, low, high)
+            delay = unreachable_delay(self._unreachable_max)
+        else:
+            self._attempts += 1
+            low, high = self._backoff
+            delay = backoff_delay(self._attempts, low, high)
+        self._next_attempt = now + delay
 
     def _drop(self, detail: str) -> None:
         """Forget the current client (closing its socket without DISCONNECT) and retry later."""
@@ -472,9 +490,15 @@ class MqttLink(Uplink):
     def _on_connected(self, session_present: bool) -> None:
         assert self._client is not None
         self._connected = True
-        self._attempts = 0
         self.counters.connects += 1
-        logger.info("MQTT link up (session %s)", "resumed" if session_present else "new")
+        self.counters.connect_failures += self._failures
+        outage = ""
+        if self._down_since is not None:
+            outage = f" after {self._failures} failed attempts over "
+            outage += f"{time.monotonic() - self._down_since:.1f} s"
+        self._attempts = self._failures = 0
+        self._down_since = None
+        logger.info("MQTT link up (session %s)%s", "resumed" if session_present else "new", outage)
         self._emit(LinkChanged(True, "session resumed" if session_present else "new session"))
         # Subscribe on every connect: a broker that lost the session has lost these too.
         # retainAsPublished: without it the broker clears the flag on live deliveries, and a

@@ -24,6 +24,14 @@ def backoff_delay(attempt: int, low: float, high: float) -> float:
     return random.uniform(low, max(low, ceiling))
 
 
+def unreachable_delay(cap: float) -> float:
+    """Seconds before the next attempt while no broker answers at all: random in
+    [cap/2, cap]. Such an attempt costs the broker nothing (it is not there), so it is not
+    backed off further, and the locker is back at most ``cap`` after the broker is; the
+    jitter still spreads a fleet's reconnects over half of ``cap``."""
+    return random.uniform(cap / 2, cap)
+
+
 def parse_ack(payload: bytes) -> tuple[str | None, int] | None:
     """``(epoch, upto_seq)`` of a valid ``{"v":1,"epoch":E,"upto_seq":N}`` (N >= 0, E a
     non-empty string of at most 64 characters or absent: epoch None), else None."""
@@ -60,13 +68,21 @@ def parse_state_stream(payload: bytes) -> tuple[str | None, int | None]:
 
 
 def unreachable(err: BaseException) -> bool:
-    """Whether a connect failed before any broker answered (refused, no route, timed out)."""
+    """Whether a connect failed before any broker answered (refused, no route, timed out,
+    reset before CONNACK)."""
     if isinstance(err, ssl.SSLError):
-        return False  # a TLS peer answered
-    return isinstance(err, ConnectionRefusedError | TimeoutError) or (
-        isinstance(err, OSError)
-        and err.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH)
+        return False  # a TLS peer answered (and, say, refused our certificate)
+    # A reset or abort before CONNACK is a broker that is starting or stopping (the socket
+    # was accepted by the kernel, nothing answered yet), not one that refused us.
+    gone = ConnectionRefusedError | ConnectionResetError | ConnectionAbortedError | TimeoutError
+    return isinstance(err, gone | BrokenPipeError) or (
+        isinstance(err, OSError) and err.errno in _UNREACHABLE_ERRNOS
     )
+
+
+_UNREACHABLE_ERRNOS = frozenset(
+    {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNRESET, errno.EPIPE}
+)
 
 
 def tls_context(ca_file: str | None, cert_file: str | None, key_file: str | None) -> ssl.SSLContext:

@@ -44,6 +44,7 @@ class LinkCounters:
     server_acks: int = 0  # valid {p}/ack messages
     invalid_acks: int = 0  # acks of another epoch or above last_seq (nothing confirmed)
     connects: int = 0  # successful CONNACKs
+    connect_failures: int = 0  # connects that failed before a CONNACK (counted at the next)
     rebuilds: int = 0  # clients dropped by the watchdog after an internal error
     acked_upto: int = 0  # highest valid upto_seq seen on {p}/ack
 

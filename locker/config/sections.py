@@ -85,10 +85,12 @@ class Mqtt(_Section):
     ack_timeout_s: Annotated[float, within(0, 3600, " s", above=True)] = 30.0
     max_inflight: Annotated[int, within(1, 100)] = 20
     # Reconnect back-off (jittered, doubling): up to reconnect_max_s while the broker answers
-    # and refuses; at most reconnect_unreachable_max_s apart while it cannot be reached.
+    # and refuses; while it cannot be reached at all, attempts are random in [half, all] of
+    # reconnect_unreachable_max_s apart, however long the outage, so the locker is back at most
+    # that long after the broker (issue 10). At least 0.1 s: a smaller value spins.
     reconnect_min_s: Annotated[float, within(0, 60, " s", above=True)] = 1.0
     reconnect_max_s: Annotated[float, within(0, 3600, " s", above=True)] = 60.0
-    reconnect_unreachable_max_s: Annotated[float, within(0, 3600, " s", above=True)] = 2.0
+    reconnect_unreachable_max_s: Annotated[float, within(0.1, 3600, " s")] = 1.0
 
     @model_validator(mode="before")
     @classmethod
