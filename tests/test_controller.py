@@ -349,3 +349,29 @@ def test_outbox_counters_match_the_database_across_acks_and_restarts(rig: Rig) -
     assert after[0]["type"] == "started" and after[0]["seq"] == last + 1
     assert rig.ctl.store.outbox_depth() == on_disk()[0] == len(after)
     assert rig.ctl.store.last_seq() == after[-1]["seq"]
+
+
+def test_an_ack_is_not_fsynced_alone_and_every_commit_after_it_is(rig: Rig) -> None:
+    """Issue 10: forgetting acked events skips its own fsync (a lost delete only re-sends
+    what the server holds); the connection is back to synchronous=FULL for every commit."""
+    drop, _ = _assign(rig)
+    rig.put(*[KeyPressed(k) for k in drop + "#"])
+    con = rig.ctl.store._con
+    modes: list[int] = []
+    con.set_trace_callback(
+        lambda sql: (
+            modes.append(con.execute("PRAGMA synchronous").fetchone()[0])
+            if sql.startswith("DELETE FROM outbox")
+            else None
+        )
+    )
+    acked = rig.ctl.store.last_seq()
+    try:
+        rig.put(ServerAck(acked))
+    finally:
+        con.set_trace_callback(None)
+    assert rig.ctl.store.outbox() == []
+    assert modes == [1]  # NORMAL while deleting
+    assert con.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again
+    rig.restart()
+    assert all(e["seq"] > acked for e in rig.ctl.store.outbox())  # the delete stuck
