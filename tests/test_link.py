@@ -783,3 +783,22 @@ def test_commands_wait_for_an_answer_about_the_retained_state(
     order = [type(e) for e in rec.events]
     assert order.index(RetainedState) < order.index(CommandMessage)
     assert rec.of(CommandMessage)[0].correlation_data == b"k-held"
+
+
+def test_a_window_of_events_leaves_in_few_send_calls(
+    broker: Broker,  # noqa: F811
+    server: ServerClient,
+    harness: Harness,
+    outbox: SqliteOutbox,
+) -> None:
+    """Issue 10: paho sends every packet with its own send(); the link gathers what one turn
+    publishes (_GatheringClient), in paho's order."""
+    outbox.add(400)
+    lk, _rec = harness.start(broker)
+    wait_for(lambda: outbox.depth() == 0, what="outbox emptied by acks")
+    client = lk._client
+    assert client is not None and lk.counters.connects == 1
+    seqs = [m.json()["seq"] for m in server.messages(lambda m: "/evt/" in m.topic)]
+    assert seqs == list(range(1, 401))
+    # one send() per packet would be more than 400 (events, subscriptions, PUBACKs of acks)
+    assert client.sends < lk.counters.published / 2

@@ -126,6 +126,55 @@ class _Reply:
     after_state: bool = False  # not before the latest state given to the link is PUBACKed
 
 
+class _GatheringClient(mqtt.Client):
+    """paho's client whose socket writes are gathered while the link publishes a window.
+
+    paho hands every packet to its own ``send()`` (``Client._sock_send``, called from
+    ``_packet_write`` as each PUBLISH is queued). Each of those gives up the GIL and comes
+    back for it, which under a busy controller thread cost the link most of its time (issue
+    10). While ``corked``, the bytes are appended to one buffer instead, in order, and
+    ``flush_writes`` sends them with as few ``send()`` calls as the socket takes; bytes
+    queued while the buffer is not empty are appended too, so the wire order is paho's.
+    paho counts such a packet as written: QoS 1 delivery is unchanged, it still waits for its
+    PUBACK, and whatever a dropped connection loses is re-sent on the next one.
+
+    ``_sock_send`` is a private method of paho 2.x (pinned below 3 in pyproject.toml);
+    tests/test_link.py checks that a window goes out in few sends."""
+
+    CHUNK = 1 << 16  # bytes handed to one send(): at most four TLS records
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.corked = False
+        self.sends = 0  # send() calls made for gathered bytes (tests, benchmarks)
+        self._gathered = bytearray()
+
+    def _sock_send(self, buf: bytes | bytearray) -> int:
+        if self.corked or self._gathered:
+            self._gathered += buf
+            return len(buf)
+        self.sends += 1
+        return super()._sock_send(buf)
+
+    def want_write(self) -> bool:
+        return bool(self._gathered) or super().want_write()
+
+    def flush_writes(self) -> bool:
+        """Send what was gathered, until the socket would block; False if the socket died.
+        (A TLS write that wants to be retried is retried with the same leading bytes, which
+        OpenSSL allows: Python sets SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER.)"""
+        while self._gathered:
+            try:
+                self.sends += 1
+                n = super()._sock_send(bytes(self._gathered[: self.CHUNK]))
+            except BlockingIOError:
+                return True  # select() says when it is writable again (want_write)
+            except (OSError, ValueError):
+                return False
+            del self._gathered[:n]
+        return True
+
+
 class MqttLink(Uplink):
     """The locker's MQTT 5 connection to the fleet broker."""
 
@@ -199,7 +248,7 @@ class MqttLink(Uplink):
         self._thread: threading.Thread | None = None
         self._heartbeat = time.monotonic()
         self._closing = False
-        self._client: mqtt.Client | None = None
+        self._client: _GatheringClient | None = None
         self._generation = 0  # which client a command's receipt belongs to
         self._callbacks: deque[tuple[Any, ...]] = deque()
         self._connected = False
@@ -336,16 +385,27 @@ class MqttLink(Uplink):
             else:
                 self._connect()
             return False
-        alive = self._pump(self._client, 0.0 if self._has_work() else self._idle_wait())
-        self._handle_callbacks()
-        if not alive:
+        client = self._client
+        alive = self._pump(client, 0.0 if self._has_work() else self._idle_wait())
+        # Everything this turn publishes (a window of events, their acks' effects, state,
+        # replies) leaves in as few send() calls as the socket takes (_GatheringClient).
+        client.corked = True
+        try:
+            self._handle_callbacks()
+            if not alive:
+                self._drop("connection lost")
+            elif not self._connected and time.monotonic() > self._connack_deadline:
+                self._drop("no CONNACK in time")
+            elif self._held_commands is not None and (
+                time.monotonic() > self._state_check_deadline
+            ):
+                self._state_check_overdue()
+            elif self._connected:
+                self._flush()
+        finally:
+            client.corked = False
+        if self._client is client and not client.flush_writes():
             self._drop("connection lost")
-        elif not self._connected and time.monotonic() > self._connack_deadline:
-            self._drop("no CONNACK in time")
-        elif self._held_commands is not None and time.monotonic() > self._state_check_deadline:
-            self._state_check_overdue()
-        elif self._connected:
-            self._flush()
         return False
 
     def _take_requests(self) -> _Requests:
@@ -408,10 +468,10 @@ class MqttLink(Uplink):
             # stream for 40 ms at a time whenever it waits on acks.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def _new_client(self) -> mqtt.Client:
+    def _new_client(self) -> _GatheringClient:
         # manual_ack: a command is PUBACKed only once the controller has committed it, so a
         # crash before that leaves it with the broker, which delivers it again.
-        client = mqtt.Client(
+        client = _GatheringClient(
             CallbackAPIVersion.VERSION2,
             client_id=self.locker_id,
             protocol=mqtt.MQTTv5,
@@ -529,6 +589,11 @@ class MqttLink(Uplink):
                 if not self._pump(client, 0.05):
                     break
                 self._handle_callbacks()
+            while client.want_write() and time.monotonic() < deadline:
+                # paho closes the socket right after queueing DISCONNECT: nothing may be
+                # left in the gathered buffer by then
+                if not self._pump(client, 0.05):
+                    break
             client.disconnect()
             while client.socket() is not None and time.monotonic() < deadline:
                 if not self._pump(client, 0.05):
@@ -545,7 +610,7 @@ class MqttLink(Uplink):
 
     # --- network I/O (paho's external-loop interface) ---------------------------------------
 
-    def _pump(self, client: mqtt.Client, timeout: float) -> bool:
+    def _pump(self, client: _GatheringClient, timeout: float) -> bool:
         """One select() over the MQTT socket and the wake-up socket; False if the link died."""
         sock = client.socket()
         if sock is None:
@@ -562,12 +627,11 @@ class MqttLink(Uplink):
             self._drain_wake()
         if (sock in readable or pending) and client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
             return False
-        if (
-            writable
-            and client.socket() is not None
-            and client.loop_write() != MQTTErrorCode.MQTT_ERR_SUCCESS
-        ):
-            return False
+        if writable and client.socket() is not None:
+            if client.loop_write() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return False
+            if not client.flush_writes():
+                return False
         return client.loop_misc() == MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _wait_wake(self, timeout: float) -> None:
