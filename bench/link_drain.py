@@ -6,6 +6,8 @@ For each transport (plain TCP, mutual TLS) against a real Mosquitto on loopback:
 2. 10,000 events are committed to a SQLite outbox and the link is started (it cannot connect);
 3. the broker is started again; we time until the server holds every event and its acks have
    emptied the outbox (``require_server_ack = true``, the production setting).
+The baseline, measured in the same run against the same broker: a bare paho QoS 1 publisher
+(``bench.event_pipeline.bare_paho``), events per second to its last PUBACK.
 
 Prints the figures and writes ``bench/results-link-drain.json``.
 Run: ``.venv/bin/python bench/link_drain.py [--events N]``.
@@ -34,6 +36,7 @@ from bench.common import (  # noqa: E402
     start_server,
     write_results,
 )
+from bench.event_pipeline import bare_paho  # noqa: E402
 from locker.ports import LinkChanged, LinkEvent  # noqa: E402
 from tests.broker import (  # noqa: E402
     Broker,
@@ -95,6 +98,8 @@ def run(tls: bool, events: int, workdir: Path) -> dict[str, Any]:
             time.sleep(0.005)
         drained = time.monotonic()
         report = json.loads(server.stdout.readline().removeprefix("done "))
+        bare_began = bare_paho(broker, events, 1)
+        bare_rate = events / (time.monotonic() - bare_began)
     finally:
         link.close()
         recorder.close()
@@ -108,6 +113,7 @@ def run(tls: bool, events: int, workdir: Path) -> dict[str, Any]:
         "seconds_from_broker_start": round(drained - started, 3),
         "seconds_from_connect": round(seconds, 3),
         "events_per_s": round(events / seconds),
+        "bare_paho_events_per_s": round(bare_rate),
         "outbox_empty": outbox.depth() == 0,
         "server": report,
         "link": vars(link.counters),
@@ -131,7 +137,8 @@ def main() -> None:
             f"{result['transport']:>10}: {result['events']} events drained in "
             f"{result['seconds_from_connect']:.2f} s after connect "
             f"({result['seconds_from_broker_start']:.2f} s after broker start), "
-            f"{result['events_per_s']} events/s; server got {result['server']['unique']} unique "
+            f"{result['events_per_s']} events/s (bare paho {result['bare_paho_events_per_s']}/s); "
+            f"server got {result['server']['unique']} unique "
             f"of {result['server']['received']}, in order: {result['server']['in_order']}"
         )
     figures = [
@@ -142,10 +149,19 @@ def main() -> None:
             goal="< 5 s",
         )
         for r in results
-    ] + [
-        Figure(f"{r['transport']}: drain rate", float(r["events_per_s"]), "events/s")
-        for r in results
     ]
+    for r in results:
+        t = r["transport"]
+        figures += [
+            Figure(f"{t}: bare paho QoS 1", float(r["bare_paho_events_per_s"]), "events/s"),
+            Figure(
+                f"{t}: drain rate",
+                float(r["events_per_s"]),
+                "events/s",
+                baseline=f"{t}: bare paho QoS 1",
+                goal=">= 0.5x",
+            ),
+        ]
     write_results(
         RESULTS,
         f"drain of a {args.events}-event outbox backlog through locker.cabinet.link after a "
