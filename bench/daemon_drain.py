@@ -8,7 +8,8 @@ For each transport (plain TCP, mutual TLS) against a real Mosquitto on loopback:
    SQLite outbox (not counted by the guessing throttle). We time the commits by polling the
    outbox row count, read from the daemon's database file;
 3. the broker is started again; we time until the server holds every event, in order, with
-   ``seq`` contiguous, and its acks have emptied the daemon's outbox.
+   ``seq`` contiguous, and until its acks have emptied the daemon's outbox (every event
+   acknowledged: the figure of issue 10, goal < 5 s).
 
 "From broker start" includes waiting for the locker's next connect attempt (the back-off
 while the broker cannot be reached is ``mqtt.reconnect_unreachable_max_s``); "from connect"
@@ -136,6 +137,7 @@ def run(tls: bool, events: int, workdir: Path, outage_s: float = 0.0) -> dict[st
             "seconds_from_broker_start_to_all_held": round(report["all_at"] - broker_up, 3),
             "seconds_from_connect_to_all_held": round(held, 3),
             "seconds_from_connect_to_outbox_empty": round(drained - connect, 3),
+            "seconds_from_broker_start_to_outbox_empty": round(drained - broker_up, 3),
             "events_per_s_from_connect": round(target / held),
             "bare_paho_events_per_s": round(bare_rate),
         },
@@ -182,6 +184,12 @@ def main() -> None:
             Figure(
                 f"{t}: broker start to all held",
                 float(d["seconds_from_broker_start_to_all_held"]),
+                "s",
+                goal="< 5 s",
+            ),
+            Figure(
+                f"{t}: broker start to all acknowledged (outbox empty)",
+                float(d["seconds_from_broker_start_to_outbox_empty"]),
                 "s",
                 goal="< 5 s",
             ),
