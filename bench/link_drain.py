@@ -36,7 +36,7 @@ from bench.common import (  # noqa: E402
     start_server,
     write_results,
 )
-from bench.event_pipeline import bare_paho  # noqa: E402
+from bench.event_pipeline import against_bare_paho, bare_paho  # noqa: E402
 from locker.ports import LinkChanged, LinkEvent  # noqa: E402
 from tests.broker import (  # noqa: E402
     Broker,
@@ -151,17 +151,9 @@ def main() -> None:
         for r in results
     ]
     for r in results:
-        t = r["transport"]
-        figures += [
-            Figure(f"{t}: bare paho QoS 1", float(r["bare_paho_events_per_s"]), "events/s"),
-            Figure(
-                f"{t}: drain rate",
-                float(r["events_per_s"]),
-                "events/s",
-                baseline=f"{t}: bare paho QoS 1",
-                goal=">= 0.5x",
-            ),
-        ]
+        figures += against_bare_paho(
+            r["transport"], "drain rate", r["events_per_s"], r["bare_paho_events_per_s"]
+        )
     write_results(
         RESULTS,
         f"drain of a {args.events}-event outbox backlog through locker.cabinet.link after a "
