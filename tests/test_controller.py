@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from locker.cabinet.controller import Controller, DomainClock, Verifier
+from locker.cabinet.domain.model import Out
 from locker.cabinet.store import Store
 from locker.ports import (
     DoorChanged,
@@ -375,3 +376,25 @@ def test_an_ack_is_not_fsynced_alone_and_every_commit_after_it_is(rig: Rig) -> N
     assert con.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again
     rig.restart()
     assert all(e["seq"] > acked for e in rig.ctl.store.outbox())  # the delete stuck
+
+
+def test_an_ack_that_stores_events_from_memory_is_fsynced(rig: Rig) -> None:
+    """The write after a storage fault stores the events published from memory first: an
+    ack that is that write is committed durably, never with synchronous=NORMAL."""
+    store = rig.ctl.store
+    row = store.unstored_event(Out("storage_fault", data={"detail": "test"}), 0.0, True)
+    con = store._con
+    modes: list[int] = []
+    con.set_trace_callback(
+        lambda sql: (
+            modes.append(con.execute("PRAGMA synchronous").fetchone()[0])
+            if sql.startswith("DELETE FROM outbox")
+            else None
+        )
+    )
+    try:
+        store.acknowledge(row.seq - 1)
+    finally:
+        con.set_trace_callback(None)
+    assert modes == [2] and store.unstored_count() == 0
+    assert [e["seq"] for e in store.outbox()] == [row.seq]

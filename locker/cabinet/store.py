@@ -538,7 +538,7 @@ class Store:
     def acknowledge(self, upto_seq: int) -> int:
         """The server holds every event up to ``upto_seq``: forget them. Returns rows freed.
         Not synced on its own (see ``_unsynced``)."""
-        with self._writing(), self._unsynced():
+        with self._unsynced(), self._writing():
             freed = self._con.execute("DELETE FROM outbox WHERE seq <= ?", (upto_seq,)).rowcount
         self._depth -= freed
         return freed
@@ -547,7 +547,7 @@ class Store:
         """Forget the events a successful PUBACK delivered (``require_server_ack`` off).
         Not synced on its own (see ``_unsynced``)."""
         freed = 0
-        with self._writing(), self._unsynced():
+        with self._unsynced(), self._writing():
             for s in seqs:
                 freed += self._con.execute("DELETE FROM outbox WHERE seq = ?", (s,)).rowcount
         self._depth -= freed
@@ -555,17 +555,28 @@ class Store:
 
     @contextlib.contextmanager
     def _unsynced(self) -> Iterator[None]:
-        """A write committed with ``synchronous=NORMAL``: in WAL mode it is ordered like any
-        other (atomic, never reordered) but not fsynced itself; the next ``FULL`` commit,
-        which syncs the whole WAL, makes it durable (SQLite "WAL mode", synchronous pragma).
-        Only for forgetting delivered events: a delete lost to a power cut re-sends events
-        the server already holds, which it drops by seq (at-least-once), so an fsync per ack
-        (a sixth of the controller's time in a burst, issue 10) buys nothing."""
-        self._con.execute("PRAGMA synchronous=NORMAL")
+        """Around one ``_writing`` transaction: committed with ``synchronous=NORMAL``. In WAL
+        mode it is ordered like any other (atomic, never reordered) but not fsynced itself;
+        the next ``FULL`` commit, which syncs the whole WAL, makes it durable (SQLite "WAL
+        mode", synchronous pragma). Only for forgetting delivered events: a delete lost to a
+        power cut re-sends events the server already holds, which it drops by seq
+        (at-least-once), so an fsync per ack (a sixth of the controller's time in a burst,
+        issue 10) buys nothing. Not when events published from memory wait to be stored:
+        that write stores them first, and it must be durable."""
+        if self._unstored:
+            yield
+            return
+        self._set_synchronous("NORMAL")  # outside the transaction, or it does not apply
         try:
             yield
         finally:
-            self._con.execute("PRAGMA synchronous=FULL")
+            self._set_synchronous("FULL")
+
+    def _set_synchronous(self, mode: str) -> None:
+        try:
+            self._con.execute(f"PRAGMA synchronous={mode}")
+        except sqlite3.Error as err:  # a setting, no I/O: not seen, but never left NORMAL
+            raise StorageFault(self.path, describe(err, self.path.parent)) from err
 
     def outbox_depth(self) -> int:
         return self._depth
