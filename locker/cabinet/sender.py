@@ -212,7 +212,9 @@ class OutboxSender:
             return "stale"
         self.floor = upto
         self._confirm_upto(upto)
-        self._outstanding_since = now if self.cursor > upto else None
+        # Still outstanding: sent past the ack, or in flight from before a go-back (skipped
+        # by the pass until its PUBACK, which may then confirm nothing).
+        self._outstanding_since = now if self._pending() else None
         self._want_read = True  # the window moved
         if self.cursor < upto:  # acked beyond what this pass sent: skip ahead
             self.cursor = self._read_upto = upto
@@ -223,10 +225,15 @@ class OutboxSender:
         """Go back to the last ack when none came for ``ack_timeout_s``; True if it did."""
         if not self.require_ack or self._outstanding_since is None:
             return False
-        if self.cursor <= self.floor:
+        if not self._pending():
             self._outstanding_since = None
         elif now - self._outstanding_since >= self.ack_timeout_s:
             self._go_back()
+            if self.inflight:
+                # This pass skips the rows still waiting for their PUBACK; if that PUBACK then
+                # confirms nothing (the broker lost the message after it), only a running
+                # timer sends them again: found by TestSenderMachine (hypothesis).
+                self._outstanding_since = now
             return True
         return False
 
@@ -240,6 +247,11 @@ class OutboxSender:
         """Seqs delivered by PUBACK alone (``require_ack`` False) since the last call."""
         out, self._delivered = tuple(self._delivered), []
         return out
+
+    def _pending(self) -> bool:
+        """Anything unconfirmed is out: sent past the floor in this pass, or in flight from
+        before a go-back (the pass skips it until its PUBACK, which may confirm nothing)."""
+        return self.cursor > self.floor or any(seq > self.floor for seq in self.inflight.values())
 
     def _go_back(self) -> None:
         """Restart the event pass just after the last confirmed seq."""
