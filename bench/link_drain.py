@@ -55,7 +55,12 @@ def serve(spec: dict[str, Any]) -> None:
     stdin closes (its acks must reach the locker)."""
     server = start_server(spec)
     n = spec["events"]
+    deadline = time.monotonic() + 330  # past the measuring side's own 300 s limit
     while not server.has_all(LOCKER, n):
+        if time.monotonic() > deadline:
+            print("done " + json.dumps({"received": len(server.events(LOCKER))}), flush=True)
+            server.stop()
+            return
         time.sleep(0.01)
     seen, in_order = arrival_order(event["seq"] for event in server.events(LOCKER))
     report = {
@@ -87,16 +92,21 @@ def run(tls: bool, events: int, workdir: Path) -> dict[str, Any]:
             up.set()
 
     link = make_link(broker, outbox, locker_id=LOCKER, reconnect_max_s=0.5)
-    recorder.attach(link.outbox_changed)
+    # no controller here: the recorder answers the link's retained-state read with
+    # stream_checked, or the link holds every event back (issue 11's restart check)
+    recorder.attach(link.outbox_changed, link.stream_checked)
     link.start(sink)
     try:
         started = time.monotonic()
         broker.start()
-        up.wait(30)
+        if not up.wait(30):
+            raise RuntimeError("the link did not connect within 30 s of the broker starting")
         connected = time.monotonic()
         while outbox.depth() and time.monotonic() - started < 300:
             time.sleep(0.005)
         drained = time.monotonic()
+        if outbox.depth():
+            raise RuntimeError(f"outbox not drained in 300 s: {outbox.depth()} events left")
         report = json.loads(server.stdout.readline().removeprefix("done "))
         bare_began = bare_paho(broker, events, 1)
         bare_rate = events / (time.monotonic() - bare_began)
