@@ -6,10 +6,14 @@ live beside this file and are imported explicitly by the tests that use them.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
+import os
+import subprocess
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from gpiozero import Device
@@ -84,3 +88,24 @@ def fail_on_callback_error() -> Iterator[None]:
         pytest.fail(
             "an adapter callback raised: " + "; ".join(handler.format(r) for r in handler.records)
         )
+
+
+@contextlib.contextmanager
+def small_tmpfs(mountpoint: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted on ``mountpoint`` (an existing directory) with ``options`` (e.g.
+    ``size=640k``) for as long as the block runs, then lazily unmounted: a disk that can
+    really fill or go read-only. Skips the test when not root or when mounting fails."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mountpoint)],
+        capture_output=True,
+        check=False,
+        timeout=10,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False, timeout=10)

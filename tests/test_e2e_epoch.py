@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sqlite3
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,7 +25,7 @@ from locker.fleet.watch import FleetView
 from locker.sim.broker import Broker
 from locker.sim.cabinet import SimCabinet
 from tests.broker import ServerClient, broker  # noqa: F401 - fixture
-from tests.conftest import wait_for
+from tests.conftest import small_tmpfs, wait_for
 from tests.e2e import (
     Cabinets,
     cabinets,  # noqa: F401 - fixture
@@ -190,21 +188,11 @@ def test_first_contact_on_a_live_event_loses_no_queued_event(
 def small_state_dir(cabinets: Cabinets, broker: Broker) -> Iterator[SimCabinet]:  # noqa: F811
     """A cabinet whose state directory is a small tmpfs of its own (needs root)."""
     cab = cabinets.make(broker, timing={"door_open_timeout_s": 3.0})
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(cab.state_dir)],
-        capture_output=True,
-        check=False,
-        timeout=10,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        yield cab
-    finally:
-        cab.close()
-        subprocess.run(["umount", "-l", str(cab.state_dir)], check=False, timeout=10)
+    with small_tmpfs(cab.state_dir, "size=4m,mode=0700"):
+        try:
+            yield cab
+        finally:
+            cab.close()  # before the unmount, as the daemon writes there until it stops
 
 
 def test_a_daemon_killed_during_a_storage_fault_reuses_no_seq(

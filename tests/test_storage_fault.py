@@ -10,8 +10,6 @@ import contextlib
 import errno
 import json
 import logging
-import os
-import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ from locker.ports import (
     RetainedState,
     ServerAck,
 )
+from tests.conftest import small_tmpfs
 from tests.domain import SIZES, T0, Keys, command, rules
 from tests.test_controller import CheckingBank
 
@@ -39,20 +38,8 @@ from tests.test_controller import CheckingBank
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     mnt = tmp_path / "disk"
     mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=640k", "tmpfs", str(mnt)],
-        capture_output=True,
-        check=False,
-        timeout=10,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(mnt, "size=640k"):
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False, timeout=10)
 
 
 def fill(disk: Path) -> Path:
