@@ -21,8 +21,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from locker.cabinet.domain import table
-from locker.cabinet.domain.model import Credential, Credentials, Step, Tokens
+from locker.cabinet.domain.model import CommandRecord, Credential, Credentials, Step, Tokens
 from locker.cabinet.domain.table import Deadlines, Table
+from locker.cabinet.rows import jsonable
 from locker.cabinet.store import _MIGRATIONS, SCHEMA_VERSION, Store
 from tests.domain import SIZES, Sim, command
 
@@ -193,4 +194,58 @@ def test_schema_1_credentials_are_converted_not_lost(tmp_path: Path) -> None:
         "t2": Credential("t2", "P1", Step.RETRIEVE, 3.0, None, False),
     }
     assert set(creds.group("P1")) == {"t1", "t2"}
+    store.close()
+
+
+def test_schema_2_tables_are_rebuilt_without_rowid_and_keep_every_row(tmp_path: Path) -> None:
+    """Schema 3 (issue 10): the keyed tables become WITHOUT ROWID (one b-tree each, so a row
+    changed writes one page, not two); every row of every table survives the rebuild."""
+    db = tmp_path / "locker.db"
+    store = Store(db, boot_id="b")
+    state = store.load(SIZES)
+    cid = next(iter(SIZES))
+    cred = Credential("t1", "P1", Step.PICKUP, 2.0, 5e9, True)
+    parcel = {
+        "id": "P1",
+        "kind": "delivery",
+        "size": "S",
+        "compartment": cid,
+        "status": "deposited",
+        "dropoff_until": 1.0,
+        "pickup_hours": 72,
+        "pickup_until": 5e9,
+        "deposited_at": 2.0,
+    }
+    store.close()
+    con = sqlite3.connect(db, isolation_level=None)
+    con.executescript(  # back to schema 2, as an older lockerd left it
+        "BEGIN;DROP TABLE meta;DROP TABLE compartments;DROP TABLE parcels;DROP TABLE credentials;"
+        f"DROP TABLE tokens;DROP TABLE commands;DROP TABLE outbox;{_MIGRATIONS[1]}"
+        f"{_MIGRATIONS[2]}PRAGMA user_version=2;COMMIT;"
+    )
+    con.execute("INSERT INTO meta VALUES ('epoch', ?)", (json.dumps("e-1"),))
+    con.execute("INSERT INTO parcels VALUES (?, ?)", ("P1", json.dumps(parcel)))
+    con.execute("INSERT INTO credentials VALUES ('t1', 'P1', 'pickup', 2.0, 5e9, 1)")
+    con.execute("INSERT INTO tokens VALUES ('ab', 5e9)")
+    con.execute(
+        "INSERT INTO commands VALUES ('cmd-1', 5e9, ?)",
+        (json.dumps(jsonable(CommandRecord("cmd-1", 5e9, "done", {}, None))),),
+    )
+    con.close()
+    store = Store(db, boot_id="b")
+    assert store._con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    keyed = ("meta", "compartments", "parcels", "credentials", "tokens", "commands")
+    for name in keyed:
+        (sql,) = store._con.execute(
+            "SELECT sql FROM sqlite_master WHERE type='table' AND name=?", (name,)
+        ).fetchone()
+        assert sql.rstrip().endswith("WITHOUT ROWID"), sql
+    loaded = store.load(SIZES)
+    assert store.epoch == "e-1"
+    assert dict(loaded.credentials) == {"t1": cred}
+    assert set(loaded.parcels) == {"P1"}
+    assert set(loaded.tokens) == {"ab"}
+    assert set(loaded.commands) == {"cmd-1"}
+    assert set(loaded.compartments) == set(state.compartments)
+    assert store._con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     store.close()

@@ -73,9 +73,10 @@ BATCH_MAX = 256  # inputs committed in one transaction at most (group commit)
 
 Verifier = Callable[[CommandMessage, float], Command]
 Observer = Callable[[Transition, float], None]
-"""Told every committed transition, on the controller thread, after its actions ran: the front
-panel's projection (DESIGN section 12). It must be quick and never block; what it raises is
-logged and swallowed, so a broken view never stops the locker."""
+"""Told the committed transitions, on the controller thread, after their actions ran: the front
+panel's projection (DESIGN section 12). Every transition with an event or an action beyond
+feedback, and the last of each batch (``_observed``). It must be quick and never block; what
+it raises is logged and swallowed, so a broken view never stops the locker."""
 
 # Inputs that only feed the state machine: several queued ones may share one commit.
 _BATCHABLE = (
@@ -88,6 +89,20 @@ _BATCHABLE = (
     HardwareRecovered,
     UnlockResult,
 )
+
+
+def _observed(transitions: list[Transition]) -> list[Transition]:
+    """The batch's transitions the views are told about. One with no event and no action
+    but feedback (a key typed into the entry, its click) is left out when a later one of
+    the same batch follows, whose state includes that entry: a burst of keys is projected
+    once per event, not once per key (issue 10). A view never misses an event, nor an
+    action other than the feedback the controller itself shows."""
+    last = len(transitions) - 1
+    return [
+        tr
+        for i, tr in enumerate(transitions)
+        if i == last or tr.events or any(not isinstance(a, IndicateAction) for a in tr.actions)
+    ]
 
 
 @dataclasses.dataclass
@@ -440,12 +455,14 @@ class Controller(StatePublisher, StreamCheck, StorageOutage):
                     self._refuse_unstored(source, now)
                 return
             self._hwm_saved = now
-        for action in batch.actions:
+        # The door first: a person waits for it, while a beep or a blink starting a little
+        # later is unnoticed (gpiozero stops and starts blink threads). Otherwise in order.
+        for action in sorted(batch.actions, key=lambda a: not isinstance(a, UnlockAction)):
             self._execute(action)
         if rows:
             self.uplink.outbox_changed()
         self._publish_state()
-        for tr in batch.transitions:
+        for tr in _observed(batch.transitions):
             for observe in self.observers:
                 try:
                     observe(tr, now)

@@ -1,11 +1,11 @@
 """The earliest deadline of a small table, computed once per version of the table (issue 10).
 
-Every input runs the machine's expiry pass, and the controller asks for the next deadline
-twice per turn. The parcels table (one row per compartment at most) is immutable and
-replaced, never changed, when it changes (``Draft.finish``), so the earliest deadline over it
-is a pure function of the table object: it is remembered per table identity and recomputed
-only when the table was replaced. The tables that grow with history keep their own deadline
-index instead (``locker.cabinet.domain.table``).
+Every input (every key typed) runs the machine's expiry pass, and the controller asks for the
+next deadline twice per turn. The compartments and parcels tables (one row per compartment at
+most) are immutable and replaced, never changed, when they change (``Draft.finish``), so the
+earliest deadline over them is a pure function of the table objects (and the rules): it is
+remembered per table identity and recomputed only when a table was replaced. The tables that
+grow with history keep their own deadline index instead (``locker.cabinet.domain.table``).
 
 A memo, not state: results depend only on the arguments. Tables still being edited (a
 ``Draft``'s plain dicts) are never remembered. The controller thread is the only caller.
@@ -14,6 +14,7 @@ A memo, not state: results depend only on the arguments. Tables still being edit
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -25,16 +26,24 @@ def earliest(
     name: str,
     tables: tuple[Mapping[str, Any], ...],
     compute: Callable[[], float],
+    rules: object = None,
 ) -> float:
     """``compute()`` (the earliest deadline over ``tables``, ``math.inf`` for none),
-    remembered under ``name`` for as long as every table is the very same frozen object."""
-    frozen = all(type(t) is MappingProxyType for t in tables)
+    remembered under ``name`` for as long as every table is the very same frozen object
+    (and ``rules``, when the deadline depends on them, the very same object too)."""
+    if not all(type(t) is MappingProxyType for t in tables):
+        return compute()  # a plain dict may still change: never remembered
+    return remembered(name, (*tables, rules), compute)
+
+
+def remembered(name: str, key: tuple[object, ...], compute: Callable[[], float]) -> float:
+    """``compute()``, remembered under ``name`` for as long as every object of ``key`` is the
+    very same object. The caller vouches that they are immutable."""
     hit = _memo.get(name)
-    if frozen and hit is not None and all(a is b for a, b in zip(hit[0], tables, strict=True)):
+    if hit is not None and len(hit[0]) == len(key) and all(map(operator.is_, hit[0], key)):
         return hit[1]
     value = compute()
-    if frozen:
-        _memo[name] = (tables, value)
+    _memo[name] = (key, value)
     return value
 
 

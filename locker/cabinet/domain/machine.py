@@ -15,13 +15,15 @@ flows live in locker.cabinet.domain.access; this module dispatches to them.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from locker.cabinet.domain import remote, throttle
 from locker.cabinet.domain.access import MAX_CODE_DIGITS, on_key, on_rejected_input, on_scan, rearm
 from locker.cabinet.domain.compartments import JAM_WINDOW_S, best_fit, set_service, start_unlock
 from locker.cabinet.domain.draft import Draft, IndicateAction, Transition
-from locker.cabinet.domain.earliest import earliest, minimum
+from locker.cabinet.domain.earliest import earliest, minimum, remembered
 from locker.cabinet.domain.inputs import Boot, ClockSuspect, CommandArrived, Input, Stop, Tick
 from locker.cabinet.domain.model import (
     Compartment,
@@ -82,20 +84,45 @@ def step(state: LockerState, event: Input, rules: Rules, now: float) -> Transiti
         _on_boot(d, event, rules, now)
         _expire(d, rules, now)
         return d.finish()
-    _expire(d, rules, now)
+    if now < _quiet_until(state, rules):
+        _entry_timeout(d, rules, now)  # the only deadline that moves with every key
+    else:
+        _expire(d, rules, now)
     if handler is not None:
         handler(d, event, rules, now)
     return d.finish()
 
 
+def _quiet_until(state: LockerState, rules: Rules) -> float:
+    """Until when ``_expire`` has nothing to do but the keypad entry's time-out: the earliest
+    deadline of the tables and fields that do not change with a key typed. Remembered for the
+    very same objects (all immutable, replaced when they change), so a burst of keys does not
+    repeat the expiry pass per key (issue 10)."""
+    small = (state.compartments, state.parcels, state.refusals)
+    history = (state.credentials, state.tokens, state.commands)
+
+    def compute() -> float:
+        times = [
+            _compartments_due(state.compartments, rules),
+            minimum(map(_parcel_deadline, state.parcels.values())),
+            *(table.earliest() for table in history),
+            minimum(b.until for b in state.refusals.values()),
+        ]
+        if state.throttle.locked_out:
+            times.append(state.throttle.locked_until)
+        return min(times)
+
+    if not all(type(t) is MappingProxyType for t in small):
+        return compute()  # a plain dict (tests build states from them) may still change
+    return remembered("quiet", (*small, *history, state.throttle, rules), compute)
+
+
 def next_deadline(state: LockerState, rules: Rules) -> float | None:
     """The earliest time at which ``step`` with a ``Tick`` would change something."""
     times: list[float] = []
-    for c in state.compartments.values():
-        if c.pending is not None:
-            times.append(_pending_deadline(c, rules))
-        if c.left_open_next is not None:
-            times.append(c.left_open_next)
+    doors = _compartments_due(state.compartments, rules)
+    if doors != math.inf:
+        times.append(doors)
     # judged when the door closes (_expire skips busy compartments' parcels until then)
     parcels = earliest(
         "parcels_free",
@@ -255,7 +282,7 @@ def _on_recovered(d: Draft, ev: HardwareRecovered, rules: Rules, now: float) -> 
 
 
 def _expire(d: Draft, rules: Rules, now: float) -> None:
-    for cid in list(d.compartments):
+    for cid in list(d.compartments) if now >= _compartments_due(d.compartments, rules) else ():
         comp = d.compartments[cid]
         if comp.pending is not None and now >= _pending_deadline(comp, rules):
             if comp.door is DoorState.UNKNOWN:
@@ -292,6 +319,11 @@ def _expire(d: Draft, rules: Rules, now: float) -> None:
     if throttle.lockout_over(d.get("throttle"), now):
         d.put("throttle", throttle.reset(d.get("throttle")))
         d.emit("keypad_unlocked", by="timeout")
+    _entry_timeout(d, rules, now)
+
+
+def _entry_timeout(d: Draft, rules: Rules, now: float) -> None:
+    """A half-typed entry is forgotten ``keypad_entry_timeout_s`` after its last key."""
     entry: KeypadEntry = d.get("keypad")
     if (
         entry.digits or entry.overflow or entry.stars
@@ -317,6 +349,19 @@ def _parcel_deadline(p: Parcel) -> float:
     if p.status is ParcelStatus.DEPOSITED and p.pickup_until is not None:
         return p.pickup_until
     return math.inf
+
+
+def _compartments_due(compartments: Mapping[str, Compartment], rules: Rules) -> float:
+    """The earliest door deadline (a pending unlock judged, a left-open reminder) over all
+    compartments; remembered per table (``earliest``), so a key typed does not visit every
+    compartment (issue 10)."""
+
+    def compute() -> float:
+        times = [_pending_deadline(c, rules) for c in compartments.values() if c.pending]
+        times += [c.left_open_next for c in compartments.values() if c.left_open_next is not None]
+        return minimum(times)
+
+    return earliest("compartments", (compartments,), compute, rules)
 
 
 def _pending_deadline(comp: Compartment, rules: Rules) -> float:

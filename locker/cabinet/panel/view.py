@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from types import MappingProxyType
 
 from locker.cabinet.domain.draft import LanguageAction, Transition
-from locker.cabinet.domain.model import LockerState, Out
+from locker.cabinet.domain.model import Compartment, LockerState, Out
 from locker.ports import DoorState
 
 # The ``data-state`` values of the test contract (DESIGN section 12).
@@ -146,15 +147,29 @@ def project(prev: PanelView, tr: Transition, now: float) -> PanelView:
         standing=_standing(state, tuple(left_open), now),
         entry=entry,
         left_open=tuple(left_open),
-        active_doors=tuple(
-            c.id
-            for c in state.compartments.values()
-            if c.pending is not None or c.door is DoorState.OPEN
-        ),
+        active_doors=_active_doors(state.compartments),
         language_choice=choice,
         person_at=now if busy else prev.person_at,
         rev=prev.rev + 1,
     )
+
+
+# (compartments table, its active doors): the last answer, for the very same table object
+_active: list[tuple[Mapping[str, Compartment], tuple[str, ...]]] = []
+
+
+def _active_doors(compartments: Mapping[str, Compartment]) -> tuple[str, ...]:
+    """Doors unlocked or open. The compartments table is replaced, never changed, so the
+    answer is remembered for the very same table object (a key typed does not visit every
+    compartment, issue 10). Only the controller thread projects."""
+    if _active and _active[0][0] is compartments:
+        return _active[0][1]
+    doors = tuple(
+        c.id for c in compartments.values() if c.pending is not None or c.door is DoorState.OPEN
+    )
+    if type(compartments) is MappingProxyType:  # frozen: a plain dict may still change
+        _active[:] = [(compartments, doors)]
+    return doors
 
 
 def _is_open(state: LockerState, cid: str) -> bool:
