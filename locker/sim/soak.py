@@ -480,12 +480,17 @@ class Soak:
     def disk_full(self) -> None:
         assert self.cab is not None
         ballast = self.cab.state_dir / "ballast"
-        chunk = b"\0" * (1 << 20)
         try:
-            with ballast.open("wb") as f, contextlib.suppress(OSError):
-                while True:
-                    f.write(chunk)
-                    f.flush()
+            fd = os.open(ballast, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                # 1 MiB writes, then ever smaller ones down to a byte: not a byte left over
+                # (a 1 MiB write that fails leaves up to 1 MiB for the locker to use).
+                for size in (1 << 20, 1 << 16, 1 << 12, 1 << 9, 1 << 6, 1):
+                    with contextlib.suppress(OSError):
+                        while os.write(fd, b"\0" * size) == size:
+                            pass
+            finally:
+                os.close(fd)
             time.sleep(DISK_FULL_S)
         finally:
             ballast.unlink(missing_ok=True)
