@@ -8,7 +8,9 @@ fleet server in a separate process (its own GIL) that subscribes and acknowledge
 2. the real ``lockerd`` (``SimCabinet``, ``GUESSER_SECURITY``), connected, gets N wrong codes
    typed on its keypad pty (``tests.e2e.guess_burst``), each one an ``access_denied`` event
    committed to its outbox and published; timed from the first key typed until the server
-   holds all N, contiguous.
+   holds all N, contiguous;
+3. the same burst into a lockerd with no broker configured (once, plain): what the keypad,
+   controller and store take alone, the ceiling of step 2 in one process.
 The ratio daemon/bare is the figure of issue 10 (goal >= 0.5). ``--repeats`` runs both
 several times within one process (``bench/run.py`` also repeats the whole script).
 
@@ -151,6 +153,24 @@ def run(tls: bool, events: int, workdir: Path, repeats: int) -> dict[str, Any]:
     }
 
 
+def no_link(events: int, workdir: Path, repeats: int) -> dict[str, Any]:
+    """The same burst into a lockerd with no broker configured: what the keypad, the
+    controller and the store take alone (the ceiling of the live figure in one process)."""
+    cab = SimCabinet(workdir / "alone", broker=None, locker_id=LOCKER, security=GUESSER_SECURITY)
+    rates: list[float] = []
+    try:
+        cab.start()
+        for _ in range(repeats):
+            began = time.monotonic()
+            committed = guess_burst(cab, events)
+            if committed < events:
+                raise RuntimeError(f"only {committed} of {events} codes committed")
+            rates.append(events / (time.monotonic() - began))
+    finally:
+        cab.close()
+    return {"events": events, "repeats": repeats, "committed_per_s": _summary(rates)}
+
+
 def _summary(values: list[float], digits: int = 0) -> dict[str, Any]:
     return {
         "median": round(statistics.median(values), digits),
@@ -186,7 +206,11 @@ def main() -> None:
             f"({d['min']:.0f}-{d['max']:.0f}): ratio {q['median']:.3f} "
             f"({q['min']:.3f}-{q['max']:.3f})"
         )
-    figures = []
+    with tempfile.TemporaryDirectory() as tmp:
+        alone = no_link(args.events, Path(tmp), args.repeats)
+    a = alone["committed_per_s"]
+    print(f"  no link: lockerd alone commits {a['median']:.0f}/s ({a['min']:.0f}-{a['max']:.0f})")
+    figures = [Figure("lockerd with no link: wrong codes committed", a["median"], "events/s")]
     for r in results:
         t = r["transport"]
         figures += against_bare_paho(
@@ -200,7 +224,7 @@ def main() -> None:
         "events produced live through the real lockerd (scanner lines -> access_denied "
         "events -> MQTT -> an acking server process), against a bare paho QoS 1 publisher "
         "to the same broker in the same run",
-        results,
+        [*results, {"no_link": alone}],
         figures=figures,
     )
 

@@ -800,5 +800,8 @@ def test_a_window_of_events_leaves_in_few_send_calls(
     assert client is not None and lk.counters.connects == 1
     seqs = [m.json()["seq"] for m in server.messages(lambda m: "/evt/" in m.topic)]
     assert seqs == list(range(1, 401))
-    # one send() per packet would be more than 400 (events, subscriptions, PUBACKs of acks)
-    assert client.sends < lk.counters.published / 2
+    # One send() per packet: one per event, one PUBACK per server ack (QoS 1), and the
+    # subscriptions. How many acks come between events depends on the machine's load (a fresh
+    # clone's CI saw 188 acks and 203 sends, once), so the bound counts them.
+    packets = lk.counters.published + lk.counters.server_acks
+    assert client.sends < packets / 2, (client.sends, packets)
