@@ -221,9 +221,10 @@ def main() -> None:
         )
     write_results(
         RESULTS,
-        "events produced live through the real lockerd (scanner lines -> access_denied "
-        "events -> MQTT -> an acking server process), against a bare paho QoS 1 publisher "
-        "to the same broker in the same run",
+        "events produced live through the real lockerd (wrong codes typed on its keypad "
+        "pty -> access_denied events -> MQTT -> an acking server process), against a bare "
+        "paho QoS 1 publisher to the same broker in the same run; and the same burst into "
+        "a lockerd with no link",
         [*results, {"no_link": alone}],
         figures=figures,
     )
