@@ -178,6 +178,50 @@ def test_the_daemon_stays_up_refuses_and_resumes_by_itself(
     assert cab.ctl.store.outbox_depth() == len(rows)
 
 
+def test_a_command_that_ran_before_is_answered_duplicate_during_the_fault(
+    small_disk: Path,
+) -> None:
+    """A re-sent command is answered from what is stored (``duplicate``, with the outcome
+    it had), not ``failed``: it did run, and the operator must not be told otherwise. A
+    new command still gets ``failed``, and nothing is written for either."""
+    cab = Cabinet(small_disk)
+    cmd = command("lockdown", cab.wall, on=False)
+    cab.put(cmd)
+    assert cab.uplink.replies[-1]["status"] == "done"
+    done = cab.uplink.replies[-1]
+    fill(small_disk)
+    cab.type_("00000000")  # the fault is found by a write that fails
+    assert _fault(cab) is not None
+    depth = cab.ctl.store.outbox_depth()
+    cab.put(cmd)
+    again = cab.uplink.replies[-1]
+    assert again["status"] == "duplicate"
+    assert again["cmd_id"] == done["cmd_id"] and again.get("result") == done.get("result")
+    cab.put(command("lockdown", cab.wall, on=False))
+    new = cab.uplink.replies[-1]
+    assert new["status"] == "failed"
+    assert cab.ctl.store.outbox_depth() == depth
+
+
+def test_the_controllers_own_event_is_kept_when_its_commit_fails(small_disk: Path) -> None:
+    """An event no input caused (here ``ack_invalid`` for an ack of another epoch; also
+    ``epoch_started`` after the restart check) cannot be re-made by replaying an input: when
+    its commit fails it is kept, and committed once the database takes writes again."""
+    cab = Cabinet(small_disk)
+    filler = fill(small_disk)
+    cab.put(ServerAck(7, "another-epoch"))
+    assert _fault(cab) is not None  # found by the commit of ack_invalid
+    assert "ack_invalid" not in cab.types()
+    filler.unlink()
+    cab.advance(controller_mod.STORAGE_PROBE_S)
+    cab.put(KeyPressed("1"))
+    assert _fault(cab) is None
+    kept = [e for e in cab.ctl.store.outbox() if e["type"] == "ack_invalid"]
+    assert len(kept) == 1
+    assert kept[0]["data"]["ack_epoch"] == "another-epoch"
+    assert kept[0]["data"]["reason"] == "other_epoch"
+
+
 def test_a_full_disk_never_hides_the_error_behind_a_failed_rollback(small_disk: Path) -> None:
     store = Store(small_disk / "locker.db", boot_id="b")
     fill(small_disk)

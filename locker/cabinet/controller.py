@@ -32,10 +32,10 @@ from locker.cabinet.domain.draft import (
     UnlockAction,
 )
 from locker.cabinet.domain.inputs import ClockSuspect
-from locker.cabinet.domain.model import VOLATILE_FIELDS, LockerState, Out
+from locker.cabinet.domain.model import LockerState, Out, persistent_change
 from locker.cabinet.eventlog import ALARMS, EventLog
 from locker.cabinet.inbox import DEFAULT_INPUT_LIMIT, Inbox
-from locker.cabinet.outage import MAX_DEFERRED, STORAGE_PROBE_S, StorageOutage
+from locker.cabinet.outage import MAX_DEFERRED, STORAGE_PROBE_S, KeptEvents, StorageOutage
 from locker.cabinet.snapshot import STATE_COUNTERS_EVERY_S, StatePublisher
 from locker.cabinet.store import StorageFault, Store
 from locker.cabinet.streamcheck import StreamCheck
@@ -436,7 +436,7 @@ class Controller(StatePublisher, StreamCheck, StorageOutage):
         if batch is None:
             return
         rows = []
-        if batch.events or _persistent_change(batch.base, self.state):
+        if batch.events or persistent_change(batch.base, self.state):
             try:
                 rows = self.store.commit(
                     batch.base,
@@ -451,8 +451,10 @@ class Controller(StatePublisher, StreamCheck, StorageOutage):
                 # Nothing was committed, so nothing is done: back to the committed state.
                 self.state = batch.base
                 self._enter_storage_fault(fault, now)
-                for source in batch.inputs:
-                    self._refuse_unstored(source, now)
+                for source, tr in zip(batch.inputs, batch.transitions, strict=True):
+                    # The controller's own events (no input to replay) are kept instead.
+                    own = source is None and tr.events
+                    self._refuse_unstored(KeptEvents(tr.events) if own else source, now)
                 return
             self._hwm_saved = now
         # The door first: a person waits for it, while a beep or a blink starting a little
@@ -523,13 +525,3 @@ class Controller(StatePublisher, StreamCheck, StorageOutage):
                 self._shed_logged[source] = (t, 0)
             else:
                 self._shed_logged[source] = (since, count + n)
-
-
-def _persistent_change(old: LockerState, new: LockerState) -> bool:
-    """Whether anything but the volatile fields changed (a key press or a counted refusal
-    alone is not worth an fsync)."""
-    return any(
-        getattr(old, f.name) is not getattr(new, f.name)
-        for f in dataclasses.fields(LockerState)
-        if f.name not in VOLATILE_FIELDS
-    )

@@ -15,8 +15,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from locker.cabinet.domain import machine
+from locker.cabinet.domain.draft import ReplyAction, Transition
 from locker.cabinet.domain.inputs import ClockSuspect
-from locker.cabinet.domain.model import KeypadEntry, LockerState, Out
+from locker.cabinet.domain.model import KeypadEntry, LockerState, Out, persistent_change
 from locker.cabinet.inbox import PEOPLE
 from locker.cabinet.store import StorageFault, Store
 from locker.contract.replies import reply_payload
@@ -34,17 +35,28 @@ from locker.ports import (
 
 if TYPE_CHECKING:
     from locker.cabinet.clock import DomainClock
-    from locker.cabinet.domain.draft import Transition
 
 # The controller's logger: operators filter and tests capture these lines under that name.
 logger = logging.getLogger("locker.cabinet.controller")
 
-__all__ = ["MAX_DEFERRED", "STORAGE_PROBE_S", "StorageOutage"]
+__all__ = ["MAX_DEFERRED", "STORAGE_PROBE_S", "KeptEvents", "StorageOutage"]
 
 STORAGE_PROBE_S = 5.0  # how often a controller in storage fault tries the database again
 MAX_DEFERRED = 10_000  # sensor reports kept for replay while the database cannot be written
 
-# Sensor and device reports that must not be lost while storage is down: replayed after.
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeptEvents:
+    """Events of the controller's own making (no input caused them: ``ack_invalid``,
+    ``epoch_started``) whose commit failed: kept, and committed once the database takes
+    writes again. An input's events need no such keeping: the input itself is replayed
+    or refused."""
+
+    events: tuple[Out, ...]
+
+
+# Sensor and device reports, and the controller's own events, that must not be lost while
+# storage is down: replayed after.
 _REPLAYED = (
     DoorChanged,
     ItemChanged,
@@ -53,6 +65,7 @@ _REPLAYED = (
     HardwareRecovered,
     machine.Boot,
     ClockSuspect,
+    KeptEvents,
 )
 
 
@@ -140,21 +153,42 @@ class StorageOutage:
             self._step(self._replay.popleft(), self.clock.now())
         return self.storage_fault is None
 
-    def _step(self, event: machine.Input | RetainedState, now: float) -> None:
+    def _step(self, event: machine.Input | RetainedState | KeptEvents, now: float) -> None:
         if isinstance(event, RetainedState):
             self._compare_published(event)  # kept when storage failed during it
             return
+        if isinstance(event, KeptEvents):
+            self._apply(Transition(self.state, event.events), now, event)
+            return
         self._apply(machine.step(self.state, event, self.rules, now), now, event)
+
+    def _answered_from_store(self, event: machine.CommandArrived, now: float) -> bool:
+        """A command the machine answers from what is committed already (one it ran before:
+        ``duplicate`` with the stored outcome) needs no write, so it gets its true answer
+        even while nothing can be written; a ``failed`` would tell the operator that a
+        command which did run, did not. True when answered."""
+        tr = machine.step(self.state, event, self.rules, now)
+        if tr.events or persistent_change(self.state, tr.state):
+            return False
+        replies = [a for a in tr.actions if isinstance(a, ReplyAction)]
+        if not replies or len(replies) != len(tr.actions):
+            return False
+        for reply in replies:
+            self.uplink.publish_reply(reply.reply, reply.correlation_data)
+        return True
 
     def _refuse_unstored(self, event: object, now: float) -> None:
         """What could not be committed: refuse a person at once, answer a command ``failed``,
-        keep sensor reports for replay. Nothing acts without a commit."""
+        keep sensor reports and the controller's own events for replay. Nothing acts without a
+        commit."""
         if isinstance(event, PEOPLE):
             if not (isinstance(event, KeyPressed) and event.key != "#"):
                 self._show(Feedback.OUT_OF_SERVICE)
                 # the entry is over: the next person starts from an empty keypad
                 self.state = dataclasses.replace(self.state, keypad=KeypadEntry())
         elif isinstance(event, machine.CommandArrived):
+            if self._answered_from_store(event, now):
+                return
             cmd_id = event.command.cmd_id if event.command else None
             error = ("storage_fault", f"the locker cannot store anything: {self.storage_fault}")
             reply = reply_payload(cmd_id, "failed", (error[0], error[1][:500]), None, ts=now)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
@@ -255,4 +255,14 @@ def fresh_state(compartments: Mapping[str, str]) -> LockerState:
     """A new locker: every configured compartment (id -> size) free and in service."""
     return LockerState(
         compartments=_frozen({cid: Compartment(id=cid, size=s) for cid, s in compartments.items()})
+    )
+
+
+def persistent_change(old: LockerState, new: LockerState) -> bool:
+    """Whether anything but the volatile fields changed (a key press or a counted refusal
+    alone is not worth an fsync)."""
+    return any(
+        getattr(old, f.name) is not getattr(new, f.name)
+        for f in fields(LockerState)
+        if f.name not in VOLATILE_FIELDS
     )
