@@ -7,7 +7,8 @@ earliest deadline over them is a pure function of the table objects (and the rul
 remembered per table identity and recomputed only when a table was replaced. The tables that
 grow with history keep their own deadline index instead (``locker.cabinet.domain.table``).
 
-A memo, not state: results depend only on the arguments. Tables still being edited (a
+The same memo serves any answer that is a pure function of frozen tables (the front panel's
+active doors). A memo, not state: results depend only on the arguments. Tables still being edited (a
 ``Draft``'s plain dicts) are never remembered. The controller thread is the only caller.
 """
 
@@ -17,31 +18,35 @@ import math
 import operator
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
-_memo: dict[str, tuple[tuple[object, ...], float]] = {}
+T = TypeVar("T")
+
+_memo: dict[str, tuple[tuple[object, ...], Any]] = {}
 
 
 def earliest(
     name: str,
-    tables: tuple[Mapping[str, Any], ...],
-    compute: Callable[[], float],
-    rules: object = None,
-) -> float:
-    """``compute()`` (the earliest deadline over ``tables``, ``math.inf`` for none),
+    tables: tuple[Mapping[Any, Any], ...],
+    compute: Callable[[], T],
+    *also: object,
+) -> T:
+    """``compute()`` (for a deadline: the earliest over ``tables``, ``math.inf`` for none),
     remembered under ``name`` for as long as every table is the very same frozen object
-    (and ``rules``, when the deadline depends on them, the very same object too)."""
+    (and each of ``also``, what else the answer depends on, such as the rules, the very
+    same object too)."""
     if not all(type(t) is MappingProxyType for t in tables):
         return compute()  # a plain dict may still change: never remembered
-    return remembered(name, (*tables, rules), compute)
+    return remembered(name, (*tables, *also), compute)
 
 
-def remembered(name: str, key: tuple[object, ...], compute: Callable[[], float]) -> float:
+def remembered(name: str, key: tuple[object, ...], compute: Callable[[], T]) -> T:
     """``compute()``, remembered under ``name`` for as long as every object of ``key`` is the
     very same object. The caller vouches that they are immutable."""
     hit = _memo.get(name)
     if hit is not None and len(hit[0]) == len(key) and all(map(operator.is_, hit[0], key)):
-        return hit[1]
+        value: T = hit[1]
+        return value
     value = compute()
     _memo[name] = (key, value)
     return value

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from types import MappingProxyType
 from typing import Any
 
 from locker.cabinet.domain import remote, throttle
 from locker.cabinet.domain.access import MAX_CODE_DIGITS, on_key, on_rejected_input, on_scan, rearm
 from locker.cabinet.domain.compartments import JAM_WINDOW_S, best_fit, set_service, start_unlock
 from locker.cabinet.domain.draft import Draft, IndicateAction, Transition
-from locker.cabinet.domain.earliest import earliest, minimum, remembered
+from locker.cabinet.domain.earliest import earliest, minimum
 from locker.cabinet.domain.inputs import Boot, ClockSuspect, CommandArrived, Input, Stop, Tick
 from locker.cabinet.domain.model import (
     Compartment,
@@ -112,9 +111,7 @@ def _quiet_until(state: LockerState, rules: Rules) -> float:
             times.append(state.throttle.locked_until)
         return min(times)
 
-    if not all(type(t) is MappingProxyType for t in small):
-        return compute()  # a plain dict (tests build states from them) may still change
-    return remembered("quiet", (*small, *history, state.throttle, rules), compute)
+    return earliest("quiet", small, compute, *history, state.throttle, rules)
 
 
 def next_deadline(state: LockerState, rules: Rules) -> float | None:

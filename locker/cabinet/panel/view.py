@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from types import MappingProxyType
 
 from locker.cabinet.domain.draft import LanguageAction, Transition
+from locker.cabinet.domain.earliest import earliest
 from locker.cabinet.domain.model import Compartment, LockerState, Out
 from locker.ports import DoorState
 
@@ -154,22 +154,17 @@ def project(prev: PanelView, tr: Transition, now: float) -> PanelView:
     )
 
 
-# (compartments table, its active doors): the last answer, for the very same table object
-_active: list[tuple[Mapping[str, Compartment], tuple[str, ...]]] = []
-
-
 def _active_doors(compartments: Mapping[str, Compartment]) -> tuple[str, ...]:
     """Doors unlocked or open. The compartments table is replaced, never changed, so the
     answer is remembered for the very same table object (a key typed does not visit every
     compartment, issue 10). Only the controller thread projects."""
-    if _active and _active[0][0] is compartments:
-        return _active[0][1]
-    doors = tuple(
-        c.id for c in compartments.values() if c.pending is not None or c.door is DoorState.OPEN
+    return earliest(
+        "active_doors",
+        (compartments,),
+        lambda: tuple(
+            c.id for c in compartments.values() if c.pending is not None or c.door is DoorState.OPEN
+        ),
     )
-    if type(compartments) is MappingProxyType:  # frozen: a plain dict may still change
-        _active[:] = [(compartments, doors)]
-    return doors
 
 
 def _is_open(state: LockerState, cid: str) -> bool:
