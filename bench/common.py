@@ -197,3 +197,48 @@ def arrival_order(seqs: Iterable[int]) -> tuple[set[int], bool]:
             seen.add(seq)
             first_seen.append(seq)
     return seen, first_seen == sorted(first_seen)
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (all its threads; proc(5):
+    fields 14 and 15 of ``/proc/<pid>/stat``, in clock ticks)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # the name may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_s() -> tuple[float, float]:
+    """``(busy, total)`` CPU seconds of the whole machine so far, over every core
+    (proc(5): the ``cpu`` line of ``/proc/stat``; idle and iowait count as not busy)."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    total = sum(ticks[:8])  # guest time is already counted in user
+    idle = ticks[3] + ticks[4]
+    hz = os.sysconf("SC_CLK_TCK")
+    return (total - idle) / hz, total / hz
+
+
+class CpuMeter:
+    """CPU time spent by named processes, and by the whole machine, between ``start`` and
+    ``stop``: what a phase of a benchmark cost each process per item, and how busy the
+    cores were (a throughput bound by the cores rather than by one process shows up as a
+    machine near ``os.cpu_count()`` cores busy)."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self._pids = pids
+        self._began: dict[str, float] = {}
+        self._machine = (0.0, 0.0)
+
+    def start(self) -> None:
+        self._began = {name: process_cpu_s(pid) for name, pid in self._pids.items()}
+        self._machine = machine_busy_s()
+
+    def stop(self, items: int) -> dict[str, Any]:
+        """``{"us_per_item": {name: CPU us per item}, "cores_busy": mean busy cores}``."""
+        used = {n: process_cpu_s(p) - self._began[n] for n, p in self._pids.items()}
+        busy, total = machine_busy_s()
+        cores = os.cpu_count() or 1
+        wall = (total - self._machine[1]) / cores
+        return {
+            "us_per_item": {n: round(s * 1e6 / items, 1) for n, s in used.items()},
+            "cores_busy": round((busy - self._machine[0]) / wall, 2) if wall > 0 else None,
+        }

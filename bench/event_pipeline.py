@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -36,7 +37,14 @@ sys.path.insert(0, str(ROOT))
 import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from bench.common import Figure, serve_spec, spawn_server, start_server, write_results  # noqa: E402
+from bench.common import (  # noqa: E402
+    CpuMeter,
+    Figure,
+    serve_spec,
+    spawn_server,
+    start_server,
+    write_results,
+)
 from locker.sim.broker import Broker, Pki  # noqa: E402
 from locker.sim.cabinet import SimCabinet  # noqa: E402
 from tests.e2e import GUESSER_SECURITY, db_last_seq, guess_burst  # noqa: E402
@@ -122,21 +130,36 @@ def run(tls: bool, events: int, workdir: Path, repeats: int) -> dict[str, Any]:
         server.stdin.flush()
         return float(server.stdout.readline().removeprefix("held "))
 
+    cpu_bare: list[dict[str, Any]] = []
+    cpu_daemon: list[dict[str, Any]] = []
     try:
         cab.start()
         held(LOCKER, db_last_seq(cab))  # connected, the start-up events delivered
+        assert broker.proc is not None and cab.proc is not None
+        meter = CpuMeter(
+            {
+                "bench (bare publisher / key typist)": os.getpid(),
+                "mosquitto": broker.proc.pid,
+                "server": server.pid,
+                "lockerd": cab.proc.pid,
+            }
+        )
         bare_next = 1
         for _ in range(repeats):
             # To its last PUBACK: a subscriber cannot take a flood without flow control
             # (the broker drops past its queue limit), which is what the outbox and the
             # server's acks are for on the daemon's side.
+            meter.start()
             began = bare_paho(broker, events, bare_next)
             bare_rates.append(events / (time.monotonic() - began))
+            cpu_bare.append(meter.stop(events))
             bare_next += events
             target = db_last_seq(cab) + events
+            meter.start()
             began = time.monotonic()
             guess_burst(cab, events)
             daemon_rates.append(events / (held(LOCKER, target) - began))
+            cpu_daemon.append(meter.stop(events))
     finally:
         server.stdin.close()
         server.wait(30)
@@ -150,6 +173,10 @@ def run(tls: bool, events: int, workdir: Path, repeats: int) -> dict[str, Any]:
         "bare_paho_events_per_s": _summary(bare_rates),
         "daemon_events_per_s": _summary(daemon_rates),
         "ratio_daemon_to_bare": _summary(ratios, 3),
+        # CPU us per event of each process, and mean cores busy, per repeat: whether a rate
+        # is bound by one process or by the machine's cores (issue 10's events-live row)
+        "cpu_bare": cpu_bare,
+        "cpu_daemon": cpu_daemon,
     }
 
 
@@ -158,17 +185,22 @@ def no_link(events: int, workdir: Path, repeats: int) -> dict[str, Any]:
     controller and the store take alone (the ceiling of the live figure in one process)."""
     cab = SimCabinet(workdir / "alone", broker=None, locker_id=LOCKER, security=GUESSER_SECURITY)
     rates: list[float] = []
+    cpu: list[dict[str, Any]] = []
     try:
         cab.start()
+        assert cab.proc is not None
+        meter = CpuMeter({"bench (key typist)": os.getpid(), "lockerd": cab.proc.pid})
         for _ in range(repeats):
+            meter.start()
             began = time.monotonic()
             committed = guess_burst(cab, events)
             if committed < events:
                 raise RuntimeError(f"only {committed} of {events} codes committed")
             rates.append(events / (time.monotonic() - began))
+            cpu.append(meter.stop(events))
     finally:
         cab.close()
-    return {"events": events, "repeats": repeats, "committed_per_s": _summary(rates)}
+    return {"events": events, "repeats": repeats, "committed_per_s": _summary(rates), "cpu": cpu}
 
 
 def _summary(values: list[float], digits: int = 0) -> dict[str, Any]:
@@ -206,10 +238,17 @@ def main() -> None:
             f"({d['min']:.0f}-{d['max']:.0f}): ratio {q['median']:.3f} "
             f"({q['min']:.3f}-{q['max']:.3f})"
         )
+        for phase in ("cpu_bare", "cpu_daemon"):
+            last = result[phase][-1]
+            per = ", ".join(f"{n} {us:.0f}" for n, us in last["us_per_item"].items())
+            print(f"{'':>12}{phase}: CPU us/event: {per}; cores busy {last['cores_busy']}")
     with tempfile.TemporaryDirectory() as tmp:
         alone = no_link(args.events, Path(tmp), args.repeats)
     a = alone["committed_per_s"]
     print(f"  no link: lockerd alone commits {a['median']:.0f}/s ({a['min']:.0f}-{a['max']:.0f})")
+    last = alone["cpu"][-1]
+    per = ", ".join(f"{n} {us:.0f}" for n, us in last["us_per_item"].items())
+    print(f"{'':>12}CPU us/event: {per}; cores busy {last['cores_busy']}")
     figures = [Figure("lockerd with no link: wrong codes committed", a["median"], "events/s")]
     for r in results:
         t = r["transport"]

@@ -92,11 +92,14 @@ def _db(cab: SimCabinet) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{cab.state_dir / 'locker.db'}?mode=ro", uri=True, timeout=10)
 
 
-def db_last_seq(cab: SimCabinet) -> int:
-    """The last seq the daemon committed (seqs are 1, 2, ... with no holes)."""
-    with contextlib.closing(_db(cab)) as db:
-        (top,) = db.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()
-        row = db.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()
+def db_last_seq(cab: SimCabinet, db: sqlite3.Connection | None = None) -> int:
+    """The last seq the daemon committed (seqs are 1, 2, ... with no holes); ``db``: a
+    read-only connection to reuse (a poll loop opening one per look costs a core's tenth)."""
+    if db is None:
+        with contextlib.closing(_db(cab)) as own:
+            return db_last_seq(cab, own)
+    (top,) = db.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()
+    row = db.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()
     return max(int(top), int(json.loads(row[0])) if row else 0)
 
 
@@ -197,12 +200,17 @@ def guess_burst(cab: SimCabinet, n: int, stall_s: float = 2.0) -> int:
     Returns once every code is typed and committed, or after ``stall_s`` without progress
     (keys typed before the keypad port was open are lost; callers that care count events).
     Returns how many of the codes were seen committed."""
-    base = db_last_seq(cab)
+    with contextlib.closing(_db(cab)) as db:
+        return _guess_burst(cab, db, n, stall_s)
+
+
+def _guess_burst(cab: SimCabinet, db: sqlite3.Connection, n: int, stall_s: float) -> int:
+    base = db_last_seq(cab, db)
     typed = 0
     committed = 0
     last_progress = time.monotonic()
     while committed < n:
-        now_committed = db_last_seq(cab) - base
+        now_committed = db_last_seq(cab, db) - base
         if now_committed > committed:
             committed, last_progress = now_committed, time.monotonic()
         elif time.monotonic() - last_progress > stall_s:

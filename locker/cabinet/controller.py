@@ -425,8 +425,6 @@ class Controller(StatePublisher, StreamCheck, StorageOutage):
                 batch.touched.setdefault(name, set()).update(keys)
         batch.flush_now |= any(isinstance(a, UnlockAction) for a in tr.actions)
         self.state = tr.state
-        for ev in tr.events:
-            self._event_log.log(ev, self._mono())
         if alone or batch.flush_now:
             self._flush(now)
 
@@ -461,6 +459,9 @@ class Controller(StatePublisher, StreamCheck, StorageOutage):
         # later is unnoticed (gpiozero stops and starts blink threads). Otherwise in order.
         for action in sorted(batch.actions, key=lambda a: not isinstance(a, UnlockAction)):
             self._execute(action)
+        mono = self._mono()
+        for ev in batch.events:  # committed: only now are they logged as events
+            self._event_log.log(ev, mono)
         if rows:
             self.uplink.outbox_changed()
         self._publish_state()
