@@ -14,6 +14,11 @@ fleet server in a separate process (its own GIL) that subscribes and acknowledge
 The ratio daemon/bare is the figure of issue 10 (goal >= 0.5). ``--repeats`` runs both
 several times within one process (``bench/run.py`` also repeats the whole script).
 
+Each phase also counts the CPU time of every process in it (``bench.common.CpuMeter``: this
+process, the broker, the server, lockerd), per event, and how many of the machine's cores
+were busy: a rate bound by one interpreter's GIL shows one process near a core, a rate bound
+by the machine shows the cores near full. "Bare paho publisher" CPU is this process's.
+
 Prints the figures and writes ``bench/results-event-pipeline.json``.
 Run: ``.venv/bin/python bench/event_pipeline.py [--events N] [--repeats R] [--plain-only]``.
 """
@@ -53,6 +58,10 @@ RESULTS = Path(__file__).resolve().parent / "results-event-pipeline.json"
 LOCKER = "SIM-0001"
 BARE = "BARE-0001"
 TIMEOUT_S = 300.0
+# The processes whose CPU time is counted per phase (bench.common.CpuMeter).
+BENCH = "bench (bare publisher / key typist)"
+SERVER = "server"
+LOCKERD = "lockerd"
 
 
 def serve(spec: dict[str, Any]) -> None:
@@ -138,10 +147,10 @@ def run(tls: bool, events: int, workdir: Path, repeats: int) -> dict[str, Any]:
         assert broker.proc is not None and cab.proc is not None
         meter = CpuMeter(
             {
-                "bench (bare publisher / key typist)": os.getpid(),
+                BENCH: os.getpid(),
                 "mosquitto": broker.proc.pid,
-                "server": server.pid,
-                "lockerd": cab.proc.pid,
+                SERVER: server.pid,
+                LOCKERD: cab.proc.pid,
             }
         )
         bare_next = 1
@@ -189,7 +198,7 @@ def no_link(events: int, workdir: Path, repeats: int) -> dict[str, Any]:
     try:
         cab.start()
         assert cab.proc is not None
-        meter = CpuMeter({"bench (key typist)": os.getpid(), "lockerd": cab.proc.pid})
+        meter = CpuMeter({BENCH: os.getpid(), LOCKERD: cab.proc.pid})
         for _ in range(repeats):
             meter.start()
             began = time.monotonic()
@@ -201,6 +210,15 @@ def no_link(events: int, workdir: Path, repeats: int) -> dict[str, Any]:
     finally:
         cab.close()
     return {"events": events, "repeats": repeats, "committed_per_s": _summary(rates), "cpu": cpu}
+
+
+def _cpu(samples: list[dict[str, Any]], process: str) -> float:
+    """The median over repeats of one process's CPU us per event."""
+    return float(statistics.median(c["us_per_item"][process] for c in samples))
+
+
+def _busy(samples: list[dict[str, Any]]) -> float:
+    return float(statistics.median(c["cores_busy"] for c in samples))
 
 
 def _summary(values: list[float], digits: int = 0) -> dict[str, Any]:
@@ -249,7 +267,10 @@ def main() -> None:
     last = alone["cpu"][-1]
     per = ", ".join(f"{n} {us:.0f}" for n, us in last["us_per_item"].items())
     print(f"{'':>12}CPU us/event: {per}; cores busy {last['cores_busy']}")
-    figures = [Figure("lockerd with no link: wrong codes committed", a["median"], "events/s")]
+    figures = [
+        Figure("lockerd with no link: wrong codes committed", a["median"], "events/s"),
+        Figure("lockerd with no link: its CPU per event", _cpu(alone["cpu"], LOCKERD), "us"),
+    ]
     for r in results:
         t = r["transport"]
         figures += against_bare_paho(
@@ -258,6 +279,27 @@ def main() -> None:
             r["daemon_events_per_s"]["median"],
             r["bare_paho_events_per_s"]["median"],
         )
+        publisher = f"{t}: CPU per event, bare paho publisher"
+        figures += [
+            Figure(publisher, _cpu(r["cpu_bare"], BENCH), "us"),
+            Figure(
+                f"{t}: CPU per event, lockerd live", _cpu(r["cpu_daemon"], LOCKERD), "us", publisher
+            ),
+            Figure(f"{t}: CPU per event, acking server (bare)", _cpu(r["cpu_bare"], SERVER), "us"),
+            Figure(
+                f"{t}: CPU per event, acking server (lockerd)", _cpu(r["cpu_daemon"], SERVER), "us"
+            ),
+            Figure(
+                f"{t}: cores busy (bare)",
+                _busy(r["cpu_bare"]),
+                "of 2" if os.cpu_count() == 2 else "cores",
+            ),
+            Figure(
+                f"{t}: cores busy (lockerd)",
+                _busy(r["cpu_daemon"]),
+                "of 2" if os.cpu_count() == 2 else "cores",
+            ),
+        ]
     write_results(
         RESULTS,
         "events produced live through the real lockerd (wrong codes typed on its keypad "
