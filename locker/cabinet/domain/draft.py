@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Any
 
 from locker.cabinet.domain.model import (
+    HISTORY_TABLES,
     CommandRecord,
     Commands,
     Compartment,
@@ -137,6 +138,10 @@ class Draft:
 
     # --- writing ---------------------------------------------------------------------------
     def put(self, name: str, value: Any) -> None:
+        """Set a scalar field. Raises ``TypeError`` for a table: those change row by row
+        through the methods below (``finish`` relies on it, see ``_evolve``)."""
+        if name in _TABLE_FIELDS:
+            raise TypeError(f"{name} is a table: change it row by row, not with put()")
         self._fields[name] = value
 
     def update_compartment(self, cid: str, **changes: Any) -> Compartment:
@@ -201,6 +206,7 @@ class Draft:
 
 
 _STATE_FIELDS = tuple(f.name for f in dataclasses.fields(LockerState))
+_TABLE_FIELDS = frozenset({"compartments", "parcels", *HISTORY_TABLES})
 _set = object.__setattr__
 
 
