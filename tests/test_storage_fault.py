@@ -222,6 +222,33 @@ def test_the_controllers_own_event_is_kept_when_its_commit_fails(small_disk: Pat
     assert kept[0]["data"]["reason"] == "other_epoch"
 
 
+def test_a_clock_step_during_the_fault_is_kept_and_a_person_finds_the_disk_back(
+    small_disk: Path,
+) -> None:
+    """Found by the 600 s soak: a wall-clock step while the database could not be written
+    was taken from the clock and dropped (25 clock_suspect for 26 steps). It is kept and
+    reported once storage works. And a disk given back is found by the next person's key
+    (a probe at most once a second while inputs wait), not up to STORAGE_PROBE_S later."""
+    cab = Cabinet(small_disk)
+    drop, _ = _assign(cab)
+    filler = fill(small_disk)
+    cab.type_(drop)
+    assert _fault(cab) is not None
+    cab.wall += 44 * 365.25 * 86400  # a bad NTP answer, while nothing can be written
+    cab.mono += 1
+    cab.put(KeyPressed("1"))
+    cab.wall -= 44 * 365.25 * 86400
+    assert "clock_suspect" not in cab.types()
+    filler.unlink()
+    cab.advance(controller_mod.STORAGE_PROBE_ON_INPUT_S)
+    assert controller_mod.STORAGE_PROBE_ON_INPUT_S < controller_mod.STORAGE_PROBE_S
+    cab.put(KeyPressed("#"))  # ends the stray entry
+    cab.type_(drop)
+    assert _fault(cab) is None
+    assert cab.types().count("clock_suspect") == 1
+    assert cab.bank.unlocked == [("A1", True)]
+
+
 def test_a_full_disk_never_hides_the_error_behind_a_failed_rollback(small_disk: Path) -> None:
     store = Store(small_disk / "locker.db", boot_id="b")
     fill(small_disk)

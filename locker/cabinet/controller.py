@@ -35,7 +35,13 @@ from locker.cabinet.domain.inputs import ClockSuspect
 from locker.cabinet.domain.model import LockerState, Out, persistent_change
 from locker.cabinet.eventlog import ALARMS, EventLog
 from locker.cabinet.inbox import DEFAULT_INPUT_LIMIT, Inbox
-from locker.cabinet.outage import MAX_DEFERRED, STORAGE_PROBE_S, KeptEvents, StorageOutage
+from locker.cabinet.outage import (
+    MAX_DEFERRED,
+    STORAGE_PROBE_ON_INPUT_S,
+    STORAGE_PROBE_S,
+    KeptEvents,
+    StorageOutage,
+)
 from locker.cabinet.snapshot import STATE_COUNTERS_EVERY_S, StatePublisher
 from locker.cabinet.store import StorageFault, Store
 from locker.cabinet.streamcheck import StreamCheck
@@ -124,6 +130,7 @@ __all__ = [
     "ALARMS",
     "MAX_DEFERRED",
     "STATE_COUNTERS_EVERY_S",
+    "STORAGE_PROBE_ON_INPUT_S",
     "STORAGE_PROBE_S",
     "Controller",
     "DomainClock",
@@ -182,6 +189,7 @@ class Controller(StatePublisher, StreamCheck, StorageOutage):
         self.storage_fault: str | None = None  # what is wrong with the database, if anything
         self._fault_since = 0.0
         self._next_probe = 0.0
+        self._last_probe = 0.0
         self._replay: deque[Any] = deque()
         self._last_feedback: tuple[Feedback, float] | None = None
         self._shed_logged: dict[str, tuple[float, int]] = {}
@@ -399,10 +407,13 @@ class Controller(StatePublisher, StreamCheck, StorageOutage):
     def _run_machine(self, event: machine.Input) -> None:
         now = self.clock.now()
         suspect = self.clock.take_suspect()
-        if suspect is not None and self.storage_fault is None:
+        if suspect is not None:
             report = ClockSuspect(suspect.reading, suspect.trusted, suspect.synced)
-            self._apply(machine.step(self.state, report, self.rules, now), now, report)
-        if self.storage_fault is not None and not self._try_resume():
+            if self.storage_fault is None or self._try_resume(on_input=True):
+                self._apply(machine.step(self.state, report, self.rules, now), now, report)
+            else:
+                self._refuse_unstored(report, now)  # kept, and reported once storage works
+        if self.storage_fault is not None and not self._try_resume(on_input=True):
             self._refuse_unstored(event, now)
             return
         tr = machine.step(self.state, event, self.rules, now)

@@ -39,9 +39,19 @@ if TYPE_CHECKING:
 # The controller's logger: operators filter and tests capture these lines under that name.
 logger = logging.getLogger("locker.cabinet.controller")
 
-__all__ = ["MAX_DEFERRED", "STORAGE_PROBE_S", "KeptEvents", "StorageOutage"]
+__all__ = [
+    "MAX_DEFERRED",
+    "STORAGE_PROBE_ON_INPUT_S",
+    "STORAGE_PROBE_S",
+    "KeptEvents",
+    "StorageOutage",
+]
 
 STORAGE_PROBE_S = 5.0  # how often a controller in storage fault tries the database again
+# ... and how soon again when a person or a command is waiting for it: a disk given back is
+# found by the next input, not up to STORAGE_PROBE_S later (one write attempt per second at
+# most, however many inputs arrive).
+STORAGE_PROBE_ON_INPUT_S = 1.0
 MAX_DEFERRED = 10_000  # sensor reports kept for replay while the database cannot be written
 
 
@@ -85,6 +95,7 @@ class StorageOutage:
         _mono: Callable[[], float]
         _fault_since: float
         _next_probe: float
+        _last_probe: float
         _replay: deque[Any]
 
         def _apply(self, tr: Transition, now: float, source: object = None) -> None: ...
@@ -107,12 +118,13 @@ class StorageOutage:
             # Already known (an ack or a write of the meantime failing too): the next probe
             # keeps its time, or a steady trickle of acks would put it off for ever.
             return
-        self._next_probe = self._mono() + STORAGE_PROBE_S
+        self._last_probe = self._mono()  # the write that failed was a probe
+        self._next_probe = self._last_probe + STORAGE_PROBE_S
         self.storage_fault = fault.detail
         self._fault_since = now
         logger.error(
             "state database cannot be written: %s; nothing opens until it can (retrying every "
-            "%.0f s)",
+            "%.0f s, and at the next input)",
             fault,
             STORAGE_PROBE_S,
         )
@@ -131,11 +143,18 @@ class StorageOutage:
         if self._mono() >= self._next_probe:
             self._try_resume()
 
-    def _try_resume(self) -> bool:
+    def _try_resume(self, *, on_input: bool = False) -> bool:
         """Probe the database; when it takes writes again, record the outage and replay the
-        sensor reports that arrived meanwhile. True when storage works again."""
-        if self._mono() < self._next_probe:
+        sensor reports that arrived meanwhile. True when storage works again. ``on_input``:
+        an input is waiting for it, so probe if the last probe is ``STORAGE_PROBE_ON_INPUT_S``
+        old, not only when the periodic probe is due."""
+        t = self._mono()
+        due = self._next_probe
+        if on_input:
+            due = min(due, self._last_probe + STORAGE_PROBE_ON_INPUT_S)
+        if t < due:
             return False
+        self._last_probe = t
         try:
             self.store.probe()
         except StorageFault:

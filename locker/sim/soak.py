@@ -423,8 +423,8 @@ class Soak:
         return self._outage
 
     def recover(self, what: str) -> None:
-        """The outage lasts until a ``resync`` probe is answered (the daemon is up, linked
-        and executing commands again)."""
+        """The outage lasts until a ``resync`` probe is executed (the daemon is up, linked
+        and executing commands again: a ``failed`` answer during a storage fault is not)."""
         assert self.cab is not None and self.server is not None
         deadline = time.monotonic() + RECOVERY_S
         while time.monotonic() < deadline:
@@ -435,9 +435,10 @@ class Soak:
                 self._start()
             tried = time.monotonic()
             with contextlib.suppress(FleetError):
-                self.server.send(self.cab.sign("resync", {}, ttl_s=10), timeout=5.0)
-                self._outage = 0
-                return
+                reply = self.server.send(self.cab.sign("resync", {}, ttl_s=10), timeout=5.0)
+                if reply.ok:  # answered but not executed (storage fault): not over yet
+                    self._outage = 0
+                    return
             # A send refused at once (server offline) must not become a flood of probes
             # queued for later: at most one probe a second.
             time.sleep(max(0.0, 1.0 - (time.monotonic() - tried)))
