@@ -372,6 +372,24 @@ def fake_locker(fleet_broker: provision.Fleet) -> Iterator[FakeLocker]:
 
 @pytest.mark.broker
 @pytest.mark.timeout(30)
+def test_parcel_issue_unanswered_still_prints_the_codes(fake_locker: FakeLocker) -> None:
+    """The assign may run when the locker is back, and then only its codes work: a time-out
+    prints them (once) with what to do, and exits with the time-out status."""
+    fake_locker.answer = lambda claims: None  # receives, never answers
+    code, text = run(
+        "parcel", "issue", "--fleet", str(fake_locker.fleet.dir), "--locker", LOCKER,
+        "--parcel", "P-78", "--size", "S", "--timeout", "1", "--no-qr",
+    )  # fmt: skip
+    assert code == ctl.EXIT_TIMEOUT, text
+    assert [c["act"] for c in fake_locker.commands] == ["assign"]
+    assert "did not answer" in text and "cancel --arg parcel=P-78" in text
+    assert "not answered yet" in text
+    codes = re.findall(r"^(drop-off|pickup) code \(\w+\):\s+([0-9]+) ", text, re.MULTILINE)
+    assert [k for k, _ in codes] == ["drop-off", "pickup"]
+
+
+@pytest.mark.broker
+@pytest.mark.timeout(30)
 def test_parcel_issue_end_to_end(fake_locker: FakeLocker, tmp_path: Path) -> None:
     f = fake_locker.fleet
     png = tmp_path / "qr.png"

@@ -126,6 +126,62 @@ def test_parcel_issued_by_api_deposited_by_keypad_collected_by_qr(
         cab.close()
 
 
+def test_an_unanswered_assign_gives_its_codes_with_the_504_and_they_work_when_it_runs(
+    tmp_path: Path, service_broker: Broker
+) -> None:
+    """Found by a newcomer: a 504 lost the codes while the locker, back a moment later,
+    reserved a compartment for them: blocked for 48 h with codes nobody had. The 504 now
+    carries the codes (given once), the parcel is ``pending`` (its QR renders), a second
+    issue is refused while it is, and the codes work once the assign runs."""
+    d = fleet_dir(tmp_path, service_broker)
+    carrier = add_user(d, "acme", "carrier")
+    viewer = add_user(d, "watcher", "viewer")
+    cab = cabinet(d, service_broker, tmp_path / "cab")
+    service = start_service(d)
+    service.actions.reply_timeout_s = 1.0
+    parcel = {"locker": "SIM-0001", "parcel": "SLOW-1", "size": "S"}
+    try:
+        cab.start()
+        with api(service, carrier.token) as c, api(service, viewer.token) as v:
+            wait_for(
+                lambda: [x["online"] for x in v.get("/api/v1/lockers").json()] == [True],
+                15,
+                what="locker online in the API",
+            )
+            assert cab.proc is not None
+            cab.proc.send_signal(signal.SIGSTOP)  # connected, but not answering
+            try:
+                r = c.post("/api/v1/parcels", json=parcel)
+                assert v.get("/api/v1/parcels/SLOW-1").json()["state"] == "pending"
+                again = c.post("/api/v1/parcels", json=parcel)
+            finally:
+                cab.proc.send_signal(signal.SIGCONT)
+            assert r.status_code == 504, r.text
+            body = r.json()
+            assert body["error"]["code"] == "locker_timeout"
+            assert "cancel" in body["error"]["message"]
+            issued = body["issued"]
+            assert issued["pickup_token"].startswith("LK1:") and issued["qr_svg"]
+            assert again.status_code == 409
+            assert again.json()["error"]["code"] == "assign_pending"
+            assert "issued" not in again.json()  # the codes are given once
+            wait_for(
+                lambda: v.get("/api/v1/parcels/SLOW-1").json()["state"] == "reserved",
+                15,
+                what="the assign run once the locker answers again",
+            )
+            assert c.get("/api/v1/parcels/SLOW-1/qr.svg").status_code == 200  # carriers may
+            cab.press(issued["dropoff_code"] + "#")
+            wait_for(
+                lambda: v.get("/api/v1/parcels/SLOW-1").json()["state"] == "deposited",
+                15,
+                what="deposit with the codes of the 504",
+            )
+    finally:
+        service.stop()
+        cab.close()
+
+
 def test_service_sigkilled_while_events_stream_loses_and_doubles_nothing(
     tmp_path: Path, service_broker: Broker
 ) -> None:

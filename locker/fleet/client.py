@@ -18,6 +18,7 @@ job).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import secrets
@@ -44,6 +45,7 @@ from locker.fleet.commands import (
     DEFAULT_LONG_TTL_S,
     DEFAULT_PICKUP_HOURS,
     DEFAULT_SHORT_TTL_S,
+    AssignTimeoutError,
     BrokerError,
     CommandSigner,
     FleetError,
@@ -71,6 +73,7 @@ __all__ = [
     "DEFAULT_PICKUP_HOURS",
     "DEFAULT_SHORT_TTL_S",
     "WATCH_SESSION_EXPIRY_S",
+    "AssignTimeoutError",
     "BrokerError",
     "CommandSigner",
     "FleetClient",
@@ -386,22 +389,16 @@ class FleetClient:
             token = credentials.mint_token(
                 token_key, token_kid, locker_id, action, parcel, int(t), expires
             )
-        reply = self.send_command(
-            locker_id, Action.ASSIGN, args, signer=signer, timeout=timeout, now=t
+        issued = IssuedParcel(
+            locker_id, parcel, kind, size, until, pickup_hours, None, dropoff, pickup, token, action
         )
-        return IssuedParcel(
-            locker_id,
-            parcel,
-            kind,
-            size,
-            until,
-            pickup_hours,
-            reply,
-            dropoff,
-            pickup,
-            token,
-            action,
-        )
+        try:
+            reply = self.send_command(
+                locker_id, Action.ASSIGN, args, signer=signer, timeout=timeout, now=t
+            )
+        except ReplyTimeoutError as err:
+            raise AssignTimeoutError(str(err), issued) from None
+        return dataclasses.replace(issued, reply=reply)
 
     # -- paho callbacks: record and notify, nothing else --
 

@@ -31,6 +31,7 @@ __all__ = [
     "DEFAULT_LONG_TTL_S",
     "DEFAULT_PICKUP_HOURS",
     "DEFAULT_SHORT_TTL_S",
+    "AssignTimeoutError",
     "BrokerError",
     "CommandSigner",
     "FleetError",
@@ -64,6 +65,16 @@ class BrokerError(FleetError, LinkError):
 class ReplyTimeoutError(FleetError, LinkTimeoutError):
     """No reply in time. The command may still run later: it waits in the locker's session
     until its ``exp``."""
+
+
+class AssignTimeoutError(ReplyTimeoutError):
+    """An ``assign`` sent but not answered in time: it may still run when the locker is
+    back (until its ``exp``), and then its codes work, so they come with the error
+    (``issued``, its ``reply`` None) instead of being lost with it."""
+
+    def __init__(self, message: str, issued: IssuedParcel) -> None:
+        super().__init__(message)
+        self.issued = issued
 
 
 def parse_action(action: str) -> Action:
@@ -185,7 +196,7 @@ class IssuedParcel:
     size: str
     dropoff_until: int
     pickup_hours: int
-    reply: Reply
+    reply: Reply | None  # None: sent, not answered in time (``AssignTimeoutError``)
     dropoff_code: str = field(repr=False)
     pickup_code: str = field(repr=False)
     qr_token: str | None = field(default=None, repr=False)
@@ -193,6 +204,8 @@ class IssuedParcel:
 
     @property
     def compartment(self) -> str | None:
+        if self.reply is None:
+            return None
         value = (self.reply.result or {}).get("compartment")
         return value if isinstance(value, str) else None
 

@@ -18,7 +18,7 @@ from locker.contract import credentials
 from locker.contract.actions import Action
 from locker.fleet import client as fleet
 from locker.fleet import provision, qr, watch
-from locker.fleet.ctl_output import EXIT_OK, EXIT_REFUSED, Output, _local, _utc
+from locker.fleet.ctl_output import EXIT_OK, EXIT_REFUSED, EXIT_TIMEOUT, Output, _local, _utc
 
 TOKEN_ACTIONS = {
     "pickup": credentials.TokenAction.PICKUP,
@@ -67,28 +67,48 @@ def cmd_parcel_issue(args: argparse.Namespace, out: Output) -> int:
     f = provision.Fleet.load(args.fleet)
     device_key = f.device_key(known_locker(f, args.locker))
     with _client(args, f) as client:
-        issued = client.issue_parcel(
-            args.locker,
-            args.parcel,
-            args.size,
-            device_key=device_key,
-            signer=fleet.signer_for(f),
-            kind=args.kind,
-            compartment=args.compartment,
-            accessible=args.accessible,
-            digits=args.digits,
-            dropoff_hours=args.dropoff_hours,
-            pickup_hours=args.pickup_hours,
-            token_key=f.token_key(),
-            token_kid=f.token_kid,
-            timeout=args.timeout,
-        )
+        try:
+            issued = _issue(client, args, f, device_key)
+        except fleet.AssignTimeoutError as err:
+            # It may still run: the codes now or never (nothing keeps them).
+            out.put(locker=args.locker, parcel=args.parcel, reply=None, timeout=True)
+            out.say(
+                f"{args.locker} did not answer in {args.timeout:g} s. The assign waits for it "
+                f"until {_utc(err.issued.dropoff_until)} and runs when it is back: these codes "
+                f"work if it does. To withdraw it: lockerctl cmd send --fleet {args.fleet} "
+                f"--locker {args.locker} "
+                f"cancel --arg parcel={args.parcel}"
+            )
+            _print_issued(err.issued, args, out)
+            return EXIT_TIMEOUT
+    assert issued.reply is not None  # answered: the error above otherwise
     out.put(locker=args.locker, parcel=args.parcel, reply=_reply_doc(issued.reply))
     if not issued.reply.ok:
         out.say(f"assign refused by {args.locker}: {issued.reply.describe()}")
         return EXIT_REFUSED
     _print_issued(issued, args, out)
     return EXIT_OK
+
+
+def _issue(
+    client: fleet.FleetClient, args: argparse.Namespace, f: provision.Fleet, device_key: bytes
+) -> fleet.IssuedParcel:
+    return client.issue_parcel(
+        args.locker,
+        args.parcel,
+        args.size,
+        device_key=device_key,
+        signer=fleet.signer_for(f),
+        kind=args.kind,
+        compartment=args.compartment,
+        accessible=args.accessible,
+        digits=args.digits,
+        dropoff_hours=args.dropoff_hours,
+        pickup_hours=args.pickup_hours,
+        token_key=f.token_key(),
+        token_kid=f.token_kid,
+        timeout=args.timeout,
+    )
 
 
 def _print_issued(issued: fleet.IssuedParcel, args: argparse.Namespace, out: Output) -> None:
@@ -107,10 +127,12 @@ def _print_issued(issued: fleet.IssuedParcel, args: argparse.Namespace, out: Out
         qr_token=issued.qr_token,
         qr_step=step if issued.qr_token is not None else None,
     )
-    out.say(
-        f"parcel {issued.parcel} ({issued.kind}, size {issued.size}) assigned to "
-        f"{issued.locker_id} compartment {issued.compartment}"
+    where = (
+        f"assigned to {issued.locker_id} compartment {issued.compartment}"
+        if issued.reply is not None
+        else f"sent to {issued.locker_id}, not answered yet"
     )
+    out.say(f"parcel {issued.parcel} ({issued.kind}, size {issued.size}) {where}")
     out.say(
         f"drop-off code ({courier}): {issued.dropoff_code}  "
         f"valid until {_local(issued.dropoff_until)}"

@@ -14,6 +14,14 @@ Errors: :class:`ActionError` with an HTTP-like ``status`` and a stable ``code``:
 ``unknown_locker``/``unknown_parcel``, 409 ``duplicate_parcel`` or the locker's own rejection
 code, 422 ``invalid_args``, 504 ``locker_timeout`` (the command stays queued for the locker
 until it expires), 503 ``broker_unavailable``.
+
+An ``assign`` that times out may still run when the locker comes back (it waits in the
+locker's session until its ``exp``, two days), so its codes are not lost with the 504: the
+error carries them (``ActionError.issued``, given once, like the 201's), and the parcel is
+recorded ``pending`` with its token (its QR renders). While it is pending another issue of
+the same parcel is refused (409 ``assign_pending``): two code pairs of which only the first
+could work would be worse than none. Its ``parcel_reserved`` event makes it ``reserved``;
+cancelling it (queued behind the assign) withdraws it.
 """
 
 from __future__ import annotations
@@ -53,12 +61,16 @@ logger = logging.getLogger(__name__)
 PARCEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 RETRIEVE_HOURS = 48  # a courier retrieval code's default validity (the API's valid_hours)
 FINAL_STATES = frozenset({"collected", "retrieved", "cancelled"})
+PENDING = "pending"  # an assign sent but unanswered: it may still run (see the module doc)
 
 
 class ActionError(errors.UsageError):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    """``issued``: the parcel and its codes, when an ``assign`` went out unanswered."""
+
+    def __init__(self, status: int, code: str, message: str, issued: Issued | None = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.issued = issued
 
 
 @dataclass(frozen=True)
@@ -195,7 +207,17 @@ class Actions:
             raise ActionError(422, "invalid_args", f"bad parcel id: expected {PARCEL_RE.pattern}")
         device_key = self._check_locker(locker)
         with self.engine.connect() as conn:
-            known = conn.execute(select(parcels.c.state).where(parcels.c.parcel == parcel)).first()
+            known = conn.execute(
+                select(parcels.c.state, parcels.c.locker).where(parcels.c.parcel == parcel)
+            ).first()
+        if known is not None and known.state == PENDING:
+            raise ActionError(
+                409,
+                "assign_pending",
+                f"an assign of parcel {parcel} waits for locker {known.locker}, unanswered; its "
+                "codes came with its 504 and work if it runs. Cancel the parcel to issue it "
+                "again",
+            )
         if known is not None and known.state not in FINAL_STATES:
             raise ActionError(409, "duplicate_parcel", f"parcel {parcel} is already active")
         now = int(time.time())
@@ -218,8 +240,14 @@ class Actions:
         token = credentials.mint_token(
             self.fleet.token_key(), self.fleet.token_kid, locker, action, parcel, nb, exp, token_id
         )
-        reply = self._ok(self.send(user, locker, Action.ASSIGN, args, f"issue parcel {parcel}"))
-        where = (reply.result or {}).get("compartment")
+        try:
+            reply = self._ok(self.send(user, locker, Action.ASSIGN, args, f"issue parcel {parcel}"))
+        except ActionError as err:
+            if err.code != "locker_timeout":
+                raise
+            state, where = PENDING, None
+        else:
+            state, where = "reserved", (reply.result or {}).get("compartment")
         with self.engine.begin() as conn:
             values = {
                 "locker": locker,
@@ -239,7 +267,7 @@ class Actions:
                 if exists.first() is None:
                     conn.execute(
                         insert(parcels).values(
-                            parcel=parcel, state="reserved", created_at=time.time(), **values
+                            parcel=parcel, state=state, created_at=time.time(), **values
                         )
                     )
                 else:
@@ -248,12 +276,24 @@ class Actions:
                 conn.execute(
                     update(parcels)
                     .where(parcels.c.parcel == parcel)
-                    .values(state="reserved", state_epoch=None, state_seq=None, **values)
+                    .values(state=state, state_epoch=None, state_seq=None, **values)
                 )
+            what = "issued" if state != PENDING else "issued, unanswered"
             parcel_ledger.record_api(
-                conn, parcel, "issued", user, time.time(), {"locker": locker, "kind": kind}
+                conn, parcel, what, user, time.time(), {"locker": locker, "kind": kind}
             )
-        return Issued(parcel, locker, values["compartment"], dropoff, pickup, token)
+        issued = Issued(parcel, locker, values["compartment"], dropoff, pickup, token)
+        if state == PENDING:
+            raise ActionError(
+                504,
+                "locker_timeout",
+                f"locker {locker} did not answer in {self.reply_timeout_s:g} s. The assign "
+                f"waits for it until {_utc(args['dropoff_until'])} and runs when it is back: "
+                "these codes work if it does (they are given only now). To withdraw it, "
+                f"cancel parcel {parcel}",
+                issued,
+            )
+        return issued
 
     def parcel_row(self, parcel: str) -> Any:
         with self.engine.connect() as conn:
@@ -286,11 +326,31 @@ class Actions:
         self, user: str, parcel: str, action: Action, extra: dict[str, Any], reason: str
     ) -> Reply:
         row = self.parcel_row(parcel)
-        reply = self._ok(self.send(user, row.locker, action, {"parcel": parcel, **extra}, reason))
+        try:
+            reply = self._ok(
+                self.send(user, row.locker, action, {"parcel": parcel, **extra}, reason)
+            )
+        except ActionError as err:
+            if row.state == PENDING and action is Action.CANCEL and err.code == "unknown_parcel":
+                # Commands run in order: a cancel after the unanswered assign that finds no
+                # parcel means the assign never ran and never will (it expired): withdrawn.
+                self._withdrawn(user, parcel)
+            raise
         with self.engine.begin() as conn:
             detail = {k: v for k, v in extra.items() if not k.endswith("_tag")}
             parcel_ledger.record_api(conn, parcel, action.value, user, time.time(), detail)
         return reply
+
+    def _withdrawn(self, user: str, parcel: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(parcels)
+                .where(parcels.c.parcel == parcel, parcels.c.state == PENDING)
+                .values(state="cancelled", updated_at=time.time())
+            )
+            parcel_ledger.record_api(
+                conn, parcel, "cancelled", user, time.time(), {"detail": "assign never ran"}
+            )
 
     def retrieve(self, user: str, parcel: str, valid_hours: int, reason: str) -> str:
         """Arm a courier code that takes the parcel back; returns the code (once)."""
@@ -302,3 +362,7 @@ class Actions:
             user, parcel, Action.RETRIEVE, {"code_tag": tag, "valid_until": until}, reason
         )
         return code
+
+
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))

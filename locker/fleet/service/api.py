@@ -27,7 +27,7 @@ from locker.contract.actions import Action
 from locker.fleet import qr
 from locker.fleet.service import alarms as alarm_rules
 from locker.fleet.service import parcel_ledger, users
-from locker.fleet.service.actions import RETRIEVE_HOURS, ActionError, Actions
+from locker.fleet.service.actions import RETRIEVE_HOURS, ActionError, Actions, Issued
 from locker.fleet.service.db import alarms, events, lockers
 
 logger = logging.getLogger(__name__)
@@ -61,8 +61,26 @@ class ApiError(errors.UsageError):
         self.status, self.code, self.message = status, code, message
 
 
-def error_response(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+def _issued_doc(issued: Issued) -> dict[str, Any]:
+    """``POST /api/v1/parcels``'s 201 body (DESIGN 13), also under ``issued`` in its 504."""
+    doc: dict[str, Any] = {
+        "parcel": issued.parcel,
+        "locker": issued.locker,
+        "compartment": issued.compartment,
+        "dropoff_code": issued.dropoff_code,
+        "pickup_code": issued.pickup_code,
+        "pickup_token": issued.pickup_token,
+    }
+    if issued.pickup_token:
+        doc["qr_svg"] = qr.to_svg(issued.pickup_token)
+        doc["qr_png_base64"] = base64.b64encode(qr.png_bytes(issued.pickup_token)).decode()
+    return doc
+
+
+def error_response(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    """``{"error": {"code", "message"}}``, and ``extra`` beside ``error``."""
+    body = {"error": {"code": code, "message": message}, **extra}
+    return JSONResponse(body, status_code=status)
 
 
 class _Body(BaseModel):
@@ -278,18 +296,7 @@ def router() -> APIRouter:
             body.pickup_hours,
             accessible=body.accessible,
         )
-        doc: dict[str, Any] = {
-            "parcel": issued.parcel,
-            "locker": issued.locker,
-            "compartment": issued.compartment,
-            "dropoff_code": issued.dropoff_code,
-            "pickup_code": issued.pickup_code,
-            "pickup_token": issued.pickup_token,
-        }
-        if issued.pickup_token:
-            doc["qr_svg"] = qr.to_svg(issued.pickup_token)
-            doc["qr_png_base64"] = base64.b64encode(qr.png_bytes(issued.pickup_token)).decode()
-        return doc
+        return _issued_doc(issued)
 
     @r.get("/parcels/{parcel}")
     def get_parcel(
@@ -392,6 +399,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(ActionError)
     def _action_error(_r: Request, err: ActionError) -> JSONResponse:
+        if err.issued is not None:
+            # An assign that may still run: its codes now or never (they are not stored).
+            issued = _issued_doc(err.issued)
+            return error_response(err.status, err.code, err.message, issued=issued)
         return error_response(err.status, err.code, err.message)
 
     @app.exception_handler(RequestValidationError)
