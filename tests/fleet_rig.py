@@ -29,6 +29,7 @@ from locker.fleet.service.app import FleetService
 from locker.fleet.service.config import ServiceConfig
 from locker.sim.broker import SERVER_CN, Broker, Pki
 from locker.sim.cabinet import SimCabinet
+from tests.conftest import wait_for
 
 WORKER_2 = "fleet-2"
 FAST_HASHER = PasswordHasher.from_parameters(CHEAPEST)
@@ -116,4 +117,13 @@ def api(service: FleetService, token: str) -> httpx.Client:
         base_url=f"http://127.0.0.1:{service.port}",
         headers={"Authorization": f"Bearer {token}"},
         timeout=30,
+    )
+
+
+def wait_online(client: httpx.Client, lockers: int = 1) -> None:
+    """Until the API shows ``lockers`` lockers, all online."""
+    wait_for(
+        lambda: [x["online"] for x in client.get("/api/v1/lockers").json()] == [True] * lockers,
+        15,
+        what="lockers online in the API",
     )

@@ -32,6 +32,7 @@ from tests.fleet_rig import (
     service_broker,
     site,
     start_service,
+    wait_online,
 )
 
 _ = service_broker
@@ -54,11 +55,7 @@ def test_parcel_issued_by_api_deposited_by_keypad_collected_by_qr(
     try:
         cab.start()
         with api(service, carrier.token) as c, api(service, viewer.token) as v:
-            wait_for(
-                lambda: [x["online"] for x in v.get("/api/v1/lockers").json()] == [True],
-                15,
-                what="locker online in the API",
-            )
+            wait_online(v)
             r = c.post(
                 "/api/v1/parcels",
                 json={"locker": "SIM-0001", "parcel": "PCL-1", "size": "S"},
@@ -143,11 +140,7 @@ def test_an_unanswered_assign_gives_its_codes_with_the_504_and_they_work_when_it
     try:
         cab.start()
         with api(service, carrier.token) as c, api(service, viewer.token) as v:
-            wait_for(
-                lambda: [x["online"] for x in v.get("/api/v1/lockers").json()] == [True],
-                15,
-                what="locker online in the API",
-            )
+            wait_online(v)
             assert cab.proc is not None
             cab.proc.send_signal(signal.SIGSTOP)  # connected, but not answering
             try:
