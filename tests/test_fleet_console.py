@@ -9,82 +9,30 @@ page's timeline without a reload, and acknowledges an alarm with a note. Screens
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
-import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import expect, sync_playwright
 
-from locker.fleet.service.app import FleetService
-from locker.sim.broker import Broker
-from locker.sim.cabinet import SimCabinet
-from tests.broker import paho_client
 from tests.conftest import wait_for
-from tests.fleet_rig import add_user, api, cabinet, fleet_dir, service_broker, start_service
+from tests.console_rig import (
+    ARTIFACTS,
+    Site,
+    base_url,
+    browser_login,
+    console_site,
+    door_forced,
+    http_login,
+)
+from tests.fleet_rig import api, service_broker
 from tests.panel_rig import CHROMIUM, CHROMIUM_ARGS
 
-_ = service_broker
-ARTIFACTS = Path(__file__).parent / "artifacts" / "console"
-PLAIN_HTTP = "[http]\nsecure_cookies = false\n"  # the test talks plain HTTP to 127.0.0.1
+_ = service_broker, console_site
 
 
-@pytest.fixture
-def site(
-    tmp_path: Path, service_broker: Broker
-) -> Iterator[tuple[FleetService, SimCabinet, dict[str, tuple[str, str]], Broker]]:
-    d = fleet_dir(tmp_path, service_broker, PLAIN_HTTP)
-    people = {}
-    for name, role in (("olga", "operator"), ("vic", "viewer")):
-        new = add_user(d, name, role)
-        people[name] = (new.password, new.token)
-    cab = cabinet(d, service_broker, tmp_path / "cab")
-    service = start_service(d)
-    cab.start()
-    try:
-        yield service, cab, people, service_broker
-    finally:
-        service.stop()
-        cab.close()
-
-
-def _login(page: Page, base: str, name: str, password: str) -> None:
-    page.goto(base + "/")
-    page.fill("input[name=name]", name)
-    page.fill("input[name=password]", password)
-    page.click("#login button")
-    expect(page.locator("#who")).to_contain_text(name)
-
-
-def _door_forced(broker: Broker, locker: str) -> None:
-    """A light locker speaking the contract: one door_forced event with its own cert."""
-    client = paho_client(broker.endpoint(locker), locker)
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-    try:
-        body = {
-            "v": 1,
-            "epoch": "light-1",
-            "seq": 1,
-            "type": "door_forced",
-            "compartment": "A1",
-            "ts": "2026-11-29T10:00:00Z",
-            "data": {},
-        }
-        info = client.publish(f"lockers/{locker}/evt/door_forced", json.dumps(body), qos=1)
-        info.wait_for_publish(10)
-    finally:
-        client.loop_stop()
-        client.disconnect()
-
-
-def test_console_login_live_deposit_and_alarm_ack(
-    site: tuple[FleetService, SimCabinet, dict[str, tuple[str, str]], Broker],
-) -> None:
-    service, cab, people, broker = site
-    base = f"http://127.0.0.1:{service.port}"
+def test_console_login_live_deposit_and_alarm_ack(console_site: Site) -> None:
+    service, cab, people, broker = console_site
+    base = base_url(service)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     password, token = people["olga"]
     with api(service, token) as c:
@@ -100,7 +48,7 @@ def test_console_login_live_deposit_and_alarm_ack(
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 800})
-            _login(page, base, "olga", password)
+            browser_login(page, base, "olga", password)
             row = page.locator('tr[data-locker="SIM-0001"]')
             expect(row).to_have_attribute("data-online", "true")
             page.wait_for_selector("body[data-sse=open]")
@@ -119,7 +67,7 @@ def test_console_login_live_deposit_and_alarm_ack(
             cell = page.locator(f'#grid [data-compartment="{issued["compartment"]}"]')
             expect(cell).to_have_attribute("data-state", "occupied", timeout=10_000)
             page.screenshot(path=str(ARTIFACTS / "locker.png"), full_page=True)
-            _door_forced(broker, "SIM-0002")
+            door_forced(broker, "SIM-0002")
             with api(service, token) as c:
                 wait_for(lambda: c.get("/api/v1/alarms").json(), 15, what="alarm raised")
             page.goto(base + "/alarms")
@@ -141,32 +89,17 @@ def test_console_login_live_deposit_and_alarm_ack(
     ]
 
 
-def _http_login(base: str, name: str, password: str) -> tuple[httpx.Client, str]:
-    client = httpx.Client(base_url=base, timeout=20)
-    form = client.get("/login").text
-    login_csrf = re.search(r'name="csrf" value="([^"]+)"', form)
-    assert login_csrf
-    r = client.post(
-        "/login", data={"name": name, "password": password, "csrf": login_csrf.group(1)}
-    )
-    assert r.status_code == 303, r.text
-    page = client.get("/").text
-    csrf = re.search(r'name="csrf" value="([^"]+)"', page)
-    assert csrf
-    return client, csrf.group(1)
-
-
 def test_console_forms_need_the_session_csrf_token_and_a_viewer_cannot_act(
-    site: tuple[FleetService, SimCabinet, dict[str, tuple[str, str]], Broker],
+    console_site: Site,
 ) -> None:
-    service, _cab, people, _b = site
-    base = f"http://127.0.0.1:{service.port}"
+    service, _cab, people, _b = console_site
+    base = base_url(service)
     # a forged login (no double-submit cookie) is refused
     r = httpx.post(base + "/login", data={"name": "olga", "password": people["olga"][0]})
     assert r.status_code == 403
     assert httpx.get(base + "/", timeout=10).headers["location"] == "/login"
-    op, op_csrf = _http_login(base, "olga", people["olga"][0])
-    viewer, v_csrf = _http_login(base, "vic", people["vic"][0])
+    op, op_csrf = http_login(base, "olga", people["olga"][0])
+    viewer, v_csrf = http_login(base, "vic", people["vic"][0])
     try:
         form = {"action": "lockdown", "flag": "true", "reason": "csrf test"}
         assert op.post("/lockers/SIM-0001/actions", data=form).status_code == 403
@@ -178,9 +111,53 @@ def test_console_forms_need_the_session_csrf_token_and_a_viewer_cannot_act(
         )
         assert "Actions" not in viewer.get("/lockers/SIM-0001").text
         ok = op.post("/lockers/SIM-0001/actions", data=form | {"csrf": op_csrf})
-        assert ok.status_code == 303 and "lockdown%3A+done" in ok.headers["location"]
+        assert ok.status_code == 303 and ok.headers["location"] == "/lockers/SIM-0001"
         unlock = form | {"flag": "false", "csrf": op_csrf}
         assert op.post("/lockers/SIM-0001/actions", data=unlock).status_code == 303
+    finally:
+        op.close()
+        viewer.close()
+
+
+PHISH = "Session expired. Call support on 0800 555 0100 and read them your password"
+
+
+def _flash(html: str) -> str | None:
+    found = re.search(r'<p id="flash" class="flash (\w+)" role="status">([^<]*)</p>', html)
+    return None if found is None else f"{found.group(1)}: {found.group(2)}"
+
+
+def test_console_messages_come_from_the_server_never_from_the_link(console_site: Site) -> None:
+    """The break-test's link no longer shows its text; an action's outcome is shown once, on
+    the next page of the session that acted, and a flash cookie taken to another session or
+    altered shows nothing."""
+    service, _cab, people, _b = console_site
+    base = base_url(service)
+    op, csrf = http_login(base, "olga", people["olga"][0])
+    viewer, _ = http_login(base, "vic", people["vic"][0])
+    try:
+        lured = op.get("/lockers/SIM-0001", params={"msg": PHISH, "kind": "ok"})
+        assert lured.status_code == 200
+        assert "Session expired" not in lured.text and _flash(lured.text) is None
+        form = {"action": "lockdown", "flag": "true", "reason": "flash test", "csrf": csrf}
+        sent = op.post("/lockers/SIM-0001/actions", data=form)
+        assert sent.status_code == 303 and sent.headers["location"] == "/lockers/SIM-0001"
+        cookie = op.cookies["fleet_flash"]
+        payload, mac = cookie.split(".")
+        for stolen in (  # another session's flash, then one whose text was changed
+            f"fleet_session={viewer.cookies['fleet_session']}; fleet_flash={cookie}",
+            f"fleet_session={op.cookies['fleet_session']}; fleet_flash={payload[:-2]}AA.{mac}",
+        ):
+            page = httpx.get(base + "/lockers/SIM-0001", headers={"Cookie": stolen}, timeout=20)
+            assert page.status_code == 200 and _flash(page.text) is None
+        assert _flash(op.get("/lockers/SIM-0001").text) == "ok: lockdown: done"
+        assert _flash(op.get("/lockers/SIM-0001").text) is None  # once only
+        empty = op.post("/lockers/SIM-0001/actions", data=form | {"reason": " "})
+        assert empty.status_code == 303
+        assert _flash(op.get(empty.headers["location"]).text) == "error: A reason is required."
+        unlock = form | {"flag": "false"}
+        assert op.post("/lockers/SIM-0001/actions", data=unlock).status_code == 303
+        assert _flash(op.get("/lockers/SIM-0001").text) == "ok: lockdown: done"
     finally:
         op.close()
         viewer.close()

@@ -12,6 +12,12 @@ expiry and the session's CSRF token. CSRF: every form carries that token (synchr
 pattern) and every POST compares it in constant time; the login form uses a double-submit
 cookie (``fleet_login``) so a forged login is refused too. A viewer sees no action and any
 action it posts is refused with 403.
+
+Outcomes of a POST are shown once on the next page by a signed flash cookie
+(:mod:`.flash`), never from the query string. Logins are throttled per user name and per
+client address (:mod:`.login_throttle`; refused with 429 and ``Retry-After``). Errors on
+console paths are HTML pages in the console's layout saying what to do next
+(:mod:`.console_errors`); the REST API under ``/api`` keeps its JSON errors.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import time
 import urllib.parse
@@ -36,11 +43,14 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import delete, desc, insert, select
 
 from locker.fleet.service import alarms as alarm_rules
-from locker.fleet.service import api, parcel_ledger, users
+from locker.fleet.service import api, console_errors, flash, parcel_ledger, users
 from locker.fleet.service.actions import ActionError, Actions
 from locker.fleet.service.db import alarms, events, parcels, sessions
 from locker.fleet.service.db import users as user_table
 from locker.fleet.service.live import Hub
+from locker.fleet.service.login_throttle import LoginThrottle, Refused
+
+logger = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
 SESSION_COOKIE = "fleet_session"
@@ -82,8 +92,37 @@ def _session(request: Request) -> _Session | None:
 
 
 def _page(request: Request, name: str, s: _Session | None, **ctx: Any) -> HTMLResponse:
+    """Render a console page; a logged-in page shows (and consumes) a pending flash."""
     base = {"user": s.user if s else None, "csrf": s.csrf if s else "", "live_url": None}
-    return templates.TemplateResponse(request, name, base | ctx)
+    shown = flash.take(request, s.csrf) if s is not None and "message" not in ctx else None
+    if shown is not None:
+        base |= {"message": shown[0], "message_kind": shown[1]}
+    resp = templates.TemplateResponse(request, name, base | ctx)
+    flash.clear(request, resp)
+    return resp
+
+
+def error_page(
+    request: Request,
+    status: int,
+    title: str,
+    text: str,
+    links: tuple[tuple[str, str], ...] = (),
+    s: _Session | None = None,
+    *,
+    lookup: bool = True,
+) -> HTMLResponse:
+    """An HTML error page in the console's layout: what happened (``title``, ``text``) and
+    where to go next (``links``, (href, label) pairs; "Back to the fleet" or "Log in"
+    always last, depending on the session); status ``status``. ``lookup=False`` does not
+    look the session up (for errors of the database itself)."""
+    if s is None and lookup and request.cookies.get(SESSION_COOKIE):
+        s = _session(request)
+    last = ("/", "Back to the fleet") if s is not None else ("/login", "Log in")
+    links = (*(link for link in links if link != last), last)
+    resp = _page(request, "error.html", s, title=title, text=text, links=links, status=status)
+    resp.status_code = status
+    return resp
 
 
 def _to_login() -> RedirectResponse:
@@ -94,23 +133,30 @@ def _csrf_ok(s: _Session, form: Any) -> bool:
     return hmac.compare_digest(str(form.get("csrf", "")), s.csrf)
 
 
-def _forbidden(request: Request, s: _Session, why: str) -> HTMLResponse:
-    resp = _page(request, "base.html", s, message=why, message_kind="error")
-    resp.status_code = 403
-    return resp
-
-
-async def _acting(request: Request, refusal: str) -> tuple[_Session, Any] | Response:
+async def _acting(
+    request: Request, refusal: str, back: tuple[str, str]
+) -> tuple[_Session, Any] | Response:
     """The session and form of a POST that acts, or the response refusing it: login page
-    without a session, 403 without the session's CSRF token or for a role that may not act."""
+    without a session, a 403 page without the session's CSRF token (a form from an earlier
+    session: reload and send again) or for a role that may not act. ``back`` is the
+    (href, label) of the page the form was on."""
     s = _session(request)
     if s is None:
         return _to_login()
     form = await request.form()
     if not _csrf_ok(s, form):
-        return HTMLResponse("CSRF token missing or wrong", status_code=403)
+        return error_page(
+            request,
+            403,
+            "This form has expired",
+            "It was sent from a page of an earlier session (you logged out or in again "
+            "since it was loaded), so nothing was done. Go back, reload the page and send "
+            "it again.",
+            (back,),
+            s,
+        )
     if s.user.role not in CAN_ACT:
-        return _forbidden(request, s, refusal)
+        return error_page(request, 403, "Not allowed", refusal, (back,), s)
     return s, form
 
 
@@ -134,13 +180,53 @@ def install(app: FastAPI) -> None:  # noqa: PLR0915 - the console's routes, flat
         cookie(resp, LOGIN_COOKIE, token, 3600)
         return resp
 
+    def login_page(request: Request, status: int, message: str) -> Response:
+        token = secrets.token_urlsafe(24)
+        resp = _page(
+            request, "login.html", None, login_csrf=token, message=message, message_kind="error"
+        )
+        resp.status_code = status
+        cookie(resp, LOGIN_COOKIE, token, 3600)
+        return resp
+
+    throttle = app.state.login_throttle = LoginThrottle()
+
     @app.post("/login", include_in_schema=False)
     async def login(request: Request) -> Response:
         form = await request.form()
         expected = request.cookies.get(LOGIN_COOKIE, "")
         if not expected or not hmac.compare_digest(str(form.get("csrf", "")), expected):
-            return HTMLResponse("CSRF token missing or wrong", status_code=403)
+            # the form outlived its cookie (an hour) or was not ours: a fresh form, say why
+            return login_page(
+                request,
+                403,
+                "This login form had expired (they last an hour), so nothing was sent. "
+                "Please log in again.",
+            )
         name, password = str(form.get("name", ""))[:64], str(form.get("password", ""))[:256]
+        address = request.client.host if request.client else "unknown"
+        user_key, addr_key = throttle.keys(name, address)
+        admitted = throttle.admit((user_key, addr_key))
+        if isinstance(admitted, Refused):
+            logger.warning(
+                "console login refused, throttled: %r (%s) for %d s more",
+                name,
+                address,
+                admitted.retry_after_s,
+            )
+            resp = login_page(
+                request,
+                429,
+                f"Too many failed log-ins. Try again in {admitted.retry_after_s} s.",
+            )
+            resp.headers["Retry-After"] = str(admitted.retry_after_s)
+            return resp
+        for locked in admitted:
+            logger.warning(
+                "console login: %s locked for %.0f s after repeated attempts",
+                locked.key.encode("unicode_escape").decode(),  # no newlines from a form
+                locked.lock_s,
+            )
         engine = request.app.state.engine
 
         def check() -> users.User | None:  # argon2 costs ~90 ms: off the event loop
@@ -149,18 +235,9 @@ def install(app: FastAPI) -> None:  # noqa: PLR0915 - the console's routes, flat
 
         user = await to_thread.run_sync(check)
         if user is None:
-            token = secrets.token_urlsafe(24)
-            resp = _page(
-                request,
-                "login.html",
-                None,
-                login_csrf=token,
-                message="Wrong name or password",
-                message_kind="error",
-            )
-            resp.status_code = 401
-            cookie(resp, LOGIN_COOKIE, token, 3600)
-            return resp
+            logger.info("console login failed: %r (%s)", name, address)
+            return login_page(request, 401, "Wrong name or password")
+        throttle.succeeded(user_key, addr_key)
         sid = secrets.token_urlsafe(32)
         with engine.begin() as conn:
             conn.execute(delete(sessions).where(sessions.c.expires < time.time()))
@@ -199,14 +276,21 @@ def install(app: FastAPI) -> None:  # noqa: PLR0915 - the console's routes, flat
         return _page(request, "fleet.html", s, lockers=docs, live_url="/console/events")
 
     @app.get("/lockers/{locker_id}", include_in_schema=False)
-    def locker_page(request: Request, locker_id: str, msg: str = "", kind: str = "ok") -> Response:
+    def locker_page(request: Request, locker_id: str) -> Response:
         s = _session(request)
         if s is None:
             return _to_login()
         with request.app.state.engine.connect() as conn:
             found = api.fleet_lockers(conn, locker_id)
             if not found:
-                return HTMLResponse("unknown locker", status_code=404)
+                return error_page(
+                    request,
+                    404,
+                    "Unknown locker",
+                    f"No locker called {locker_id[:64]!r} has reported to this fleet. "
+                    "Check the name, or pick the locker from the fleet.",
+                    s=s,
+                )
             rows = conn.execute(
                 select(events.c.body)
                 .where(events.c.locker == locker_id)
@@ -223,13 +307,13 @@ def install(app: FastAPI) -> None:  # noqa: PLR0915 - the console's routes, flat
             events=evs,
             can_act=s.user.role in CAN_ACT,
             live_url=f"/console/events?locker={locker_id}",
-            message=msg[:300],
-            message_kind="error" if kind == "error" else "ok",
         )
 
     @app.post("/lockers/{locker_id}/actions", include_in_schema=False)
     async def locker_action(request: Request, locker_id: str) -> Response:
-        checked = await _acting(request, "Your role may not act on lockers.")
+        where = "/lockers/" + urllib.parse.quote(locker_id, safe="")
+        back = (where, f"Back to {locker_id[:64]}")
+        checked = await _acting(request, "Your role may not act on lockers.", back)
         if isinstance(checked, Response):
             return checked
         s, form = checked
@@ -254,9 +338,9 @@ def install(app: FastAPI) -> None:  # noqa: PLR0915 - the console's routes, flat
                 msg, kind = f"{action}: {reply.status}", "ok"
             except ActionError as err:
                 msg, kind = f"{action}: {err.code}: {err.message}", "error"
-        query = urllib.parse.urlencode({"msg": msg, "kind": kind})
-        where = urllib.parse.quote(locker_id, safe="")
-        return RedirectResponse(f"/lockers/{where}?{query}", status_code=303)
+        done = RedirectResponse(where, status_code=303)
+        flash.put(done, s.csrf, msg, kind, secure=bool(app.state.secure_cookies))
+        return done
 
     @app.get("/alarms", include_in_schema=False)
     def alarm_inbox(request: Request, state: str = "open") -> Response:
@@ -272,14 +356,19 @@ def install(app: FastAPI) -> None:  # noqa: PLR0915 - the console's routes, flat
 
     @app.post("/alarms/{alarm_id}/ack", include_in_schema=False)
     async def alarm_ack(request: Request, alarm_id: int) -> Response:
-        checked = await _acting(request, "Your role may not acknowledge alarms.")
+        back = ("/alarms", "Back to the alarms")
+        checked = await _acting(request, "Your role may not acknowledge alarms.", back)
         if isinstance(checked, Response):
             return checked
         s, form = checked
         note = str(form.get("note", ""))[:500]
         with request.app.state.engine.begin() as conn:
-            alarm_rules.acknowledge(conn, alarm_id, s.user.name, note, time.time())
-        return RedirectResponse("/alarms", status_code=303)
+            acked = alarm_rules.acknowledge(conn, alarm_id, s.user.name, note, time.time())
+        done = RedirectResponse("/alarms", status_code=303)
+        msg = f"Alarm #{alarm_id} acknowledged." if acked else f"Alarm #{alarm_id} was not open."
+        kind = "ok" if acked else "error"
+        flash.put(done, s.csrf, msg, kind, secure=bool(app.state.secure_cookies))
+        return done
 
     @app.get("/parcels", include_in_schema=False)
     def parcel_search(request: Request, q: str = "") -> Response:
@@ -337,3 +426,5 @@ def install(app: FastAPI) -> None:  # noqa: PLR0915 - the console's routes, flat
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
+
+    console_errors.install(app, error_page)
