@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, ViewportSize, expect, sync_playwright
 
 from tests.conftest import wait_for
 from tests.console_rig import (
@@ -31,7 +31,7 @@ from tests.fleet_rig import api, service_broker
 from tests.panel_rig import CHROMIUM, CHROMIUM_ARGS
 
 _ = service_broker, console_site
-PHONE = {"width": 360, "height": 740}
+PHONE: ViewportSize = {"width": 360, "height": 740}
 CONTROL_ROLES = {"button", "textbox", "searchbox", "combobox", "checkbox", "radio", "listbox"}
 
 # inputs and selects a person can see that have neither a <label> nor an ARIA name
