@@ -24,7 +24,7 @@ from tests.console_rig import (
     door_forced,
     http_login,
 )
-from tests.fleet_rig import api, service_broker
+from tests.fleet_rig import api, service_broker, wait_online
 from tests.panel_rig import CHROMIUM, CHROMIUM_ARGS
 
 _ = service_broker, console_site
@@ -36,11 +36,7 @@ def test_console_login_live_deposit_and_alarm_ack(console_site: Site) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     password, token = people["olga"]
     with api(service, token) as c:
-        wait_for(
-            lambda: [x["online"] for x in c.get("/api/v1/lockers").json()] == [True],
-            20,
-            what="locker online",
-        )
+        wait_online(c)
         issued = c.post(
             "/api/v1/parcels", json={"locker": "SIM-0001", "parcel": "WEB-1", "size": "M"}
         ).json()

@@ -27,7 +27,7 @@ from tests.console_rig import (
     console_site,
     door_forced,
 )
-from tests.fleet_rig import api, service_broker
+from tests.fleet_rig import api, service_broker, wait_online
 from tests.panel_rig import CHROMIUM, CHROMIUM_ARGS
 
 _ = service_broker, console_site
@@ -83,13 +83,9 @@ def test_console_fits_a_phone_and_names_every_control(console_site: Site) -> Non
     base = base_url(service)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     password, token = people["olga"]
-    door_forced(broker, "SIM-0002")
     with api(service, token) as c:
-        wait_for(
-            lambda: [x["online"] for x in c.get("/api/v1/lockers").json()][:1] == [True],
-            20,
-            what="locker online",
-        )
+        wait_online(c)
+        door_forced(broker, "SIM-0002")
         wait_for(lambda: c.get("/api/v1/alarms").json(), 15, what="alarm raised")
         for n in (1, 2):
             issued = c.post(
