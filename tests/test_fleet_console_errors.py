@@ -158,3 +158,21 @@ def test_throttle_bounds_its_memory_and_refusals_add_no_keys() -> None:
     for n in range(login_throttle.MAX_KEYS + 10):
         t.admit((f"user:n{n}",))
     assert len(t._keys) == login_throttle.MAX_KEYS
+
+
+def test_an_internal_error_is_a_page_on_the_console_and_json_on_the_api(
+    console_service: Served,
+) -> None:
+    """A real fault (the alarms table gone from the database) behind both front doors."""
+    service, people = console_service
+    base = base_url(service)
+    op, _csrf = http_login(base, "olga", people["olga"][0])
+    with service.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE alarms RENAME TO alarms_gone")
+    try:
+        _is_page(op.get("/alarms"), 500, "Something went wrong")
+        with httpx.Client(base_url=base, timeout=20) as c:
+            r = c.get("/api/v1/alarms", headers={"Authorization": f"Bearer {people['olga'][1]}"})
+        assert r.status_code == 500 and r.json()["error"]["code"] == "internal"
+    finally:
+        op.close()
