@@ -97,6 +97,21 @@ class SimFleet:
         host = cfg.listen[0]
         return f"http://{host}:{self.service.port}/"
 
+    def holds(self, locker_id: str, epoch: str, upto_seq: int) -> bool:
+        """Whether the fleet service has stored every event of ``epoch`` up to ``upto_seq``."""
+        from sqlalchemy import select  # noqa: PLC0415 - needs the [fleet] extra
+
+        from locker.fleet.service.db import streams  # noqa: PLC0415 - needs the [fleet] extra
+
+        if self.service is None:
+            return False
+        q = select(streams.c.contiguous).where(
+            streams.c.locker == locker_id, streams.c.epoch == epoch
+        )
+        with self.service.engine.connect() as conn:
+            contiguous = conn.execute(q).scalar()
+        return contiguous is not None and contiguous >= upto_seq
+
     def stop(self) -> None:
         if self.service is not None:
             self.service.stop()
