@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -92,6 +93,27 @@ def test_a_database_from_a_newer_version_exits_74_without_a_traceback(
     [record] = [r for r in caplog.records if r.levelname == "ERROR"]
     assert "cannot start" in record.getMessage() and "newer" in record.getMessage()
     assert record.exc_info is None
+
+
+@pytest.mark.timeout(30)
+def test_a_corrupt_database_exits_74_at_once_saying_corrupt(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by a newcomer: a file of random bytes was waited on for --store-wait (60 s), as
+    if the disk were full, then called "cannot be written". No waiting repairs it."""
+    (tmp_path / "device.key").write_bytes(b"k" * 32)
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "locker.db").write_bytes(os.urandom(8192))
+    cfg = tmp_path / "locker.toml"
+    cfg.write_text(
+        '[locker]\nid = "X"\nstate_dir = "s"\n[security]\ndevice_key_file = "device.key"\n'
+        '[gpio]\npin_factory = "mock"\n'
+        '[[compartments]]\nid = "A1"\nsize = "S"\nlock_pin = 17\ndoor_pin = 27\n'
+    )
+    assert daemon.main(["--config", str(cfg), "--store-wait", "60"]) == daemon.EXIT_STORAGE
+    errs = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errs) == 1 and "corrupt" in errs[0], errs
+    assert "waiting" not in caplog.text
 
 
 @pytest.mark.parametrize(

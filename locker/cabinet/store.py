@@ -161,11 +161,20 @@ def describe(err: sqlite3.Error, where: Path | None = None) -> str:
         return f"disk full ({err})"
     if name.startswith("SQLITE_READONLY"):
         return f"read-only ({err})"
-    if name.startswith("SQLITE_IOERR") or name == "SQLITE_CORRUPT":
+    if corrupt(err):
+        return f"corrupt ({err})"
+    if name.startswith("SQLITE_IOERR"):
         return f"I/O error ({err})"
     if name.startswith("SQLITE_CANTOPEN"):
         return f"cannot open the database ({err})"
     return str(err) or type(err).__name__
+
+
+def corrupt(err: sqlite3.Error) -> bool:
+    """Whether SQLite says the file is damaged or not a database at all (``SQLITE_CORRUPT``,
+    ``SQLITE_NOTADB``: sqlite.org/rescode.html), which no waiting repairs."""
+    name = getattr(err, "sqlite_errorname", "") or ""
+    return name.startswith("SQLITE_CORRUPT") or name == "SQLITE_NOTADB"
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -202,15 +211,30 @@ class Store:
     """The controller's handle on the database."""
 
     def __init__(self, path: Path, *, boot_id: str) -> None:
+        """Open (or create) the database at ``path`` and bring its schema up to date.
+
+        Raises ``StorageFault`` when it cannot be written now (full, read-only, I/O error:
+        worth waiting for) and ``StoreError`` when it cannot be used at all (newer schema,
+        corrupt: waiting changes nothing)."""
         self.path = path
         self.boot_id = boot_id
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._con = connect(path)
         except OSError as err:
             raise StorageFault(path, f"cannot create the state directory ({err})") from err
+        try:
+            self._open()
         except sqlite3.Error as err:
+            if corrupt(err):
+                raise StoreError(
+                    f"{path}: the state database is corrupt ({err}); restore it from a "
+                    "backup, or move it aside to start an empty one (a new event epoch)"
+                ) from err
             raise StorageFault(path, describe(err, path.parent)) from err
+
+    def _open(self) -> None:
+        path = self.path
+        self._con = connect(path)
         self._writes = 0  # transactions since the last checkpoint
         self._migrate()
         # Kept in memory (this connection is the only writer) so that the state snapshot
@@ -247,11 +271,9 @@ class Store:
             script = f"BEGIN IMMEDIATE;{_MIGRATIONS[target]}PRAGMA user_version={target};COMMIT;"
             try:
                 self._con.executescript(script)
-            except BaseException as err:
+            except BaseException:
                 self._rollback()
-                if isinstance(err, sqlite3.Error):
-                    raise StorageFault(self.path, describe(err, self.path.parent)) from err
-                raise
+                raise  # sqlite3.Error: judged by __init__ (corrupt, or a fault of the disk)
 
     def close(self) -> None:
         self._con.close()
