@@ -24,6 +24,7 @@ from locker.cabinet.config import (
     load_config,
     parse_config,
 )
+from locker.config.load import MAX_CONFIG_BYTES
 from locker.config.sections import BoardCompartment, GpioCompartment
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
@@ -526,8 +527,30 @@ def test_unreadable_content(tmp_path: Path, content: bytes, reason: str) -> None
 def test_missing_config_file_and_directory(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "absent.toml")
-    with pytest.raises(ConfigError, match="not a regular file"):
-        load_config(tmp_path)
+    # found by a newcomer: these said "TOML value out of range: ...: not a regular file"
+    for odd in (tmp_path, Path("/dev/null")):
+        with pytest.raises(ConfigError) as info:
+            load_config(odd)
+        assert info.value.errors == [f"{odd}: not a regular file"]
+    big = tmp_path / "big.toml"
+    big.write_bytes(b"#" * (MAX_CONFIG_BYTES + 1))
+    with pytest.raises(ConfigError) as info:
+        load_config(big)
+    assert info.value.errors == [f"{big}: larger than {MAX_CONFIG_BYTES} bytes"]
+
+
+def test_a_byte_order_mark_is_not_a_syntax_error(cabinet: Path) -> None:
+    """Some Windows editors start UTF-8 files with a BOM; it was "Invalid statement"."""
+    cabinet.write_bytes(b"\xef\xbb\xbf" + MINIMAL.encode())
+    assert load_config(cabinet, check_files=False).locker.id == "LKR-9"
+
+
+def test_a_whole_number_is_shown_as_typed() -> None:
+    """Found by a newcomer: a whole number in a float field read "got 1e+13"."""
+    data = base()
+    data["mqtt"] = {"host": "h", "tls": False, "ack_timeout_s": 10000000000000}
+    [line] = errors_of(data)
+    assert line.endswith("got 10000000000000"), line
 
 
 def test_check_config_cli_ok(cabinet: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -48,6 +48,10 @@ def reject(reason: str) -> NoReturn:
 
 
 def num(value: float) -> str:
+    """``value`` as a person typed it: a whole number (even one a float field took) without
+    an exponent; beyond 64 bits, "a huge number"."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, int):
         return str(value) if value.bit_length() <= 64 else "a huge number"
     return f"{value:g}"

@@ -43,12 +43,14 @@ def _read_toml(path: Path) -> dict[str, Any]:
     name = str(path)
     try:
         st = path.stat()
+        # ConfigError is a ValueError: raised here, not under the handlers below.
         if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(path, [f"{name}: not a regular file"])
-        if st.st_size > MAX_CONFIG_BYTES:
-            raise ConfigError(path, [f"{name}: larger than {MAX_CONFIG_BYTES} bytes"])
-        text = path.read_bytes().decode("utf-8")
-        return tomllib.loads(text)
+            problem = "not a regular file"
+        elif st.st_size > MAX_CONFIG_BYTES:
+            problem = f"larger than {MAX_CONFIG_BYTES} bytes"
+        else:
+            # utf-8-sig: a byte-order mark (some Windows editors write one) is not content
+            return tomllib.loads(path.read_bytes().decode("utf-8-sig"))
     except OSError as err:
         raise ConfigError(path, [f"{name}: cannot read: {err.strerror or err}"]) from None
     except UnicodeDecodeError as err:
@@ -59,6 +61,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(path, [f"{name}: TOML value out of range: {err}"]) from None
     except RecursionError:
         raise ConfigError(path, [f"{name}: TOML nested too deeply"]) from None
+    raise ConfigError(path, [f"{name}: {problem}"])
 
 
 def load_config(path: str | Path, *, check_files: bool = True) -> Config:
