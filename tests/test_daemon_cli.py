@@ -129,3 +129,14 @@ def test_a_corrupt_database_exits_74_at_once_saying_corrupt(
 def test_exit_status_follows_the_error_category(error: Exception, status: int) -> None:
     assert daemon.exit_status(error) == status
     assert f"  {status} " in daemon.EXIT_STATUS_HELP
+
+
+@pytest.mark.parametrize("wait", ["nan", "inf", "-1", "soon"])
+def test_a_duration_that_means_nothing_is_a_usage_error(
+    wait: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by a newcomer: ``--store-wait nan`` was taken."""
+    with pytest.raises(SystemExit) as info:
+        daemon.main(["--config", "x.toml", "--store-wait", wait])
+    assert info.value.code == 2
+    assert "--store-wait" in capsys.readouterr().err

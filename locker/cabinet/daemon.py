@@ -20,6 +20,7 @@ import argparse
 import fcntl
 import gc
 import logging
+import math
 import os
 import signal
 import sys
@@ -77,6 +78,18 @@ def exit_status(err: BaseException) -> int:
     return next((code for cls, code in _STATUS_BY_CATEGORY if isinstance(err, cls)), EXIT_FAULT)
 
 
+def _seconds(text: str) -> float:
+    """A duration option: a finite number of seconds, 0 or more (``nan`` and ``inf`` parse as
+    floats but mean nothing here)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0: {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lockerd",
@@ -102,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--store-wait",
         metavar="S",
-        type=float,
+        type=_seconds,
         default=STORE_WAIT_S,
         help="how long to wait for an unwritable state directory at start before exiting "
         f"{EXIT_STORAGE} (default {STORE_WAIT_S:.0f} s)",
