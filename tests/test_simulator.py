@@ -48,6 +48,7 @@ def test_the_simulator_tells_its_whole_story(tmp_path: Path) -> None:
     for event in STORY:
         assert event in out, f"{event} missing from the story:\n{out[-3000:]}"
     assert "every event held while offline arrived" in out
+    assert "no locker> prompt" in out  # stdin is not a terminal: said, not silent
     assert re.search(r"front panel: \S*http://127\.0\.0\.1:\d+/", out), "the panel address"
     log = (tmp_path / "sim" / "cabinet" / "lockerd.log").read_text()
     assert "Traceback" not in log

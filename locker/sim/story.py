@@ -429,6 +429,8 @@ def _simulate(work: Path, args: argparse.Namespace) -> int:
             chapter("The end of the story")
         if sys.stdin.isatty():
             interact(story)
+        else:  # said, not skipped in silence (piped input is not read as commands)
+            say("sim", "input is not a terminal: no locker> prompt; stopping", YELLOW)
         cab.stop()
         server.wait(lambda: server.online is False, timeout=10)
         return 0
