@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from locker.contract import numbers
+
 LEGACY_EPOCH = ""  # events and states of lockers from before epochs (DESIGN 5, v1 without it)
 
 
@@ -54,9 +56,10 @@ def epoch_of(doc: Mapping[str, Any]) -> str | None:
 
 def state_floor(state: Mapping[str, Any]) -> int | None:
     """``last_seq - outbox_depth`` of a retained state (every seq at or below it is gone from
-    the locker), or None when the state does not carry both as non-negative integers."""
-    last, depth = state.get("last_seq"), state.get("outbox_depth")
-    if type(last) is not int or type(depth) is not int or last < 0 or depth < 0:
+    the locker), or None when the state does not carry both as integers of the contract's
+    range (0 to ``numbers.MAX_COUNT``: a larger one could never have been stored)."""
+    last, depth = numbers.count(state.get("last_seq")), numbers.count(state.get("outbox_depth"))
+    if last is None or depth is None:
         return None
     return max(0, last - depth)
 
@@ -95,8 +98,9 @@ class Stream:
         skips which this server never held (0 when nothing was missing)."""
         if floor <= self.contiguous:
             return 0
-        missing = sum(1 for s in range(self.contiguous + 1, floor + 1) if s not in self.ahead)
-        for s in sorted(s for s in self.ahead if s <= floor):
+        below = sorted(s for s in self.ahead if s <= floor)
+        missing = floor - self.contiguous - len(below)  # by count: the range may be 2**63 long
+        for s in below:
             self.released.append(self.ahead.pop(s))
         self.contiguous = floor
         self._advance()

@@ -5,6 +5,12 @@ do is the table ``PERMISSIONS`` (the security test walks it). Errors are JSON
 ``{"error": {"code", "message"}}`` with the HTTP status: 401 ``unauthenticated``, 403
 ``forbidden``, 404, 409 (a locker's rejection carries the locker's own code), 422
 ``invalid_args``, 503, 504 ``locker_timeout``.
+
+Input is strict: a JSON body's values must have the declared JSON type (``"yes"`` is not a
+boolean, ``true`` is not a number: 422 naming the field, pydantic's strict mode), and every
+integer in a path, query or body is bounded, at most by the database's signed 64-bit range
+(``numbers.MAX_INT64``) and by the contract's where it goes to a locker (uint32 seconds), so no
+number can reach the database driver out of range (an ``OverflowError`` there was a 500).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -23,6 +29,7 @@ from sqlalchemy import and_, func, select
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from locker import errors
+from locker.contract import numbers
 from locker.contract.actions import Action
 from locker.fleet import qr
 from locker.fleet.service import alarms as alarm_rules
@@ -83,8 +90,13 @@ def error_response(status: int, code: str, message: str, **extra: Any) -> JSONRe
     return JSONResponse(body, status_code=status)
 
 
+AlarmId = Annotated[int, Path(ge=1, le=numbers.MAX_INT64, description="alarm id")]
+"""An alarm's id in a path (the API's and the console's): a database row id."""
+
+
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: JSON types are kept exactly ("yes" is no boolean, true no integer, 1.0 no integer)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ParcelIn(_Body):
@@ -108,7 +120,7 @@ class ReasonIn(_Body):
 
 
 class ExtendIn(_Body):
-    pickup_until: int = Field(gt=0)
+    pickup_until: int = Field(gt=0, le=numbers.MAX_UINT32)  # Unix seconds, as the contract
     reason: str = Field(default="", max_length=500)
 
 
@@ -251,7 +263,7 @@ def router() -> APIRouter:
         locker_id: str,
         request: Request,
         _u: Annotated[users.User, Depends(allow("GET /api/v1/lockers/{id}/events"))],
-        after_seq: Annotated[int, Query(ge=0)] = 0,
+        after_seq: Annotated[int, Query(ge=0, le=numbers.MAX_COUNT)] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         epoch: str | None = None,
     ) -> list[dict[str, Any]]:
@@ -374,7 +386,7 @@ def router() -> APIRouter:
 
     @r.post("/alarms/{alarm_id}/ack")
     def ack_alarm(
-        alarm_id: int,
+        alarm_id: AlarmId,
         request: Request,
         user: Annotated[users.User, Depends(allow("POST /api/v1/alarms/{id}/ack"))],
         body: AckIn | None = None,

@@ -19,9 +19,10 @@ from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, generate_latest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from locker.fleet.client import CommandSigner, FleetClient, signer_for
 from locker.fleet.service import api, console, db, delivery
@@ -30,7 +31,7 @@ from locker.fleet.service.alarms import Rules
 from locker.fleet.service.config import ServiceConfig
 from locker.fleet.service.ingest import Ingest
 from locker.fleet.service.live import Hub
-from locker.fleet.service.metrics import METRICS, DbCollector
+from locker.fleet.service.metrics import METRICS, DbCollector, HealthCollector
 from locker.fleet.service.worker import IngestWorker
 
 logger = logging.getLogger(__name__)
@@ -49,9 +50,21 @@ def rules_for(cfg: ServiceConfig) -> Rules:
 
 
 def create_app(
-    engine: Engine, actions: Actions, hub: Hub, *, secure_cookies: bool = True
+    engine: Engine,
+    actions: Actions,
+    hub: Hub,
+    *,
+    secure_cookies: bool = True,
+    health: Callable[[], dict[str, bool]] | None = None,
 ) -> FastAPI:
-    """The ASGI app: REST API under /api/v1, /metrics, the console at /."""
+    """The ASGI app: REST API under /api/v1, /metrics, /healthz, the console at /.
+
+    ``health()`` answers ``{thread name: alive}`` for the process's worker threads:
+    ``GET /healthz`` (no login, like /metrics, for a load balancer or systemd's watchdog
+    script) is 200 ``{"status":"ok","threads":{...}}`` while every one runs and the database
+    answers, else 503 ``{"status":"failing",...}``: a service whose ingest thread died must not
+    look healthy while HTTP still answers.
+    """
     app = FastAPI(
         title="Parcel locker fleet service",
         version="1",
@@ -66,11 +79,27 @@ def create_app(
     api.install(app)
     registry = CollectorRegistry()
     registry.register(DbCollector(engine))
+    threads = health or dict
+    registry.register(HealthCollector(threads))
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
         body = METRICS.render() + generate_latest(registry)
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> JSONResponse:
+        alive = threads()
+        try:
+            with engine.connect() as conn:
+                conn.execute(select(1))
+            database = True
+        except SQLAlchemyError as err:
+            logger.warning("health check: the database does not answer (%s)", err)
+            database = False
+        ok = database and all(alive.values())
+        doc = {"status": "ok" if ok else "failing", "threads": alive, "database": database}
+        return JSONResponse(doc, status_code=200 if ok else 503)
 
     console.install(app)
     return app
@@ -103,7 +132,11 @@ class FleetService:
         self.deliverer = delivery.Deliverer(self.engine, cfg.settings)
         self.actions = Actions(self.engine, fleet, self.client)
         self.app = create_app(
-            self.engine, self.actions, self.hub, secure_cookies=cfg.settings.http.secure_cookies
+            self.engine,
+            self.actions,
+            self.hub,
+            secure_cookies=cfg.settings.http.secure_cookies,
+            health=self.health,
         )
         host, port = cfg.listen
         self.server = uvicorn.Server(
@@ -141,6 +174,10 @@ class FleetService:
             if not self._http_thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("the HTTP server did not start (address in use?)")
             time.sleep(0.02)
+
+    def health(self) -> dict[str, bool]:
+        """``{thread: alive}`` of the workers this process runs (``GET /healthz``)."""
+        return {"fleet-ingest": self.worker.alive, "fleet-delivery": self.deliverer.alive}
 
     @property
     def port(self) -> int:

@@ -355,7 +355,7 @@ def install(app: FastAPI) -> None:  # noqa: PLR0915 - the console's routes, flat
         return _page(request, "alarms.html", s, alarms=rows, can_act=s.user.role in CAN_ACT)
 
     @app.post("/alarms/{alarm_id}/ack", include_in_schema=False)
-    async def alarm_ack(request: Request, alarm_id: int) -> Response:
+    async def alarm_ack(request: Request, alarm_id: api.AlarmId) -> Response:
         back = ("/alarms", "Back to the alarms")
         checked = await _acting(request, "Your role may not acknowledge alarms.", back)
         if isinstance(checked, Response):

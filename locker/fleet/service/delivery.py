@@ -118,6 +118,11 @@ class Deliverer:
         self._thread = threading.Thread(target=self._run, name="fleet-delivery", daemon=True)
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        """Whether the delivery thread runs (False before ``start`` and after a crash)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         if self._thread is not None:

@@ -28,7 +28,6 @@ rule ``lockerctl watch`` follows too, so the two cannot drift.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -37,12 +36,11 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from locker.contract import numbers
 from locker.fleet import ledger as receipt
 from locker.fleet.service import alarms as alarm_rules
 from locker.fleet.service import parcel_ledger
 from locker.fleet.service.db import events, lockers, reports, streams
-
-logger = logging.getLogger(__name__)
 
 MAX_EVENT_BYTES = 64 * 1024
 
@@ -78,7 +76,8 @@ class Outcome:
     new_events: int = 0
     duplicates: int = 0
     rejected: int = 0
-    lines: list[str] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)  # what happened, for the log (INFO)
+    rejections: list[str] = field(default_factory=list)  # one per rejected message (WARNING)
     stored: list[dict[str, Any]] = field(default_factory=list)  # the new events, for live views
     statuses: list[tuple[str, bool]] = field(default_factory=list)  # (locker, online) births/wills
     states: list[str] = field(default_factory=list)  # lockers whose state snapshot changed
@@ -91,19 +90,60 @@ class _Parsed:
     events: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _valid_event(doc: Any) -> bool:
-    return (
-        isinstance(doc, dict)
-        and type(doc.get("seq")) is int
-        and doc["seq"] >= 1
-        and isinstance(doc.get("type"), str)
-        and 0 < len(doc["type"]) <= 64
-        and receipt.epoch_of(doc) is not None
-        and all(
-            doc.get(k) is None or (isinstance(doc[k], str) and len(doc[k]) <= 128)
-            for k in ("compartment", "parcel", "ts")
-        )
-    )
+# The longest text each event field may carry: the contract's limits (schemas/common.json),
+# which the columns of ``db.events`` hold on PostgreSQL as well (a longer one is a data error).
+_EVENT_TEXT = {"compartment": 64, "parcel": 128, "ts": 40}
+MAX_LOCKER_ID = 64  # lockers.id, the certificate CN (DESIGN 6)
+
+
+def _event_problem(doc: Any) -> str | None:
+    """Why ``doc`` is not an event this service can store, or None."""
+    if not isinstance(doc, dict):
+        return "not a JSON object"
+    if numbers.count(doc.get("seq"), minimum=1) is None:
+        return f"seq {_shown(doc.get('seq'))} is not an integer in [1, 2**63-1]"
+    if not (isinstance(doc.get("type"), str) and 0 < len(doc["type"]) <= 64):
+        return "type is not a string of 1-64 characters"
+    if receipt.epoch_of(doc) is None:
+        return "epoch is not a string of 1-64 characters"
+    for key, longest in _EVENT_TEXT.items():
+        if doc.get(key) is not None and not (
+            isinstance(doc[key], str) and len(doc[key]) <= longest
+        ):
+            return f"{key} is not a string of at most {longest} characters"
+    return None
+
+
+def _state_problem(doc: Any) -> str | None:
+    """Why ``doc`` is not a state snapshot this service can store, or None. Fields a locker
+    from before them leaves out stay optional; a present one must be in the contract's range."""
+    if not isinstance(doc, dict):
+        return "not a JSON object"
+    for key in ("rev", "last_seq", "outbox_depth"):
+        if doc.get(key) is not None and numbers.count(doc[key]) is None:
+            return f"{key} {_shown(doc[key])} is not an integer in [0, 2**63-1]"
+    if receipt.epoch_of(doc) is None:
+        return "epoch is not a string of 1-64 characters"
+    if not isinstance(doc.get("compartments", []), list | None):
+        return "compartments is not a list"
+    return None
+
+
+def _problem(channel: str, doc: Any) -> str | None:
+    """Why a message of ``channel`` (status, state, evt) cannot be stored, or None."""
+    if channel == "status":
+        return None if doc is None or isinstance(doc, dict) else "not a JSON object"
+    if channel == "state":
+        return _state_problem(doc)
+    if channel == "evt":
+        return _event_problem(doc)
+    return f"unexpected channel {channel!r}"
+
+
+def _shown(value: Any) -> str:
+    """A received value for a log line: its JSON, cut short (a locker may send megabytes)."""
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 class Ingest:
@@ -129,32 +169,31 @@ class Ingest:
         head = self.prefix + "/"
         for msg in batch:
             levels = msg.topic[len(head) :].split("/") if msg.topic.startswith(head) else []
-            if len(levels) < 2 or not levels[0]:
-                out.rejected += 1
+            if len(levels) < 2 or not levels[0] or len(levels[0]) > MAX_LOCKER_ID:
+                _reject(out, "?", msg.topic, "not a locker topic of this fleet")
                 continue
             locker, channel = levels[0], levels[1]
             if channel == "evt" and msg.retain:
-                out.rejected += 1
-                out.lines.append(f"{locker}: retained event on {msg.topic} ignored")
+                _reject(out, locker, msg.topic, "retained event (events are never retained)")
                 continue
             if len(msg.payload) > MAX_EVENT_BYTES:
-                out.rejected += 1
-                out.lines.append(f"{locker}: oversized message on {msg.topic} ignored")
+                _reject(out, locker, msg.topic, f"oversized ({len(msg.payload)} bytes)")
                 continue
+            doc: Any = None  # an empty status payload: the retained status was cleared
             try:
                 doc = json.loads(msg.payload) if msg.payload else None
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                doc = ...
-            if channel == "status" and (doc is None or isinstance(doc, dict)):
+            except (UnicodeDecodeError, ValueError, RecursionError):
+                _reject(out, locker, msg.topic, "not JSON")
+                continue
+            why = _problem(channel, doc)
+            if why is not None:
+                _reject(out, locker, msg.topic, why)
+            elif channel == "status":
                 parsed.statuses[locker] = doc
-            elif channel == "state" and isinstance(doc, dict):
+            elif channel == "state":
                 parsed.states[locker] = doc
-            elif channel == "evt" and _valid_event(doc):
-                assert isinstance(doc, dict)
-                parsed.events.append({**doc, "_locker": locker})
             else:
-                out.rejected += 1
-                out.lines.append(f"{locker}: malformed message on {msg.topic} ignored")
+                parsed.events.append({**doc, "_locker": locker})
         return parsed
 
     # -- the transaction --
@@ -233,7 +272,7 @@ class Ingest:
     ) -> None:
         self._touch_locker(conn, locker, now)
         epoch = receipt.epoch_of(doc) or receipt.LEGACY_EPOCH
-        rev = doc.get("rev") if type(doc.get("rev")) is int else None
+        rev = numbers.count(doc.get("rev"))
         current = conn.execute(
             select(lockers.c.epoch, lockers.c.state_rev).where(lockers.c.id == locker)
         ).one()
@@ -244,11 +283,11 @@ class Ingest:
             for c in doc.get("compartments") or []
             if isinstance(c, dict)
         ]
-        depth = doc.get("outbox_depth") if type(doc.get("outbox_depth")) is int else None
+        depth = numbers.count(doc.get("outbox_depth"))
         values = {
             "epoch": epoch,
             "state_rev": rev,
-            "last_seq": doc.get("last_seq") if type(doc.get("last_seq")) is int else None,
+            "last_seq": numbers.count(doc.get("last_seq")),
             "outbox_depth": depth,
             "lockdown": bool(doc.get("lockdown")),
             "keypad_locked": bool(doc.get("keypad_locked")),
@@ -411,6 +450,11 @@ def _insert(conn: Connection, table: Any) -> Any:
     return dialect.insert(table)
 
 
+def _reject(out: Outcome, locker: str, topic: str, why: str) -> None:
+    out.rejected += 1
+    out.rejections.append(f"{locker}: message on {topic} rejected: {why}")
+
+
 def _stream_where(stmt: Any, key: tuple[str, str]) -> Any:
     return stmt.where(and_(streams.c.locker == key[0], streams.c.epoch == key[1]))
 
@@ -424,6 +468,5 @@ def _report(
     out: Outcome,
 ) -> None:
     conn.execute(insert(reports).values(locker=locker, kind=kind, at=now, detail=detail))
-    line = f"{locker}: {kind} " + " ".join(f"{k}={v}" for k, v in detail.items())
-    out.lines.append(line)
-    logger.info("%s", line)
+    # logged once, by whoever acts on the outcome (the worker), only after the commit
+    out.lines.append(f"{locker}: {kind} " + " ".join(f"{k}={v}" for k, v in detail.items()))

@@ -8,7 +8,7 @@ depth per locker, open alarms, ingest lag) are read from the database at scrape 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -16,6 +16,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 
 from locker.fleet.service.db import alarms, events, lockers
+
+INGEST_ERROR_REASONS = ("rejected", "dropped", "database", "worker")
 
 
 class Metrics:
@@ -27,8 +29,15 @@ class Metrics:
             "fleet_event_duplicates", "Events received again and dropped", registry=r
         )
         self.ingest_errors = Counter(
-            "fleet_ingest_errors", "Batches the database refused (not acked)", registry=r
+            "fleet_ingest_errors",
+            "Ingest failures by reason: rejected (a message that breaks the contract, not"
+            " stored), dropped (one message the store failed on), database (a batch the"
+            " database refused, not acked), worker (an unexpected fault of the ingest loop)",
+            ["reason"],
+            registry=r,
         )
+        for reason in INGEST_ERROR_REASONS:  # every series from 0, so a rate() sees the first
+            self.ingest_errors.labels(reason)
         self.ingest_batch_seconds = Histogram(
             "fleet_ingest_batch_seconds", "Time to store one batch", registry=r
         )
@@ -75,3 +84,19 @@ class DbCollector(Collector):
         yield GaugeMetricFamily(
             "fleet_seconds_since_last_event", "Ingest lag: time since the last new event", value=lag
         )
+
+
+class HealthCollector(Collector):
+    """``fleet_thread_alive{thread}``: 1 while each of this process's worker threads runs
+    (``health()`` answers ``{name: alive}``), so an alert can name the dead one."""
+
+    def __init__(self, health: Callable[[], dict[str, bool]]) -> None:
+        self.health = health
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        g = GaugeMetricFamily(
+            "fleet_thread_alive", "1 while this worker thread runs", labels=["thread"]
+        )
+        for name, alive in sorted(self.health().items()):
+            g.add_metric([name], 1.0 if alive else 0.0)
+        yield g

@@ -22,7 +22,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from locker.contract.actions import Action
 from locker.fleet.client import CommandSigner, FleetClient, FleetError, Incoming
@@ -34,6 +35,9 @@ logger = logging.getLogger(__name__)
 
 SHARE_GROUP = "fleet"
 STORE_ATTEMPTS = 3
+# The database is away or busy (locked, deadlock, connection lost, pool exhausted): the whole
+# batch is retried, then left unacked. Any other fault is the data's: isolated per message.
+TRANSIENT = (OperationalError, InterfaceError, PoolTimeout)
 
 
 def shared_topics(prefix: str, group: str = SHARE_GROUP) -> list[str]:
@@ -94,34 +98,87 @@ class IngestWorker:
                 break
         return [Message(m.topic, m.payload, m.retain) for m in batch]
 
+    @property
+    def alive(self) -> bool:
+        """Whether the ingest thread runs (False before ``start`` and after a crash)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            batch = self._take()
-            if batch:
-                self.process(batch)
-            if time.monotonic() - self._last_sweep > self.sweep_s:
-                self._last_sweep = time.monotonic()
-                self._sweep()
+            try:
+                batch = self._take()
+                if batch:
+                    self.process(batch)
+                if time.monotonic() - self._last_sweep > self.sweep_s:
+                    self._last_sweep = time.monotonic()
+                    self._sweep()
+            except Exception:
+                # process() already isolates a failing message; this is a fault of the loop
+                # itself (a listener, a publish): the thread must outlive it, or ingest stops
+                # for every locker while HTTP still answers
+                METRICS.ingest_errors.labels("worker").inc()
+                logger.exception("ingest loop fault; carrying on")
+                self._stop.wait(0.5)  # a fault that repeats must not spin a core
 
     def process(self, batch: list[Message]) -> None:
+        """Store ``batch`` and act on it: acks, resyncs, the live listener, the log."""
         started = time.monotonic()
+        outcomes = self._store(batch)
+        METRICS.ingest_batch_seconds.observe(time.monotonic() - started)
+        for out in outcomes:
+            self._apply(out)
+
+    def _store(self, batch: list[Message]) -> list[Outcome]:
+        """The outcomes of storing ``batch``: one for the batch, or, when it fails for a
+        reason of its own (not the database being away), one per message of it stored alone,
+        so a single message the store cannot take costs only itself (logged with its locker
+        and topic, counted as ``dropped``). Empty when the database is away: nothing is acked
+        and the lockers resend."""
         for attempt in range(1, STORE_ATTEMPTS + 1):
             try:
-                out = self.ingest.store(batch)
-                break
-            except SQLAlchemyError as err:
+                return [self.ingest.store(batch)]
+            except TRANSIENT as err:
                 # a deadlock with another worker or a dropped connection: the transaction
                 # was rolled back whole, so trying again is safe
-                METRICS.ingest_errors.inc()
+                METRICS.ingest_errors.labels("database").inc()
                 if attempt == STORE_ATTEMPTS:
                     logger.error("storing %d messages failed (%s); not acked", len(batch), err)
-                    return
+                    return []
                 logger.warning("storing a batch failed (%s); attempt %d", err, attempt + 1)
                 self._stop.wait(0.05 * attempt)
+            except Exception as err:  # any other fault: one message's; isolate it
+                if len(batch) == 1:
+                    self._dropped(batch[0], err)
+                    return []
+                logger.warning(
+                    "storing %d messages failed (%s); storing them one by one",
+                    len(batch),
+                    type(err).__name__,
+                )
+                return [out for msg in batch for out in self._store([msg])]
+        return []
+
+    def _dropped(self, msg: Message, err: Exception) -> None:
+        METRICS.ingest_errors.labels("dropped").inc()
+        head = self.ingest.prefix + "/"
+        rest = msg.topic[len(head) :] if msg.topic.startswith(head) else ""
+        locker = rest.split("/", 1)[0] or "?"
+        logger.error(
+            "%s: message on %r dropped, the store failed on it (%s: %s)",
+            locker,
+            msg.topic[:200],
+            type(err).__name__,
+            str(err)[:200],
+            exc_info=err,
+        )
+
+    def _apply(self, out: Outcome) -> None:
         self.new_events += out.new_events
         METRICS.events_ingested.inc(out.new_events)
         METRICS.duplicates.inc(out.duplicates)
-        METRICS.ingest_batch_seconds.observe(time.monotonic() - started)
+        METRICS.ingest_errors.labels("rejected").inc(out.rejected)
+        for line in out.rejections:
+            logger.warning("%s", line)
         for line in out.lines:
             logger.info("%s", line)
         for ack in out.acks:
