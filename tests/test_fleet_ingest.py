@@ -16,6 +16,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, func, select
 
+from locker.fleet import ledger as receipt
 from locker.fleet.service import db
 from locker.fleet.service.alarms import Rules
 from locker.fleet.service.ingest import Ack, Ingest, Message
@@ -173,3 +174,90 @@ def test_a_floor_from_the_lockers_state_ends_a_wait_for_events_gone_for_good(
     assert ingest.store([evt("L1", 8), evt("L1", 9), evt("L1", 10)]).acks == [Ack("L1", "e1", 10)]
     # an older snapshot (lower floor) lowers nothing
     assert ingest.store([state("L1", 5, 4, rev=0)]).acks == []
+
+
+HUGE = 99999999999999999999999  # the break-test's value: past SQLite's signed 64-bit INTEGER
+
+
+def raw(topic: str, doc: dict[str, Any], *, retain: bool = False) -> Message:
+    return Message(f"{P}/{topic}", json.dumps(doc).encode(), retain=retain)
+
+
+def test_numbers_outside_the_contracts_range_are_rejected_before_the_database(
+    engine: Engine,
+) -> None:
+    ingest = Ingest(engine)
+    assert ingest.store([evt("LKR-1", 1), evt("LKR-1", 2)]).acks == [Ack("LKR-1", "e1", 2)]
+    poison_state = {
+        "v": 1,
+        "epoch": "e1",
+        "last_seq": HUGE,
+        "outbox_depth": HUGE,
+        "compartments": [],
+        "lockdown": False,
+        "keypad_locked": False,
+    }
+    bad = [
+        raw("LKR-1/state", poison_state, retain=True),  # the break-test's message
+        raw("LKR-1/state", {"v": 1, "epoch": "e1", "last_seq": 2**63, "outbox_depth": 0}),
+        raw("LKR-1/state", {"v": 1, "epoch": "e1", "last_seq": 5, "outbox_depth": -1}),
+        raw("LKR-1/state", {"v": 1, "epoch": "e1", "rev": HUGE, "last_seq": 2}),
+        raw("LKR-1/state", {"v": 1, "epoch": 7, "last_seq": 2, "outbox_depth": 0}),
+        evt("LKR-1", HUGE),  # the break-test's event
+        evt("LKR-1", 2**63),  # one past the range
+        evt("LKR-1", 3, ts="x" * 41),  # longer than the column holds on PostgreSQL
+        evt("LKR-1", 3, compartment="C" * 65),
+        raw("L" * 65 + "/evt/door_opened", {"v": 1, "epoch": "e1", "seq": 1, "type": "x"}),
+    ]
+    # one good message in the same batch is stored whatever its neighbours
+    out = ingest.store([*bad, evt("LKR-2", 1)])
+    assert (out.rejected, out.new_events) == (len(bad), 1)
+    assert out.acks == [Ack("LKR-2", "e1", 1)], "the poison moved no ack of LKR-1"
+    assert len(out.rejections) == len(bad)
+    assert "LKR-1: message on lockers/LKR-1/state rejected: last_seq" in out.rejections[0]
+    assert any("seq 99999999999999999999999 is not an integer" in r for r in out.rejections)
+    with engine.connect() as conn:
+        known = conn.execute(select(db.lockers.c.id)).scalars().all()
+        stream = conn.execute(select(db.streams.c.contiguous)).scalars().all()
+    assert known == [], "no poisoned state stored (events alone make no locker row)"
+    assert sorted(stream) == [1, 2]
+    # the edge of the range is the contract's: stored, and its floor acks what it says is gone
+    top = {"v": 1, "epoch": "e1", "rev": 2**63 - 1, "last_seq": 2**63 - 1, "outbox_depth": 0}
+    out = ingest.store([raw("LKR-3/state", top), evt("LKR-3", 2**63 - 1)])
+    assert (out.rejected, out.new_events) == (0, 1)
+    assert out.acks == [Ack("LKR-3", "e1", 2**63 - 1)]
+
+
+def test_a_parcel_learnt_from_events_has_the_kind_and_size_of_its_reservation(
+    engine: Engine,
+) -> None:
+    ingest = Ingest(engine)
+    # deposited first (a shared subscription keeps no order), then the reservation
+    ingest.store([evt("L1", 2, "parcel_deposited", parcel="P1", compartment="A3",
+                      data={"pickup_until": HUGE})])  # fmt: skip
+    reserved = {"kind": "return", "size": "M", "dropoff_until": 1_900_000_000}
+    ingest.store([evt("L1", 1, "parcel_reserved", parcel="P1", compartment="A3", data=reserved)])
+    bogus = {"kind": ["delivery"], "size": "XXL", "dropoff_until": HUGE}
+    ingest.store([evt("L1", 3, "parcel_reserved", parcel="P2", compartment="A4", data=bogus)])
+    with engine.connect() as conn:
+        rows = {r.parcel: r for r in conn.execute(select(db.parcels))}
+    p1, p2 = rows["P1"], rows["P2"]
+    assert (p1.kind, p1.size, p1.dropoff_until, p1.created_by) == (
+        "return",
+        "M",
+        1_900_000_000,
+        None,
+    )
+    assert (p1.state, p1.pickup_until) == ("deposited", None), "an out-of-range time is not kept"
+    assert (p2.kind, p2.size, p2.dropoff_until) == ("", "", None), "invalid data is not taken"
+
+
+def test_a_floor_at_the_top_of_the_range_is_counted_not_walked() -> None:
+    stream = receipt.Stream("L1", "e1")
+    stream.receive(1, {"seq": 1})
+    stream.receive(5, {"seq": 5})
+    # 2**63 - 1 seqs to skip: counted in O(held), not iterated (that loop never ended)
+    assert stream.raise_floor(2**63 - 1) == 2**63 - 1 - 1 - 1
+    assert stream.ack_due() == receipt.Ack("e1", 2**63 - 1)
+    assert receipt.state_floor({"last_seq": HUGE, "outbox_depth": 0}) is None
+    assert receipt.state_floor({"last_seq": 2**63 - 1, "outbox_depth": 1}) == 2**63 - 2

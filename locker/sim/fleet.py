@@ -25,7 +25,8 @@ from locker.sim.broker import Broker
 
 SERVICE_CN = "fleet"
 OPERATOR = "operator"
-TOKEN_KID = 2  # the simulated cabinet's own token key is kid 1
+TOKEN_KID = 2
+SERVICE_LOGGER = "locker.fleet.service"  # the simulated cabinet's own token key is kid 1
 
 
 def available() -> bool:
@@ -61,6 +62,7 @@ class SimFleet:
         finally:
             engine.dispose()
         self.service: Any = None
+        self._log: logging.FileHandler | None = None
 
     def trust(self) -> dict[str, Any]:
         """SimCabinet arguments that make the cabinet accept this fleet's signers."""
@@ -83,12 +85,14 @@ class SimFleet:
         from locker.fleet.service.app import FleetService  # noqa: PLC0415 - [fleet] extra
         from locker.fleet.service.config import ServiceConfig  # noqa: PLC0415
 
-        # the service's own log goes to a file: the terminal tells the story
-        log = logging.getLogger("locker.fleet.service")
-        if not log.handlers:
-            handler = logging.FileHandler(self.dir / "service.log")
-            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-            log.addHandler(handler)
+        # the service's own log goes to a file: the terminal tells the story. One handler per
+        # run, added once however often start is tried, removed by stop: each record is one
+        # line of this run's file, never one of another's
+        log = logging.getLogger(SERVICE_LOGGER)
+        if self._log is None:
+            self._log = logging.FileHandler(self.dir / "service.log")
+            self._log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            log.addHandler(self._log)
             log.setLevel(logging.INFO)
             log.propagate = False
         cfg = ServiceConfig.load(self.dir, http=self.listen)
@@ -115,3 +119,9 @@ class SimFleet:
     def stop(self) -> None:
         if self.service is not None:
             self.service.stop()
+        if self._log is not None:
+            log = logging.getLogger(SERVICE_LOGGER)
+            log.removeHandler(self._log)
+            log.propagate = not log.handlers
+            self._log.close()
+            self._log = None
