@@ -46,6 +46,44 @@ def test_postgres_schema_matches_and_ingest_is_idempotent(postgres: Postgres) ->
         engine.dispose()
 
 
+def test_the_contracts_largest_values_fit_postgres_and_larger_ones_never_reach_it(
+    postgres: Postgres,
+) -> None:
+    url = postgres.create_database("range_check")
+    db.upgrade(url)
+    engine = db.make_engine(url)
+    top = 2**63 - 1
+    try:
+        ingest = Ingest(engine)
+        state = {"v": 1, "epoch": "e", "rev": top, "last_seq": top, "outbox_depth": top}
+        longest = {"v": 1, "epoch": "e", "seq": top, "type": "t" * 64, "ts": "9" * 40}
+        longest |= {"compartment": "C" * 64, "parcel": "P" * 128}
+        out = ingest.store(
+            [
+                Message("lockers/L/state", json.dumps(state).encode(), retain=True),
+                Message("lockers/L/evt/t", json.dumps(longest).encode()),
+            ]
+        )
+        assert (out.rejected, out.new_events) == (0, 1)
+        too_big = [
+            state | {"outbox_depth": top + 1},
+            state | {"rev": 10**23},
+            {"v": 1, "epoch": "e", "seq": top + 1, "type": "t"},
+            longest | {"ts": "9" * 41},
+            longest | {"compartment": "C" * 65},
+        ]
+        msgs = [
+            Message(f"lockers/L/{'evt/t' if 'seq' in doc else 'state'}", json.dumps(doc).encode())
+            for doc in too_big
+        ]
+        assert ingest.store(msgs).rejected == len(too_big)
+        with engine.connect() as conn:
+            row = conn.execute(select(db.lockers)).one()
+        assert (row.state_rev, row.last_seq, row.outbox_depth) == (top, top, top)
+    finally:
+        engine.dispose()
+
+
 class LightLocker:
     """A locker reduced to the contract: publishes events, records the acks it gets."""
 

@@ -67,7 +67,7 @@ lockers = Table(
     Column("epoch", String(64), nullable=False, default=""),
     Column("state_rev", BigInteger),
     Column("last_seq", BigInteger),
-    Column("outbox_depth", Integer),
+    Column("outbox_depth", BigInteger),  # a counter of the contract (migration 0002)
     Column("lockdown", Boolean, nullable=False, default=False),
     Column("keypad_locked", Boolean, nullable=False, default=False),
     Column("compartments", JSON, nullable=False, default=list),
