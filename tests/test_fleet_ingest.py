@@ -17,9 +17,11 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Engine, func, select
 
 from locker.fleet import ledger as receipt
+from locker.fleet.client import Incoming
 from locker.fleet.service import db
 from locker.fleet.service.alarms import Rules
 from locker.fleet.service.ingest import Ack, Ingest, Message
+from locker.fleet.watch import FleetView
 
 P = "lockers"
 
@@ -261,3 +263,15 @@ def test_a_floor_at_the_top_of_the_range_is_counted_not_walked() -> None:
     assert stream.ack_due() == receipt.Ack("e1", 2**63 - 1)
     assert receipt.state_floor({"last_seq": HUGE, "outbox_depth": 0}) is None
     assert receipt.state_floor({"last_seq": 2**63 - 1, "outbox_depth": 1}) == 2**63 - 2
+
+
+def test_lockerctl_watch_takes_the_same_range_and_never_acks_past_it() -> None:
+    view = FleetView("lockers")
+    top = {"v": 1, "epoch": "e1", "rev": 1, "last_seq": 2**63 - 1, "outbox_depth": 0}
+    view.handle(Incoming("lockers/L1/state", json.dumps(top).encode(), True, 1))  # no walk
+    assert view.acks_due() == {"L1": receipt.Ack("e1", 2**63 - 1)}
+    view.mark_acked("L1", receipt.Ack("e1", 2**63 - 1))
+    past = {"v": 1, "epoch": "e1", "seq": 2**63, "type": "door_opened"}
+    lines = view.handle(Incoming("lockers/L1/evt/door_opened", json.dumps(past).encode(), False, 1))
+    assert lines == ["L1: malformed message on lockers/L1/evt/door_opened (not acknowledged)"]
+    assert view.acks_due() == {}, "no ack above 2**63-1"

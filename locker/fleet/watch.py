@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from locker.contract import numbers
 from locker.contract.actions import Action
 from locker.fleet.client import CommandSigner, FleetClient, FleetError, Incoming, Reply
 from locker.fleet.ledger import LEGACY_EPOCH, Ack, Stream, epoch_of, state_floor
@@ -59,7 +60,7 @@ class EventLog:
                     stream = streams.get(epoch)
                     if stream is None:
                         stream = streams[epoch] = Stream(path.stem, epoch)
-                    if type(row.get("baseline")) is int:
+                    if numbers.count(row.get("baseline")) is not None:
                         stream.raise_floor(row["baseline"])
                     elif _valid_seq(row.get("seq")):
                         stream.receive(row["seq"], row)
@@ -337,7 +338,8 @@ class FleetView:
 
 
 def _valid_seq(value: object) -> bool:
-    return type(value) is int and value >= 1
+    """A seq of the contract: 1 to 2**63-1 (an ack above it could never match a locker's)."""
+    return numbers.count(value, minimum=1) is not None
 
 
 def _span(first: int, last: int) -> str:
