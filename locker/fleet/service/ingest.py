@@ -19,7 +19,11 @@ be sent again, so waiting for it would stop the stream for good; seqs skipped th
 reported as ``floor_raised``); an ack never passes a gap; a first contact that begins past its
 floor acknowledges nothing until the backlog has come in, and asks for it with ``resync``.
 Retained events are dropped (DESIGN 5: events are never retained; Mosquitto 2.0.11 hands
-retained messages to every member of a share).
+retained messages to every member of a share). Every message is checked against the contract
+before the transaction: a counter (``seq``, ``last_seq``, ``outbox_depth``, ``rev``) outside
+0..2**63-1 (``locker.contract.numbers``: the database's signed 64-bit integer) or a text
+longer than its column rejects that message alone (``Outcome.rejections``, one line each, with
+the locker and topic), so no value from a locker can make the database driver raise.
 An event or state without ``epoch`` (lockers from before epochs) belongs to the legacy epoch
 ``""``. The epoch, floor and ack shapes come from :mod:`locker.fleet.ledger`, the receipt
 rule ``lockerctl watch`` follows too, so the two cannot drift.

@@ -10,7 +10,11 @@ the stream. paho's thread only enqueues; this worker's thread takes batches (up 
 database justifies. A locker first seen past seq 1 is sent a ``resync`` (signed with the
 fleet's own command key) on a side thread, so a slow locker never stalls ingest.
 
-If the database fails, nothing is acked: the lockers resend after their ack time-out.
+If the database fails, nothing is acked: the lockers resend after their ack time-out. A
+batch that fails for any other reason is stored again message by message, so one message the
+store cannot take (a bug, a value nobody foresaw) is dropped alone, logged with its locker and
+topic and counted (``fleet_ingest_errors_total{reason="dropped"}``), and the thread outlives
+any fault of its own loop (``reason="worker"``); ``alive`` says whether it runs (``/healthz``).
 """
 
 from __future__ import annotations
