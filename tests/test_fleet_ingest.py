@@ -209,6 +209,9 @@ def test_numbers_outside_the_contracts_range_are_rejected_before_the_database(
         evt("LKR-1", 2**63),  # one past the range
         evt("LKR-1", 3, ts="x" * 41),  # longer than the column holds on PostgreSQL
         evt("LKR-1", 3, compartment="C" * 65),
+        evt("LKR-1", 3, parcel="P\x00"),  # PostgreSQL's text refuses NUL
+        evt("LKR-1", 3, "door\nopened"),
+        raw("L\x00/evt/door_opened", {"v": 1, "epoch": "e1", "seq": 1, "type": "x"}),
         raw("L" * 65 + "/evt/door_opened", {"v": 1, "epoch": "e1", "seq": 1, "type": "x"}),
     ]
     # one good message in the same batch is stored whatever its neighbours

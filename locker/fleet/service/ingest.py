@@ -106,16 +106,20 @@ def _event_problem(doc: Any) -> str | None:
         return "not a JSON object"
     if numbers.count(doc.get("seq"), minimum=1) is None:
         return f"seq {_shown(doc.get('seq'))} is not an integer in [1, 2**63-1]"
-    if not (isinstance(doc.get("type"), str) and 0 < len(doc["type"]) <= 64):
-        return "type is not a string of 1-64 characters"
+    if not _text(doc.get("type"), 64) or not doc["type"]:
+        return "type is not a printable string of 1-64 characters"
     if receipt.epoch_of(doc) is None:
         return "epoch is not a string of 1-64 characters"
     for key, longest in _EVENT_TEXT.items():
-        if doc.get(key) is not None and not (
-            isinstance(doc[key], str) and len(doc[key]) <= longest
-        ):
-            return f"{key} is not a string of at most {longest} characters"
+        if doc.get(key) is not None and not _text(doc[key], longest):
+            return f"{key} is not a printable string of at most {longest} characters"
     return None
+
+
+def _text(value: Any, longest: int) -> bool:
+    """A string a column holds: at most ``longest`` characters, printable (PostgreSQL's text
+    refuses NUL; a control character has no business in an id or a timestamp)."""
+    return isinstance(value, str) and len(value) <= longest and value.isprintable()
 
 
 def _state_problem(doc: Any) -> str | None:
@@ -173,7 +177,7 @@ class Ingest:
         head = self.prefix + "/"
         for msg in batch:
             levels = msg.topic[len(head) :].split("/") if msg.topic.startswith(head) else []
-            if len(levels) < 2 or not levels[0] or len(levels[0]) > MAX_LOCKER_ID:
+            if len(levels) < 2 or not levels[0] or not _text(levels[0], MAX_LOCKER_ID):
                 _reject(out, "?", msg.topic, "not a locker topic of this fleet")
                 continue
             locker, channel = levels[0], levels[1]
@@ -254,12 +258,13 @@ class Ingest:
             return
         online = bool(doc.get("online"))
         values: dict[str, Any] = {"online": online, "last_seen": now}
-        if isinstance(doc.get("boot_id"), str):
-            values["boot_id"] = doc["boot_id"][:64]
+        if _text(doc.get("boot_id"), MAX_EVENT_BYTES):
+            values["boot_id"] = doc["boot_id"][:64]  # the column's length
         if online:
+            version = doc.get("version")
             values |= {
                 "offline_since": None,
-                "version": str(doc.get("version"))[:64] if doc.get("version") else None,
+                "version": version[:64] if _text(version, MAX_EVENT_BYTES) and version else None,
                 "clock_synced": bool(doc.get("clock_synced")),
             }
             alarm_rules.resolve(conn, locker, "locker_offline", None, now)
