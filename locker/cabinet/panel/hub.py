@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 from locker.cabinet.domain.draft import Transition
 from locker.cabinet.panel.view import Message, PanelView, project
-from locker.ports import KeyPressed
+from locker.ports import HardwareFault, HardwareRecovered, KeyPressed
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +110,12 @@ class PanelHub:
             return False
         self._submit(KeyPressed(key))
         return True
+
+    def report(self, event: HardwareFault | HardwareRecovered) -> None:
+        """A surface's own fault or recovery (the web panel cannot listen), handed to the
+        controller like a device's, so it is recorded and raised as a ``hardware_fault``."""
+        if self._submit is not None:
+            self._submit(event)
 
     def _swap(self, view: PanelView, language: str, chosen_at: float) -> None:
         # the caller holds _write

@@ -36,6 +36,22 @@ MESSAGES: dict[str, tuple[str, str]] = {
         N_("Type your code and press #, or show your QR code to the scanner."),
         N_("Type code and #, or show QR code"),
     ),
+    # idle while an input is out of order: only what still works
+    "idle.no_scanner": (
+        N_("The scanner is out of order. Please type your code and press #."),
+        N_("Scanner broken. Type code, #"),
+    ),
+    "idle.no_keypad": (
+        N_("The keypad is out of order. Please show your QR code to the scanner."),
+        N_("Keypad broken. Show QR code"),
+    ),
+    "idle.out_of_order": (
+        N_(
+            "This locker is out of order: the keypad and the scanner do not work. "
+            "Please try again later or contact customer service."
+        ),
+        N_("Out of order. Try again later"),
+    ),
     "entry": (N_("Code: {mask}"), N_("Code: {mask}")),
     "granted": (N_("Door {door} is open."), N_("Door {door} is open")),
     "close_door": (N_("Please close door {door}."), N_("Please close door {door}")),
@@ -46,6 +62,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "locked_out": (
         N_("The keypad is locked after too many wrong codes. QR codes still work."),
         N_("Keypad locked. Use QR code"),
+    ),
+    "locked_out.no_scanner": (
+        N_("The keypad is locked after too many wrong codes. Please try again later."),
+        N_("Keypad locked. Try later"),
     ),
     "jam_moved": (
         N_("Door {other} did not open. Your parcel goes in door {door}: type your code again."),
@@ -106,6 +126,33 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "denied.other": (
         N_("This code cannot be used here."),
         N_("Code refused"),
+    ),
+    # refusals of a scan (view.QR_REASONS): about the QR code shown, never "type"
+    "denied.qr.unknown_code": (
+        N_("This QR code is not recognised. Please check it and try again."),
+        N_("QR code not recognised"),
+    ),
+    "denied.qr.expired": (
+        N_("This QR code has expired. Please contact the sender."),
+        N_("QR code expired"),
+    ),
+    "denied.qr.not_yet_valid": (
+        N_("This QR code is not valid yet. Please try again later."),
+        N_("QR code not valid yet"),
+    ),
+    "denied.qr.wrong_locker": (
+        N_("This QR code is for another locker."),
+        N_("QR code for another locker"),
+    ),
+    "denied.qr.bad_signature": (N_("This QR code is not valid."), N_("Invalid QR code")),
+    "denied.qr.malformed": (N_("This QR code is not valid."), N_("Invalid QR code")),
+    "denied.qr.throttled": (
+        N_("Too many scans. Please wait a moment, then show your QR code again."),
+        N_("Too many scans. Wait a moment"),
+    ),
+    "denied.qr.other": (
+        N_("This QR code cannot be used here."),
+        N_("QR code refused"),
     ),
 }
 

@@ -10,6 +10,11 @@ transition: ``message(now)`` is the latest outcome (a door granted, a refusal) w
 else the standing condition of the highest priority (keypad locked, lockdown, back-off, a typed
 entry, a door left open), else the idle instructions. Times are the controller's domain clock
 (Unix seconds).
+
+Every text fits where the person is: a refusal of a scan is worded for a QR code (never "type
+the code"), one of the keypad for a typed code; and while the keypad or the scanner is out of
+order (a ``hardware_fault`` on ``keypad`` / ``scanner`` until its ``hardware_recovered``), the
+idle instructions and the keypad lock-out say only what still works.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from collections.abc import Mapping
 
 from locker.cabinet.domain.draft import LanguageAction, Transition
 from locker.cabinet.domain.earliest import earliest
-from locker.cabinet.domain.model import Compartment, LockerState, Out
+from locker.cabinet.domain.model import Burst, Compartment, LockerState, Out
 from locker.ports import DoorState
 
 # The ``data-state`` values of the test contract (DESIGN section 12).
@@ -56,6 +61,20 @@ _PERSON_EVENTS = frozenset(
 )
 # A refusal reason shown as its own state rather than "denied".
 _STATE_OF_REASON = {"throttled": "throttled", "locked_out": "locked_out", "lockdown": "lockdown"}
+# Refusals of a scan with words of their own (``denied.qr.<reason>``): those whose keypad text
+# speaks of a typed code. The rest (lockdown, a door out of service...) read the same for both.
+QR_REASONS = frozenset(
+    {"unknown_code", "expired", "not_yet_valid", "wrong_locker", "bad_signature", "malformed"}
+)
+# The input devices a person uses (``InputSource`` values): their faults change what to say.
+INPUTS = ("keypad", "scanner")
+# Idle instructions by the inputs out of order.
+_IDLE_BY_FAULT = {
+    frozenset(): "idle",
+    frozenset({"scanner"}): "idle.no_scanner",
+    frozenset({"keypad"}): "idle.no_keypad",
+    frozenset(INPUTS): "idle.out_of_order",
+}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -71,6 +90,7 @@ class Message:
     reason: str | None = None
     deadline: float | None = None
     other: str | None = None
+    source: str | None = None
 
 
 IDLE = Message("idle", "idle")
@@ -95,7 +115,9 @@ class PanelView:
     doors a ``door_left_open`` reminder named that are still open. ``active_doors``: doors
     unlocked or open (their locator LEDs blink). ``language_choice``: the keypad's language
     pick in this transition (1-9), if any. ``person_at``: the last sign of a person at the
-    cabinet (Unix s). ``rev``: counts projections."""
+    cabinet (Unix s). ``out_of_order``: the inputs (``INPUTS``) with a fault not yet recovered.
+    ``refusals``: the state's refusal bursts as last seen (a repeat within a burst is counted
+    there, not reported as an event, and must still be shown). ``rev``: counts projections."""
 
     outcome: Layer | None = None
     standing: tuple[Layer, ...] = ()
@@ -104,15 +126,24 @@ class PanelView:
     active_doors: tuple[str, ...] = ()
     language_choice: int | None = None
     person_at: float = 0.0  # when someone last used the cabinet (keys, grants, refusals, doors)
+    out_of_order: frozenset[str] = frozenset()
+    refusals: Mapping[tuple[str, str], Burst] = dataclasses.field(default_factory=dict)
     rev: int = 0
 
     def message(self, now: float) -> Message:
         if self.outcome is not None and self.outcome.live(now):
-            return self.outcome.message
+            return self._fitted(self.outcome.message)
         for layer in self.standing:
             if layer.live(now):
-                return layer.message
-        return IDLE
+                return self._fitted(layer.message)
+        key = _IDLE_BY_FAULT[self.out_of_order & frozenset(INPUTS)]
+        return IDLE if key == "idle" else Message("idle", key)
+
+    def _fitted(self, msg: Message) -> Message:
+        """``msg`` reworded when it points to an input that is out of order."""
+        if msg.key in ("locked_out", "denied.locked_out") and "scanner" in self.out_of_order:
+            return dataclasses.replace(msg, key="locked_out.no_scanner")
+        return msg
 
     def next_change(self, now: float) -> float | None:
         """When ``message`` may change without a new transition (a layer lapsing), if ever."""
@@ -130,8 +161,17 @@ def project(prev: PanelView, tr: Transition, now: float) -> PanelView:
         outcome = None  # typing again: the last outcome is old news
     left_open = [c for c in prev.left_open if _is_open(state, c)]
     moved = {e.data.get("moved_from"): e for e in tr.events if e.type == "parcel_reserved"}
+    out_of_order = set(prev.out_of_order)
+    repeated = _repeated_refusals(prev.refusals, state.refusals)
+    for source, reason in repeated:
+        outcome = _refusal(reason, state, now, source=source)
     for ev in tr.events:
         outcome = _outcome(outcome, ev, state, moved, now)
+        device = ev.data.get("device")
+        if device in INPUTS and ev.type == "hardware_fault":
+            out_of_order.add(device)
+        elif device in INPUTS and ev.type == "hardware_recovered":
+            out_of_order.discard(device)
         if ev.type == "door_left_open" and ev.compartment and ev.compartment not in left_open:
             left_open.append(ev.compartment)
             if outcome is not None and outcome.message.compartment == ev.compartment:
@@ -140,6 +180,7 @@ def project(prev: PanelView, tr: Transition, now: float) -> PanelView:
     busy = (
         choice is not None
         or entry != prev.entry
+        or bool(repeated)
         or any(ev.type in _PERSON_EVENTS for ev in tr.events)
     )
     return PanelView(
@@ -150,6 +191,8 @@ def project(prev: PanelView, tr: Transition, now: float) -> PanelView:
         active_doors=_active_doors(state.compartments),
         language_choice=choice,
         person_at=now if busy else prev.person_at,
+        out_of_order=frozenset(out_of_order),
+        refusals=state.refusals,
         rev=prev.rev + 1,
     )
 
@@ -179,8 +222,11 @@ def _outcome(
     if ev.type == "access_granted":
         return Layer(Message("granted", "granted", ev.compartment), now + GRANTED_HOLD_S)
     if ev.type == "access_denied":
+        if ev.data.get("aggregated"):
+            return current  # the count of a burst that ended: each was shown when it came
         reason = str(ev.data.get("reason", ""))
-        return _refusal(reason, state, now, ev.compartment)
+        source = ev.data.get("source")
+        return _refusal(reason, state, now, ev.compartment, str(source) if source else None)
     if ev.type == "keypad_throttled":
         return _refusal("throttled", state, now)
     if ev.type == "keypad_locked_out":
@@ -209,17 +255,48 @@ def _outcome(
 
 
 def _refusal(
-    reason: str, state: LockerState, now: float, compartment: str | None = None
+    reason: str,
+    state: LockerState,
+    now: float,
+    compartment: str | None = None,
+    source: str | None = None,
 ) -> Layer | None:
+    if source == "scanner" and reason == "throttled":
+        # too many scans (the scanner's own gate): no keypad back-off to count down
+        msg = Message("throttled", "denied.qr.throttled", reason=reason, source=source)
+        return Layer(msg, now + DENIED_HOLD_S)
     if reason == "throttled":
         until = state.throttle.blocked_until
-        msg = Message("throttled", "throttled", reason=reason, deadline=until)
+        msg = Message("throttled", "throttled", reason=reason, deadline=until, source=source)
         return Layer(msg, until) if until > now else None
     if reason == "locked_out":
-        return Layer(Message("locked_out", "locked_out", reason=reason), now + DENIED_HOLD_S)
-    key = f"denied.{reason}" if reason in REASONS else "denied.other"
-    msg = Message(_STATE_OF_REASON.get(reason, "denied"), key, compartment, reason or None)
+        msg = Message("locked_out", "locked_out", reason=reason, source=source)
+        return Layer(msg, now + DENIED_HOLD_S)
+    if source == "scanner":
+        key = f"denied.qr.{reason}" if reason in QR_REASONS else f"denied.{reason}"
+        if reason not in REASONS:
+            key = "denied.qr.other"
+    else:
+        key = f"denied.{reason}" if reason in REASONS else "denied.other"
+    state_name = _STATE_OF_REASON.get(reason, "denied")
+    msg = Message(state_name, key, compartment, reason or None, source=source)
     return Layer(msg, now + DENIED_HOLD_S)
+
+
+def _repeated_refusals(
+    before: Mapping[tuple[str, str], Burst], after: Mapping[tuple[str, str], Burst]
+) -> list[tuple[str, str]]:
+    """The (source, reason) refusals counted into a running burst by this transition: they
+    made no ``access_denied`` event (``locker.cabinet.domain.refusals``), yet the person who
+    scanned the same bad code again must be told again."""
+    if after is before:
+        return []
+    out = []
+    for key, burst in after.items():
+        old = before.get(key)
+        if old is not None and old.until == burst.until and burst.count > old.count:
+            out.append(key)
+    return out
 
 
 def _standing(state: LockerState, left_open: tuple[str, ...], now: float) -> tuple[Layer, ...]:
