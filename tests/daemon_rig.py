@@ -263,8 +263,9 @@ class DaemonRig:
 
     # --- life cycle --------------------------------------------------------------------------
 
-    def start(self, timeout: float = 15.0) -> None:
-        """Build and start the daemon on its thread; return once every input port is open."""
+    def start(self, timeout: float = 15.0, *, wait_inputs: bool = True) -> None:
+        """Build and start the daemon on its thread; return once every input port is open
+        (``wait_inputs=False``: once it is ready, which an unplugged input does not hold up)."""
         assert self._thread is None, "already running"
         self._stop.clear()
         self._ready.clear()
@@ -275,7 +276,8 @@ class DaemonRig:
         if self._error is not None:
             raise RuntimeError("the daemon failed to start") from self._error
         self.starts += 1
-        wait_for(self.inputs_connected, timeout, what="keypad and scanner ports open")
+        if wait_inputs:
+            wait_for(self.inputs_connected, timeout, what="keypad and scanner ports open")
 
     def stop(self, timeout: float = 15.0) -> None:
         """What SIGTERM does in ``lockerd``: the loop ends, ``stopping`` is committed, locks

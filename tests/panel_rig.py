@@ -9,7 +9,7 @@ Screenshots go to ``tests/artifacts/panel/`` (git-ignored).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +52,15 @@ class PanelCabinet:
         factory: MockFactory,
         *,
         panel: Mapping[str, Any] | None = None,
+        unplugged: Sequence[str] = (),
         **rig_args: Any,
     ) -> None:
+        """``unplugged``: inputs (``keypad``, ``scanner``) whose port is missing at start."""
         tables = {"panel": {"listen": "127.0.0.1:0", "touch_keypad": True, **(panel or {})}}
         self.rig = DaemonRig(workdir, factory, tables=tables, **rig_args)
-        self.rig.start()
+        for name in unplugged:
+            getattr(self.rig, name).unplug()
+        self.rig.start(wait_inputs=not unplugged)
 
     @property
     def server(self) -> PanelServer:

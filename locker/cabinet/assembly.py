@@ -26,6 +26,9 @@ from locker.cabinet.timesync import clock_synced
 from locker.contract.actions import Command
 from locker.ports import (
     CommandMessage,
+    HardwareEvent,
+    HardwareFault,
+    HardwareRecovered,
     Indicator,
     InputDevice,
     LockBank,
@@ -74,12 +77,28 @@ class Locker:
     hub: PanelHub | None = None
     surfaces: list[Surface] = field(default_factory=list)  # front panel: page, LCD, voice, LEDs
 
+    # inputs out of order now: device name -> the detail of its hardware_fault
+    input_faults: dict[str, str] = field(default_factory=dict)
+
     def start(self) -> None:
+        """Start the controller, then each input, then the surfaces. Each input's ``start``
+        returns once its port is open or its failure has been reported (a ``HardwareFault``,
+        also kept in ``input_faults`` until its ``HardwareRecovered``): that is what READY
+        means for the inputs (``lockerd``), so a cabinet with one broken reader still serves
+        with the other, and says which one is out of order."""
         self.controller.start()
         for device in self.inputs:
-            device.start(self.controller.submit)
+            device.start(self._input_sink)
         for surface in self.surfaces:
             surface.start()  # logs and carries on if it cannot: the locker works without them
+
+    def _input_sink(self, event: HardwareEvent) -> None:
+        # runs on the device's reader thread; a dict item store or pop is atomic
+        if isinstance(event, HardwareFault):
+            self.input_faults[event.device] = event.detail
+        elif isinstance(event, HardwareRecovered):
+            self.input_faults.pop(event.device, None)
+        self.controller.submit(event)
 
     def close(self) -> None:
         self.close_surfaces()

@@ -196,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problems := environment_problems(cfg):
         print("\n".join(f"{args.config}: {p}" for p in problems), file=sys.stderr)
         return EXIT_CONFIG
+    for warning in cfg.warnings():  # the same lines as --check-config, in the journal
+        logger.warning("%s: %s", args.config, warning)
     return run(cfg, simulate_doors=doors, store_wait_s=args.store_wait)
 
 
@@ -291,9 +293,23 @@ def run(
         logger.exception("hardware or link failed to start")
         locker.close()
         return EXIT_FAULT
+    # READY: config, database, hardware and link settings are up, and every keypad and
+    # scanner either has its port open or has reported its fault (a hardware_fault event):
+    # a cabinet with one broken reader still serves with the other, and says so.
     sdnotify.ready()
-    sdnotify.status(f"serving {len(locker.controller.state.compartments)} compartments")
-    logger.info("lockerd %s ready: %s", __version__, locker.config.summary())
+    serving = f"serving {len(locker.controller.state.compartments)} compartments"
+    if faults := dict(locker.input_faults):
+        names = ", ".join(sorted(faults))
+        sdnotify.status(f"{serving}; out of order: {names}")
+        logger.warning(
+            "lockerd %s ready with input(s) out of order (%s): %s",
+            __version__,
+            names,
+            locker.config.summary(),
+        )
+    else:
+        sdnotify.status(serving)
+        logger.info("lockerd %s ready: %s", __version__, locker.config.summary())
     try:
         locker.controller.run(stop, watchdog_every=min(1.0, interval or 1.0))
     finally:

@@ -45,7 +45,9 @@ def notify(state: str) -> bool:
 
 
 def ready() -> bool:
-    """Tell systemd start-up is complete (only once config, database and hardware are up)."""
+    """Tell systemd start-up is complete. ``lockerd`` sends it once the config, database,
+    lock banks and link settings are up and every keypad and scanner has either opened its
+    port or reported its fault as a ``hardware_fault`` (``Locker.start``)."""
     return notify("READY=1")
 
 

@@ -132,6 +132,22 @@ class Panel(_Table):
         host, _, port = self.listen.rpartition(":")
         return host.strip("[]"), int(port)
 
+    def warnings(self) -> list[str]:
+        """Legal but risky settings, one line each (``lockerd --check-config`` prints them,
+        ``lockerd`` logs them at start)."""
+        where = self.host_port
+        if where is None or not self.touch_keypad:
+            return []
+        host = where[0]
+        if ipaddress.ip_address(host).is_loopback:
+            return []
+        return [
+            f"panel.listen = {self.listen!r} is not a loopback address and "
+            "panel.touch_keypad = true: anyone who can reach this address can type codes on "
+            "the on-screen keypad (no login; the keypad throttle still applies). Use "
+            "listen = '127.0.0.1:8088' for the cabinet's own screen, or touch_keypad = false"
+        ]
+
     def quiet_window(self) -> tuple[datetime.time, datetime.time] | None:
         if self.quiet_hours is None:
             return None

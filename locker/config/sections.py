@@ -334,6 +334,8 @@ class Config(_Section):
                 "no [keypad] and no [scanner]: nobody at the cabinet can open a compartment; "
                 "only signed remote commands can"
             )
+        if self.panel is not None:
+            found.extend(self.panel.warnings())
         return found
 
     def uses_gpio(self) -> bool:

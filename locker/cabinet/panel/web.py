@@ -361,6 +361,7 @@ class PanelServer(Surface):
         self._first_attempt = threading.Event()  # bound, or the failure reported
         self._thread: threading.Thread | None = None
         self.restarts = 0
+        self.bind_failures = 0  # attempts to listen that failed (tests, diagnostics)
 
     @property
     def port(self) -> int:
@@ -398,6 +399,7 @@ class PanelServer(Surface):
                 # a back-off up to RESTART_MAX_S and reminded of every REMIND_S: a port that
                 # another program holds does not fill the journal (nor stop the locker).
                 now = time.monotonic()
+                self.bind_failures += 1
                 where = f"{self.host}:{self._requested_port}"
                 if faulted_at is None:
                     faulted_at = now
