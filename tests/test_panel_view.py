@@ -23,6 +23,7 @@ from locker.cabinet.panel.hub import PanelHub
 from locker.cabinet.panel.lcd import ascii_text, lcd_lines
 from locker.cabinet.panel.view import (
     DENIED_HOLD_S,
+    IDLE,
     REASONS,
     STATES,
     Layer,
@@ -31,7 +32,7 @@ from locker.cabinet.panel.view import (
     project,
 )
 from locker.cabinet.panel.web import payload
-from locker.ports import DoorState, KeyPressed
+from locker.ports import DoorState, KeyPressed, LineScanned
 from tests.domain import T0, Sim
 
 LANGS = ("en", "de", "pl")
@@ -167,6 +168,87 @@ def test_a_picked_language_goes_back_to_the_default_when_nobody_is_there() -> No
     assert payload(hub.latest, T0 + 111)["lang"] == "en"
     hub.observe(Transition(st), T0 + 200)  # a tick long after: the default for good
     assert hub.latest.language == "en"
+
+
+def _scanned(reason: str) -> Out:
+    return Out("access_denied", data={"reason": reason, "source": "scanner"})
+
+
+@pytest.mark.parametrize("lang", LANGS)
+def test_every_refusal_is_worded_for_its_source(lang: str) -> None:
+    """A refused scan never says "type the code" (the break-test: ``hello\\r`` on the
+    scanner showed "Please type the whole code, then press #."); a refused typed code never
+    speaks of a QR code (but for the lock-out, which says QR codes still work)."""
+    state = dataclasses.replace(fresh_state({"A1": "S"}), throttle=Throttle(5, (), T0 + 30))
+    for reason in REASONS:
+        for source, make in (("scanner", _scanned), ("keypad", _denied)):
+            msg = _view(make(reason), state=state).message(T0)
+            assert msg.key in texts.MESSAGES, (source, reason, msg.key)
+            assert msg.reason == reason
+            english = texts.render(msg, "en", T0).lower()
+            if source == "scanner" and reason != "locked_out":  # QR codes pass a lock-out
+                assert not {"type", "press", "#", "keypad"} & set(english.split()), english
+                assert "#" not in english
+            elif reason not in ("bad_signature", "locked_out"):
+                assert "qr" not in english, (reason, english)
+            text = texts.render(msg, lang, T0)
+            assert text and (lang == "en" or text != texts.render(msg, "en", T0)), (reason, lang)
+    assert _view(_scanned("malformed")).message(T0).key == "denied.qr.malformed"
+    assert texts.render(_view(_scanned("malformed")).message(T0), "en", T0) == (
+        "This QR code is not valid."
+    )
+
+
+def _fault(device: str, recovered: bool = False) -> Out:
+    kind = "hardware_recovered" if recovered else "hardware_fault"
+    return Out(kind, data={"device": device, "detail": "cannot open: gone"})
+
+
+def test_inputs_out_of_order_change_the_instructions() -> None:
+    v = _view(_fault("scanner"))
+    assert v.message(T0) == Message("idle", "idle.no_scanner")
+    v = _view(_fault("keypad"), prev=v)
+    assert v.message(T0) == Message("idle", "idle.out_of_order")
+    assert v.out_of_order == {"keypad", "scanner"}
+    v = _view(_fault("scanner", recovered=True), prev=v)
+    assert v.message(T0) == Message("idle", "idle.no_keypad")
+    v = _view(_fault("door:A1"), prev=v)  # not an input: no change
+    assert v.message(T0).key == "idle.no_keypad"
+    v = _view(_fault("keypad", recovered=True), prev=v)
+    assert v.message(T0).key == "idle"
+    # "QR codes still work" is not said while the scanner is out of order
+    locked = dataclasses.replace(fresh_state({"A1": "S"}), throttle=Throttle(9, (), 0, True))
+    v = _view(_fault("scanner"), state=locked)
+    assert v.message(T0).key == "locked_out.no_scanner"
+    # with the on-screen keypad, codes can still be typed on the page
+    hub = PanelHub(["en"], "en")
+    hub.observe(Transition(fresh_state({"A1": "S"}), (_fault("keypad"),)), T0)
+    assert payload(hub.latest, T0)["text"] == texts.render(
+        Message("idle", "idle.no_keypad"), "en", T0
+    )
+    assert payload(hub.latest, T0, touch_keypad=True)["text"] == texts.render(IDLE, "en", T0)
+    assert payload(hub.latest, T0)["out_of_order"] == "keypad"
+
+
+def test_a_bad_scan_repeated_within_a_burst_is_shown_again() -> None:
+    """The second of two bad scans makes no event (it is counted into the burst), yet the
+    person who scanned again is told again; the burst's count, reported later, is not shown."""
+    sim = Sim()
+    hub = PanelHub(["en"], "en")
+    tr = sim.feed(LineScanned("hello"))
+    hub.observe(tr, sim.now)
+    assert hub.latest.message(sim.now).key == "denied.qr.malformed"
+    sim.advance(DENIED_HOLD_S + 1)
+    assert hub.latest.message(sim.now).key == "idle"
+    before = len([e for e in sim.events if e.type == "access_denied"])
+    tr = sim.feed(LineScanned("hello"))
+    assert len([e for e in sim.events if e.type == "access_denied"]) == before  # counted only
+    hub.observe(tr, sim.now)
+    assert hub.latest.message(sim.now).key == "denied.qr.malformed"
+    tr = sim.advance(120)  # the burst ends: one aggregated access_denied with its count
+    assert any(e.data.get("aggregated") for e in tr.events)
+    hub.observe(tr, sim.now)
+    assert hub.latest.message(sim.now).key == "idle"
 
 
 # --- texts and catalogs ------------------------------------------------------------------------
