@@ -196,7 +196,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problems := environment_problems(cfg):
         print("\n".join(f"{args.config}: {p}" for p in problems), file=sys.stderr)
         return EXIT_CONFIG
-    for warning in cfg.warnings():  # the same lines as --check-config, in the journal
+    # A keypad without login on the network is worth a line in the journal at every start,
+    # not only at --check-config (which prints every warning).
+    for warning in cfg.panel.warnings() if cfg.panel else []:
         logger.warning("%s: %s", args.config, warning)
     return run(cfg, simulate_doors=doors, store_wait_s=args.store_wait)
 
