@@ -82,6 +82,12 @@ class PanelCabinet:
     def close(self) -> None:
         self.rig.close()
 
+    def __enter__(self) -> PanelCabinet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def expect_message(
     page: Page,

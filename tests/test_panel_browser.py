@@ -33,11 +33,8 @@ def chromium() -> Iterator[Browser]:
 
 @pytest.fixture
 def cabinet(tmp_path: Path, mock_factory: MockFactory) -> Iterator[PanelCabinet]:
-    cab = PanelCabinet(tmp_path, mock_factory, security={"failures_before_backoff": 3})
-    try:
+    with PanelCabinet(tmp_path, mock_factory, security={"failures_before_backoff": 3}) as cab:
         yield cab
-    finally:
-        cab.close()
 
 
 def test_dropoff_code_shows_the_granted_door_within_a_second(

@@ -33,11 +33,8 @@ UNLOCK_BOUND_S = 0.5  # a normal unlock here takes a few milliseconds
 
 @pytest.fixture
 def cabinet(tmp_path: Path, mock_factory: MockFactory) -> Iterator[PanelCabinet]:
-    cab = PanelCabinet(tmp_path, mock_factory)
-    try:
+    with PanelCabinet(tmp_path, mock_factory) as cab:
         yield cab
-    finally:
-        cab.close()
 
 
 def _round_of_unlocks(cab: PanelCabinet, tag: str) -> list[float]:

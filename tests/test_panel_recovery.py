@@ -39,11 +39,8 @@ def chromium() -> Iterator[Browser]:
 
 @pytest.fixture
 def cabinet(tmp_path: Path, mock_factory: MockFactory) -> Iterator[PanelCabinet]:
-    cab = PanelCabinet(tmp_path, mock_factory)
-    try:
+    with PanelCabinet(tmp_path, mock_factory) as cab:
         yield cab
-    finally:
-        cab.close()
 
 
 def _stream(server: PanelServer) -> socket.socket:
