@@ -284,7 +284,9 @@ def test_large_integers_and_wrong_json_types_are_422_naming_the_parameter(
     session, csrf = console_login(f"http://127.0.0.1:{service.port}", "olga", operator.password)
     try:
         r = session.post(f"/alarms/{HUGE}/ack", data={"csrf": csrf, "note": "x"})
-        assert invalid(r, "alarm_id"), r.text
+        # the console answers a browser with its own page: a malformed id is no such page,
+        # as /alarms/abc/ack is (console_errors), never the 500 it was
+        assert r.status_code == 404 and "Page not found" in r.text, r.text
     finally:
         session.close()
 
