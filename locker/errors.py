@@ -14,6 +14,8 @@ to an exit status (``lockerd``: ``locker.cabinet.daemon``; ``lockerctl``: ``lock
      +-- HardwareError     (OSError)          a device cannot be opened or does not answer
      +-- LinkError         (ConnectionError)  the MQTT broker cannot be reached or refused us
      |    +-- LinkTimeoutError (TimeoutError) no answer in time over the link
+     +-- UnavailableError  (ConnectionError)  a service we need cannot be used (database server,
+     |                                        HTTP listening address)
      +-- ContractError     (ValueError)       a message that breaks the contract (DESIGN 5-7)
      +-- ProvisionError                       a provisioning request that cannot be honoured
 
@@ -55,6 +57,11 @@ class LinkError(LockerError, ConnectionError):
 
 class LinkTimeoutError(LinkError, TimeoutError):
     """No answer in time over the link (no CONNACK, PUBACK or reply)."""
+
+
+class UnavailableError(LockerError, ConnectionError):
+    """A service this program needs cannot be used: a database server that cannot be reached,
+    an address to listen on that is in use or unknown (EX_UNAVAILABLE)."""
 
 
 class ContractError(LockerError, ValueError):

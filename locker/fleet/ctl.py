@@ -20,9 +20,16 @@ from typing import TextIO, TypeVar, get_args
 
 from locker import errors
 from locker.config.fields import PinFactoryName, Size
-from locker.contract.actions import ACTION_SUMMARY, Action, arg_fields, usage_line
+from locker.contract.actions import (
+    ACTION_SUMMARY,
+    LONG_LIFETIME_S,
+    Action,
+    arg_fields,
+    usage_line,
+)
+from locker.contract.credentials import CODE_MAX_DIGITS, CODE_MIN_DIGITS
 from locker.fleet import client as fleet
-from locker.fleet import provision
+from locker.fleet import ctl_args, provision
 from locker.fleet.ctl_ops import (
     TOKEN_ACTIONS,
     UsageError,
@@ -37,6 +44,7 @@ from locker.fleet.ctl_output import (
     EXIT_CODES_HELP,
     EXIT_CONFIG,
     EXIT_FILE,
+    EXIT_UNAVAILABLE,
     EXIT_INTERNAL,
     EXIT_NOT_FOUND,
     EXIT_OK,
@@ -45,6 +53,7 @@ from locker.fleet.ctl_output import (
     EXIT_TIMEOUT,
     EXIT_USAGE,
     Output,
+    describe_os_error,
     exit_status,
 )
 
@@ -56,6 +65,7 @@ __all__ = [
     "EXIT_CODES_HELP",
     "EXIT_CONFIG",
     "EXIT_FILE",
+    "EXIT_UNAVAILABLE",
     "EXIT_INTERNAL",
     "EXIT_NOT_FOUND",
     "EXIT_OK",
@@ -100,7 +110,14 @@ def _broker(text: str) -> tuple[str, int | None]:
         return text, None
     if not port.isdigit() or not host:
         raise argparse.ArgumentTypeError(f"expected HOST or HOST:PORT, got {text!r}")
-    return host, int(port)
+    return host, ctl_args.PORT(port)
+
+
+_DIGITS = ctl_args.integer(CODE_MIN_DIGITS, CODE_MAX_DIGITS, "digits")
+_DIGITS_HELP = (
+    "code length; default and only accepted value: the locker's security.code_length "
+    "(its locker.toml in the fleet directory; 8 when not set)"
+)
 
 
 def _add_connection(p: argparse.ArgumentParser, default_user: str) -> None:
@@ -118,7 +135,10 @@ def _add_connection(p: argparse.ArgumentParser, default_user: str) -> None:
         "--no-tls", action="store_true", help="plain MQTT without certificates (development only)"
     )
     p.add_argument(
-        "--timeout", type=float, default=10.0, help="seconds to wait for the broker and the reply"
+        "--timeout",
+        type=ctl_args.TIMEOUT,
+        default=10.0,
+        help=f"seconds to wait for the broker and the reply (at most {ctl_args.MAX_WAIT_S:.0f})",
     )
 
 
@@ -131,14 +151,18 @@ def _add_fleet(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     init.add_argument("dir", type=Path)
     init.add_argument("--broker-host", required=True, help="host name the lockers connect to")
-    init.add_argument("--broker-port", type=int, default=8883)
+    init.add_argument("--broker-port", type=ctl_args.PORT, default=8883)
     init.add_argument(
-        "--broker-ip", action="append", default=[], help="IP address for the broker certificate SAN"
+        "--broker-ip",
+        action="append",
+        default=[],
+        help="another IP address for the broker certificate (repeatable; a --broker-host that "
+        "is an IP address is in it already)",
     )
     init.add_argument("--name", default="fleet", help="fleet name (CA common name)")
     init.add_argument("--topic-prefix", default="lockers")
     init.add_argument("--command-kid", default="ops1")
-    init.add_argument("--token-kid", type=int, default=1)
+    init.add_argument("--token-kid", type=ctl_args.integer(0, 255), default=1)
     init.add_argument("--broker-bind", help="listener address (default: every interface)")
     init.add_argument("--run-as-root", action="store_true", help="broker config with 'user root'")
     init.add_argument(
@@ -197,7 +221,7 @@ def _add_locker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         cmd.add_argument("dir", type=Path, help="fleet directory")
         cmd.add_argument("locker_id")
         if name == "renew":
-            cmd.add_argument("--days", type=int, default=provision.CLIENT_DAYS)
+            cmd.add_argument("--days", type=ctl_args.CERT_DAYS, default=provision.CLIENT_DAYS)
         cmd.set_defaults(func=cmd_locker_lifecycle)
     ls = p.add_parser("list", help="list provisioned lockers")
     ls.add_argument("dir", type=Path, help="fleet directory")
@@ -230,9 +254,11 @@ def _add_parcel(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         action="store_true",
         help="ask for a compartment within reach of a wheelchair user",
     )
-    issue.add_argument("--digits", type=int, default=8, help="code length (6-16)")
-    issue.add_argument("--dropoff-hours", type=float, default=fleet.DEFAULT_DROPOFF_HOURS)
-    issue.add_argument("--pickup-hours", type=int, default=fleet.DEFAULT_PICKUP_HOURS)
+    issue.add_argument("--digits", type=_DIGITS, help=_DIGITS_HELP)
+    issue.add_argument("--dropoff-hours", type=ctl_args.hours, default=fleet.DEFAULT_DROPOFF_HOURS)
+    issue.add_argument(
+        "--pickup-hours", type=ctl_args.PICKUP_HOURS, default=fleet.DEFAULT_PICKUP_HOURS
+    )
     issue.add_argument("--qr-png", type=Path, help="also write the QR code as PNG")
     issue.add_argument("--qr-svg", type=Path, help="also write the QR code as SVG")
     issue.add_argument(
@@ -275,7 +301,11 @@ def _add_cmd(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     send.add_argument("--locker", required=True)
     send.add_argument("action", choices=[a.value for a in Action])
     send.add_argument("--arg", type=_key_value, action="append", default=[], metavar="NAME=VALUE")
-    send.add_argument("--ttl", type=int, help="signed lifetime in seconds (exp - iat)")
+    send.add_argument(
+        "--ttl",
+        type=ctl_args.integer(1, LONG_LIFETIME_S, "s"),
+        help="signed lifetime in seconds (exp - iat)",
+    )
     send.add_argument(
         "--new-code",
         action="store_true",
@@ -292,9 +322,12 @@ def _add_token(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     mint.add_argument("--parcel", required=True)
     mint.add_argument("--action", default="pickup", choices=list(TOKEN_ACTIONS))
     mint.add_argument(
-        "--hours", type=float, default=fleet.DEFAULT_PICKUP_HOURS, help="validity from not-before"
+        "--hours",
+        type=ctl_args.hours,
+        default=fleet.DEFAULT_PICKUP_HOURS,
+        help="validity from not-before",
     )
-    mint.add_argument("--not-before", type=int, help="Unix seconds (default: now)")
+    mint.add_argument("--not-before", type=ctl_args.UNIX_TIME, help="Unix seconds (default: now)")
     mint.add_argument("--png", type=Path, help="also write the QR code as PNG")
     mint.add_argument("--svg", type=Path, help="also write the QR code as SVG")
     mint.add_argument("--qr", action="store_true", help="also draw the QR code in the terminal")
@@ -306,7 +339,7 @@ def _add_code(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     new = p.add_parser("new", help="generate a code and print it with its tag for one locker")
     new.add_argument("--fleet", required=True, type=Path)
     new.add_argument("--locker", required=True)
-    new.add_argument("--digits", type=int, default=8)
+    new.add_argument("--digits", type=_DIGITS, help=_DIGITS_HELP)
     new.set_defaults(func=cmd_code_new)
 
 
@@ -321,7 +354,7 @@ def _add_watch(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     w.add_argument("--locker", help="only this locker")
     w.add_argument("--no-ack", action="store_true", help="observe only: never acknowledge events")
     w.add_argument("--log-dir", type=Path, help="event log directory (default FLEET/events)")
-    w.add_argument("--duration", type=float, help="stop after this many seconds")
+    w.add_argument("--duration", type=ctl_args.DURATION, help="stop after this many seconds")
     w.set_defaults(func=cmd_watch)
 
 
@@ -361,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
         add(sub)
     _add_service(sub)
     for leaf in _leaves(parser):
+        for action in leaf._actions:
+            if action.nargs != 0 and not isinstance(action, argparse._SubParsersAction):
+                action.type = ctl_args.utf8(action.type or str)  # type: ignore[arg-type]
         if "--json" not in leaf._option_string_actions:
             leaf.add_argument(
                 "--json",
@@ -513,6 +549,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         print(f"lockerctl: error: {err}", file=sys.stderr)
         output.finish(status, err)
         return status
+    except OSError as err:  # a path that cannot be created, read or written: one line, no bug
+        failed = errors.StorageError(describe_os_error(err))
+        print(f"lockerctl: error: {failed}", file=sys.stderr)
+        output.finish(EXIT_FILE, failed)
+        return EXIT_FILE
     except Exception as err:  # a bug: say so, with the traceback, and a status of its own
         traceback.print_exc()
         output.finish(EXIT_INTERNAL, err)

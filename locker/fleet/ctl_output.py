@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from collections.abc import Mapping
 from typing import Any, TextIO
 
@@ -23,6 +24,7 @@ EXIT_CONFIG = 5
 EXIT_PROVISION = EXIT_CONFIG  # the older name of the same status
 EXIT_NOT_FOUND = 6
 EXIT_FILE = 7
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE, as lockerd: a database server or an address to serve on
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug; the traceback goes to stderr
 
 EXIT_CODES_HELP = f"""exit status:
@@ -33,7 +35,9 @@ EXIT_CODES_HELP = f"""exit status:
   {EXIT_TIMEOUT}  no reply from the locker in time (see "cmd send --help": it may still run)
   {EXIT_CONFIG}  fleet directory or provisioning error (missing files, refusing to overwrite)
   {EXIT_NOT_FOUND}  no such locker in the fleet directory
-  {EXIT_FILE}  a local file could not be read or written
+  {EXIT_FILE}  a local file (or the service's SQLite database) could not be read or written
+  {EXIT_UNAVAILABLE}  serve: the database server cannot be reached, or the HTTP address cannot be
+      listened on (in use, unknown host); the message says why
   {EXIT_INTERNAL}  internal error (a bug: please report the traceback)
 
 With --json, stdout carries exactly one JSON document ({{"ok": true, ...}} or
@@ -128,6 +132,7 @@ _STATUS_BY_CATEGORY: tuple[tuple[type[BaseException], int, str], ...] = (
     (errors.LinkError, EXIT_BROKER, "broker"),
     (errors.NotFoundError, EXIT_NOT_FOUND, "not_found"),
     (errors.StorageError, EXIT_FILE, "file"),
+    (errors.UnavailableError, EXIT_UNAVAILABLE, "unavailable"),
     (errors.ConfigError, EXIT_CONFIG, "config"),
     (errors.ProvisionError, EXIT_CONFIG, "config"),
     (errors.UsageError, EXIT_USAGE, "usage"),
@@ -139,6 +144,18 @@ _KINDS = {EXIT_REFUSED: "refused", **{code: kind for _c, code, kind in _STATUS_B
 
 def _kind(status: int) -> str:
     return _KINDS.get(status, "error")
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line for an ``OSError``: ``cannot use PATH: reason`` (both paths for a rename)."""
+    reason = err.strerror or str(err)
+    paths = [p for p in (err.filename, err.filename2) if p is not None]
+    if not paths:
+        return reason
+    named = " -> ".join(
+        repr(os.fsdecode(p) if isinstance(p, str | bytes | os.PathLike) else str(p)) for p in paths
+    )
+    return f"cannot use {named}: {reason}"
 
 
 def exit_status(err: BaseException) -> int:

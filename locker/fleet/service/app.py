@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from locker import errors
 from locker.fleet.client import CommandSigner, FleetClient, signer_for
 from locker.fleet.service import api, console, db, delivery
 from locker.fleet.service.actions import Actions
@@ -105,6 +107,24 @@ def create_app(
     return app
 
 
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket listening on ``host:port`` (``port`` 0: any free port), for uvicorn.
+
+    Bound here rather than by uvicorn, whose thread only logs a bind failure and exits, so the
+    real cause reaches the caller.
+
+    :raises errors.UnavailableError: the host does not resolve, or the address is in use or
+        not this machine's (the message says which, from the OS).
+    """
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family)
+    except OSError as err:
+        raise errors.UnavailableError(
+            f"cannot listen on {host}:{port} for HTTP: {err.strerror or err}"
+        ) from err
+
+
 class FleetService:
     """Everything one ``lockerctl serve`` process runs; ``start``/``stop`` or ``run``."""
 
@@ -150,12 +170,14 @@ class FleetService:
             )
         )
         self._http_thread: threading.Thread | None = None
+        self._listener: socket.socket | None = None
 
     def start(self, timeout: float = 15.0) -> None:
         """Connect, start the workers and the HTTP server; on failure undo all of it.
 
         :raises locker.fleet.client.BrokerError: the broker cannot be reached.
-        :raises RuntimeError: the HTTP server did not start (address in use?).
+        :raises errors.UnavailableError: the HTTP address cannot be listened on (why).
+        :raises RuntimeError: the HTTP server did not start in time.
         """
         try:
             self._start(timeout)
@@ -164,15 +186,21 @@ class FleetService:
             raise
 
     def _start(self, timeout: float) -> None:
+        self._listener = listen_socket(*self.cfg.listen)
         self.client.connect(timeout)
         self.worker.start()
         self.deliverer.start()
-        self._http_thread = threading.Thread(target=self.server.run, name="fleet-http", daemon=True)
+        self._http_thread = threading.Thread(
+            target=self.server.run,
+            kwargs={"sockets": [self._listener]},
+            name="fleet-http",
+            daemon=True,
+        )
         self._http_thread.start()
         deadline = time.monotonic() + timeout
         while not self.server.started:
             if not self._http_thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the HTTP server did not start (address in use?)")
+                raise RuntimeError("the HTTP server did not start (see its log above)")
             time.sleep(0.02)
 
     def health(self) -> dict[str, bool]:
@@ -189,6 +217,8 @@ class FleetService:
         self.server.should_exit = True
         if self._http_thread is not None:
             self._http_thread.join(10)
+        if self._listener is not None:
+            self._listener.close()  # uvicorn closed it if it started; this is for when not
         self.worker.stop()
         self.deliverer.stop()
         self.client.close()

@@ -43,6 +43,10 @@ from sqlalchemy import (
     create_engine,
     event,
 )
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from locker import errors
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -251,5 +255,17 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str) -> None:
-    """Bring the database at ``url`` to the newest schema (idempotent)."""
-    command.upgrade(alembic_config(url), "head")
+    """Bring the database at ``url`` to the newest schema (idempotent).
+
+    :raises errors.StorageError: a SQLite file that cannot be opened or created (its
+        directory missing, read-only...).
+    :raises errors.UnavailableError: a database server that cannot be reached or refuses us.
+    Both say the cause in one line, the URL without its password.
+    """
+    try:
+        command.upgrade(alembic_config(url), "head")
+    except (OperationalError, InterfaceError) as err:
+        cause = " ".join(str(err.orig or err).split())
+        shown = make_url(url).render_as_string(hide_password=True)
+        kind = errors.StorageError if url.startswith("sqlite") else errors.UnavailableError
+        raise kind(f"cannot use the database {shown}: {cause}") from err
