@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import secrets
 import ssl
 import threading
@@ -205,6 +206,7 @@ class FleetClient:
     # -- connection --
 
     def connect(self, timeout: float = 10.0) -> None:
+        _check_timeout(timeout)
         props = _props(PacketTypes.CONNECT, SessionExpiryInterval=self._session_expiry_s)
         try:
             self._client.connect(
@@ -243,6 +245,7 @@ class FleetClient:
 
     def subscribe(self, topics: Iterable[str], timeout: float = 10.0) -> None:
         """Subscribe (QoS 1, retain as published) and wait for the SUBACK; kept on reconnect."""
+        _check_timeout(timeout)
         new = [t for t in topics if t not in self._topics]
         if not new:
             return
@@ -273,6 +276,7 @@ class FleetClient:
         timeout: float = 10.0,
     ) -> None:
         """Publish QoS 1 and wait for a successful PUBACK."""
+        _check_timeout(timeout)
         info = self._client.publish(topic, payload, qos=1, retain=retain, properties=properties)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             raise BrokerError(f"publish failed: {mqtt.error_string(info.rc)}")
@@ -290,6 +294,7 @@ class FleetClient:
 
     def send_signed(self, locker_id: str, token: bytes, timeout: float = 10.0) -> Reply:
         """Publish a signed command on ``{p}/cmd`` and wait for its reply on ``{p}/res``."""
+        _check_timeout(timeout)
         res_topic = self.topic(locker_id, "res")
         self.subscribe([res_topic], timeout)
         correlation = secrets.token_bytes(16)
@@ -452,6 +457,13 @@ class FleetClient:
         incoming = Incoming(msg.topic, bytes(msg.payload), bool(msg.retain), msg.qos, correlation)
         for listener in list(self._listeners):
             listener(incoming)
+
+
+def _check_timeout(timeout: float) -> None:
+    """:raises FleetError: ``timeout`` is not a positive, finite number of seconds (a NaN
+    deadline never passes, and 0 or less would give up before the broker could answer)."""
+    if not (isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0):
+        raise FleetError(f"a timeout must be a positive number of seconds, got {timeout!r}")
 
 
 def signer_for(fleet: Fleet) -> CommandSigner:

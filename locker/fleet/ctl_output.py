@@ -133,10 +133,10 @@ _STATUS_BY_CATEGORY: tuple[tuple[type[BaseException], int, str], ...] = (
     (errors.NotFoundError, EXIT_NOT_FOUND, "not_found"),
     (errors.StorageError, EXIT_FILE, "file"),
     (errors.UnavailableError, EXIT_UNAVAILABLE, "unavailable"),
+    (errors.UsageError, EXIT_USAGE, "usage"),  # before ProvisionError: a bad argument is 2
+    (errors.ContractError, EXIT_USAGE, "usage"),
     (errors.ConfigError, EXIT_CONFIG, "config"),
     (errors.ProvisionError, EXIT_CONFIG, "config"),
-    (errors.UsageError, EXIT_USAGE, "usage"),
-    (errors.ContractError, EXIT_USAGE, "usage"),
     (errors.LockerError, EXIT_INTERNAL, "internal"),
 )
 _KINDS = {EXIT_REFUSED: "refused", **{code: kind for _c, code, kind in _STATUS_BY_CATEGORY}}

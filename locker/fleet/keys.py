@@ -23,7 +23,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from locker import errors
 from locker.contract.credentials import DEVICE_KEY_BYTES
 
-ProvisionError = errors.ProvisionError  # a request that cannot be honoured (bad id, spec...)
+ProvisionError = errors.ProvisionError  # a request the fleet directory cannot honour
+
+
+class ProvisionArgumentError(ProvisionError, errors.UsageError):
+    """A provisioning argument that cannot be used (a bad locker id or spec, a setting lockerd
+    would refuse): ``lockerctl`` exits 2, like any bad argument, and nothing is written."""
+
+
+class UnknownLockerError(ProvisionError, errors.NotFoundError):
+    """The locker is not provisioned in this fleet directory (``lockerctl`` exits 6)."""
 
 
 # --- files ----------------------------------------------------------------------------------

@@ -19,8 +19,12 @@ import tomli_w
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from locker import errors
+from locker.config import ConfigError, parse_config
+from locker.config.sections import Security
 from locker.fleet.keys import (
+    ProvisionArgumentError,
     ProvisionError,
+    UnknownLockerError,
     encode_public_key,
     load_signing_key,
     read_device_key,
@@ -45,10 +49,23 @@ def make_dir(path: Path) -> None:
 def check_locker_id(locker_id: str) -> None:
     """A locker id is one MQTT topic level, a certificate CN and a file name: keep it plain.
 
-    :raises ProvisionError: the id does not match ``LOCKER_ID_RE``.
+    :raises ProvisionArgumentError: the id does not match ``LOCKER_ID_RE``.
     """
     if not LOCKER_ID_RE.fullmatch(locker_id):
-        raise ProvisionError(f"bad locker id {locker_id!r}: expected {LOCKER_ID_RE.pattern}")
+        raise ProvisionArgumentError(
+            f"bad locker id {locker_id!r}: expected {LOCKER_ID_RE.pattern}"
+        )
+
+
+@dataclass(frozen=True)
+class CodeLength:
+    """A locker's keypad code length (:meth:`Fleet.code_length`): ``digits``; ``known`` false
+    when its file could not tell and ``digits`` is lockerd's default; ``source`` says where
+    the value comes from, for messages."""
+
+    digits: int
+    known: bool
+    source: str
 
 
 @dataclass(frozen=True)
@@ -148,11 +165,33 @@ class Fleet:
         return self.dir / "lockers" / locker_id
 
     def device_key(self, locker_id: str) -> bytes:
-        """:raises ProvisionError: the locker is not provisioned in this fleet."""
+        """:raises UnknownLockerError: the locker is not provisioned in this fleet."""
         path = self.locker_dir(locker_id) / "device.key"
         if not path.exists():
-            raise ProvisionError(f"locker {locker_id} is not provisioned in this fleet")
+            raise UnknownLockerError(f"locker {locker_id} is not provisioned in this fleet")
         return read_device_key(path)
+
+    def code_length(self, locker_id: str) -> CodeLength:
+        """How many digits the locker's keypad codes have: ``security.code_length`` of its
+        ``lockers/<id>/locker.toml`` (written by ``lockerctl locker add``), validated by
+        lockerd's own model, which also gives the default (8) when the key is not set.
+
+        A locker takes only codes of exactly that length (DESIGN 8: other lengths are
+        ``malformed``), so every code the fleet generates for it has this length. When the
+        file cannot be read or is invalid, the result is lockerd's default with ``known``
+        false and the reason in ``source``.
+        """
+        default = Security.model_fields["code_length"].default
+        path = self.locker_dir(locker_id) / "locker.toml"
+        where = f"lockers/{locker_id}/locker.toml"
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            config = parse_config(data, source=where, check_files=False)
+        except OSError as err:
+            return CodeLength(default, False, f"{where}: {err.strerror or err}")
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, ConfigError) as err:
+            return CodeLength(default, False, f"{where}: {str(err).splitlines()[0]}")
+        return CodeLength(config.security.code_length, True, f"security.code_length in {where}")
 
     def lockers(self) -> list[str]:
         root = self.dir / "lockers"

@@ -25,7 +25,9 @@ import tomli_w
 
 from locker.config import ConfigError, parse_config
 from locker.fleet.keys import (
+    ProvisionArgumentError,
     ProvisionError,
+    UnknownLockerError,
     encode_public_key,
     write_device_key,
     write_public,
@@ -75,12 +77,12 @@ class CompartmentSpec:
         """:raises ProvisionError: not four ``:``-separated fields ending in a number."""
         parts = text.strip().split(":")
         if len(parts) != 4:
-            raise ProvisionError(
+            raise ProvisionArgumentError(
                 f"compartment {text!r}: expected ID:SIZE:LOCK_PIN:DOOR_PIN or ID:SIZE:BOARD:CHANNEL"
             )
         cid, size, third, fourth = parts
         if not fourth.isdigit():
-            raise ProvisionError(f"compartment {text!r}: the last field must be a number")
+            raise ProvisionArgumentError(f"compartment {text!r}: the last field must be a number")
         if third.isdigit():
             return cls(cid, size.upper(), lock_pin=int(third), door_pin=int(fourth))
         return cls(cid, size.upper(), board=third, channel=int(fourth))
@@ -106,7 +108,7 @@ class BoardSpec:
         name, sep, rest = text.partition("=")
         port, _at, address = rest.rpartition("@") if "@" in rest else (rest, "", "0")
         if not sep or not name or not port or not address.isdigit():
-            raise ProvisionError(f"board {text!r}: expected NAME=PORT[@ADDRESS]")
+            raise ProvisionArgumentError(f"board {text!r}: expected NAME=PORT[@ADDRESS]")
         return cls(name, port, int(address))
 
     def table(self) -> Table:
@@ -138,7 +140,7 @@ class KeypadSpec:
                     "cols": [int(p) for p in cols.split(",")],
                 }
             )
-        raise ProvisionError(
+        raise ProvisionArgumentError(
             f"keypad {text!r}: expected serial:PORT[@BAUD], matrix:ROW,ROW,ROW,ROW:COL,COL,COL "
             "or none"
         )
@@ -222,7 +224,7 @@ def _validated(data: Table, source: Path) -> tuple[str, ...]:
     try:
         config = parse_config(data, source=source, check_files=False)
     except ConfigError as err:
-        raise ProvisionError(
+        raise ProvisionArgumentError(
             "lockerd would refuse this configuration; nothing was written:\n"
             + "\n".join(err.errors)
         ) from None
@@ -254,7 +256,7 @@ def provision_locker(
     fleet = Fleet.load(fleet_dir)
     check_locker_id(locker_id)
     if locker_id in fleet.server_users:
-        raise ProvisionError(f"{locker_id!r} is a server identity, not a locker id")
+        raise ProvisionArgumentError(f"{locker_id!r} is a server identity, not a locker id")
     d = fleet.locker_dir(locker_id)
     where = install_dir.rstrip("/") if install_dir else str(d.resolve())
     data = locker_config(
@@ -318,7 +320,7 @@ def _serials(d: Path) -> set[int]:
 def _existing(fleet: Fleet, locker_id: str) -> Path:
     d = fleet.locker_dir(locker_id)
     if not (d / "device.pem").exists():
-        raise ProvisionError(f"locker {locker_id} is not provisioned in this fleet")
+        raise UnknownLockerError(f"locker {locker_id} is not provisioned in this fleet")
     return d
 
 
@@ -374,7 +376,7 @@ def remove_locker(fleet_dir: Path | str, locker_id: str) -> list[int]:
     fleet = Fleet.load(fleet_dir)
     d = fleet.locker_dir(locker_id)
     if not d.is_dir():
-        raise ProvisionError(f"locker {locker_id} is not provisioned in this fleet")
+        raise UnknownLockerError(f"locker {locker_id} is not provisioned in this fleet")
     serials = _serials(d)
     if serials:
         _add_to_crl(fleet, serials)

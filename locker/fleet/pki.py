@@ -21,7 +21,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from locker.fleet.keys import ProvisionError, read_file, write_private, write_public
+from locker.fleet.keys import (
+    ProvisionArgumentError,
+    ProvisionError,
+    read_file,
+    write_private,
+    write_public,
+)
 
 LOCKER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 """A locker id is one MQTT topic level, a certificate CN and a file name: keep it plain."""
@@ -161,18 +167,40 @@ def _leaf(
     return PemPair(_key_pem(key), cert.public_bytes(serialization.Encoding.PEM))
 
 
+def _ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``host`` as an IP address when it is one (``[::1]`` too), else None."""
+    try:
+        return ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return None
+
+
 def make_server_cert(
     ca: PemPair, hostnames: list[str], ips: Sequence[str] = (), days: int = 825
 ) -> PemPair:
-    """The broker's certificate: SAN with every host name and IP clients will connect to."""
+    """The broker's certificate: SAN with every host name and IP clients will connect to.
+
+    A "host name" that is an IP address literal goes into an IP SAN, never a DNS one: TLS
+    clients match an address they connect to only against IP SANs (RFC 6125 section 3.1.3.2;
+    Python's ssl says "IP address mismatch" otherwise).
+
+    :raises ProvisionArgumentError: no name at all, or an entry of ``ips`` that is not an IP.
+    """
     if not hostnames and not ips:
-        raise ProvisionError("a server certificate needs at least one host name or IP")
+        raise ProvisionArgumentError("a server certificate needs at least one host name or IP")
     try:
         addresses = [ipaddress.ip_address(ip) for ip in ips]
     except ValueError as err:
-        raise ProvisionError(f"bad IP address for the server certificate: {err}") from err
-    san: list[x509.GeneralName] = [x509.DNSName(h) for h in hostnames]
-    san += [x509.IPAddress(a) for a in addresses]
+        raise ProvisionArgumentError(f"bad IP address for the server certificate: {err}") from err
+    names: list[str] = []
+    for host in hostnames:
+        literal = _ip_literal(host)
+        if literal is None:
+            names.append(host)
+        else:
+            addresses.append(literal)
+    san: list[x509.GeneralName] = [x509.DNSName(h) for h in dict.fromkeys(names)]
+    san += [x509.IPAddress(a) for a in dict.fromkeys(addresses)]
     cn = hostnames[0] if hostnames else str(addresses[0])
     return _leaf(ca, cn, ExtendedKeyUsageOID.SERVER_AUTH, days, san)
 

@@ -24,7 +24,9 @@ from pathlib import Path
 
 from locker.config import ConfigError, parse_config
 from locker.fleet.keys import (
+    ProvisionArgumentError,
     ProvisionError,
+    UnknownLockerError,
     decode_public_key,
     encode_public_key,
     generate_device_key,
@@ -75,8 +77,10 @@ __all__ = [
     "KeypadSpec",
     "LockerFiles",
     "PemPair",
+    "ProvisionArgumentError",
     "ProvisionError",
     "ScannerSpec",
+    "UnknownLockerError",
     "check_locker_id",
     "decode_public_key",
     "encode_public_key",
@@ -131,11 +135,11 @@ def _check_fleet_settings(
     try:
         parse_config(probe, source="fleet settings", check_files=False)
     except ConfigError as err:
-        raise ProvisionError(
+        raise ProvisionArgumentError(
             "lockerd would refuse these settings in a locker's file:\n" + "\n".join(err.errors)
         ) from None
     if not re.fullmatch(r"[A-Za-z0-9._-]{1,32}", command_kid):
-        raise ProvisionError(f"bad command key id {command_kid!r} (it is also a file name)")
+        raise ProvisionArgumentError(f"bad command key id {command_kid!r} (it is also a file name)")
 
 
 def _current_user() -> str:
