@@ -85,7 +85,9 @@ def matching(pattern: str, what: str) -> AfterValidator:
 
 def _check_pin(value: int) -> int:
     if not 0 <= value <= 27:
-        reject(f"GPIO{num(value)} does not exist: BCM GPIO numbers are 0-27")
+        # num() shortens a huge number to words, which must not be glued to "GPIO"
+        shown = f"GPIO{value}" if value.bit_length() <= 64 else f"pin {num(value)}"
+        reject(f"{shown} does not exist: BCM GPIO numbers are 0-27")
     return value
 
 

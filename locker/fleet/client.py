@@ -46,6 +46,7 @@ from locker.fleet.commands import (
     DEFAULT_LONG_TTL_S,
     DEFAULT_PICKUP_HOURS,
     DEFAULT_SHORT_TTL_S,
+    PARCEL_ID_RE,
     AssignTimeoutError,
     BrokerError,
     CommandSigner,
@@ -55,6 +56,7 @@ from locker.fleet.commands import (
     ReplyTimeoutError,
     assign_args,
     check_args,
+    check_parcel_id,
     coerce_args,
     command_claims,
     customer_token,
@@ -73,6 +75,7 @@ __all__ = [
     "DEFAULT_LONG_TTL_S",
     "DEFAULT_PICKUP_HOURS",
     "DEFAULT_SHORT_TTL_S",
+    "PARCEL_ID_RE",
     "WATCH_SESSION_EXPIRY_S",
     "AssignTimeoutError",
     "BrokerError",
@@ -86,6 +89,7 @@ __all__ = [
     "TlsFiles",
     "assign_args",
     "check_args",
+    "check_parcel_id",
     "coerce_args",
     "command_claims",
     "customer_token",
@@ -372,7 +376,7 @@ class FleetClient:
         """
         if kind not in ("delivery", "return"):
             raise FleetError(f"kind must be delivery or return, got {kind!r}")
-        if dropoff_hours <= 0:
+        if not (math.isfinite(dropoff_hours) and dropoff_hours > 0):
             raise FleetError("dropoff_hours must be positive")
         t = time.time() if now is None else now
         dropoff, pickup, d_tag, p_tag = new_code_pair(device_key, digits)

@@ -7,6 +7,7 @@ re-exports these names).
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ __all__ = [
     "DEFAULT_LONG_TTL_S",
     "DEFAULT_PICKUP_HOURS",
     "DEFAULT_SHORT_TTL_S",
+    "PARCEL_ID_RE",
     "AssignTimeoutError",
     "BrokerError",
     "CommandSigner",
@@ -40,6 +42,7 @@ __all__ = [
     "ReplyTimeoutError",
     "assign_args",
     "check_args",
+    "check_parcel_id",
     "coerce_args",
     "command_claims",
     "customer_token",
@@ -52,6 +55,12 @@ DEFAULT_SHORT_TTL_S = 60
 DEFAULT_LONG_TTL_S = 2 * 24 * 3600
 DEFAULT_DROPOFF_HOURS = 48
 DEFAULT_PICKUP_HOURS = 72
+
+PARCEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+"""A parcel id the fleet creates (assign, QR tokens, the REST API): it is a URL path segment
+of the API (``/api/v1/parcels/{parcel}``), a database key and a log word, so no space, slash
+or other punctuation. The locker itself takes any printable id (``ParcelId``), so that ids
+made elsewhere still work; the fleet makes none it cannot serve."""
 
 
 class FleetError(UsageError):
@@ -101,6 +110,19 @@ def check_args(action: Action, args: Mapping[str, Any]) -> dict[str, Any]:
         return args_to_json(args_from_json(action, args))
     except ContractError as err:
         raise FleetError(f"{action}: {err}") from None
+
+
+def check_parcel_id(parcel: str) -> str:
+    """``parcel`` when it matches :data:`PARCEL_ID_RE`.
+
+    :raises FleetError: it does not (the message gives the rule).
+    """
+    if not PARCEL_ID_RE.fullmatch(parcel):
+        raise FleetError(
+            f"bad parcel id {parcel!r}: 1-128 of A-Z a-z 0-9 . _ : -, "
+            "starting with a letter or digit"
+        )
+    return parcel
 
 
 def max_ttl(action: Action) -> int:
@@ -232,7 +254,11 @@ def assign_args(
     accessible: bool = False,
 ) -> dict[str, Any]:
     """An ``assign`` command's arguments (DESIGN section 5; ``dropoff_until`` in seconds since
-    the epoch): ``compartment`` and ``accessible`` only when given."""
+    the epoch): ``compartment`` and ``accessible`` only when given.
+
+    :raises FleetError: ``parcel`` is not an id the fleet makes (:func:`check_parcel_id`).
+    """
+    check_parcel_id(parcel)
     args: dict[str, Any] = {
         "parcel": parcel,
         "kind": kind,

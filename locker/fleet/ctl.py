@@ -108,7 +108,7 @@ def _broker(text: str) -> tuple[str, int | None]:
     host, sep, port = text.rpartition(":")
     if not sep:
         return text, None
-    if not port.isdigit() or not host:
+    if not (port.isascii() and port.isdigit()) or not host:
         raise argparse.ArgumentTypeError(f"expected HOST or HOST:PORT, got {text!r}")
     return host, ctl_args.PORT(port)
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from locker import errors
 from locker.contract import credentials
-from locker.contract.actions import Action
+from locker.contract.actions import MAX_UINT32, Action
 from locker.fleet import client as fleet
 from locker.fleet import provision, qr, watch
 from locker.fleet.ctl_output import EXIT_OK, EXIT_REFUSED, EXIT_TIMEOUT, Output, _local, _utc
@@ -44,6 +45,38 @@ def known_locker(f: provision.Fleet, locker_id: str) -> str:
     return locker_id
 
 
+def code_digits(f: provision.Fleet, locker_id: str, digits: int | None) -> int:
+    """The length of the codes to make for a locker: its ``security.code_length``.
+
+    ``digits`` (``--digits``) may only repeat it: a locker refuses a code of any other length
+    as ``malformed`` (DESIGN 8), so a code that differs would be printed and never work. When
+    the fleet directory cannot tell (no readable, valid ``locker.toml``), lockerd's default
+    is used and a warning says so.
+
+    :raises UsageError: ``digits`` differs, or the locker's length is below what
+        ``credentials.generate_code`` makes.
+    """
+    length = f.code_length(locker_id)
+    source = length.source if length.known else f"lockerd's default; {length.source}"
+    if digits is not None and digits != length.digits:
+        raise UsageError(
+            f"--digits {digits}: locker {locker_id} takes codes of exactly {length.digits} "
+            f"digits ({source}); it would refuse a code of {digits} digits as malformed"
+        )
+    if length.digits < credentials.GENERATED_MIN_DIGITS:
+        raise UsageError(
+            f"locker {locker_id} takes codes of {length.digits} digits ({source}); lockerctl "
+            f"makes codes of at least {credentials.GENERATED_MIN_DIGITS} digits"
+        )
+    if not length.known:
+        print(
+            f"lockerctl: warning: the code length of locker {locker_id} is unknown "
+            f"({length.source}); using lockerd's default, {length.digits} digits",
+            file=sys.stderr,
+        )
+    return length.digits
+
+
 def _client(args: argparse.Namespace, f: provision.Fleet, **kw: object) -> fleet.FleetClient:
     host, port = args.broker if args.broker else (None, None)
     client = fleet.FleetClient.for_fleet(
@@ -66,9 +99,11 @@ def _reply_doc(reply: fleet.Reply) -> dict[str, Any]:
 def cmd_parcel_issue(args: argparse.Namespace, out: Output) -> int:
     f = provision.Fleet.load(args.fleet)
     device_key = f.device_key(known_locker(f, args.locker))
+    fleet.check_parcel_id(args.parcel)
+    digits = code_digits(f, args.locker, args.digits)
     with _client(args, f) as client:
         try:
-            issued = _issue(client, args, f, device_key)
+            issued = _issue(client, args, f, device_key, digits)
         except fleet.AssignTimeoutError as err:
             # It may still run: the codes now or never (nothing keeps them).
             out.put(locker=args.locker, parcel=args.parcel, reply=None, timeout=True)
@@ -91,7 +126,11 @@ def cmd_parcel_issue(args: argparse.Namespace, out: Output) -> int:
 
 
 def _issue(
-    client: fleet.FleetClient, args: argparse.Namespace, f: provision.Fleet, device_key: bytes
+    client: fleet.FleetClient,
+    args: argparse.Namespace,
+    f: provision.Fleet,
+    device_key: bytes,
+    digits: int,
 ) -> fleet.IssuedParcel:
     return client.issue_parcel(
         args.locker,
@@ -102,7 +141,7 @@ def _issue(
         kind=args.kind,
         compartment=args.compartment,
         accessible=args.accessible,
-        digits=args.digits,
+        digits=digits,
         dropoff_hours=args.dropoff_hours,
         pickup_hours=args.pickup_hours,
         token_key=f.token_key(),
@@ -170,7 +209,7 @@ def cmd_send(args: argparse.Namespace, out: Output) -> int:
     if args.new_code:
         if args.action != Action.RETRIEVE:
             raise UsageError("--new-code only applies to retrieve")
-        code = credentials.generate_code(8)
+        code = credentials.generate_code(code_digits(f, args.locker, None))
         raw["code_tag"] = credentials.code_tag(f.device_key(args.locker), code)
     typed = fleet.coerce_args(args.action, raw)
     fleet.command_claims(args.locker, args.action, typed, now=time.time(), ttl=args.ttl)  # checks
@@ -202,10 +241,11 @@ def cmd_send(args: argparse.Namespace, out: Output) -> int:
 def cmd_token_mint(args: argparse.Namespace, out: Output) -> int:
     f = provision.Fleet.load(args.fleet)
     known_locker(f, args.locker)
+    fleet.check_parcel_id(args.parcel)
     not_before = int(time.time()) if args.not_before is None else args.not_before
-    if args.hours <= 0:
-        raise UsageError("--hours must be positive")
     expires = not_before + int(args.hours * 3600)
+    if expires > MAX_UINT32:
+        raise UsageError(f"--hours {args.hours:g}: the token would end after 2106 (uint32)")
     token = credentials.mint_token(
         f.token_key(),
         f.token_kid,
@@ -231,7 +271,7 @@ def cmd_token_mint(args: argparse.Namespace, out: Output) -> int:
 def cmd_code_new(args: argparse.Namespace, out: Output) -> int:
     f = provision.Fleet.load(args.fleet)
     device_key = f.device_key(known_locker(f, args.locker))
-    code = credentials.generate_code(args.digits)
+    code = credentials.generate_code(code_digits(f, args.locker, args.digits))
     tag = credentials.code_tag(device_key, code)
     out.put(locker=args.locker, code=code, tag=tag)
     out.say(f"code: {code}")

@@ -24,6 +24,7 @@ from typing import Any
 import tomli_w
 
 from locker.config import ConfigError, parse_config
+from locker.config.fields import BAUDRATES
 from locker.fleet.keys import (
     ProvisionArgumentError,
     ProvisionError,
@@ -47,12 +48,27 @@ logger = logging.getLogger(__name__)
 Table = dict[str, Any]
 
 
+def _decimal(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also takes '²', which ``int`` refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def _port_and_rate(text: str) -> tuple[str, int | None]:
-    """``PORT`` or ``PORT@BAUDRATE`` (a pySerial URL may hold ':' and '/')."""
+    """``PORT`` or ``PORT@BAUDRATE`` (a pySerial URL may hold ':' and '/', not '@').
+
+    :raises ProvisionArgumentError: an empty port, or a rate after ``@`` that is not one of
+        the standard baudrates lockerd accepts (``locker.config.fields.BAUDRATES``).
+    """
     port, at, rate = text.rpartition("@")
-    if at and rate.isdigit():
-        return port, int(rate)
-    return text, None
+    if not at:
+        return text, None
+    if not port:
+        raise ProvisionArgumentError(f"{text!r}: expected PORT[@BAUD], the port is missing")
+    if not _decimal(rate) or int(rate) not in BAUDRATES:
+        raise ProvisionArgumentError(
+            f"{text!r}: bad baud rate {rate!r} (one of {', '.join(map(str, BAUDRATES))})"
+        )
+    return port, int(rate)
 
 
 @dataclass(frozen=True)
@@ -81,9 +97,9 @@ class CompartmentSpec:
                 f"compartment {text!r}: expected ID:SIZE:LOCK_PIN:DOOR_PIN or ID:SIZE:BOARD:CHANNEL"
             )
         cid, size, third, fourth = parts
-        if not fourth.isdigit():
+        if not _decimal(fourth):
             raise ProvisionArgumentError(f"compartment {text!r}: the last field must be a number")
-        if third.isdigit():
+        if _decimal(third):
             return cls(cid, size.upper(), lock_pin=int(third), door_pin=int(fourth))
         return cls(cid, size.upper(), board=third, channel=int(fourth))
 
@@ -107,7 +123,7 @@ class BoardSpec:
         """:raises ProvisionError: not ``NAME=PORT[@ADDRESS]``."""
         name, sep, rest = text.partition("=")
         port, _at, address = rest.rpartition("@") if "@" in rest else (rest, "", "0")
-        if not sep or not name or not port or not address.isdigit():
+        if not sep or not name or not port or not _decimal(address):
             raise ProvisionArgumentError(f"board {text!r}: expected NAME=PORT[@ADDRESS]")
         return cls(name, port, int(address))
 
@@ -132,7 +148,7 @@ class KeypadSpec:
             return cls({"type": "serial", "port": port} | ({"baudrate": rate} if rate else {}))
         rows, _sep, cols = rest.partition(":")
         pins = [p for group in (rows, cols) for p in group.split(",")]
-        if kind == "matrix" and cols and all(p.isdigit() for p in pins):
+        if kind == "matrix" and cols and all(_decimal(p) for p in pins):
             return cls(
                 {
                     "type": "matrix",

@@ -27,7 +27,6 @@ cancelling it (queued behind the assign) withdraws it.
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from locker.fleet import provision
 from locker.fleet.client import (
     DEFAULT_DROPOFF_HOURS,
     DEFAULT_PICKUP_HOURS,
+    PARCEL_ID_RE,
     BrokerError,
     FleetClient,
     FleetError,
@@ -58,7 +58,7 @@ from locker.fleet.service.metrics import METRICS
 
 logger = logging.getLogger(__name__)
 
-PARCEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+PARCEL_RE = PARCEL_ID_RE  # the fleet's one rule for the ids it makes (lockerctl uses it too)
 RETRIEVE_HOURS = 48  # a courier retrieval code's default validity (the API's valid_hours)
 FINAL_STATES = frozenset({"collected", "retrieved", "cancelled"})
 PENDING = "pending"  # an assign sent but unanswered: it may still run (see the module doc)
@@ -221,7 +221,9 @@ class Actions:
         if known is not None and known.state not in FINAL_STATES:
             raise ActionError(409, "duplicate_parcel", f"parcel {parcel} is already active")
         now = int(time.time())
-        dropoff, pickup, d_tag, p_tag = new_code_pair(device_key)
+        # the locker's own code length: it refuses codes of any other length as malformed
+        digits = self.fleet.code_length(locker).digits
+        dropoff, pickup, d_tag, p_tag = new_code_pair(device_key, digits)
         hours = pickup_hours if pickup_hours is not None else DEFAULT_PICKUP_HOURS
         args = assign_args(
             parcel,
@@ -355,7 +357,7 @@ class Actions:
     def retrieve(self, user: str, parcel: str, valid_hours: int, reason: str) -> str:
         """Arm a courier code that takes the parcel back; returns the code (once)."""
         row = self.parcel_row(parcel)
-        code = credentials.generate_code(8)
+        code = credentials.generate_code(self.fleet.code_length(row.locker).digits)
         tag = credentials.code_tag(self._check_locker(row.locker), code)
         until = int(time.time()) + valid_hours * 3600
         self.parcel_command(
