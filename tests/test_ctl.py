@@ -15,6 +15,7 @@ import re
 import socket
 import subprocess
 import threading
+import tomllib
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+import tomli_w
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -62,6 +64,13 @@ SUBCOMMANDS = [
 def run(*argv: str) -> tuple[int, str]:
     out = io.StringIO()
     return ctl.main(list(argv), out), out.getvalue()
+
+
+def set_code_length(config: Path, digits: int) -> None:
+    """Rewrite a locker's ``security.code_length`` in the file ``locker add`` wrote."""
+    data = tomllib.loads(config.read_text())
+    data["security"]["code_length"] = digits
+    config.write_text(tomli_w.dumps(data))
 
 
 def free_port() -> int:
@@ -118,7 +127,7 @@ def test_fleet_init_and_locker_add(fleet_dir: Path) -> None:
     code, _ = run("locker", "add", str(fleet_dir), LOCKER, "--compartments", "A1:S:17:27")
     assert code == ctl.EXIT_PROVISION
     code, _ = run("locker", "add", str(fleet_dir), "LKR-2", "--compartments", "A1:S:17")
-    assert code == ctl.EXIT_PROVISION
+    assert code == ctl.EXIT_USAGE  # a bad spec is a bad argument
 
 
 def test_token_mint_prints_a_verifiable_token(fleet_dir: Path, tmp_path: Path) -> None:
@@ -178,7 +187,7 @@ def test_cmd_send_checks_arguments_before_connecting(fleet_dir: Path, extra: lis
         ["cmd", "send", "resync"],
         ["token", "mint", "--parcel", "P"],
         ["code", "new"],
-        ["watch", "--duration", "0"],
+        ["watch", "--duration", "1"],
     ],
 )
 def test_unknown_locker_is_refused_before_anything_is_sent(
@@ -196,10 +205,17 @@ def test_unknown_locker_is_refused_before_anything_is_sent(
 
 def test_every_exit_status_is_distinct_and_documented(capsys: pytest.CaptureFixture[str]) -> None:
     statuses = [ctl.EXIT_OK, ctl.EXIT_REFUSED, ctl.EXIT_USAGE, ctl.EXIT_BROKER, ctl.EXIT_TIMEOUT,
-                ctl.EXIT_CONFIG, ctl.EXIT_NOT_FOUND, ctl.EXIT_FILE, ctl.EXIT_INTERNAL]  # fmt: skip
+                ctl.EXIT_CONFIG, ctl.EXIT_NOT_FOUND, ctl.EXIT_FILE, ctl.EXIT_UNAVAILABLE,
+                ctl.EXIT_INTERNAL]  # fmt: skip
     assert len(set(statuses)) == len(statuses)
     ctl.main(["--help"])
     text = capsys.readouterr().out
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    table = readme[readme.index("`lockerctl` for scripts") :]
+    table = table[: table.index("\n\n", table.index("| status |"))]
+    assert sorted(int(n) for n in re.findall(r"^\| (\d+) \|", table, re.MULTILINE)) == sorted(
+        statuses
+    )  # README's table lists exactly these
     for status in statuses:
         assert re.search(rf"^  {status}  \w", text, re.MULTILINE), status
 
@@ -393,10 +409,11 @@ def test_parcel_issue_unanswered_still_prints_the_codes(fake_locker: FakeLocker)
 def test_parcel_issue_end_to_end(fake_locker: FakeLocker, tmp_path: Path) -> None:
     f = fake_locker.fleet
     png = tmp_path / "qr.png"
-    code, text = run(
-        "parcel", "issue", "--fleet", str(f.dir), "--locker", LOCKER, "--parcel", "P-77",
-        "--size", "S", "--digits", "9", "--qr-png", str(png),
-    )  # fmt: skip
+    argv = ["parcel", "issue", "--fleet", str(f.dir), "--locker", LOCKER, "--parcel", "P-77"]
+    assert run(*argv, "--size", "S", "--digits", "9")[0] == ctl.EXIT_USAGE  # the locker takes 8
+    assert fake_locker.commands == []
+    set_code_length(f.locker_dir(LOCKER) / "locker.toml", 9)
+    code, text = run(*argv, "--size", "S", "--qr-png", str(png))
     assert code == ctl.EXIT_OK, text
     [claims] = fake_locker.commands
     assert claims["act"] == "assign" and claims["aud"] == LOCKER
@@ -607,7 +624,7 @@ def test_renew_and_revoke_are_enforced_by_the_fleet_broker(fleet_dir: Path) -> N
         assert not _locker_connects(f, LOCKER)
         code, _ = run("locker", "remove", str(fleet_dir), LOCKER)
         assert code == ctl.EXIT_OK and LOCKER not in f.lockers()
-        assert run("locker", "revoke", str(fleet_dir), LOCKER)[0] == ctl.EXIT_PROVISION
+        assert run("locker", "revoke", str(fleet_dir), LOCKER)[0] == ctl.EXIT_NOT_FOUND
     finally:
         proc.terminate()
         proc.wait(10)

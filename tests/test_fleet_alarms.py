@@ -168,10 +168,10 @@ def test_configuration_errors_name_their_key_paths(tmp_path: Path, capsys: Any) 
         raise AssertionError("accepted a broken fleet.toml")
     for path in ("http.listen", "http.secure", "webhooks[0].url", "webhooks[0].secret"):
         assert f"fleet.toml: {path}:" in text, text
-    assert ctl.main(["serve", "--fleet", str(d)]) == 78
+    assert ctl.main(["serve", "--fleet", str(d)]) == ctl.EXIT_CONFIG  # a fleet directory error
     assert "http.listen" in capsys.readouterr().err
     good = _fleet(tmp_path / "g")
-    assert ctl.main(["serve", "--fleet", str(good), "--db", "mysql://x"]) == 78
+    assert ctl.main(["serve", "--fleet", str(good), "--db", "mysql://x"]) == ctl.EXIT_USAGE
     assert "command line: db.url" in capsys.readouterr().err
 
 

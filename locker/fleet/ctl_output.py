@@ -30,10 +30,10 @@ EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug; the traceback goes to stderr
 EXIT_CODES_HELP = f"""exit status:
   {EXIT_OK}  success
   {EXIT_REFUSED}  the locker refused or failed the command (rejected, failed, expired)
-  {EXIT_USAGE}  bad usage or arguments
+  {EXIT_USAGE}  bad usage or arguments (ids, specs, numbers, --digits); nothing sent or written
   {EXIT_BROKER}  cannot reach or authenticate with the MQTT broker
   {EXIT_TIMEOUT}  no reply from the locker in time (see "cmd send --help": it may still run)
-  {EXIT_CONFIG}  fleet directory or provisioning error (missing files, refusing to overwrite)
+  {EXIT_CONFIG}  fleet directory error (not a fleet, an invalid fleet.toml, refusing to overwrite)
   {EXIT_NOT_FOUND}  no such locker in the fleet directory
   {EXIT_FILE}  a local file (or the service's SQLite database) could not be read or written
   {EXIT_UNAVAILABLE}  serve: the database server cannot be reached, or the HTTP address cannot be

@@ -2,8 +2,10 @@
 
 ``lockerctl`` calls :func:`register` with its sub-parser set; each command's ``func`` takes
 ``(args, out)`` and returns an exit status like lockerctl's own commands, printing its own
-errors: 78 (EX_CONFIG, as ``lockerd``) for an invalid configuration, every error with its key
-path; 2 for a user that cannot be created.
+errors, with lockerctl's statuses (``locker.fleet.ctl_output``): 5 for a fleet directory or a
+``fleet.toml`` that cannot be used, every error with its key path; 2 for a bad flag or a user
+that cannot be created. Database and HTTP start failures raise ``errors.StorageError`` or
+``errors.UnavailableError``, which lockerctl's ``main`` reports (7, 69).
 """
 
 from __future__ import annotations
@@ -16,11 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from locker.fleet.ctl_output import EXIT_CONFIG, EXIT_USAGE
 from locker.fleet.service import db, users
 from locker.fleet.service.config import ConfigError, ServiceConfig
 
-EXIT_CONFIG = 78
-EXIT_USAGE = 2
 
 
 def _guard(func: Callable[[argparse.Namespace, TextIO], int]) -> Callable[..., int]:
@@ -30,7 +31,7 @@ def _guard(func: Callable[[argparse.Namespace, TextIO], int]) -> Callable[..., i
         except ConfigError as err:
             for line in err.errors:
                 print(f"lockerctl: error: {line}", file=sys.stderr)
-            return EXIT_CONFIG
+            return EXIT_USAGE if err.source == "command line" else EXIT_CONFIG
         except users.UserError as err:
             print(f"lockerctl: error: {err}", file=sys.stderr)
             return EXIT_USAGE

@@ -55,6 +55,7 @@ class ConfigError(errors.ConfigError):
     """The service configuration is invalid; ``errors`` lists ``key.path: reason`` lines."""
 
     def __init__(self, source: str, errors: list[str]) -> None:
+        self.source = source  # "command line" when a flag is at fault
         self.errors = [f"{source}: {e}" for e in errors]
         super().__init__("\n".join(self.errors))
 
