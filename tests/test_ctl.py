@@ -147,6 +147,7 @@ def test_token_mint_prints_a_verifiable_token(fleet_dir: Path, tmp_path: Path) -
 
 
 def test_code_new_prints_a_code_and_its_tag(fleet_dir: Path) -> None:
+    set_code_length(fleet_dir / "lockers" / LOCKER / "locker.toml", 10)
     code, text = run("code", "new", "--fleet", str(fleet_dir), "--locker", LOCKER, "--digits", "10")
     assert code == ctl.EXIT_OK
     found = dict(line.split(": ", 1) for line in text.splitlines())

@@ -23,7 +23,6 @@ from locker.fleet.service import db, users
 from locker.fleet.service.config import ConfigError, ServiceConfig
 
 
-
 def _guard(func: Callable[[argparse.Namespace, TextIO], int]) -> Callable[..., int]:
     def run(args: argparse.Namespace, out: TextIO) -> int:
         try:
