@@ -255,7 +255,7 @@ def _add_parcel(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="ask for a compartment within reach of a wheelchair user",
     )
     issue.add_argument("--digits", type=_DIGITS, help=_DIGITS_HELP)
-    issue.add_argument("--dropoff-hours", type=ctl_args.hours, default=fleet.DEFAULT_DROPOFF_HOURS)
+    issue.add_argument("--dropoff-hours", type=ctl_args.HOURS, default=fleet.DEFAULT_DROPOFF_HOURS)
     issue.add_argument(
         "--pickup-hours", type=ctl_args.PICKUP_HOURS, default=fleet.DEFAULT_PICKUP_HOURS
     )
@@ -323,7 +323,7 @@ def _add_token(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     mint.add_argument("--action", default="pickup", choices=list(TOKEN_ACTIONS))
     mint.add_argument(
         "--hours",
-        type=ctl_args.hours,
+        type=ctl_args.HOURS,
         default=fleet.DEFAULT_PICKUP_HOURS,
         help="validity from not-before",
     )

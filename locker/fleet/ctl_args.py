@@ -51,36 +51,27 @@ def utf8(convert: Callable[[str], _T]) -> Callable[[str], _T]:
     return check
 
 
-def _number(text: str, kind: Callable[[str], float]) -> float:
+def _number(text: str) -> float:
     try:
-        return kind(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
-def seconds(maximum: float) -> Callable[[str], float]:
-    """A positive, finite number of seconds up to ``maximum`` (``--timeout``, ``--duration``)."""
+def positive(unit: str, maximum: float) -> Callable[[str], float]:
+    """A positive, finite number of ``unit`` up to ``maximum``: ``--timeout``, ``--duration``
+    (seconds), ``--hours``, ``--dropoff-hours`` (hours)."""
 
     def convert(text: str) -> float:
-        value = _number(text, float)
+        value = _number(text)
         if not (math.isfinite(value) and 0 < value <= maximum):
             raise argparse.ArgumentTypeError(
-                f"must be a positive number of seconds up to {maximum:.0f}, got {text!r}"
+                f"must be a positive number of {unit} up to {maximum:.0f}, got {text!r}"
             )
         return value
 
-    convert.__name__ = "seconds"
+    convert.__name__ = unit
     return convert
-
-
-def hours(text: str) -> float:
-    """A positive, finite number of hours up to a year (``--hours``, ``--dropoff-hours``)."""
-    value = _number(text, float)
-    if not (math.isfinite(value) and 0 < value <= MAX_PICKUP_HOURS):
-        raise argparse.ArgumentTypeError(
-            f"must be a positive number of hours up to {MAX_PICKUP_HOURS}, got {text!r}"
-        )
-    return value
 
 
 def integer(low: int, high: int, what: str = "") -> Callable[[str], int]:
@@ -100,8 +91,9 @@ def integer(low: int, high: int, what: str = "") -> Callable[[str], int]:
     return convert
 
 
-TIMEOUT = seconds(MAX_WAIT_S)
-DURATION = seconds(MAX_DURATION_S)
+TIMEOUT = positive("seconds", MAX_WAIT_S)
+DURATION = positive("seconds", MAX_DURATION_S)
+HOURS = positive("hours", MAX_PICKUP_HOURS)
 PORT = integer(1, 65535)
 PICKUP_HOURS = integer(1, MAX_PICKUP_HOURS, "hours")
 UNIX_TIME = integer(0, MAX_UINT32, "(Unix seconds)")
