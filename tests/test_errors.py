@@ -21,6 +21,7 @@ CATEGORIES = [
     errors.StorageError,
     errors.HardwareError,
     errors.LinkError,
+    errors.UnavailableError,
     errors.ContractError,
     errors.ProvisionError,
 ]
@@ -64,3 +65,4 @@ def test_categories_are_builtins_too() -> None:
     assert issubclass(errors.LinkTimeoutError, TimeoutError)
     assert issubclass(errors.ConfigError, ValueError)
     assert issubclass(errors.NotFoundError, LookupError)
+    assert issubclass(errors.UnavailableError, ConnectionError)
