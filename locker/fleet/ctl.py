@@ -4,7 +4,8 @@ Command-line front end over ``locker.fleet.provision`` (fleet and locker provisi
 ``locker.fleet.client`` (the server side of the MQTT contract). It prints codes and QR tokens to the
 operator's terminal on purpose, and never private keys. This module holds the argument parsers,
 the registration hook (``SUBCOMMANDS``), the provisioning handlers and ``main``; the handlers that
-talk to lockers are in ``ctl_ops``, the output and exit statuses in ``ctl_output``. It stays a
+talk to lockers are in ``ctl_ops``, the output and exit statuses in ``ctl_output``, the argument
+types (every number and text judged at parse time, exit 2) in ``ctl_args``. It stays a
 little above 500 lines because every subcommand's parser is declared here, in one place.
 """
 
