@@ -20,7 +20,13 @@ import pytest
 
 from locker.cabinet import link as link_mod
 from locker.cabinet.link import MqttLink
-from locker.cabinet.linkwire import backoff_delay, parse_ack, unreachable, unreachable_delay
+from locker.cabinet.linkwire import (
+    backoff_delay,
+    parse_ack,
+    parse_state_stream,
+    unreachable,
+    unreachable_delay,
+)
 from locker.ports import (
     CommandMessage,
     EventsDelivered,
@@ -112,6 +118,9 @@ pytestmark = [pytest.mark.broker, pytest.mark.timeout(60)]
         (b'{"v":1,"epoch":"","upto_seq":7}', None),
         (b'{"v":1,"epoch":7,"upto_seq":7}', None),
         (b'{"v":1,"upto_seq":-1}', None),
+        (b'{"v":1,"upto_seq":9223372036854775807}', (None, 2**63 - 1)),
+        (b'{"v":1,"upto_seq":9223372036854775808}', None),  # past the contract's range
+        (b'{"v":1,"upto_seq":99999999999999999999999}', None),
         (b'{"v":2,"upto_seq":1}', None),
         (b'{"v":true,"upto_seq":1}', None),
         (b'{"v":1,"upto_seq":1.0}', None),
@@ -805,3 +814,21 @@ def test_a_window_of_events_leaves_in_few_send_calls(
     # clone's CI saw 188 acks and 203 sends, once), so the bound counts them.
     packets = lk.counters.published + lk.counters.server_acks
     assert client.sends < packets / 2, (client.sends, packets)
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (b'{"epoch":"e1","last_seq":7}', ("e1", 7)),
+        (b'{"epoch":"e1","last_seq":9223372036854775807}', ("e1", 2**63 - 1)),
+        # beyond what any store can hold: no locker published it, so it is no evidence
+        (b'{"epoch":"e1","last_seq":99999999999999999999999}', ("e1", None)),
+        (b'{"epoch":"e1","last_seq":-1}', ("e1", None)),
+        (b'{"epoch":"e1","last_seq":true}', ("e1", None)),
+        (b"not json", (None, None)),
+    ],
+)
+def test_parse_state_stream_keeps_to_the_contract(
+    payload: bytes, expected: tuple[str | None, int | None]
+) -> None:
+    assert parse_state_stream(payload) == expected

@@ -12,6 +12,8 @@ import random
 import ssl
 from collections.abc import Mapping
 
+from locker.contract import numbers
+
 _MAX_ACK_BYTES = 256
 _MAX_STATE_BYTES = 4 * 1024 * 1024
 
@@ -33,8 +35,9 @@ def unreachable_delay(cap: float) -> float:
 
 
 def parse_ack(payload: bytes) -> tuple[str | None, int] | None:
-    """``(epoch, upto_seq)`` of a valid ``{"v":1,"epoch":E,"upto_seq":N}`` (N >= 0, E a
-    non-empty string of at most 64 characters or absent: epoch None), else None."""
+    """``(epoch, upto_seq)`` of a valid ``{"v":1,"epoch":E,"upto_seq":N}`` (0 <= N <=
+    ``numbers.MAX_COUNT``; E a non-empty string of at most 64 characters, or absent: epoch
+    None), else None."""
     if len(payload) > _MAX_ACK_BYTES:
         return None
     try:
@@ -43,8 +46,8 @@ def parse_ack(payload: bytes) -> tuple[str | None, int] | None:
         return None
     if not isinstance(doc, dict) or not {"v", "upto_seq"} <= set(doc) <= {"v", "epoch", "upto_seq"}:
         return None
-    v, upto, epoch = doc["v"], doc["upto_seq"], doc.get("epoch")
-    if type(v) is not int or v != 1 or type(upto) is not int or upto < 0:
+    v, upto, epoch = doc["v"], numbers.count(doc["upto_seq"]), doc.get("epoch")
+    if type(v) is not int or v != 1 or upto is None:  # upto_seq beyond the contract's range too
         return None
     if "epoch" in doc and not (isinstance(epoch, str) and 0 < len(epoch) <= 64):
         return None
@@ -63,7 +66,7 @@ def parse_state_stream(payload: bytes) -> tuple[str | None, int | None]:
     epoch, last_seq = doc.get("epoch"), doc.get("last_seq")
     return (
         epoch if isinstance(epoch, str) and 0 < len(epoch) <= 64 else None,
-        last_seq if type(last_seq) is int and last_seq >= 0 else None,
+        numbers.count(last_seq),
     )
 
 
