@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from locker import __version__
+from locker.cabinet.certwatch import CertificateWatch
 from locker.cabinet.config import Config
 from locker.cabinet.controller import Controller
 from locker.cabinet.domain import machine, throttle
@@ -76,6 +77,7 @@ class Locker:
     pin_factory: Any = None
     hub: PanelHub | None = None
     surfaces: list[Surface] = field(default_factory=list)  # front panel: page, LCD, voice, LEDs
+    cert_watch: CertificateWatch | None = None  # the MQTT client certificate's end
 
     # inputs out of order now: device name -> the detail of its hardware_fault
     input_faults: dict[str, str] = field(default_factory=dict)
@@ -91,6 +93,8 @@ class Locker:
             device.start(self._input_sink)
         for surface in self.surfaces:
             surface.start()  # logs and carries on if it cannot: the locker works without them
+        if self.cert_watch is not None:
+            self.cert_watch.start()
 
     def _input_sink(self, event: HardwareEvent) -> None:
         # runs on the device's reader thread; a dict item store or pop is atomic
@@ -101,6 +105,8 @@ class Locker:
         self.controller.submit(event)
 
     def close(self) -> None:
+        if self.cert_watch is not None:
+            self.cert_watch.close()
         self.close_surfaces()
         for device in self.inputs:
             device.close()
@@ -325,7 +331,10 @@ def build(
     )
     if hub is not None:
         hub.connect(controller.submit)  # on-screen keys take the keypad's path
-    return Locker(cfg, controller, build_inputs(cfg, pin_factory), pin_factory, hub, surfaces)
+    cert = cfg.mqtt.cert_file if cfg.mqtt is not None and with_link else None
+    watch = CertificateWatch(cert, controller.submit) if cert is not None else None
+    inputs = build_inputs(cfg, pin_factory)
+    return Locker(cfg, controller, inputs, pin_factory, hub, surfaces, cert_watch=watch)
 
 
 def simulated_doors(locker: Locker, timing: tuple[float, float | None]) -> DoorActor:

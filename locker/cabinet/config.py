@@ -16,9 +16,8 @@ import sys
 from pathlib import Path
 from typing import Final
 
-from cryptography import x509
-
 from locker.config import Compartment, Config, ConfigError, load_config, parse_config
+from locker.contract import certificates
 
 __all__ = [
     "EXIT_CONFIG",
@@ -70,40 +69,37 @@ def _pin_library_problems(cfg: Config) -> list[str]:
     ]
 
 
-RENEW_WITHIN: Final = dt.timedelta(days=30)
-"""A client certificate ending sooner than this is worth a warning: lockerctl locker renew."""
+RENEW_HOW: Final = (
+    "the broker refuses it then: run lockerctl locker renew and install the new device.pem "
+    "and device-key.pem"
+)
 
 
-def _client_certificate(cfg: Config) -> x509.Certificate | None:
+def _client_certificate_end(cfg: Config) -> dt.datetime | None:
     path = cfg.mqtt.cert_file if cfg.mqtt is not None else None
-    return None if path is None else x509.load_pem_x509_certificate(path.read_bytes())
+    return None if path is None else certificates.end_of(path.read_bytes())
 
 
 def _certificate_problems(cfg: Config) -> list[str]:
     try:
-        _client_certificate(cfg)
+        _client_certificate_end(cfg)
     except (OSError, ValueError):
         return ["mqtt.cert_file: not a readable PEM certificate (lockerctl writes device.pem)"]
     return []
 
 
 def certificate_warnings(cfg: Config, now: dt.datetime | None = None) -> list[str]:
-    """The client certificate's end, when it is near (``RENEW_WITHIN``) or past.
+    """The client certificate's end, when it is near (``certificates.RENEW_WITHIN``) or past.
 
     Only for a file that :func:`environment_problems` found readable and well-formed.
     """
-    cert = _client_certificate(cfg)
-    if cert is None:
+    end = _client_certificate_end(cfg)
+    if end is None:
         return []
-    now = now or dt.datetime.now(dt.UTC)
-    end = cert.not_valid_after_utc
-    if end - now > RENEW_WITHIN:
-        return []
-    verb = "ended" if end <= now else "ends"
-    return [
-        f"mqtt.cert_file: the certificate {verb} on {end:%Y-%m-%d %H:%M}Z; the broker refuses "
-        "it then: run lockerctl locker renew and install the new device.pem and device-key.pem"
-    ]
+    line = certificates.renewal_message(
+        "mqtt.cert_file", end, now or dt.datetime.now(dt.UTC), RENEW_HOW
+    )
+    return [] if line is None else [line]
 
 
 def check_config_cli(path: str | Path, *, check_files: bool = True) -> int:

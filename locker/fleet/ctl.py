@@ -12,6 +12,7 @@ little above 500 lines because every subcommand's parser is declared here, in on
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import logging
 import sys
 import traceback
@@ -29,8 +30,8 @@ from locker.contract.actions import (
     usage_line,
 )
 from locker.contract.credentials import CODE_MAX_DIGITS, CODE_MIN_DIGITS
+from locker.fleet import certs, ctl_args, provision
 from locker.fleet import client as fleet
-from locker.fleet import ctl_args, provision
 from locker.fleet.ctl_ops import (
     TOKEN_ACTIONS,
     UsageError,
@@ -57,6 +58,7 @@ from locker.fleet.ctl_output import (
     describe_os_error,
     exit_status,
 )
+from locker.fleet.pki import SERVER_DAYS
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -177,6 +179,26 @@ def _add_fleet(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     show = p.add_parser("show", help="print the fleet's settings and public keys")
     show.add_argument("dir", type=Path)
     show.set_defaults(func=cmd_fleet_show)
+    certs = p.add_parser(
+        "certs",
+        help="every certificate of the fleet directory and when it ends",
+        description="The CA, the broker's, the server identities' and every locker's "
+        "certificate with its end; those ending within 30 days are marked RENEW.",
+    )
+    certs.add_argument("dir", type=Path)
+    certs.set_defaults(func=cmd_fleet_certs)
+    renew = p.add_parser(
+        "renew",
+        help="new certificates for the broker and the server identities (lockerctl, serve)",
+        description="New keys and certificates for the broker (same host names and addresses) "
+        "and for every server identity in clients/; the old ones stay valid until they end. "
+        "Then restart the broker and lockerctl serve (copy broker/ first if it lives elsewhere).",
+    )
+    renew.add_argument("dir", type=Path)
+    renew.add_argument(
+        "--days", type=ctl_args.CERT_DAYS, default=SERVER_DAYS, help="broker's validity"
+    )
+    renew.set_defaults(func=cmd_fleet_renew)
 
 
 def _add_locker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -462,6 +484,36 @@ def cmd_fleet_show(args: argparse.Namespace, out: Output) -> int:
     out.say(f'command_keys = {{ {f.command_kid} = "{command_key}" }}')
     out.say(f'token_keys = {{ "{f.token_kid}" = "{token_key}" }}')
     out.say(f"lockers: {', '.join(f.lockers()) or '(none)'}")
+    return EXIT_OK
+
+
+def cmd_fleet_certs(args: argparse.Namespace, out: Output) -> int:
+    f = provision.Fleet.load(args.dir)
+    now = dt.datetime.now(dt.UTC)
+    found = certs.inventory(f)
+    rows = []
+    for c in found:
+        end = None if c.not_after is None else f"{c.not_after:%Y-%m-%dT%H:%M:%S}Z"
+        message = c.message(now)
+        rows.append({"owner": c.owner, "file": c.name, "not_after": end, "renew": message})
+        mark = "RENEW " if message else ""
+        out.say(f"{mark}{c.owner:<16} {c.name:<40} {end or c.problem}")
+        if message:
+            out.say(f"  {message}")
+    out.put(certificates=rows, due=sum(1 for r in rows if r["renew"]))
+    return EXIT_OK
+
+
+def cmd_fleet_renew(args: argparse.Namespace, out: Output) -> int:
+    f = provision.Fleet.load(args.dir)
+    renewed = certs.renew_fleet(f, args.days)
+    out.put(renewed=renewed)
+    for name in renewed:
+        out.say(f"renewed {name}")
+    out.say(
+        "restart the broker (copy broker/ to it first if its files live elsewhere) and "
+        "every lockerctl serve; the old certificates stay valid until they end"
+    )
     return EXIT_OK
 
 

@@ -40,6 +40,10 @@ CLIENT_DAYS = 397
 """Validity of a locker's certificate (the CA/Browser Forum's TLS maximum); renew it before it
 ends with ``lockerctl locker renew`` (README, "Certificates")."""
 
+SERVER_DAYS = 825
+"""Validity of the broker's certificate (the CA/Browser Forum's maximum when it was written);
+renew it, and the server identities' certificates, with ``lockerctl fleet renew``."""
+
 # --- X.509 ----------------------------------------------------------------------------------
 
 
@@ -176,7 +180,7 @@ def _ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | No
 
 
 def make_server_cert(
-    ca: PemPair, hostnames: list[str], ips: Sequence[str] = (), days: int = 825
+    ca: PemPair, hostnames: list[str], ips: Sequence[str] = (), days: int = SERVER_DAYS
 ) -> PemPair:
     """The broker's certificate: SAN with every host name and IP clients will connect to.
 

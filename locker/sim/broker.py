@@ -105,10 +105,10 @@ class Pki:
         self._revoked.add(self.client(cn).serial)
         provision.write_public(self.crl_file, provision.make_crl(self.ca, self._revoked))
 
-    def client(self, cn: str) -> ClientCert:
-        """A client certificate with this CN (made once, then reused)."""
+    def client(self, cn: str, days: int = provision.CLIENT_DAYS) -> ClientCert:
+        """A client certificate with this CN, valid ``days`` (made once, then reused)."""
         if cn not in self._clients:
-            pair = provision.make_client_cert(self.ca, cn)
+            pair = provision.make_client_cert(self.ca, cn, days)
             cert = ClientCert(
                 str(self.dir / f"{cn}.pem"), str(self.dir / f"{cn}.key"), pair.cert.serial_number
             )

@@ -52,6 +52,15 @@ class ClockSuspect:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class CertificateDue:
+    """The locker's MQTT client certificate ends within ``certificates.RENEW_WITHIN`` (or has
+    ended): the broker will refuse it then (``locker.contract.certificates``)."""
+
+    certificate: str  # which one: the config option naming its file, ``mqtt.cert_file``
+    not_after: float  # Unix seconds
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class CommandArrived:
     """A command after signature checks: ``command`` when valid, ``rejected`` otherwise."""
 
@@ -74,4 +83,5 @@ Input = (
     | Stop
     | CommandArrived
     | ClockSuspect
+    | CertificateDue
 )

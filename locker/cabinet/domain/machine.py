@@ -23,7 +23,15 @@ from locker.cabinet.domain.access import MAX_CODE_DIGITS, on_key, on_rejected_in
 from locker.cabinet.domain.compartments import JAM_WINDOW_S, best_fit, set_service, start_unlock
 from locker.cabinet.domain.draft import Draft, IndicateAction, Transition
 from locker.cabinet.domain.earliest import earliest, minimum
-from locker.cabinet.domain.inputs import Boot, ClockSuspect, CommandArrived, Input, Stop, Tick
+from locker.cabinet.domain.inputs import (
+    Boot,
+    CertificateDue,
+    ClockSuspect,
+    CommandArrived,
+    Input,
+    Stop,
+    Tick,
+)
 from locker.cabinet.domain.model import (
     Compartment,
     KeypadEntry,
@@ -58,6 +66,7 @@ __all__ = [
     "MAX_CODE_DIGITS",
     "REFUSAL_BURST_S",
     "Boot",
+    "CertificateDue",
     "ClockSuspect",
     "CommandArrived",
     "Input",
@@ -499,6 +508,17 @@ def _on_clock_suspect(d: Draft, ev: ClockSuspect, rules: Rules, now: float) -> N
     )
 
 
+def _on_certificate_due(d: Draft, ev: CertificateDue, rules: Rules, now: float) -> None:
+    """Reported at start and once a day while due, so the fleet alarms while the certificate
+    still connects (after its end nothing more reaches the fleet)."""
+    d.emit(
+        "certificate_expiring",
+        certificate=ev.certificate,
+        not_after=int(ev.not_after),
+        days_left=max(0, int((ev.not_after - now) // 86400)),
+    )
+
+
 def _on_command(d: Draft, ev: CommandArrived, rules: Rules, now: float) -> None:
     remote.handle(d, ev, rules, now)
 
@@ -517,4 +537,5 @@ _HANDLERS: dict[type, Any] = {
     Stop: _on_stop,
     CommandArrived: _on_command,
     ClockSuspect: _on_clock_suspect,
+    CertificateDue: _on_certificate_due,
 }

@@ -6,10 +6,12 @@ clears the key, so the next occurrence is a new alarm. Each new alarm is queued 
 (``deliveries``) to every webhook taking ``alarm`` and to e-mail, in the same transaction.
 
 Raised by events: door_forced, door_jammed, door_left_open, hardware_fault, storage_fault,
-clock_suspect, keypad_locked_out. Resolved by events: door_closed (door_left_open of that
-compartment), hardware_recovered, keypad_unlocked. By state: ``outbox_growing`` at
-``outbox_depth >= outbox_growth`` (resolved below half of it). By the sweep: ``locker_offline``
-after ``offline_alarm_s`` without a birth (resolved by the next birth).
+clock_suspect, keypad_locked_out, certificate_expiring (the locker's own certificate; the fleet
+directory's are swept by ``locker.fleet.service.certs``). Resolved by events: door_closed
+(door_left_open of that compartment), hardware_recovered, keypad_unlocked. By state:
+``outbox_growing`` at ``outbox_depth >= outbox_growth`` (resolved below half of it). By the
+sweep: ``locker_offline`` after ``offline_alarm_s`` without a birth (resolved by the next
+birth).
 
 Customer notifications to webhooks taking ``notification``: ``parcel_deposited``,
 ``pickup_reminder`` (``reminder_before_s`` before ``pickup_until``, once), ``pickup_expired``.
@@ -35,6 +37,7 @@ EVENT_ALARMS = frozenset(
         "storage_fault",
         "clock_suspect",
         "keypad_locked_out",
+        "certificate_expiring",
     }
 )
 RESOLVED_BY = {

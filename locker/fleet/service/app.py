@@ -15,13 +15,14 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.registry import Collector
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -30,6 +31,7 @@ from locker.fleet.client import CommandSigner, FleetClient, signer_for
 from locker.fleet.service import api, console, db, delivery
 from locker.fleet.service.actions import Actions
 from locker.fleet.service.alarms import Rules
+from locker.fleet.service.certs import CertificateCollector, CertificateSweep
 from locker.fleet.service.config import ServiceConfig
 from locker.fleet.service.ingest import Ingest
 from locker.fleet.service.live import Hub
@@ -58,6 +60,7 @@ def create_app(
     *,
     secure_cookies: bool = True,
     health: Callable[[], dict[str, bool]] | None = None,
+    collectors: Sequence[Collector] = (),
 ) -> FastAPI:
     """The ASGI app: REST API under /api/v1, /metrics, /healthz, the console at /.
 
@@ -83,6 +86,8 @@ def create_app(
     registry.register(DbCollector(engine))
     threads = health or dict
     registry.register(HealthCollector(threads))
+    for collector in collectors:
+        registry.register(collector)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
@@ -151,12 +156,14 @@ class FleetService:
         )
         self.deliverer = delivery.Deliverer(self.engine, cfg.settings)
         self.actions = Actions(self.engine, fleet, self.client)
+        self.certs = CertificateSweep(self.engine, fleet, rules_for(cfg))
         self.app = create_app(
             self.engine,
             self.actions,
             self.hub,
             secure_cookies=cfg.settings.http.secure_cookies,
             health=self.health,
+            collectors=[CertificateCollector(self.certs)],
         )
         host, port = cfg.listen
         self.server = uvicorn.Server(
@@ -190,6 +197,7 @@ class FleetService:
         self.client.connect(timeout)
         self.worker.start()
         self.deliverer.start()
+        self.certs.start()
         self._http_thread = threading.Thread(
             target=self.server.run,
             kwargs={"sockets": [self._listener]},
@@ -221,6 +229,7 @@ class FleetService:
             self._listener.close()  # uvicorn closed it if it started; this is for when not
         self.worker.stop()
         self.deliverer.stop()
+        self.certs.stop()
         self.client.close()
         self.engine.dispose()
 

@@ -1,0 +1,149 @@
+"""Every TLS certificate of a fleet directory, when it ends, and renewing the fleet's own.
+
+A fleet runs on certificates that end (``locker.fleet.pki``): the CA (10 years), the broker's
+server certificate (825 days), the server identities' client certificates ``clients/*.pem``
+(397 days: the fleet service and lockerctl) and each locker's ``device.pem`` (397 days). When
+the broker's or a server identity's ends, the whole fleet stops being heard at once, so
+:func:`inventory` lists them all for ``lockerctl fleet certs`` and for the fleet service's
+``certificate_expiring`` alarm (``locker.fleet.service.certs``), and :func:`renew_fleet`
+renews the broker's and the server identities' (``lockerctl fleet renew``); a locker's is
+renewed with ``lockerctl locker renew``. When to warn: ``locker.contract.certificates``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from cryptography import x509
+
+from locker.contract import certificates
+from locker.fleet.keys import ProvisionError, write_private, write_public
+from locker.fleet.layout import Fleet
+from locker.fleet.pki import (
+    CLIENT_DAYS,
+    SERVER_DAYS,
+    PemPair,
+    make_client_cert,
+    make_server_cert,
+)
+
+__all__ = ["FLEET", "SERVER_DAYS", "FleetCertificate", "inventory", "renew_fleet"]
+
+FLEET: Final = "(fleet)"
+"""The owner of the fleet's own certificates (no locker id can be written so: LOCKER_ID_RE)."""
+
+HOW_CA: Final = (
+    "a new CA means new certificates for the broker, the servers and every locker: plan it "
+    "(README, Certificates)"
+)
+HOW_FLEET: Final = "run lockerctl fleet renew, then restart the broker and lockerctl serve"
+
+
+@dataclass(frozen=True)
+class FleetCertificate:
+    """One certificate file: ``owner`` (a locker id or ``FLEET``), ``name`` (its path in
+    the fleet directory, POSIX), ``not_after`` (None: unreadable, with ``problem``), and
+    ``how`` to renew it."""
+
+    owner: str
+    name: str
+    not_after: dt.datetime | None
+    how: str
+    problem: str | None = None
+
+    def message(self, now: dt.datetime) -> str | None:
+        """The warning line for this certificate now, or None (not due)."""
+        if self.not_after is None:
+            return f"{self.name}: {self.problem}"
+        return certificates.renewal_message(self.name, self.not_after, now, self.how)
+
+
+def _entry(root: Path, path: Path, owner: str, how: str) -> FleetCertificate:
+    name = path.relative_to(root).as_posix()
+    try:
+        end = certificates.end_of(path.read_bytes())
+    except (OSError, ValueError) as err:
+        why = err.strerror if isinstance(err, OSError) and err.strerror else "not a certificate"
+        return FleetCertificate(owner, name, None, how, f"cannot be read: {why}")
+    return FleetCertificate(owner, name, end, how)
+
+
+def inventory(fleet: Fleet) -> list[FleetCertificate]:
+    """The CA, the broker's certificate, every server identity's and every locker's that is
+    not revoked, in that order. Never raises for a file that cannot be read (``problem``)."""
+    root = fleet.dir
+    found = [_entry(root, fleet.ca_file, FLEET, HOW_CA)]
+    found.append(_entry(root, root / "broker" / "server.pem", FLEET, HOW_FLEET))
+    clients = root / "clients"
+    for pem in sorted(clients.glob("*.pem")) if clients.is_dir() else ():
+        if not pem.name.endswith("-key.pem"):
+            found.append(_entry(root, pem, FLEET, HOW_FLEET))
+    for locker_id in fleet.lockers():
+        d = fleet.locker_dir(locker_id)
+        if (d / "REVOKED").exists() or not (d / "device.pem").exists():
+            continue
+        how = f"run lockerctl locker renew DIR {locker_id} and install the new files on it"
+        found.append(_entry(root, d / "device.pem", locker_id, how))
+    return found
+
+
+def _replace_pair(pair: PemPair, key_path: Path, cert_path: Path) -> None:
+    """Write both files beside their targets, then move them into place (the key first: a
+    certificate never names a key that is not there yet)."""
+    tmp_key, tmp_cert = (
+        key_path.with_name(key_path.name + ".new"),
+        cert_path.with_name(cert_path.name + ".new"),
+    )
+    write_private(tmp_key, pair.key_pem)
+    write_public(tmp_cert, pair.cert_pem)
+    os.replace(tmp_key, key_path)
+    os.replace(tmp_cert, cert_path)
+
+
+def _server_names(cert: x509.Certificate) -> tuple[list[str], list[str]]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return [], []
+    dns = san.get_values_for_type(x509.DNSName)
+    ips = [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+    return dns, ips
+
+
+def renew_fleet(fleet: Fleet, days: int = SERVER_DAYS, client_days: int = CLIENT_DAYS) -> list[str]:
+    """New keys and certificates for the broker (the same host names and addresses as its
+    current certificate) and for every server identity in ``clients/``; returns the files
+    renewed, relative to the fleet directory. The old certificates stay valid until they end,
+    so nothing stops working before the broker and the services restart with the new ones.
+
+    :raises ProvisionError: the CA or the broker's current certificate cannot be read.
+    """
+    try:
+        ca = PemPair.load(fleet.ca_key_file, fleet.ca_file)
+        ca.cert  # noqa: B018 - parse now: a broken CA must fail before anything is written
+    except (OSError, ValueError) as err:
+        raise ProvisionError(f"the fleet's CA cannot be read: {err}") from err
+    server = fleet.dir / "broker" / "server.pem"
+    try:
+        names, ips = _server_names(x509.load_pem_x509_certificate(server.read_bytes()))
+    except (OSError, ValueError) as err:
+        raise ProvisionError(f"broker/server.pem cannot be read: {err}") from err
+    if not names and not ips:
+        names = [fleet.broker_host]
+    renewed = []
+    pair = make_server_cert(ca, names, ips, days)
+    _replace_pair(pair, fleet.dir / "broker" / "server-key.pem", server)
+    renewed.append("broker/server.pem")
+    clients = fleet.dir / "clients"
+    for pem in sorted(clients.glob("*.pem")) if clients.is_dir() else ():
+        if pem.name.endswith("-key.pem"):
+            continue
+        user = pem.stem
+        cert, key = fleet.client_cert(user)
+        _replace_pair(make_client_cert(ca, user, client_days), key, cert)
+        renewed.append(cert.relative_to(fleet.dir).as_posix())
+    return renewed
