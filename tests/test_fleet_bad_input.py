@@ -127,7 +127,7 @@ def test_a_poisoned_retained_state_costs_only_itself_across_restarts(
         wait_for(lambda: stored(service, viewer.token, "SIM-0001"), 20, what="lockerd ingested")
         assert health(service).json() == {
             "status": "ok",
-            "threads": {"fleet-delivery": True, "fleet-ingest": True},
+            "threads": {"fleet-delivery": True, "fleet-housekeeping": True, "fleet-ingest": True},
             "database": True,
         }
         metrics = httpx.get(f"http://127.0.0.1:{service.port}/metrics", timeout=10).text
@@ -205,7 +205,8 @@ def test_a_message_the_store_fails_on_costs_only_itself_and_a_dead_thread_shows(
         service.worker.stop()
         r = health(service)
         assert r.status_code == 503, r.text
-        assert r.json()["threads"] == {"fleet-delivery": True, "fleet-ingest": False}
+        threads = {"fleet-delivery": True, "fleet-housekeeping": True, "fleet-ingest": False}
+        assert r.json()["threads"] == threads
         metrics = httpx.get(f"http://127.0.0.1:{service.port}/metrics", timeout=10).text
         assert 'fleet_thread_alive{thread="fleet-ingest"} 0.0' in metrics
     finally:

@@ -28,11 +28,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from locker import errors
 from locker.fleet.client import CommandSigner, FleetClient, signer_for
-from locker.fleet.service import api, console, db, delivery
+from locker.fleet.service import api, console, db, delivery, retention
 from locker.fleet.service.actions import Actions
 from locker.fleet.service.alarms import Rules
 from locker.fleet.service.certs import CertificateCollector, CertificateSweep
 from locker.fleet.service.config import ServiceConfig
+from locker.fleet.service.housekeeping import Housekeeper
 from locker.fleet.service.ingest import Ingest
 from locker.fleet.service.live import Hub
 from locker.fleet.service.metrics import METRICS, DbCollector, HealthCollector
@@ -157,6 +158,13 @@ class FleetService:
         self.deliverer = delivery.Deliverer(self.engine, cfg.settings)
         self.actions = Actions(self.engine, fleet, self.client)
         self.certs = CertificateSweep(self.engine, fleet, rules_for(cfg))
+        days = cfg.settings.retention.days
+        self.housekeeper = Housekeeper(
+            [
+                ("certificates", self.certs.sweep),
+                ("retention", lambda: retention.prune(self.engine, days, time.time())),
+            ]
+        )
         self.app = create_app(
             self.engine,
             self.actions,
@@ -197,7 +205,7 @@ class FleetService:
         self.client.connect(timeout)
         self.worker.start()
         self.deliverer.start()
-        self.certs.start()
+        self.housekeeper.start()
         self._http_thread = threading.Thread(
             target=self.server.run,
             kwargs={"sockets": [self._listener]},
@@ -213,7 +221,11 @@ class FleetService:
 
     def health(self) -> dict[str, bool]:
         """``{thread: alive}`` of the workers this process runs (``GET /healthz``)."""
-        return {"fleet-ingest": self.worker.alive, "fleet-delivery": self.deliverer.alive}
+        return {
+            "fleet-ingest": self.worker.alive,
+            "fleet-delivery": self.deliverer.alive,
+            "fleet-housekeeping": self.housekeeper.alive,
+        }
 
     @property
     def port(self) -> int:
@@ -229,7 +241,7 @@ class FleetService:
             self._listener.close()  # uvicorn closed it if it started; this is for when not
         self.worker.stop()
         self.deliverer.stop()
-        self.certs.stop()
+        self.housekeeper.stop()
         self.client.close()
         self.engine.dispose()
 

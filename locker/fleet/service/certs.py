@@ -1,13 +1,14 @@
 """The fleet service's watch on the fleet directory's certificates (DESIGN 13, alarms).
 
-Every ``every_s`` (an hour) :class:`CertificateSweep` reads :func:`locker.fleet.certs.inventory`
-and, in one transaction, raises a ``certificate_expiring`` alarm for each certificate within
-``certificates.RENEW_WITHIN`` of its end (or past it, or unreadable) and resolves the alarm of
-each one that was renewed. The alarm's locker is the owner (a locker id, or ``(fleet)`` for
-the CA, the broker and the server identities), its "where" the file. A locker reports the
-certificate it actually loaded too (its ``certificate_expiring`` event, raised as an alarm with
-no "where" by :mod:`locker.fleet.service.alarms`): a file renewed here but never installed on
-the locker resolves this one, not that one.
+Every hour (:mod:`locker.fleet.service.housekeeping`) :class:`CertificateSweep` reads
+:func:`locker.fleet.certs.inventory` and, in one transaction, raises a
+``certificate_expiring`` alarm for each certificate within ``certificates.RENEW_WITHIN`` of
+its end (or past it, or unreadable) and resolves the alarm of each one that was renewed. The
+alarm's locker is the owner (a locker id, or ``(fleet)`` for the CA, the broker and the server
+identities), its "where" the file. A locker reports the certificate it actually loaded too
+(its ``certificate_expiring`` event, raised as an alarm with no "where" by
+:mod:`locker.fleet.service.alarms`): a file renewed here but never installed on the locker
+resolves this one, not that one.
 
 ``/metrics`` gets ``fleet_certificate_not_after_seconds{owner,certificate}`` (Unix seconds)
 from the last sweep, so a monitoring system can alert on its own threshold.
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import PurePosixPath
 from typing import Any, Final
@@ -25,7 +25,6 @@ from typing import Any, Final
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
 from locker.fleet.certs import FLEET, FleetCertificate, inventory
 from locker.fleet.layout import Fleet
@@ -34,7 +33,6 @@ from locker.fleet.service import alarms
 logger = logging.getLogger(__name__)
 
 KIND: Final = "certificate_expiring"
-SWEEP_S: Final = 3600.0
 
 
 def where(cert: FleetCertificate) -> str:
@@ -43,7 +41,7 @@ def where(cert: FleetCertificate) -> str:
 
 
 class CertificateSweep:
-    """See the module docstring. ``sweep`` once, or ``start``/``stop`` a daemon thread."""
+    """See the module docstring: ``sweep`` raises and resolves the alarms."""
 
     def __init__(
         self,
@@ -51,14 +49,11 @@ class CertificateSweep:
         fleet: Fleet,
         rules: alarms.Rules,
         *,
-        every_s: float = SWEEP_S,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self.engine, self.fleet, self.rules = engine, fleet, rules
-        self.every_s, self.clock = every_s, clock
+        self.clock = clock
         self.last: list[FleetCertificate] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def sweep(self) -> list[str]:
         """Raise and resolve the alarms; returns the warning lines (also logged)."""
@@ -82,24 +77,6 @@ class CertificateSweep:
                     logger.warning("%s: %s", cert.owner, line)
         self.last = found
         return lines
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="fleet-certs", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                self.sweep()
-            except (OSError, SQLAlchemyError):
-                logger.exception("certificate sweep failed; trying again in %.0f s", self.every_s)
-            if self._stop.wait(self.every_s):
-                return
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5.0)
 
 
 class CertificateCollector(Collector):

@@ -121,6 +121,10 @@ class Notifications(_Section):
     reminder_before_s: Annotated[int, Field(ge=60)] = 86400
 
 
+class Retention(_Section):
+    days: Annotated[int, Field(ge=0, le=36500)] = 400  # 0: keep everything (retention.py)
+
+
 class ServiceSettings(_Section):
     offline_alarm_s: Annotated[int, Field(ge=10)] = 300
     http: Http = Http()
@@ -130,6 +134,7 @@ class ServiceSettings(_Section):
     webhooks: list[Webhook] = []
     smtp: Smtp | None = None
     notifications: Notifications = Notifications()
+    retention: Retention = Retention()
 
 
 def _path(loc: tuple[int | str, ...]) -> str:
