@@ -591,3 +591,28 @@ def _one_unlock(rig: DaemonRig, watch: WireWatch, comp: BoardCompartment, code: 
     if channel != comp.channel:
         raise AssertionError(f"unlock for channel {channel}, expected {comp.channel}")
     return arrived - submitted
+
+
+ONE_DOOR = """\
+[locker]
+id = "{locker_id}"
+state_dir = "{state}"
+[security]
+device_key_file = "device.key"
+[gpio]
+pin_factory = "mock"
+[[compartments]]
+id = "A1"
+size = "S"
+lock_pin = 17
+door_pin = 27
+"""
+
+
+def one_door_config(tmp: Path, state: Path, locker_id: str = "LKR-I1") -> Path:
+    """``tmp/locker.toml``: a GPIO cabinet (mock pins) with one door and no link, its device
+    key beside it: the least a real ``lockerd`` child starts with."""
+    (tmp / "device.key").write_bytes(secrets.token_bytes(32))
+    cfg = tmp / "locker.toml"
+    cfg.write_text(ONE_DOOR.format(locker_id=locker_id, state=state))
+    return cfg

@@ -20,28 +20,11 @@ import pytest
 from locker.cabinet import daemon
 from locker.cabinet.store import Store
 from tests.conftest import small_tmpfs, wait_for
-
-CONFIG = """\
-[locker]
-id = "LKR-I1"
-state_dir = "{state}"
-[security]
-device_key_file = "device.key"
-[gpio]
-pin_factory = "mock"
-[[compartments]]
-id = "A1"
-size = "S"
-lock_pin = 17
-door_pin = 27
-"""
+from tests.daemon_rig import one_door_config
 
 
 def _config(tmp: Path, state: Path) -> Path:
-    (tmp / "device.key").write_bytes(b"k" * 32)
-    cfg = tmp / "locker.toml"
-    cfg.write_text(CONFIG.format(state=state))
-    return cfg
+    return one_door_config(tmp, state)
 
 
 def _lockerd(cfg: Path, *extra: str) -> subprocess.Popen[str]:

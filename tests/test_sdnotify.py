@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from locker.cabinet import sdnotify
+from locker import sdnotify
 
 
 @pytest.fixture
@@ -75,7 +75,7 @@ def test_missing_socket_is_reported_not_raised(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "gone"))
-    with caplog.at_level(logging.WARNING, logger="locker.cabinet.sdnotify"):
+    with caplog.at_level(logging.WARNING, logger="locker.sdnotify"):
         assert sdnotify.watchdog() is False
     assert "sd_notify failed" in caplog.text
 
@@ -84,7 +84,7 @@ def test_unsupported_address_is_reported(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("NOTIFY_SOCKET", "vsock:2:1234")
-    with caplog.at_level(logging.WARNING, logger="locker.cabinet.sdnotify"):
+    with caplog.at_level(logging.WARNING, logger="locker.sdnotify"):
         assert sdnotify.ready() is False
     assert "unsupported" in caplog.text
 
@@ -107,6 +107,6 @@ def test_invalid_watchdog_usec_disables_pings(
 ) -> None:
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
     monkeypatch.setenv("WATCHDOG_USEC", value)
-    with caplog.at_level(logging.WARNING, logger="locker.cabinet.sdnotify"):
+    with caplog.at_level(logging.WARNING, logger="locker.sdnotify"):
         assert sdnotify.watchdog_interval() is None
     assert "WATCHDOG_USEC" in caplog.text

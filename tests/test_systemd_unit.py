@@ -271,3 +271,38 @@ def test_install_script_shellcheck() -> None:
         ["shellcheck", str(INSTALL)], capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 0, done.stdout
+
+
+# --- the fleet service's unit ----------------------------------------------------------------
+
+FLEET_UNIT = ROOT / "systemd" / "locker-fleet.service"
+
+
+def test_fleet_unit_settings() -> None:
+    from locker.fleet.ctl_output import EXIT_CONFIG as EXIT_FLEET_DIR  # noqa: PLC0415
+    from locker.fleet.ctl_output import EXIT_USAGE  # noqa: PLC0415
+
+    fleet = parse_unit(FLEET_UNIT.read_text(encoding="utf-8"))
+    assert one(fleet, "Service", "Type") == "notify"
+    assert one(fleet, "Service", "ExecStart").endswith(
+        "lockerctl serve --fleet /var/lib/locker-fleet"
+    )
+    assert one(fleet, "Service", "StateDirectory") == "locker-fleet"
+    assert float(one(fleet, "Service", "WatchdogSec")) >= 10
+    # bad usage and an unusable fleet directory cannot be fixed by a restart; the broker or
+    # the database being away can
+    prevented = one(fleet, "Service", "RestartPreventExitStatus").split()
+    assert prevented == [str(EXIT_USAGE), str(EXIT_FLEET_DIR)]
+    assert one(fleet, "Service", "Restart") == "on-failure"
+    assert one(fleet, "Service", "MemoryDenyWriteExecute") == "yes"  # tests/test_fleet_systemd
+    assert one(fleet, "Install", "WantedBy") == "multi-user.target"
+
+
+@needs_analyze
+@pytest.mark.timeout(60)
+def test_fleet_unit_security_and_verify() -> None:
+    returncode, exposure = _security(FLEET_UNIT)
+    assert exposure <= 2.0
+    assert returncode == 0
+    messages = _verify_messages(FLEET_UNIT)
+    assert [m for m in messages if "lockerctl is not executable" not in m] == []

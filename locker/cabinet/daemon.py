@@ -31,8 +31,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from locker import __version__, errors
-from locker.cabinet import sdnotify
+from locker import __version__, errors, sdnotify
 from locker.cabinet.config import (
     EXIT_CONFIG,
     Config,

@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from locker import errors
+from locker import errors, sdnotify
 from locker.fleet.client import CommandSigner, FleetClient, signer_for
 from locker.fleet.service import api, console, db, delivery, retention
 from locker.fleet.service.actions import Actions
@@ -246,10 +246,18 @@ class FleetService:
         self.engine.dispose()
 
     def run(self, on_ready: Callable[[str], None] | None = None) -> None:
-        """Start, call ``on_ready(url)``, then block until SIGTERM or SIGINT; stop cleanly."""
+        """Start, call ``on_ready(url)``, then block until SIGTERM or SIGINT; stop cleanly.
+
+        Under systemd (``Type=notify``, ``systemd/locker-fleet.service``) it sends READY=1
+        once MQTT, the workers and HTTP are up, and WATCHDOG=1 every half ``WatchdogSec`` only
+        while every worker thread runs (``health``): a service whose ingest or delivery thread
+        died is restarted rather than left answering HTTP while lockers go unacknowledged. A
+        database outage does not stop the pings (restarting cannot fix it; ``/healthz`` says
+        it)."""
         done = threading.Event()
 
         def _on_signal(_sig: int, _frame: FrameType | None) -> None:
+            sdnotify.stopping()
             done.set()
 
         signal.signal(signal.SIGTERM, _on_signal)
@@ -260,5 +268,14 @@ class FleetService:
         logger.info("fleet service on %s (API %sapi/v1)", url, url)
         if on_ready is not None:
             on_ready(url)
-        done.wait()
+        sdnotify.ready()
+        sdnotify.status(f"serving {url}")
+        interval = sdnotify.watchdog_interval()
+        while not done.wait(interval):
+            dead = sorted(name for name, alive in self.health().items() if not alive)
+            if dead:  # no ping: systemd restarts us within WatchdogSec
+                logger.error("worker thread(s) not running: %s", ", ".join(dead))
+                sdnotify.status(f"failing: {', '.join(dead)} not running")
+            else:
+                sdnotify.watchdog()
         self.stop()
