@@ -99,9 +99,22 @@ def test_parcel_issued_by_api_deposited_by_keypad_collected_by_qr(
             assert "acme" in caplog.text  # the service's log names who sent the command
             # a second issue of the same active parcel is refused with its code
             again = {"locker": "SIM-0001", "parcel": "PCL-2", "size": "M"}
-            assert c.post("/api/v1/parcels", json=again).status_code == 201
-            r = c.post("/api/v1/parcels", json=again)
+            first = c.post("/api/v1/parcels", json=again)
+            assert first.status_code == 201
+            r = c.post("/api/v1/parcels", json=again)  # a retry after a 201 that got lost
             assert (r.status_code, r.json()["error"]["code"]) == (409, "duplicate_parcel")
+            # ... says how to get codes again, and that way works: cancel, issue again
+            assert "cancel it (POST /api/v1/parcels/PCL-2/cancel)" in r.json()["error"]["message"]
+            lost = c.post("/api/v1/parcels/PCL-2/cancel", json={"reason": "codes lost"})
+            assert lost.status_code == 200, lost.text
+            wait_for(
+                lambda: v.get("/api/v1/parcels/PCL-2").json()["state"] == "cancelled",
+                15,
+                what="PCL-2 cancelled in the ledger",
+            )
+            reissued = c.post("/api/v1/parcels", json=again)
+            assert reissued.status_code == 201, reissued.text
+            assert reissued.json()["dropoff_code"] != first.json()["dropoff_code"]
             # accessible: the locker picks among its accessible compartments only
             step_free = {"locker": "SIM-0001", "parcel": "PCL-3", "size": "S", "accessible": True}
             r = c.post("/api/v1/parcels", json=step_free)

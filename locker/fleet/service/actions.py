@@ -64,6 +64,19 @@ FINAL_STATES = frozenset({"collected", "retrieved", "cancelled"})
 PENDING = "pending"  # an assign sent but unanswered: it may still run (see the module doc)
 
 
+def _already_active(parcel: str, known: Any) -> str:
+    """The 409 for a parcel issued before, with the way out when its codes were lost (a
+    carrier's retry after a 201 that never reached it lands here: the codes are never
+    stored, so they cannot be given again)."""
+    where = f"{known.state} at locker {known.locker}"
+    if known.state == "reserved":
+        return (
+            f"parcel {parcel} is already active ({where}). If its codes were lost, cancel it "
+            f"(POST /api/v1/parcels/{parcel}/cancel) and issue it again: new codes"
+        )
+    return f"parcel {parcel} is already active ({where})"
+
+
 class ActionError(errors.UsageError):
     """``issued``: the parcel and its codes, when an ``assign`` went out unanswered."""
 
@@ -219,7 +232,7 @@ class Actions:
                 "again",
             )
         if known is not None and known.state not in FINAL_STATES:
-            raise ActionError(409, "duplicate_parcel", f"parcel {parcel} is already active")
+            raise ActionError(409, "duplicate_parcel", _already_active(parcel, known))
         now = int(time.time())
         # the locker's own code length: it refuses codes of any other length as malformed
         digits = self.fleet.code_length(locker).digits
