@@ -5,10 +5,15 @@
 - ``FleetView``: pure bookkeeping of what a fleet publishes: status and occupancy from the
   retained messages, and one ``ledger.Stream`` per ``(locker, epoch)``: events deduplicated
   by ``(locker, epoch, seq)``, gaps detected, only what is held contiguously acknowledged,
-  a first contact that starts past its floor answered with a ``resync`` request, and a new
-  epoch (the locker's store was replaced or rolled back) reported.
+  a first contact that starts past its floor answered with a ``resync`` request, so is a gap
+  in mid-stream that lasts ``GapRule.wait_s`` (2 s; at most one per ``interval_s``), and a new
+  epoch (the locker's store was replaced or rolled back) reported. An event whose
+  ``(epoch, seq)`` is valid but whose body breaks the contract (``ledger.event_problem``) is
+  held as its ``invalid_event`` placeholder, so the stream goes on and is acked; one that
+  cannot be placed is counted (``malformed``) and never acknowledged.
 - ``Watcher``: a thread that feeds incoming messages to a ``FleetView``, writes the log,
-  reports lines, sends the acks (after the fsync) and the resync requests.
+  reports lines, sends the acks (after the fsync) and the resync requests. A message it fails
+  on is reported and skipped: the thread goes on.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import json
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +32,18 @@ from typing import Any
 from locker.contract import numbers
 from locker.contract.actions import Action
 from locker.fleet.client import CommandSigner, FleetClient, FleetError, Incoming, Reply
-from locker.fleet.ledger import LEGACY_EPOCH, Ack, Stream, epoch_of, state_floor
+from locker.fleet.ledger import (
+    INVALID_EVENT,
+    LEGACY_EPOCH,
+    Ack,
+    GapRule,
+    Stream,
+    epoch_of,
+    event_problem,
+    gap_line,
+    placeholder,
+    state_floor,
+)
 
 _ACK_EVERY = 200  # events between acks during a burst; otherwise one ack per quiet moment
 
@@ -101,6 +118,8 @@ class LockerView:
     events: list[dict[str, Any]] = field(default_factory=list)  # new events, contiguous order
     resync_due: bool = False  # a first contact began past its floor: ask for the backlog
     gap_reported: tuple[str, int] | None = None
+    malformed: int = 0  # events that could not be placed (no valid seq or epoch): dropped
+    invalid: int = 0  # events held as invalid_event placeholders
 
     @property
     def online(self) -> bool | None:
@@ -158,6 +177,8 @@ class FleetView:
     Acknowledgement rule (``ledger``): per ``(locker, epoch)``, only what is held
     contiguously from the stream's floor; only the locker's current epoch is acknowledged.
     ``baselines`` (locker -> seq) sets the floor of the first stream seen of a locker.
+    ``gap_rule`` says when a mid-stream gap earns a ``resync`` (``gap_resyncs``), timed with
+    ``clock`` (seconds, monotonic by default).
     """
 
     def __init__(
@@ -165,8 +186,13 @@ class FleetView:
         prefix: str = "lockers",
         log: EventLog | None = None,
         baselines: Mapping[str, int] | None = None,
+        *,
+        gap_rule: GapRule | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.prefix = prefix.rstrip("/")
+        self.gap_rule = gap_rule or GapRule()
+        self.clock = clock
         self.lockers: dict[str, LockerView] = {}
         self._log = log
         self._baselines = dict(baselines or {})
@@ -200,6 +226,8 @@ class FleetView:
             doc = None
         lines = self._dispatch(locker_id, channel, doc, msg.payload)
         if lines is None:
+            if channel == "evt":
+                self._view(locker_id).malformed += 1
             return [f"{locker_id}: malformed message on {msg.topic} (not acknowledged)"]
         return lines
 
@@ -253,6 +281,7 @@ class FleetView:
                     f"{locker_id}: seq {_span(held + 1, floor)} of epoch {_short(epoch)} "
                     "were removed from the locker before this server held them"
                 )
+            stream.note_gap(self.clock())
             lines += self._collect(view, stream)
         return lines
 
@@ -289,15 +318,29 @@ class FleetView:
         lines: list[str] = []
         stream, new = self._stream(view, epoch, lines)
         seq: int = ev["seq"]
+        problem = event_problem(ev)
+        if problem is not None:
+            # held all the same, or nothing after it could ever be acknowledged
+            ev = placeholder(ev, problem)
         if not stream.receive(seq, ev):
             return lines
         if self._log is not None:
             self._log.append(locker_id, ev)
-        lines.append(_event_line(locker_id, ev))
+        if problem is not None:
+            view.invalid += 1
+            lines.append(
+                f"{locker_id}: event seq {seq} of epoch {_short(epoch)} is invalid ({problem});"
+                f" held as {INVALID_EVENT} so its stream goes on"
+            )
+        else:
+            lines.append(_event_line(locker_id, ev))
+        now = self.clock()
+        stream.note_gap(now)
         if new and stream.gap() is not None:
             # The first event seen is past the floor (a live event while a backlog is
             # queued): ask for the backlog rather than wait for an ack time-out.
             view.resync_due = True
+            stream.resync_at = now
         return lines + self._collect(view, stream)
 
     def _collect(self, view: LockerView, stream: Stream) -> list[str]:
@@ -335,6 +378,22 @@ class FleetView:
 
     def mark_resync_sent(self, locker_id: str) -> None:
         self.lockers[locker_id].resync_due = False
+
+    def gap_resyncs(self) -> list[tuple[str, str]]:
+        """``(locker, line)`` for each current stream whose mid-stream gap has lasted
+        ``gap_rule.wait_s`` with no ``resync`` in ``gap_rule.interval_s`` (the fleet
+        service's rule); each is counted as sent. The line: ``gap 34-37 for 2.0 s: ...``."""
+        now = self.clock()
+        due = []
+        for view in self.lockers.values():
+            stream = view.stream
+            if stream is None or stream.gap_since is None:
+                continue
+            since = stream.gap_since
+            gap = stream.gap()
+            if gap is not None and stream.gap_resync_due(self.gap_rule, now):
+                due.append((view.locker_id, gap_line(gap[0], gap[1], now - since)))
+        return due
 
 
 def _valid_seq(value: object) -> bool:
@@ -398,8 +457,12 @@ class Watcher:
                 self._flush()
                 handled = 0
                 continue
-            for line in self.view.handle(msg):
-                self.on_line(line)
+            try:
+                for line in self.view.handle(msg):
+                    self.on_line(line)
+            except Exception as err:  # one message's fault must not end the watch
+                self.errors.append(f"message on {msg.topic[:200]} failed: {err!r}"[:500])
+                self.on_line(f"message on {msg.topic[:200]} not handled ({type(err).__name__})")
             handled += 1
             if handled >= _ACK_EVERY or self._queue.empty():
                 self._flush()
@@ -425,17 +488,28 @@ class Watcher:
             self.view.mark_acked(locker_id, ack)
 
     def _resync(self) -> None:
+        can_ask = self.signer is not None and self.ack
         for locker_id in self.view.resyncs_due():
             self.view.mark_resync_sent(locker_id)
-            if self.signer is None or not self.ack:
+            if not can_ask:
                 self.on_line(f"{locker_id}: backlog not held; waiting for the locker to resend")
                 continue
             self.on_line(f"{locker_id}: asking for the backlog (resync)")
-            # On a thread: the reply arrives through this watcher's own queue, which must
-            # keep draining while send_command waits for it.
-            threading.Thread(
-                target=self._send_resync, args=(locker_id,), name="fleet-resync", daemon=True
-            ).start()
+            self._start_resync(locker_id)
+        for locker_id, line in self.view.gap_resyncs():
+            if not can_ask:
+                waiting = line.replace("resync sent", "waiting for the locker to resend")
+                self.on_line(f"{locker_id}: {waiting} (no command key to send resync)")
+                continue
+            self.on_line(f"{locker_id}: {line}")
+            self._start_resync(locker_id)
+
+    def _start_resync(self, locker_id: str) -> None:
+        # On a thread: the reply arrives through this watcher's own queue, which must keep
+        # draining while send_command waits for it.
+        threading.Thread(
+            target=self._send_resync, args=(locker_id,), name="fleet-resync", daemon=True
+        ).start()
 
     def _send_resync(self, locker_id: str) -> None:
         assert self.signer is not None

@@ -11,7 +11,9 @@ directory's are swept by ``locker.fleet.service.certs``). Resolved by events: do
 (door_left_open of that compartment), hardware_recovered, keypad_unlocked. By state:
 ``outbox_growing`` at ``outbox_depth >= outbox_growth`` (resolved below half of it). By the
 sweep: ``locker_offline`` after ``offline_alarm_s`` without a birth (resolved by the next
-birth).
+birth). By ingest: ``invalid_event`` when an event whose body broke the contract is held as a
+placeholder (one alarm per locker while open; its ``count`` says how many); placeholders never
+reach the rules below (``on_event``) nor the parcel ledger.
 
 Customer notifications to webhooks taking ``notification``: ``parcel_deposited``,
 ``pickup_reminder`` (``reminder_before_s`` before ``pickup_until``, once), ``pickup_expired``.
@@ -25,6 +27,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, insert, select, update
 
+from locker.fleet import ledger
 from locker.fleet.service import delivery, parcel_ledger
 from locker.fleet.service.db import alarms, lockers, parcels
 
@@ -55,8 +58,13 @@ class Rules:
     outbox_growth: int = 500
     offline_alarm_s: int = 300
     reminder_before_s: int = 86400
-    resync_interval_s: float = 60.0
+    resync_interval_s: float = ledger.RESYNC_INTERVAL_S  # at most one resync per stream
+    gap_resync_s: float = ledger.GAP_RESYNC_S  # a mid-stream gap this old gets a resync
     routes: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+
+    @property
+    def gap_rule(self) -> ledger.GapRule:
+        return ledger.GapRule(wait_s=self.gap_resync_s, interval_s=self.resync_interval_s)
 
 
 def _open_key(locker: str, kind: str, compartment: str | None) -> str:

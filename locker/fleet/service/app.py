@@ -49,6 +49,7 @@ def rules_for(cfg: ServiceConfig) -> Rules:
     return Rules(
         outbox_growth=s.alarms.outbox_growth,
         offline_alarm_s=s.offline_alarm_s,
+        gap_resync_s=s.gap_resync_s,
         reminder_before_s=s.notifications.reminder_before_s,
         routes=delivery.routes(s),
     )

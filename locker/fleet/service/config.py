@@ -3,13 +3,15 @@
 ``fleet.toml`` is shared with provisioning: its top-level keys (``name``, ``broker_host``,
 ``topic_prefix``...) describe the fleet and are read by :class:`locker.fleet.provision.Fleet`;
 the service owns the tables ``[http]``, ``[db]``, ``[mqtt]``, ``[alarms]``, ``[[webhooks]]``,
-``[smtp]``, ``[notifications]`` and the key ``offline_alarm_s``. Unknown service keys are
-errors, values are never converted to another type, and every error names its key path
-(``fleet.toml: http.listen: ...``), all of a file's errors at once, like the locker's config.
+``[smtp]``, ``[notifications]`` and the keys ``offline_alarm_s`` and ``gap_resync_s``. Unknown
+service keys are errors, values are never converted to another type, and every error names
+its key path (``fleet.toml: http.listen: ...``), all of a file's errors at once, like the
+locker's config.
 
 Shapes (all optional)::
 
     offline_alarm_s = 300                 # a locker offline this long raises an alarm
+    gap_resync_s = 2.0                    # a mid-stream gap this old gets a resync (0.1-3600)
     [http]   listen = "127.0.0.1:8080"    # HOST:PORT of the REST API and console
              secure_cookies = true        # false only for plain-HTTP development
     [db]     url = "postgresql+psycopg://user@host/fleet"   # default: sqlite in DIR
@@ -34,6 +36,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from locker import errors
+from locker.fleet.ledger import GAP_RESYNC_S
 from locker.fleet.provision import Fleet, ProvisionError
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
@@ -127,6 +130,10 @@ class Retention(_Section):
 
 class ServiceSettings(_Section):
     offline_alarm_s: Annotated[int, Field(ge=10)] = 300
+    # Seconds a mid-stream gap may last before the locker is sent ``resync`` (ledger.GapRule):
+    # below it, N workers reordering one locker's events look like gaps; 0.1 s is the least
+    # that is not a resync per reordering, an hour the most that still beats an ack time-out.
+    gap_resync_s: Annotated[float, Field(ge=0.1, le=3600)] = GAP_RESYNC_S
     http: Http = Http()
     db: Db = Db()
     mqtt: Mqtt = Mqtt()

@@ -5,11 +5,14 @@ Tables (DESIGN section 13):
 - ``lockers``: last status and state per locker (online, epoch, outbox depth, grid as JSON);
 - ``streams``: one row per ``(locker, epoch)``: ``contiguous`` = every seq up to it is stored
   (NULL while unknown: first contact past seq 1, until the locker's state tells the baseline);
-- ``events``: every event once, unique on ``(locker, epoch, seq)``;
+  ``gap_reported``/``gap_since``: where and since when (Unix s) events are held past a gap;
+  ``resync_at``: the last ``resync`` sent for the stream;
+- ``events``: every event once, unique on ``(locker, epoch, seq)``; one whose body broke the
+  contract is held as a placeholder of type ``invalid_event`` (``ledger.placeholder``);
 - ``parcels`` and ``parcel_history``: the ledger built from events and API actions;
 - ``commands``: every signed command the service sent, who sent it and why, and the reply;
 - ``alarms``: raised once (``open_key`` is unique while the alarm is open), acknowledged with
-  a note; ``reports``: gaps, epoch changes, first contacts;
+  a note; ``reports``: gaps, gap resyncs, invalid events, epoch changes, first contacts;
 - ``deliveries``: the outbox of webhook and e-mail messages, with an idempotency key;
 - ``users`` and ``sessions``: argon2 password hashes, SHA-256 hashes of API and session tokens.
 
@@ -85,8 +88,10 @@ streams = Table(
     Column("contiguous", BigInteger),
     Column("gap_reported", BigInteger),
     Column("first_seen", Float, nullable=False),
-    Column("resync_at", Float),
+    Column("resync_at", Float),  # the last resync sent for this stream (first contact or gap)
+    Column("gap_since", Float),  # when the gap at ``gap_reported`` opened (migration 0003)
 )
+Index("ix_streams_gap_since", streams.c.gap_since)
 
 events = Table(
     "events",
@@ -181,7 +186,8 @@ reports = Table(
     metadata,
     Column("id", _ID, primary_key=True, autoincrement=True),
     Column("locker", String(64), nullable=False),
-    Column("kind", String(32), nullable=False),  # gap | gap_filled | epoch_change | first_contact
+    # gap | gap_filled | gap_resync | invalid_event | floor_raised | epoch_change | first_contact
+    Column("kind", String(32), nullable=False),
     Column("at", Float, nullable=False),
     Column("detail", JSON, nullable=False, default=dict),
 )

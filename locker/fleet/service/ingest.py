@@ -9,7 +9,16 @@ any order, duplicates included) and, in ONE transaction:
 - per touched ``(locker, epoch)`` stream, locked for the transaction (``FOR UPDATE`` on
   PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` serialises writers), advances ``contiguous`` over
   what the DATABASE holds, so N workers sharing a subscription compute the same ack;
-- reports first contacts, epoch changes, gaps and filled gaps (``reports`` table, log).
+- reports first contacts, epoch changes, gaps and filled gaps (``reports`` table, log), and
+  records when a gap opened (``streams.gap_since``), for the worker's gap sweep
+  (:mod:`locker.fleet.service.gaps`);
+- holds an event whose ``(epoch, seq)`` can be placed but whose body breaks the contract
+  (``ledger.event_problem``: a type of 65 characters, a compartment of 70, a control character
+  in ``ts``, NaN...) as a placeholder of type ``invalid_event`` (``ledger.placeholder``: the
+  problem and the raw payload, escaped and cut short), so the stream goes on and is acked; it
+  is reported (``invalid_event`` in ``reports``, a WARNING line with locker, seq and why) and
+  raises the operator alarm ``invalid_event`` (once while open); the parcel ledger and the
+  alarm rules skip it.
 
 After the commit it returns the acks due (``{p}/ack`` ``{"v":1,"epoch","upto_seq"}``) and the
 lockers to ask for a ``resync``. The receipt rule (the same as ``lockerctl watch``'s): a
@@ -23,7 +32,9 @@ retained messages to every member of a share). Every message is checked against 
 before the transaction: a counter (``seq``, ``last_seq``, ``outbox_depth``, ``rev``) outside
 0..2**63-1 (``locker.contract.numbers``: the database's signed 64-bit integer) or a text
 longer than its column rejects that message alone (``Outcome.rejections``, one line each, with
-the locker and topic), so no value from a locker can make the database driver raise.
+the locker and topic), so no value from a locker can make the database driver raise; for an
+event that is only possible when it cannot be placed (not JSON, no valid seq or epoch; over
+``MAX_PLACEABLE_BYTES``), every other bad event is held as a placeholder (above).
 An event or state without ``epoch`` (lockers from before epochs) belongs to the legacy epoch
 ``""``. The epoch, floor and ack shapes come from :mod:`locker.fleet.ledger`, the receipt
 rule ``lockerctl watch`` follows too, so the two cannot drift.
@@ -47,6 +58,9 @@ from locker.fleet.service import parcel_ledger
 from locker.fleet.service.db import events, lockers, reports, streams
 
 MAX_EVENT_BYTES = 64 * 1024
+# An event larger than MAX_EVENT_BYTES is still parsed, up to this, to place its seq (held as
+# a placeholder); beyond it, parsing would cost more than a locker can justify: rejected.
+MAX_PLACEABLE_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -80,46 +94,44 @@ class Outcome:
     new_events: int = 0
     duplicates: int = 0
     rejected: int = 0
+    invalid: int = 0  # events held as placeholders (new ones only, not their resends)
     lines: list[str] = field(default_factory=list)  # what happened, for the log (INFO)
-    rejections: list[str] = field(default_factory=list)  # one per rejected message (WARNING)
+    # one per rejected message and per new placeholder (WARNING)
+    rejections: list[str] = field(default_factory=list)
     stored: list[dict[str, Any]] = field(default_factory=list)  # the new events, for live views
     statuses: list[tuple[str, bool]] = field(default_factory=list)  # (locker, online) births/wills
     states: list[str] = field(default_factory=list)  # lockers whose state snapshot changed
+
+
+@dataclass(frozen=True)
+class _Event:
+    """A placed event of ``locker``: its payload, or its placeholder when ``problem`` is set."""
+
+    locker: str
+    doc: dict[str, Any]
+    problem: str | None = None
 
 
 @dataclass
 class _Parsed:
     statuses: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     states: dict[str, dict[str, Any]] = field(default_factory=dict)
-    events: list[dict[str, Any]] = field(default_factory=list)
+    events: list[_Event] = field(default_factory=list)
 
 
-# The longest text each event field may carry: the contract's limits (schemas/common.json),
-# which the columns of ``db.events`` hold on PostgreSQL as well (a longer one is a data error).
-_EVENT_TEXT = {"compartment": 64, "parcel": 128, "ts": 40}
 MAX_LOCKER_ID = 64  # lockers.id, the certificate CN (DESIGN 6)
+_text = receipt.printable
 
 
-def _event_problem(doc: Any) -> str | None:
-    """Why ``doc`` is not an event this service can store, or None."""
+def _placement_problem(doc: Any) -> str | None:
+    """Why ``doc`` is an event that cannot be placed in a stream (so can only be dropped)."""
     if not isinstance(doc, dict):
         return "not a JSON object"
     if numbers.count(doc.get("seq"), minimum=1) is None:
         return f"seq {_shown(doc.get('seq'))} is not an integer in [1, 2**63-1]"
-    if not _text(doc.get("type"), 64) or not doc["type"]:
-        return "type is not a printable string of 1-64 characters"
     if receipt.epoch_of(doc) is None:
         return "epoch is not a string of 1-64 characters"
-    for key, longest in _EVENT_TEXT.items():
-        if doc.get(key) is not None and not _text(doc[key], longest):
-            return f"{key} is not a printable string of at most {longest} characters"
     return None
-
-
-def _text(value: Any, longest: int) -> bool:
-    """A string a column holds: at most ``longest`` characters, printable (PostgreSQL's text
-    refuses NUL; a control character has no business in an id or a timestamp)."""
-    return isinstance(value, str) and len(value) <= longest and value.isprintable()
 
 
 def _state_problem(doc: Any) -> str | None:
@@ -144,7 +156,7 @@ def _problem(channel: str, doc: Any) -> str | None:
     if channel == "state":
         return _state_problem(doc)
     if channel == "evt":
-        return _event_problem(doc)
+        return _placement_problem(doc)
     return f"unexpected channel {channel!r}"
 
 
@@ -172,7 +184,7 @@ class Ingest:
 
     # -- parsing --
 
-    def _parse(self, batch: Iterable[Message], out: Outcome) -> _Parsed:
+    def _parse(self, batch: Iterable[Message], out: Outcome, suspect: str | None) -> _Parsed:
         parsed = _Parsed()
         head = self.prefix + "/"
         for msg in batch:
@@ -184,8 +196,10 @@ class Ingest:
             if channel == "evt" and msg.retain:
                 _reject(out, locker, msg.topic, "retained event (events are never retained)")
                 continue
-            if len(msg.payload) > MAX_EVENT_BYTES:
-                _reject(out, locker, msg.topic, f"oversized ({len(msg.payload)} bytes)")
+            size = len(msg.payload)
+            oversized = size > MAX_EVENT_BYTES
+            if oversized and (channel != "evt" or size > MAX_PLACEABLE_BYTES):
+                _reject(out, locker, msg.topic, f"oversized ({size} bytes)")
                 continue
             doc: Any = None  # an empty status payload: the retained status was cleared
             try:
@@ -201,19 +215,27 @@ class Ingest:
             elif channel == "state":
                 parsed.states[locker] = doc
             else:
-                parsed.events.append({**doc, "_locker": locker})
+                problem = f"oversized ({size} bytes)" if oversized else suspect
+                problem = problem or receipt.event_problem(doc)
+                if problem is not None:
+                    doc = receipt.placeholder(doc, problem)
+                parsed.events.append(_Event(locker, doc, problem))
         return parsed
 
     # -- the transaction --
 
-    def store(self, batch: Sequence[Message]) -> Outcome:
+    def store(self, batch: Sequence[Message], *, suspect: str | None = None) -> Outcome:
         """Store ``batch`` in one transaction; see the module docstring.
+
+        ``suspect``: the store already failed on this batch for a reason of its own; every
+        placed event in it is held as a placeholder with this problem (the worker's last
+        resort before dropping a message, so that no event can block its stream).
 
         :raises sqlalchemy.exc.SQLAlchemyError: the database failed; nothing was committed
             and nothing may be acknowledged (the lockers will resend).
         """
         out = Outcome()
-        parsed = self._parse(batch, out)
+        parsed = self._parse(batch, out, suspect)
         now = self.clock()
         touched: dict[tuple[str, str], bool] = {}  # stream -> a duplicate came in
         with self.engine.begin() as conn:
@@ -221,10 +243,10 @@ class Ingest:
                 self._status(conn, locker, status, now, out)
             for locker, state in sorted(parsed.states.items()):
                 self._state(conn, locker, state, now, out)
-            by_stream: dict[tuple[str, str], list[dict[str, Any]]] = {}
+            by_stream: dict[tuple[str, str], list[_Event]] = {}
             for ev in parsed.events:
-                epoch = receipt.epoch_of(ev) or receipt.LEGACY_EPOCH
-                by_stream.setdefault((ev["_locker"], epoch), []).append(ev)
+                epoch = receipt.epoch_of(ev.doc) or receipt.LEGACY_EPOCH
+                by_stream.setdefault((ev.locker, epoch), []).append(ev)
             state_of = {
                 (lk, receipt.epoch_of(st) or receipt.LEGACY_EPOCH): st
                 for lk, st in parsed.states.items()
@@ -346,25 +368,26 @@ class Ingest:
         self,
         conn: Connection,
         key: tuple[str, str],
-        evs: list[dict[str, Any]],
+        evs: list[_Event],
         now: float,
         out: Outcome,
     ) -> bool:
         locker, epoch = key
         stream, created = self._lock_stream(conn, key, now, out)
+        unique = {ev.doc["seq"]: ev for ev in evs}
         rows = [
             {
                 "locker": locker,
                 "epoch": epoch,
-                "seq": ev["seq"],
-                "type": ev["type"],
-                "compartment": ev.get("compartment"),
-                "parcel": ev.get("parcel"),
-                "ts": ev.get("ts"),
-                "body": {k: v for k, v in ev.items() if k != "_locker"},
+                "seq": ev.doc["seq"],
+                "type": ev.doc["type"],
+                "compartment": ev.doc.get("compartment"),
+                "parcel": ev.doc.get("parcel"),
+                "ts": ev.doc.get("ts"),
+                "body": ev.doc,
                 "received_at": now,
             }
-            for ev in {ev["seq"]: ev for ev in evs}.values()
+            for ev in unique.values()
         ]
         stmt = (
             _insert(conn, events)
@@ -377,8 +400,12 @@ class Ingest:
         out.duplicates += dup
         for row in sorted((r for r in rows if r["seq"] in inserted), key=lambda r: r["seq"]):
             body = row["body"]
-            parcel_ledger.apply_event(conn, locker, epoch, body, now)
-            alarm_rules.on_event(conn, self.rules, locker, epoch, body, now)
+            problem = unique[row["seq"]].problem
+            if problem is None:
+                parcel_ledger.apply_event(conn, locker, epoch, body, now)
+                alarm_rules.on_event(conn, self.rules, locker, epoch, body, now)
+            else:
+                self._invalid(conn, key, row["seq"], problem, now, out)
             out.stored.append({"locker": locker, **body})
         contiguous = self._advance(conn, key, out)
         held_past_gap = any(r["seq"] > contiguous + 1 for r in rows)
@@ -389,6 +416,28 @@ class Ingest:
                 conn.execute(_stream_where(update(streams), key).values(resync_at=now))
                 out.resync.append(locker)
         return dup > 0
+
+    def _invalid(
+        self,
+        conn: Connection,
+        key: tuple[str, str],
+        seq: int,
+        problem: str,
+        now: float,
+        out: Outcome,
+    ) -> None:
+        """A placeholder was stored for ``seq``: report it, alarm the operator, log it."""
+        locker, epoch = key
+        detail = {"epoch": epoch, "seq": seq, "problem": problem}
+        conn.execute(
+            insert(reports).values(locker=locker, kind="invalid_event", at=now, detail=detail)
+        )
+        alarm_rules.raise_alarm(conn, self.rules, locker, "invalid_event", None, detail, now)
+        out.invalid += 1
+        out.rejections.append(
+            f"{locker}: event seq {seq} of epoch {_short(epoch)} is invalid ({problem}); "
+            f"held as {receipt.INVALID_EVENT} so its stream goes on"
+        )
 
     def _raise_floor(
         self, conn: Connection, key: tuple[str, str], floor: int | None, now: float, out: Outcome
@@ -434,12 +483,13 @@ class Ingest:
         values: dict[str, Any] = {"contiguous": contiguous}
         now = self.clock()
         if first_missing_after is not None and row.gap_reported != contiguous:
-            values["gap_reported"] = contiguous
+            # a new gap (or the old one moved on): its age counts from now, for the sweep
+            values |= {"gap_reported": contiguous, "gap_since": now}
             detail = {"epoch": key[1], "missing_from": contiguous + 1}
             detail["missing_to"] = first_missing_after - 1
             _report(conn, key[0], "gap", detail, now, out)
         elif first_missing_after is None and row.gap_reported is not None:
-            values["gap_reported"] = None
+            values |= {"gap_reported": None, "gap_since": None}
             _report(conn, key[0], "gap_filled", {"epoch": key[1], "upto": contiguous}, now, out)
         conn.execute(_stream_where(update(streams), key).values(**values))
         return int(contiguous)
@@ -462,6 +512,10 @@ def _insert(conn: Connection, table: Any) -> Any:
 def _reject(out: Outcome, locker: str, topic: str, why: str) -> None:
     out.rejected += 1
     out.rejections.append(f"{locker}: message on {topic} rejected: {why}")
+
+
+def _short(epoch: str) -> str:
+    return epoch[:8] if epoch != receipt.LEGACY_EPOCH else "(none)"
 
 
 def _stream_where(stmt: Any, key: tuple[str, str]) -> Any:

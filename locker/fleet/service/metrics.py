@@ -17,7 +17,7 @@ from sqlalchemy import Engine, func, select
 
 from locker.fleet.service.db import alarms, events, lockers
 
-INGEST_ERROR_REASONS = ("rejected", "dropped", "database", "worker")
+INGEST_ERROR_REASONS = ("rejected", "invalid", "dropped", "database", "worker")
 
 
 class Metrics:
@@ -31,13 +31,20 @@ class Metrics:
         self.ingest_errors = Counter(
             "fleet_ingest_errors",
             "Ingest failures by reason: rejected (a message that breaks the contract, not"
-            " stored), dropped (one message the store failed on), database (a batch the"
-            " database refused, not acked), worker (an unexpected fault of the ingest loop)",
+            " stored), invalid (an event whose body breaks the contract, held as an"
+            " invalid_event placeholder so its stream goes on), dropped (one message the"
+            " store failed on), database (a batch the database refused, not acked), worker"
+            " (an unexpected fault of the ingest loop)",
             ["reason"],
             registry=r,
         )
         for reason in INGEST_ERROR_REASONS:  # every series from 0, so a rate() sees the first
             self.ingest_errors.labels(reason)
+        self.gap_resyncs = Counter(
+            "fleet_gap_resyncs",
+            "resync commands sent for a mid-stream gap that lasted gap_resync_s",
+            registry=r,
+        )
         self.ingest_batch_seconds = Histogram(
             "fleet_ingest_batch_seconds", "Time to store one batch", registry=r
         )

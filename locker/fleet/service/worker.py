@@ -8,13 +8,19 @@ the stream. paho's thread only enqueues; this worker's thread takes batches (up 
 ``batch_max`` messages, or what has arrived), stores each in one transaction
 (:class:`~locker.fleet.service.ingest.Ingest`) and only then publishes the acks that the
 database justifies. A locker first seen past seq 1 is sent a ``resync`` (signed with the
-fleet's own command key) on a side thread, so a slow locker never stalls ingest.
+fleet's own command key) on a side thread, so a slow locker never stalls ingest; so is a
+locker whose stream has had a gap for ``gap_resync_s`` (the gap sweep,
+:mod:`locker.fleet.service.gaps`, run between batches every ``gap_resync_s / 4``, at most every
+second and at least every 0.2 s), logged as ``LKR-1: gap 34-37 for 2.0 s: resync sent``.
 
 If the database fails, nothing is acked: the lockers resend after their ack time-out. A
-batch that fails for any other reason is stored again message by message, so one message the
-store cannot take (a bug, a value nobody foresaw) is dropped alone, logged with its locker and
-topic and counted (``fleet_ingest_errors_total{reason="dropped"}``), and the thread outlives
-any fault of its own loop (``reason="worker"``); ``alive`` says whether it runs (``/healthz``).
+batch that fails for any other reason is stored again message by message; a message the store
+still cannot take (a bug, a value nobody foresaw) is stored once more as a placeholder of its
+event (``Ingest.store(..., suspect=...)``: its seq is held, so its stream is not blocked for
+good), and only when that fails too is it dropped alone, logged with its locker and topic and
+counted (``fleet_ingest_errors_total{reason="dropped"}``). Events held as placeholders count as
+``reason="invalid"``. The thread outlives any fault of its own loop (``reason="worker"``);
+``alive`` says whether it runs (``/healthz``).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from locker.contract.actions import Action
 from locker.fleet.client import CommandSigner, FleetClient, FleetError, Incoming
-from locker.fleet.service import alarms
+from locker.fleet.service import alarms, gaps
 from locker.fleet.service.ingest import Ack, Ingest, Message, Outcome
 from locker.fleet.service.metrics import METRICS
 
@@ -70,6 +76,9 @@ class IngestWorker:
         self._acked: dict[tuple[str, str], int] = {}
         self._side = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fleet-resync")
         self._last_sweep = 0.0
+        self.gap_rule = ingest.rules.gap_rule
+        self.gap_check_s = min(1.0, max(0.2, self.gap_rule.wait_s / 4))
+        self._last_gap_check = 0.0
         self.new_events = 0  # stored by this worker (the others count their own)
         client.add_listener(self._on_message)
 
@@ -113,6 +122,9 @@ class IngestWorker:
                 batch = self._take()
                 if batch:
                     self.process(batch)
+                if time.monotonic() - self._last_gap_check > self.gap_check_s:
+                    self._last_gap_check = time.monotonic()
+                    self._gap_sweep()
                 if time.monotonic() - self._last_sweep > self.sweep_s:
                     self._last_sweep = time.monotonic()
                     self._sweep()
@@ -152,8 +164,7 @@ class IngestWorker:
                 self._stop.wait(0.05 * attempt)
             except Exception as err:  # any other fault: one message's; isolate it
                 if len(batch) == 1:
-                    self._dropped(batch[0], err)
-                    return []
+                    return self._last_resort(batch[0], err)
                 logger.warning(
                     "storing %d messages failed (%s); storing them one by one",
                     len(batch),
@@ -161,6 +172,16 @@ class IngestWorker:
                 )
                 return [out for msg in batch for out in self._store([msg])]
         return []
+
+    def _last_resort(self, msg: Message, err: Exception) -> list[Outcome]:
+        """The store failed on ``msg`` alone: hold its event as a placeholder (if it has a
+        place in a stream), or drop it."""
+        suspect = f"the store failed on it ({type(err).__name__})"
+        try:
+            return [self.ingest.store([msg], suspect=suspect)]
+        except Exception:  # the database itself, or a fault even a placeholder meets
+            self._dropped(msg, err)
+            return []
 
     def _dropped(self, msg: Message, err: Exception) -> None:
         METRICS.ingest_errors.labels("dropped").inc()
@@ -181,6 +202,7 @@ class IngestWorker:
         METRICS.events_ingested.inc(out.new_events)
         METRICS.duplicates.inc(out.duplicates)
         METRICS.ingest_errors.labels("rejected").inc(out.rejected)
+        METRICS.ingest_errors.labels("invalid").inc(out.invalid)
         for line in out.rejections:
             logger.warning("%s", line)
         for line in out.lines:
@@ -212,6 +234,17 @@ class IngestWorker:
             logger.info("%s: resync asked for the backlog: %s", locker, reply.describe())
         except FleetError as err:
             logger.warning("%s: resync not answered: %s", locker, err)
+
+    def _gap_sweep(self) -> None:
+        try:
+            due = gaps.claim(self.ingest.engine, self.gap_rule, self.ingest.clock())
+        except SQLAlchemyError:
+            logger.exception("gap sweep failed")
+            return
+        for gap in due:
+            METRICS.gap_resyncs.inc()
+            logger.warning("%s", gap.line())
+            self._side.submit(self._resync, gap.locker)
 
     def _sweep(self) -> None:
         try:
