@@ -207,25 +207,32 @@ def test_numbers_outside_the_contracts_range_are_rejected_before_the_database(
         raw("LKR-1/state", {"v": 1, "epoch": 7, "last_seq": 2, "outbox_depth": 0}),
         evt("LKR-1", HUGE),  # the break-test's event
         evt("LKR-1", 2**63),  # one past the range
-        evt("LKR-1", 3, ts="x" * 41),  # longer than the column holds on PostgreSQL
-        evt("LKR-1", 3, compartment="C" * 65),
-        evt("LKR-1", 3, parcel="P\x00"),  # PostgreSQL's text refuses NUL
-        evt("LKR-1", 3, "door\nopened"),
         raw("L\x00/evt/door_opened", {"v": 1, "epoch": "e1", "seq": 1, "type": "x"}),
         raw("L" * 65 + "/evt/door_opened", {"v": 1, "epoch": "e1", "seq": 1, "type": "x"}),
     ]
+    # placed (seq and epoch valid) but with a body no column holds: held as placeholders
+    bad_bodies = [
+        evt("LKR-1", 3, ts="x" * 41),  # longer than the column holds on PostgreSQL
+        evt("LKR-1", 4, compartment="C" * 65),
+        evt("LKR-1", 5, parcel="P\x00"),  # PostgreSQL's text refuses NUL
+        evt("LKR-1", 6, "door\nopened"),
+    ]
     # one good message in the same batch is stored whatever its neighbours
-    out = ingest.store([*bad, evt("LKR-2", 1)])
-    assert (out.rejected, out.new_events) == (len(bad), 1)
-    assert out.acks == [Ack("LKR-2", "e1", 1)], "the poison moved no ack of LKR-1"
-    assert len(out.rejections) == len(bad)
+    out = ingest.store([*bad, *bad_bodies, evt("LKR-2", 1)])
+    assert (out.rejected, out.invalid, out.new_events) == (len(bad), 4, 5)
+    assert Ack("LKR-2", "e1", 1) in out.acks
+    assert Ack("LKR-1", "e1", 6) in out.acks, "the bad bodies hold their seqs: no stall"
+    assert len(out.rejections) == len(bad) + len(bad_bodies)
     assert "LKR-1: message on lockers/LKR-1/state rejected: last_seq" in out.rejections[0]
     assert any("seq 99999999999999999999999 is not an integer" in r for r in out.rejections)
+    assert any("event seq 4 of epoch e1 is invalid (compartment" in r for r in out.rejections)
     with engine.connect() as conn:
         known = conn.execute(select(db.lockers.c.id)).scalars().all()
         stream = conn.execute(select(db.streams.c.contiguous)).scalars().all()
+        types = conn.execute(select(db.events.c.type).where(db.events.c.seq > 2)).scalars().all()
     assert known == [], "no poisoned state stored (events alone make no locker row)"
-    assert sorted(stream) == [1, 2]
+    assert sorted(stream) == [1, 6]
+    assert types == [receipt.INVALID_EVENT] * 4
     # the edge of the range is the contract's: stored, and its floor acks what it says is gone
     top = {"v": 1, "epoch": "e1", "rev": 2**63 - 1, "last_seq": 2**63 - 1, "outbox_depth": 0}
     out = ingest.store([raw("LKR-3/state", top), evt("LKR-3", 2**63 - 1)])
