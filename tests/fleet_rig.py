@@ -7,13 +7,17 @@
 - ``start_service``: a :class:`FleetService` on a free HTTP port (uvicorn in a thread).
 - ``cabinet``: a real ``lockerd`` (SimCabinet) that trusts the fleet's command keys (every
   user's too) and token key, its device key registered in the fleet.
+- ``LightLocker``: a locker reduced to the contract (a paho client with its own certificate):
+  publishes the events it is given, records the acks of its epoch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,7 @@ from locker.fleet.service.app import FleetService
 from locker.fleet.service.config import ServiceConfig
 from locker.sim.broker import SERVER_CN, Broker, Pki
 from locker.sim.cabinet import SimCabinet
+from tests.broker import paho_client
 from tests.conftest import wait_for
 
 WORKER_2 = "fleet-2"
@@ -127,3 +132,36 @@ def wait_online(client: httpx.Client, lockers: int = 1) -> None:
         15,
         what="lockers online in the API",
     )
+
+
+class LightLocker:
+    """A locker reduced to the contract: publishes events, records the acks it gets."""
+
+    def __init__(self, broker: Broker, locker: str, *, epoch: str) -> None:
+        self.locker, self.epoch = locker, epoch
+        self.acked = 0
+        self._lock = threading.Lock()
+        self.client = paho_client(broker.endpoint(locker), locker)
+        self.client.on_message = self._on_ack
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        self.client.subscribe(f"lockers/{locker}/ack", qos=1)
+
+    def _on_ack(self, _c: Any, _u: Any, msg: Any) -> None:
+        doc = json.loads(msg.payload)
+        if doc.get("epoch") == self.epoch:
+            with self._lock:
+                self.acked = max(self.acked, int(doc["upto_seq"]))
+
+    def publish(self, seqs: list[int], **fields: Any) -> None:
+        """Events ``seqs`` of this locker's epoch (type door_opened), ``fields`` on top."""
+        for seq in seqs:
+            body = {"v": 1, "epoch": self.epoch, "seq": seq, "type": "door_opened", "data": {}}
+            info = self.client.publish(
+                f"lockers/{self.locker}/evt/door_opened", json.dumps(body | fields), qos=1
+            )
+            info.wait_for_publish(10)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()

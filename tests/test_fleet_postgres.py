@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
-from typing import Any
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -20,9 +19,8 @@ from sqlalchemy import func, select
 from locker.fleet.service import db
 from locker.fleet.service.ingest import Ack, Ingest, Message
 from locker.sim.broker import Broker
-from tests.broker import paho_client
 from tests.conftest import wait_for
-from tests.fleet_rig import WORKER_2, fleet_dir, service_broker, start_service
+from tests.fleet_rig import WORKER_2, LightLocker, fleet_dir, service_broker, start_service
 from tests.pg import Postgres, postgres
 
 _ = (service_broker, postgres)
@@ -84,38 +82,6 @@ def test_the_contracts_largest_values_fit_postgres_and_larger_ones_never_reach_i
         engine.dispose()
 
 
-class LightLocker:
-    """A locker reduced to the contract: publishes events, records the acks it gets."""
-
-    def __init__(self, broker: Broker, locker: str) -> None:
-        self.locker = locker
-        self.acked = 0
-        self._lock = threading.Lock()
-        self.client = paho_client(broker.endpoint(locker), locker)
-        self.client.on_message = self._on_ack
-        self.client.connect(broker.host, broker.port)
-        self.client.loop_start()
-        self.client.subscribe(f"lockers/{locker}/ack", qos=1)
-
-    def _on_ack(self, _c: Any, _u: Any, msg: Any) -> None:
-        doc = json.loads(msg.payload)
-        if doc.get("epoch") == "pg":
-            with self._lock:
-                self.acked = max(self.acked, int(doc["upto_seq"]))
-
-    def publish(self, seqs: list[int]) -> None:
-        for seq in seqs:
-            body = {"v": 1, "epoch": "pg", "seq": seq, "type": "door_opened", "data": {}}
-            info = self.client.publish(
-                f"lockers/{self.locker}/evt/door_opened", json.dumps(body), qos=1
-            )
-            info.wait_for_publish(10)
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
-
-
 def test_two_workers_share_the_stream_and_store_every_event_once(
     tmp_path: Path, service_broker: Broker, postgres: Postgres
 ) -> None:
@@ -123,7 +89,7 @@ def test_two_workers_share_the_stream_and_store_every_event_once(
     d = fleet_dir(tmp_path, service_broker)
     one = start_service(d, db_url=url)
     two = start_service(d, db_url=url, client=WORKER_2)
-    lights = [LightLocker(service_broker, name) for name in LOCKERS]
+    lights = [LightLocker(service_broker, name, epoch="pg") for name in LOCKERS]
     try:
         order = list(range(1, N + 1))
         order = order[::2] + order[1::2] + order[: N // 3]  # out of order, a third repeated
