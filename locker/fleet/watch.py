@@ -352,7 +352,8 @@ class FleetView:
                 view.gap_reported = key
                 return [
                     f"{view.locker_id}: gap, missing seq {_span(*gap)} "
-                    f"(have up to {max(stream.ahead)}); waiting for the locker to resend"
+                    f"(have up to {max(stream.ahead)}); resync if it lasts "
+                    f"{self.gap_rule.wait_s:g} s"
                 ]
         elif view.gap_reported is not None and view.gap_reported[0] == stream.epoch:
             view.gap_reported = None

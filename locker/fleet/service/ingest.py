@@ -27,14 +27,10 @@ state of the same epoch says has left its outbox (``last_seq - outbox_depth``: i
 be sent again, so waiting for it would stop the stream for good; seqs skipped that way are
 reported as ``floor_raised``); an ack never passes a gap; a first contact that begins past its
 floor acknowledges nothing until the backlog has come in, and asks for it with ``resync``.
-Retained events are dropped (DESIGN 5: events are never retained; Mosquitto 2.0.11 hands
-retained messages to every member of a share). Every message is checked against the contract
-before the transaction: a counter (``seq``, ``last_seq``, ``outbox_depth``, ``rev``) outside
-0..2**63-1 (``locker.contract.numbers``: the database's signed 64-bit integer) or a text
-longer than its column rejects that message alone (``Outcome.rejections``, one line each, with
-the locker and topic), so no value from a locker can make the database driver raise; for an
-event that is only possible when it cannot be placed (not JSON, no valid seq or epoch; over
-``MAX_PLACEABLE_BYTES``), every other bad event is held as a placeholder (above).
+Every message is checked against the contract before the transaction
+(:mod:`locker.fleet.service.intake`): one that breaks it is rejected alone, or, for an event
+that can still be placed, replaced by its placeholder (above), so no value from a locker can
+make the database driver raise.
 An event or state without ``epoch`` (lockers from before epochs) belongs to the legacy epoch
 ``""``. The epoch, floor and ack shapes come from :mod:`locker.fleet.ledger`, the receipt
 rule ``lockerctl watch`` follows too, so the two cannot drift.
@@ -42,10 +38,8 @@ rule ``lockerctl watch`` follows too, so the two cannot drift.
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, func, insert, select, update
@@ -56,114 +50,9 @@ from locker.fleet import ledger as receipt
 from locker.fleet.service import alarms as alarm_rules
 from locker.fleet.service import parcel_ledger
 from locker.fleet.service.db import events, lockers, reports, streams
+from locker.fleet.service.intake import MAX_EVENT_BYTES, Ack, Message, Outcome, Placed, parse
 
-MAX_EVENT_BYTES = 64 * 1024
-# An event larger than MAX_EVENT_BYTES is still parsed, up to this, to place its seq (held as
-# a placeholder); beyond it, parsing would cost more than a locker can justify: rejected.
-MAX_PLACEABLE_BYTES = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Message:
-    """One MQTT message as the worker received it."""
-
-    topic: str
-    payload: bytes
-    retain: bool = False
-
-
-@dataclass(frozen=True)
-class Ack:
-    locker: str
-    epoch: str
-    upto_seq: int
-
-    def payload(self) -> bytes:
-        """The ``{p}/ack`` document of the shared receipt rule (no ``epoch`` for a legacy
-        stream, as older lockers expect)."""
-        doc = receipt.Ack(self.epoch, self.upto_seq).payload()
-        return json.dumps(doc, separators=(",", ":")).encode()
-
-
-@dataclass
-class Outcome:
-    """What a committed batch asks the worker to do, and what it counted."""
-
-    acks: list[Ack] = field(default_factory=list)
-    resync: list[str] = field(default_factory=list)
-    new_events: int = 0
-    duplicates: int = 0
-    rejected: int = 0
-    invalid: int = 0  # events held as placeholders (new ones only, not their resends)
-    lines: list[str] = field(default_factory=list)  # what happened, for the log (INFO)
-    # one per rejected message and per new placeholder (WARNING)
-    rejections: list[str] = field(default_factory=list)
-    stored: list[dict[str, Any]] = field(default_factory=list)  # the new events, for live views
-    statuses: list[tuple[str, bool]] = field(default_factory=list)  # (locker, online) births/wills
-    states: list[str] = field(default_factory=list)  # lockers whose state snapshot changed
-
-
-@dataclass(frozen=True)
-class _Event:
-    """A placed event of ``locker``: its payload, or its placeholder when ``problem`` is set."""
-
-    locker: str
-    doc: dict[str, Any]
-    problem: str | None = None
-
-
-@dataclass
-class _Parsed:
-    statuses: dict[str, dict[str, Any] | None] = field(default_factory=dict)
-    states: dict[str, dict[str, Any]] = field(default_factory=dict)
-    events: list[_Event] = field(default_factory=list)
-
-
-MAX_LOCKER_ID = 64  # lockers.id, the certificate CN (DESIGN 6)
-_text = receipt.printable
-
-
-def _placement_problem(doc: Any) -> str | None:
-    """Why ``doc`` is an event that cannot be placed in a stream (so can only be dropped)."""
-    if not isinstance(doc, dict):
-        return "not a JSON object"
-    if numbers.count(doc.get("seq"), minimum=1) is None:
-        return f"seq {_shown(doc.get('seq'))} is not an integer in [1, 2**63-1]"
-    if receipt.epoch_of(doc) is None:
-        return "epoch is not a string of 1-64 characters"
-    return None
-
-
-def _state_problem(doc: Any) -> str | None:
-    """Why ``doc`` is not a state snapshot this service can store, or None. Fields a locker
-    from before them leaves out stay optional; a present one must be in the contract's range."""
-    if not isinstance(doc, dict):
-        return "not a JSON object"
-    for key in ("rev", "last_seq", "outbox_depth"):
-        if doc.get(key) is not None and numbers.count(doc[key]) is None:
-            return f"{key} {_shown(doc[key])} is not an integer in [0, 2**63-1]"
-    if receipt.epoch_of(doc) is None:
-        return "epoch is not a string of 1-64 characters"
-    if not isinstance(doc.get("compartments", []), list | None):
-        return "compartments is not a list"
-    return None
-
-
-def _problem(channel: str, doc: Any) -> str | None:
-    """Why a message of ``channel`` (status, state, evt) cannot be stored, or None."""
-    if channel == "status":
-        return None if doc is None or isinstance(doc, dict) else "not a JSON object"
-    if channel == "state":
-        return _state_problem(doc)
-    if channel == "evt":
-        return _placement_problem(doc)
-    return f"unexpected channel {channel!r}"
-
-
-def _shown(value: Any) -> str:
-    """A received value for a log line: its JSON, cut short (a locker may send megabytes)."""
-    text = json.dumps(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+__all__ = ["Ack", "Ingest", "Message", "Outcome"]
 
 
 class Ingest:
@@ -184,44 +73,6 @@ class Ingest:
 
     # -- parsing --
 
-    def _parse(self, batch: Iterable[Message], out: Outcome, suspect: str | None) -> _Parsed:
-        parsed = _Parsed()
-        head = self.prefix + "/"
-        for msg in batch:
-            levels = msg.topic[len(head) :].split("/") if msg.topic.startswith(head) else []
-            if len(levels) < 2 or not levels[0] or not _text(levels[0], MAX_LOCKER_ID):
-                _reject(out, "?", msg.topic, "not a locker topic of this fleet")
-                continue
-            locker, channel = levels[0], levels[1]
-            if channel == "evt" and msg.retain:
-                _reject(out, locker, msg.topic, "retained event (events are never retained)")
-                continue
-            size = len(msg.payload)
-            oversized = size > MAX_EVENT_BYTES
-            if oversized and (channel != "evt" or size > MAX_PLACEABLE_BYTES):
-                _reject(out, locker, msg.topic, f"oversized ({size} bytes)")
-                continue
-            doc: Any = None  # an empty status payload: the retained status was cleared
-            try:
-                doc = json.loads(msg.payload) if msg.payload else None
-            except (UnicodeDecodeError, ValueError, RecursionError):
-                _reject(out, locker, msg.topic, "not JSON")
-                continue
-            why = _problem(channel, doc)
-            if why is not None:
-                _reject(out, locker, msg.topic, why)
-            elif channel == "status":
-                parsed.statuses[locker] = doc
-            elif channel == "state":
-                parsed.states[locker] = doc
-            else:
-                problem = f"oversized ({size} bytes)" if oversized else suspect
-                problem = problem or receipt.event_problem(doc)
-                if problem is not None:
-                    doc = receipt.placeholder(doc, problem)
-                parsed.events.append(_Event(locker, doc, problem))
-        return parsed
-
     # -- the transaction --
 
     def store(self, batch: Sequence[Message], *, suspect: str | None = None) -> Outcome:
@@ -235,7 +86,7 @@ class Ingest:
             and nothing may be acknowledged (the lockers will resend).
         """
         out = Outcome()
-        parsed = self._parse(batch, out, suspect)
+        parsed = parse(batch, self.prefix, out, suspect)
         now = self.clock()
         touched: dict[tuple[str, str], bool] = {}  # stream -> a duplicate came in
         with self.engine.begin() as conn:
@@ -243,7 +94,7 @@ class Ingest:
                 self._status(conn, locker, status, now, out)
             for locker, state in sorted(parsed.states.items()):
                 self._state(conn, locker, state, now, out)
-            by_stream: dict[tuple[str, str], list[_Event]] = {}
+            by_stream: dict[tuple[str, str], list[Placed]] = {}
             for ev in parsed.events:
                 epoch = receipt.epoch_of(ev.doc) or receipt.LEGACY_EPOCH
                 by_stream.setdefault((ev.locker, epoch), []).append(ev)
@@ -280,13 +131,15 @@ class Ingest:
             return
         online = bool(doc.get("online"))
         values: dict[str, Any] = {"online": online, "last_seen": now}
-        if _text(doc.get("boot_id"), MAX_EVENT_BYTES):
+        if receipt.printable(doc.get("boot_id"), MAX_EVENT_BYTES):
             values["boot_id"] = doc["boot_id"][:64]  # the column's length
         if online:
             version = doc.get("version")
             values |= {
                 "offline_since": None,
-                "version": version[:64] if _text(version, MAX_EVENT_BYTES) and version else None,
+                "version": version[:64]
+                if receipt.printable(version, MAX_EVENT_BYTES) and version
+                else None,
                 "clock_synced": bool(doc.get("clock_synced")),
             }
             alarm_rules.resolve(conn, locker, "locker_offline", None, now)
@@ -368,7 +221,7 @@ class Ingest:
         self,
         conn: Connection,
         key: tuple[str, str],
-        evs: list[_Event],
+        evs: list[Placed],
         now: float,
         out: Outcome,
     ) -> bool:
@@ -507,11 +360,6 @@ class Ingest:
 def _insert(conn: Connection, table: Any) -> Any:
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     return dialect.insert(table)
-
-
-def _reject(out: Outcome, locker: str, topic: str, why: str) -> None:
-    out.rejected += 1
-    out.rejections.append(f"{locker}: message on {topic} rejected: {why}")
 
 
 def _short(epoch: str) -> str:
