@@ -7,6 +7,7 @@ SQLite and on PostgreSQL.
    saw it after a broker restart: the service's worker goes away and its session with it
    (Mosquitto kept no shared-subscription messages for it), the locker publishes some events
    that nobody in the share receives, then the worker comes back while more events come.
+   ``lockerctl watch`` (its ``Watcher`` restarted on its event log) follows the same rule.
 2. An event the service cannot store as sent (a 70-character compartment at seq 5, between
    good seqs 4 and 6) is held as a placeholder: the locker is acknowledged up to 6, and the
    report and the operator alarm exist.
@@ -24,8 +25,11 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select
 
+from locker.fleet.client import CommandSigner
 from locker.fleet.service import db
-from locker.sim.broker import SERVER_CN, Broker, Pki
+from locker.fleet.watch import EventLog, FleetView, Watcher
+from locker.sim.broker import SERVER_CN, Broker, Pki, server_client
+from locker.sim.cabinet import COMMAND_KID, SimCabinet
 from tests.broker import paho_client
 from tests.conftest import wait_for
 from tests.fleet_rig import WORKER_2, LightLocker, cabinet, fleet_dir, start_service
@@ -180,6 +184,73 @@ def test_a_gap_in_mid_stream_is_filled_by_resync_not_by_the_ack_timeout(
             second.stop()
         service.stop()
         engine.dispose()
+        observer.close()
+        cab.close()
+
+
+def _watch(broker: Broker, cab: SimCabinet, journal: Path, lines: list[str]) -> Watcher:
+    """``lockerctl watch``'s machinery on its event log, connected and started."""
+    log = EventLog(journal)
+    client = server_client(broker, keepalive_s=5)
+    watcher = Watcher(
+        client,
+        FleetView(log=log),
+        lines.append,
+        log=log,
+        signer=CommandSigner(cab.command_key, COMMAND_KID),
+    )
+    client.connect()
+    watcher.start()
+    return watcher
+
+
+def _close(watcher: Watcher) -> None:
+    watcher.stop()
+    watcher.client.close()
+    assert watcher.log is not None
+    watcher.log.close()
+
+
+def test_lockerctl_watch_fills_a_gap_in_mid_stream_with_resync(
+    tmp_path: Path, broker: Broker
+) -> None:
+    cab = SimCabinet(tmp_path / "cab", broker=broker, mqtt={"ack_timeout_s": 600})
+    observer = Observer(broker, cab.locker_id)
+    lines: list[str] = []
+    journal = tmp_path / "events"
+    watcher = _watch(broker, cab, journal, lines)
+
+    def held() -> int:
+        stream = (
+            watcher.view.lockers[cab.locker_id].stream
+            if cab.locker_id in watcher.view.lockers
+            else None
+        )
+        return 0 if stream is None else stream.contiguous
+
+    try:
+        cab.start()
+        wait_for(lambda: 0 < observer.last == held(), 20, what="the first events held")
+        _close(watcher)
+        forget_session(broker, SERVER_CN)  # what follows is lost to the watch
+        before = observer.last
+        cab.press("90000001#")
+        cab.press("90000002#")
+        wait_for(lambda: observer.last >= before + 2, 15, what="events while the watch is away")
+        lost = observer.last
+        watcher = _watch(broker, cab, journal, lines)  # restarted on its log
+        assert held() == before
+        cab.press("90000003#")
+        wait_for(lambda: any("gap, missing seq" in line for line in lines), 10, what="the gap")
+        wait_for(lambda: held() == observer.last > lost, 10, what="the gap filled by resync")
+        assert any(
+            line.startswith(f"{cab.locker_id}: gap {before + 1}-{lost} for ")
+            and line.endswith(" s: resync sent")
+            for line in lines
+        ), lines
+        assert watcher.errors == []
+    finally:
+        _close(watcher)
         observer.close()
         cab.close()
 
