@@ -24,8 +24,17 @@ from locker.cabinet.config import (
     load_config,
     parse_config,
 )
+from locker.cabinet.domain import throttle
+from locker.cabinet.domain.model import Throttle
+from locker.cabinet.domain.throttle import Limits
 from locker.config.load import MAX_CONFIG_BYTES
-from locker.config.sections import BoardCompartment, GpioCompartment
+from locker.config.sections import (
+    BoardCompartment,
+    GpioCompartment,
+    Security,
+    Timing,
+    guesses_per_pickup,
+)
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 KEY_A = "kvKWUOi0ZXg5XEdwXwUKrt9uiAS5Y0oBE8glpNwafxI="
@@ -279,7 +288,8 @@ MISTAKES: list[tuple[Callable[[dict[str, Any]], None], str, str]] = [
         "compartments[2].item_pin",
         "only for GPIO compartments",
     ),
-    (setter("security.code_length", 3), "security.code_length", "at least 4"),
+    (setter("security.code_length", 3), "security.code_length", "at least 6"),
+    (setter("security.code_length", 5), "security.code_length", "at least 6"),
     (setter("security.code_length", 17), "security.code_length", "at most 16"),
     (setter("security.lockout_s", 0), "security.lockout_s", "greater than 0"),
     (
@@ -459,6 +469,53 @@ def test_relative_paths_resolve_against_the_config_directory(
     assert cfg.locker.state_dir == cabinet.parent / "state"
     key = (cabinet.parent / "keys" / "device.key").read_bytes()
     assert cfg.security.read_device_key() == key
+
+
+def test_a_four_digit_code_length_is_refused_with_the_reason(
+    cabinet: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The failing input: ``code_length = 4`` passed lockerd's check, and the fleet then
+    refused to make any code for the cabinet. Now the file is refused, saying why."""
+    cabinet.write_text(MINIMAL.replace("[gpio]", "code_length = 4\n\n[gpio]"))
+    assert check_config_cli(cabinet) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "security.code_length: must be at least 6 and at most 16 digits, got 4" in err
+    assert "2,160 in the 72 h a pickup code lives" in err
+    assert "a 21.6% chance of hitting a given 4-digit code, 0.22% at 6 digits" in err
+
+
+def _guesses(limits: Limits, hours: float, *, helped: bool) -> int:
+    """Wrong codes the real throttle takes in ``hours`` from a guesser who types whenever the
+    keypad is open and never sets off a lock-out; ``helped``: a real user's correct code
+    follows every 4th failure (the best case for the guesser)."""
+    t, fails = Throttle(), 0
+    for second in range(int(hours * 3600)):
+        if throttle.gate(t, second) is not None:
+            continue
+        after, verdict, _ = throttle.record_failure(t, second, limits)
+        if verdict == "locked_out":
+            continue
+        t, fails = after, fails + 1
+        if helped and t.consecutive == 4:
+            t = throttle.record_success(t)
+    return fails
+
+
+def test_the_guess_figure_in_the_code_length_error_is_what_the_throttle_allows() -> None:
+    """``guesses_per_pickup`` is an upper bound the throttle nearly reaches: 30 a minute-
+    bucketed hour means 30 per 61 minutes at worst. Alone, a guesser gets far fewer."""
+    s, t = Security.model_fields, Timing.model_fields
+    limits = Limits(
+        failures_before_backoff=s["failures_before_backoff"].default,
+        hard_lockout=s["hard_lockout_failures"].default,
+        max_per_hour=s["max_failures_per_hour"].default,
+        lockout_s=s["lockout_s"].default,
+    )
+    hours = t["pickup_hours"].default
+    bound = guesses_per_pickup()
+    helped = _guesses(limits, hours, helped=True)
+    assert 0.98 * bound <= helped <= bound == 2160
+    assert _guesses(limits, hours, helped=False) < bound / 20
 
 
 @pytest.mark.parametrize("size", [0, 31, 33, 64])

@@ -259,9 +259,13 @@ def test_codes_follow_the_lockers_code_length(
     code, doc = _codes(fl5)
     assert code == ctl.EXIT_OK and len(doc["code"]) == 12
     assert _codes(fl5, "--digits", "8")[0] == ctl.EXIT_USAGE
-    set_code_length(fl5 / "lockers" / L1 / "locker.toml", 4)  # legal for lockerd, too short here
-    code, doc = _codes(fl5)
-    assert code == ctl.EXIT_USAGE and "at least 6" in doc["error"]["message"]
+    # 4 was legal for lockerd and too short for lockerctl: now lockerd refuses the file too
+    set_code_length(fl5 / "lockers" / L1 / "locker.toml", 4)
+    length = provision.Fleet.load(fl5).code_length(L1)
+    assert not length.known and "security.code_length: must be at least 6" in length.source
+    capsys.readouterr()
+    assert ctl.main(["code", "new", "--fleet", str(fl5), "--locker", L1, "--digits", "4"]) != 0
+    assert "--digits: must be 6-16 digits, got '4'" in capsys.readouterr().err
 
 
 @pytest.mark.timeout(30)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import base64
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import (
@@ -42,12 +42,47 @@ from locker.config.fields import (
     TokenKid,
     TopicPrefix,
     matching,
+    num,
     reject,
     within,
 )
 from locker.config.panel import Panel
 from locker.config.relations import relations
 from locker.contract.credentials import CODE_MAX_DIGITS, CODE_MIN_DIGITS, DEVICE_KEY_BYTES
+
+# --- the shortest keypad code ---------------------------------------------------------------
+
+# Defaults the minimum code length is argued from (DESIGN section 6's throttle): named so the
+# argument in the error below follows them if they change.
+MAX_FAILURES_PER_HOUR_DEFAULT: Final = 30
+PICKUP_HOURS_DEFAULT: Final = 72.0
+
+
+def guesses_per_pickup() -> int:
+    """Most wrong codes the keypad throttle lets through, at this file's defaults, in the time
+    a pickup code lives: ``security.max_failures_per_hour`` an hour (one more in an hour locks
+    the keypad) for ``timing.pickup_hours``. The back-off after 5 failures in a row does not
+    bound it, because a real user's correct code restarts that count (a guesser alone gets far
+    fewer; tests/test_config.py plays both against the throttle itself)."""
+    return int(MAX_FAILURES_PER_HOUR_DEFAULT * PICKUP_HOURS_DEFAULT)
+
+
+def _check_code_length(value: int) -> int:
+    bounds = f"must be at least {CODE_MIN_DIGITS} and at most {CODE_MAX_DIGITS} digits"
+    if value > CODE_MAX_DIGITS or value < 1:
+        reject(f"{bounds}, got {num(value)}")
+    if value < CODE_MIN_DIGITS:
+        n = guesses_per_pickup()
+        reject(
+            f"{bounds}, got {value}: a shorter code can be guessed. The keypad throttle's "
+            f"defaults let up to {MAX_FAILURES_PER_HOUR_DEFAULT} wrong codes an hour through "
+            "(security.max_failures_per_hour; a real user's correct code restarts the "
+            f"back-off), {n:,} in the {num(PICKUP_HOURS_DEFAULT)} h a pickup code lives "
+            f"(timing.pickup_hours): a {min(n / 10**value, 1.0):.1%} chance of hitting a given "
+            f"{value}-digit code, {n / 10**CODE_MIN_DIGITS:.2%} at {CODE_MIN_DIGITS} digits"
+        )
+    return value
+
 
 # --- sections -------------------------------------------------------------------------------
 
@@ -108,12 +143,12 @@ class Security(_Section):
     # None: a quarter of the cabinet's compartments (Config.remote_open_cap), so a leaked
     # signing key or a confused server cannot empty a cabinet in one go (issue: mass opening).
     max_remote_opens_per_hour: Annotated[int, within(0, 1000)] | None = None
-    code_length: Annotated[int, within(CODE_MIN_DIGITS, CODE_MAX_DIGITS)] = 8
+    code_length: Annotated[int, AfterValidator(_check_code_length)] = 8
     lockout_s: Annotated[float, within(0, 30 * 86400, " s", above=True)] = 14400.0
     # Upper bounds are sanity bounds only (a test bench may type a million wrong codes).
     failures_before_backoff: Annotated[int, within(1, 1_000_000)] = 5
     hard_lockout_failures: Annotated[int, within(1, 1_000_000)] = 100
-    max_failures_per_hour: Annotated[int, within(1, 1_000_000)] = 30
+    max_failures_per_hour: Annotated[int, within(1, 1_000_000)] = MAX_FAILURES_PER_HOUR_DEFAULT
 
     def command_public_keys(self) -> dict[str, Ed25519PublicKey]:
         """Command-signing public keys by JWS ``kid``."""
@@ -149,7 +184,7 @@ class Timing(_Section):
     door_open_timeout_s: Annotated[float, within(0, 600, " s", above=True)] = 10.0
     door_left_open_s: Annotated[float, within(0, 86400, " s", above=True)] = 120.0
     keypad_entry_timeout_s: Annotated[float, within(0, 600, " s", above=True)] = 20.0
-    pickup_hours: Annotated[float, within(0, 8760, " h", above=True)] = 72.0
+    pickup_hours: Annotated[float, within(0, 8760, " h", above=True)] = PICKUP_HOURS_DEFAULT
     dropoff_hours: Annotated[float, within(0, 8760, " h", above=True)] = 48.0
 
 

@@ -33,9 +33,10 @@ from locker import errors
 logger = logging.getLogger(__name__)
 
 DEVICE_KEY_BYTES: Final = 32
-CODE_MIN_DIGITS: Final = 4
+# One range for every keypad code, configured (security.code_length) or generated: fewer than
+# 6 digits is guessable under the keypad throttle (the figure is in locker.config.sections).
+CODE_MIN_DIGITS: Final = 6
 CODE_MAX_DIGITS: Final = 16
-GENERATED_MIN_DIGITS: Final = 6
 TAG_HEX_CHARS: Final = 64
 
 TOKEN_PREFIX: Final = "LK1:"  # noqa: S105 (a format tag, not a secret)
@@ -68,7 +69,7 @@ class CredentialError(errors.ContractError):
 
 
 class CodeFormatError(CredentialError):
-    """A keypad code that is not 4-16 ASCII digits (the code itself is never in the message)."""
+    """A keypad code that is not 6-16 ASCII digits (the code itself is never in the message)."""
 
 
 class TokenError(CredentialError):
@@ -97,7 +98,7 @@ def _check_device_key(device_key: bytes) -> None:
 
 
 def check_code(code: str) -> None:
-    """Raise :class:`CodeFormatError` unless ``code`` is 4-16 ASCII digits."""
+    """Raise :class:`CodeFormatError` unless ``code`` is 6-16 ASCII digits."""
     if not isinstance(code, str) or _CODE.fullmatch(code) is None:
         raise CodeFormatError(f"a code must be {CODE_MIN_DIGITS}-{CODE_MAX_DIGITS} ASCII digits")
 
@@ -106,7 +107,7 @@ def code_tag(device_key: bytes, code: str) -> str:
     """Lower-case hex HMAC-SHA256(device_key, code's ASCII digits): what the locker stores.
 
     :param device_key: the locker's 32-byte secret shared with the backend.
-    :param code: 4-16 ASCII digits.
+    :param code: 6-16 ASCII digits.
     """
     _check_device_key(device_key)
     check_code(code)
@@ -117,10 +118,8 @@ def generate_code(digits: int = 8) -> str:
     """A uniformly random code of ``digits`` decimal digits (6-16) from the OS CSPRNG."""
     if isinstance(digits, bool) or not isinstance(digits, int):
         raise CredentialError("digits must be an integer")
-    if not GENERATED_MIN_DIGITS <= digits <= CODE_MAX_DIGITS:
-        raise CredentialError(
-            f"digits must be between {GENERATED_MIN_DIGITS} and {CODE_MAX_DIGITS}"
-        )
+    if not CODE_MIN_DIGITS <= digits <= CODE_MAX_DIGITS:
+        raise CredentialError(f"digits must be between {CODE_MIN_DIGITS} and {CODE_MAX_DIGITS}")
     return f"{secrets.randbelow(10**digits):0{digits}d}"
 
 

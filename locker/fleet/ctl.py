@@ -118,7 +118,8 @@ def _broker(text: str) -> tuple[str, int | None]:
 
 _DIGITS = ctl_args.integer(CODE_MIN_DIGITS, CODE_MAX_DIGITS, "digits")
 _DIGITS_HELP = (
-    "code length; default and only accepted value: the locker's security.code_length "
+    f"code length ({CODE_MIN_DIGITS}-{CODE_MAX_DIGITS}); default and only accepted value: "
+    "the locker's security.code_length "
     "(its locker.toml in the fleet directory; 8 when not set)"
 )
 

@@ -53,8 +53,11 @@ def code_digits(f: provision.Fleet, locker_id: str, digits: int | None) -> int:
     the fleet directory cannot tell (no readable, valid ``locker.toml``), lockerd's default
     is used and a warning says so.
 
-    :raises UsageError: ``digits`` differs, or the locker's length is below what
-        ``credentials.generate_code`` makes.
+    The config model refuses a length ``credentials.generate_code`` could not make (one
+    range, ``credentials.CODE_MIN_DIGITS``-``CODE_MAX_DIGITS``), so a known length is always
+    one a code can be made for.
+
+    :raises UsageError: ``digits`` differs.
     """
     length = f.code_length(locker_id)
     source = length.source if length.known else f"lockerd's default; {length.source}"
@@ -62,11 +65,6 @@ def code_digits(f: provision.Fleet, locker_id: str, digits: int | None) -> int:
         raise UsageError(
             f"--digits {digits}: locker {locker_id} takes codes of exactly {length.digits} "
             f"digits ({source}); it would refuse a code of {digits} digits as malformed"
-        )
-    if length.digits < credentials.GENERATED_MIN_DIGITS:
-        raise UsageError(
-            f"locker {locker_id} takes codes of {length.digits} digits ({source}); lockerctl "
-            f"makes codes of at least {credentials.GENERATED_MIN_DIGITS} digits"
         )
     if not length.known:
         print(
