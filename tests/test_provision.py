@@ -75,6 +75,18 @@ def test_server_cert_chains_to_the_ca_for_its_names(ca: provision.PemPair) -> No
         )
 
 
+def test_a_host_name_longer_than_a_cn_can_hold_still_gets_its_certificate(
+    ca: provision.PemPair,
+) -> None:
+    """lockerd accepts a broker host of up to 253 characters; a CN holds 64. fleet init crashed
+    (ValueError, status 70) after writing the CA; the name is in the SAN, which is checked."""
+    host = ".".join(["b" * 60] * 3) + ".example"
+    cert = provision.make_server_cert(ca, [host]).cert
+    assert cn(cert) == "MQTT broker"
+    verifier = PolicyBuilder().store(Store([ca.cert])).build_server_verifier(x509.DNSName(host))
+    assert verifier.verify(cert, [])[-1] == ca.cert
+
+
 def test_client_cert_has_the_locker_id_as_cn_and_client_auth(ca: provision.PemPair) -> None:
     client = provision.make_client_cert(ca, "LKR-0001")
     cert = client.cert

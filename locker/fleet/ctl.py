@@ -443,6 +443,12 @@ def _add_service(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 # --- commands -------------------------------------------------------------------------------
 
 
+def _note(line: str) -> None:
+    """What a command did besides its job (e.g. removing an interrupted run's leftovers): on
+    stderr, so ``--json`` output stays one document."""
+    print(f"lockerctl: {line}", file=sys.stderr)
+
+
 def cmd_fleet_init(args: argparse.Namespace, out: Output) -> int:
     f = provision.provision_fleet(
         args.dir,
@@ -457,6 +463,7 @@ def cmd_fleet_init(args: argparse.Namespace, out: Output) -> int:
         broker_user=args.broker_user,
         broker_install_dir=args.broker_install_dir,
         broker_bind=args.broker_bind,
+        report=_note,
     )
     broker_conf = f.dir / "broker" / "mosquitto.conf"
     out.put(fleet=f.name, dir=str(f.dir), broker_config=str(broker_conf))
@@ -536,6 +543,7 @@ def cmd_locker_add(args: argparse.Namespace, out: Output) -> int:
         install_dir=args.install_dir,
         state_dir=args.state_dir,
         pin_factory=args.pin_factory,
+        report=_note,
     )
     for warning in files.warnings:
         print(f"lockerctl: warning: {warning}", file=sys.stderr)

@@ -42,9 +42,14 @@ def _write(path: Path | str, data: bytes, mode: int) -> None:
     # The mode is set on the open file before any byte is written, whatever the umask and
     # whatever mode an existing file had.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        os.fchmod(fd, mode)
-        f.write(data)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(fd, mode)
+            f.write(data)
+    except OSError as err:  # a write error (ENOSPC, EFBIG) carries no file name: add it
+        if err.filename is not None:
+            raise
+        raise OSError(err.errno, err.strerror, os.fspath(path)) from err
 
 
 def write_private(path: Path | str, data: bytes) -> None:

@@ -195,4 +195,7 @@ class Fleet:
 
     def lockers(self) -> list[str]:
         root = self.dir / "lockers"
-        return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        if not root.is_dir():
+            return []
+        # a locker being added is built in a dot-named staging directory: not a locker yet
+        return sorted(p.name for p in root.iterdir() if p.is_dir() and LOCKER_ID_RE.match(p.name))

@@ -33,7 +33,7 @@ from locker.fleet.keys import (
     write_device_key,
     write_public,
 )
-from locker.fleet.layout import Fleet, check_locker_id, make_dir
+from locker.fleet.layout import Fleet, check_locker_id
 from locker.fleet.pki import (
     CLIENT_DAYS,
     PemPair,
@@ -42,6 +42,7 @@ from locker.fleet.pki import (
     revoked_serials,
     serial_of,
 )
+from locker.fleet.staging import Report, staged_dir
 
 logger = logging.getLogger(__name__)
 
@@ -259,8 +260,12 @@ def provision_locker(
     state_dir: str | None = None,
     pin_factory: str = "lgpio",
     extra: Mapping[str, Table] | None = None,
+    report: Report = logger.warning,
 ) -> LockerFiles:
     """Create a locker: client certificate (CN = locker id), device key, config TOML.
+
+    All or nothing (:func:`locker.fleet.staging.staged_dir`): a run that fails part-way leaves
+    no locker directory; ``report`` receives a line for each leftover of a killed run removed.
 
     The config names the files where the locker will find them: under ``install_dir`` (e.g.
     ``/etc/locker`` once copied to the Pi) or, by default, right here in the fleet directory
@@ -268,6 +273,7 @@ def provision_locker(
 
     :raises ProvisionError: a bad or taken id, or a file lockerd would refuse (every reason
         listed); nothing is written then.
+    :raises errors.StorageError: a file could not be written (nothing is kept then).
     """
     fleet = Fleet.load(fleet_dir)
     check_locker_id(locker_id)
@@ -299,16 +305,14 @@ def provision_locker(
     )
     if d.exists():
         raise ProvisionError(f"locker {locker_id} is already provisioned")
-    make_dir(d)
-    try:
-        _issue(fleet, locker_id, d)
-        write_public(files.ca, fleet.ca_file.read_bytes())
-        write_device_key(files.device_key)
+    # built beside its final place and renamed in at the end: half a locker, which would
+    # block the next try, never exists (a killed run's leftover is removed by the next)
+    with staged_dir(d, report) as tmp:
+        _issue(fleet, locker_id, tmp)
+        write_public(tmp / files.ca.name, fleet.ca_file.read_bytes())
+        write_device_key(tmp / files.device_key.name)
         text = "# locker configuration written by lockerctl (DESIGN section 8)\n"
-        write_public(files.config, (text + tomli_w.dumps(data)).encode("utf-8"))
-    except BaseException:
-        shutil.rmtree(d, ignore_errors=True)  # half a locker would block the next try
-        raise
+        write_public(tmp / files.config.name, (text + tomli_w.dumps(data)).encode("utf-8"))
     logger.info("provisioned locker %s", locker_id)
     return files
 

@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -29,6 +30,7 @@ from locker.fleet.keys import (
     write_public,
 )
 
+CN_MAX_CHARS: Final = 64  # RFC 5280 appendix A, ub-common-name
 LOCKER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 """A locker id is one MQTT topic level, a certificate CN and a file name: keep it plain."""
 
@@ -206,6 +208,10 @@ def make_server_cert(
     san: list[x509.GeneralName] = [x509.DNSName(h) for h in dict.fromkeys(names)]
     san += [x509.IPAddress(a) for a in dict.fromkeys(addresses)]
     cn = hostnames[0] if hostnames else str(addresses[0])
+    if len(cn) > CN_MAX_CHARS:
+        # A CN holds at most 64 characters (RFC 5280 ub-common-name) and a host name up to
+        # 253; clients check the SAN, not the CN, when there is one (RFC 6125 section 6.4.4).
+        cn = "MQTT broker"
     return _leaf(ca, cn, ExtendedKeyUsageOID.SERVER_AUTH, days, san)
 
 

@@ -63,6 +63,7 @@ from locker.fleet.pki import (
     make_crl,
     make_server_cert,
 )
+from locker.fleet.staging import Report, staged_dir
 
 __all__ = [
     "BACKEND_USER",
@@ -160,9 +161,16 @@ def provision_fleet(
     broker_user: str | None = None,
     broker_install_dir: str | None = None,
     broker_bind: str | None = None,
+    report: Report = logger.warning,
 ) -> Fleet:
     """Create a fleet: CA, CRL, broker certificate + config + ACL, server client certificates,
     the command signing key and the QR token signing key. Refuses to overwrite a fleet.
+
+    All or nothing: the fleet is built beside ``directory`` and renamed into place at the end
+    (:func:`locker.fleet.staging.staged_dir`; inside it when it is an empty directory, with
+    ``fleet.toml`` moved in last), so a run that fails part-way (a full disk, Ctrl-C) leaves
+    nothing, and the same command can simply be run again. ``directory`` must not exist or be
+    empty. ``report`` receives one line for each leftover of a killed earlier run removed.
 
     ``broker_install_dir``: where the broker's files will live on the broker host, used in
     ``mosquitto.conf``; default: this fleet directory's ``broker/``. ``broker_bind``: the
@@ -170,43 +178,47 @@ def provision_fleet(
     started as root (default: the user running this, who owns the files; ``run_as_root``:
     root).
 
-    :raises ProvisionError: an existing fleet, or settings lockerd would refuse.
+    :raises ProvisionError: an existing fleet or a non-empty directory, settings lockerd
+        would refuse, another run creating the same directory.
+    :raises errors.StorageError: a file could not be written (nothing is kept then).
     """
-    d = Path(directory)
-    if (d / Fleet.FILE).exists() or (d / "ca-key.pem").exists():
-        raise ProvisionError(f"{d} already holds a fleet; refusing to overwrite it")
+    final = Path(directory)
+    # fleet.toml is put in place last: without it, what is there is not a fleet (staged_dir
+    # removes an interrupted run's part, and refuses anything else)
+    if (final / Fleet.FILE).exists():
+        raise ProvisionError(f"{final} already holds a fleet; refusing to overwrite it")
     _check_fleet_settings(broker_host, broker_port, topic_prefix, command_kid, token_kid)
-    fleet = Fleet(
-        d, fleet_name, broker_host, broker_port, topic_prefix, command_kid, token_kid, SERVER_USERS
-    )
-    for sub in ("broker", "broker/data", "clients", "keys", "lockers"):
-        make_dir(d / sub)
-    ca = make_ca(f"{fleet_name} locker CA")
-    write_new(fleet.ca_key_file, ca.key_pem, private=True)
-    write_new(fleet.ca_file, ca.cert_pem, private=False)
-    write_public(fleet.crl_file, make_crl(ca))
-    _provision_broker(
-        fleet,
-        ca,
-        broker_ips,
-        run_as="root" if run_as_root else (broker_user or _current_user()),
-        install_dir=broker_install_dir,
-        bind_address=broker_bind,
-    )
-    for user in SERVER_USERS:
-        pair = make_client_cert(ca, user)
-        cert, key = fleet.client_cert(user)
-        write_new(key, pair.key_pem, private=True)
-        write_new(cert, pair.cert_pem, private=False)
-    for path in (fleet.command_key_file, fleet.token_key_file):
-        signing = generate_signing_key()
-        write_new(path, signing_key_pem(signing), private=True)
-        write_new(
-            path.with_suffix(".pub"), (encode_public_key(signing) + "\n").encode(), private=False
+    settings = (fleet_name, broker_host, broker_port, topic_prefix, command_kid, token_kid)
+    with staged_dir(final, report, last=Fleet.FILE) as d:
+        fleet = Fleet(d, *settings, SERVER_USERS)
+        for sub in ("broker", "broker/data", "clients", "keys", "lockers"):
+            make_dir(d / sub)
+        ca = make_ca(f"{fleet_name} locker CA")
+        write_new(fleet.ca_key_file, ca.key_pem, private=True)
+        write_new(fleet.ca_file, ca.cert_pem, private=False)
+        write_public(fleet.crl_file, make_crl(ca))
+        _provision_broker(
+            fleet,
+            ca,
+            broker_ips,
+            run_as="root" if run_as_root else (broker_user or _current_user()),
+            # the files' final place, not the staging directory's
+            install_dir=broker_install_dir or str(final.resolve() / "broker"),
+            bind_address=broker_bind,
         )
-    write_public(d / Fleet.FILE, fleet.render().encode("utf-8"))
-    logger.info("provisioned fleet %s in %s", fleet_name, d)
-    return fleet
+        for user in SERVER_USERS:
+            pair = make_client_cert(ca, user)
+            cert, key = fleet.client_cert(user)
+            write_new(key, pair.key_pem, private=True)
+            write_new(cert, pair.cert_pem, private=False)
+        for path in (fleet.command_key_file, fleet.token_key_file):
+            signing = generate_signing_key()
+            write_new(path, signing_key_pem(signing), private=True)
+            public = (encode_public_key(signing) + "\n").encode()
+            write_new(path.with_suffix(".pub"), public, private=False)
+        write_public(d / Fleet.FILE, fleet.render().encode("utf-8"))
+    logger.info("provisioned fleet %s in %s", fleet_name, final)
+    return Fleet(final, *settings, SERVER_USERS)
 
 
 def _provision_broker(
@@ -215,7 +227,7 @@ def _provision_broker(
     broker_ips: Sequence[str],
     *,
     run_as: str,
-    install_dir: str | None,
+    install_dir: str,
     bind_address: str | None,
 ) -> None:
     b = fleet.dir / "broker"
@@ -224,7 +236,7 @@ def _provision_broker(
     write_new(b / "server.pem", server.cert_pem, private=False)
     write_public(b / "ca.pem", ca.cert_pem)
     write_public(b / "crl.pem", fleet.crl_file.read_bytes())
-    where = install_dir.rstrip("/") if install_dir else str(b.resolve())
+    where = install_dir.rstrip("/")
     conf = render_mosquitto_conf(
         port=fleet.broker_port,
         cafile=f"{where}/ca.pem",
