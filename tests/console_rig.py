@@ -4,6 +4,8 @@
   ``vic`` (viewer), the service started and a real ``lockerd`` (SIM-0001) running. Yields
   ``(service, cabinet, {name: (password, token)}, broker)``.
 - ``console_service``: the same without a locker, for tests of pages and logins alone.
+- ``olga_ready``: what a browser test of ``console_site`` starts from (URL, olga's password and
+  token, the locker online); ``console_page``: a page in Debian's chromium.
 - ``browser_login`` / ``http_login``: log in through the form, in chromium or with httpx.
 - ``door_forced``: a light second locker (SIM-0002, its own certificate) reports a forced
   door, which raises an alarm.
@@ -11,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Iterator
@@ -18,13 +21,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Page, ViewportSize, expect
 
 from locker.fleet.service.app import FleetService
 from locker.sim.broker import Broker
 from locker.sim.cabinet import SimCabinet
 from tests.broker import paho_client
-from tests.fleet_rig import add_user, cabinet, fleet_dir, start_service
+from tests.fleet_rig import add_user, api, cabinet, fleet_dir, start_service, wait_online
+from tests.panel_rig import browser
 
 PLAIN_HTTP = "[http]\nsecure_cookies = false\n"  # the tests talk plain HTTP to 127.0.0.1
 ARTIFACTS = Path(__file__).parent / "artifacts" / "console"
@@ -70,6 +74,24 @@ def console_service(
 
 def base_url(service: FleetService) -> str:
     return f"http://127.0.0.1:{service.port}"
+
+
+def olga_ready(site: Site) -> tuple[str, str, str]:
+    """The console's base URL, the operator olga's password and API token, once the site's
+    locker is online; ``ARTIFACTS`` exists for screenshots."""
+    service, _cab, people, _broker = site
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    password, token = people["olga"]
+    with api(service, token) as c:
+        wait_online(c)
+    return base_url(service), password, token
+
+
+@contextlib.contextmanager
+def console_page(viewport: ViewportSize) -> Iterator[Page]:
+    """A new page of that size in Debian's chromium, closed with the browser afterwards."""
+    with browser() as b:
+        yield b.new_page(viewport=viewport)
 
 
 def browser_login(page: Page, base: str, name: str, password: str) -> None:

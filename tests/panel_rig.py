@@ -4,6 +4,9 @@
 a MockFactory) with ``[panel] listen`` on a free loopback port. ``browser()`` launches Debian's
 ``/usr/bin/chromium`` through Playwright's Python API (never a downloaded browser).
 Screenshots go to ``tests/artifacts/panel/`` (git-ignored).
+
+Fixtures (import them into a test module to use them): ``chromium``, one browser per module;
+``cabinet``, a ``PanelCabinet`` with the default settings for one test.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 from gpiozero.pins.mock import MockFactory
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwright
 
 from locker.cabinet.panel.web import PanelServer
 from tests.daemon_rig import DaemonRig
@@ -41,6 +45,13 @@ def browser() -> Iterator[Browser]:
             yield b
         finally:
             b.close()
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Browser]:
+    """One browser for a module's tests (each opens its own pages)."""
+    with browser() as b:
+        yield b
 
 
 class PanelCabinet:
@@ -71,12 +82,16 @@ class PanelCabinet:
     def url(self) -> str:
         return self.server.url
 
-    def open(self, b: Browser, size: str = "800x480") -> Page:
+    def open(self, b: Browser, size: str = "800x480", *, javascript: bool = True) -> Page:
+        """The panel's page (its own browser context); with JavaScript, once its event stream
+        is open."""
         width, height = SIZES[size]
-        page = b.new_page(viewport={"width": width, "height": height})
+        viewport: ViewportSize = {"width": width, "height": height}
+        page = b.new_page(java_script_enabled=javascript, viewport=viewport)
         page.set_default_timeout(5_000)
         page.goto(self.url)
-        page.wait_for_selector("body[data-sse=open]")
+        if javascript:
+            page.wait_for_selector("body[data-sse=open]")
         return page
 
     def close(self) -> None:
@@ -87,6 +102,13 @@ class PanelCabinet:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@pytest.fixture
+def cabinet(tmp_path: Path, mock_factory: MockFactory) -> Iterator[PanelCabinet]:
+    """A panel cabinet with the default settings (``mock_factory``: tests/conftest.py)."""
+    with PanelCabinet(tmp_path, mock_factory) as cab:
+        yield cab
 
 
 def expect_message(

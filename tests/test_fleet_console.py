@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 import httpx
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from tests.conftest import wait_for
 from tests.console_rig import (
@@ -20,64 +20,57 @@ from tests.console_rig import (
     Site,
     base_url,
     browser_login,
+    console_page,
     console_site,
     door_forced,
     http_login,
+    olga_ready,
 )
-from tests.fleet_rig import api, service_broker, wait_online
-from tests.panel_rig import CHROMIUM, CHROMIUM_ARGS
+from tests.fleet_rig import api, service_broker
 
 _ = service_broker, console_site
 
 
 def test_console_login_live_deposit_and_alarm_ack(console_site: Site) -> None:
-    service, cab, people, broker = console_site
-    base = base_url(service)
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    password, token = people["olga"]
+    service, cab, _people, broker = console_site
+    base, password, token = olga_ready(console_site)
     with api(service, token) as c:
-        wait_online(c)
         issued = c.post(
             "/api/v1/parcels", json={"locker": "SIM-0001", "parcel": "WEB-1", "size": "M"}
         ).json()
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1100, "height": 800})
-            browser_login(page, base, "olga", password)
-            row = page.locator('tr[data-locker="SIM-0001"]')
-            expect(row).to_have_attribute("data-online", "true")
-            page.wait_for_selector("body[data-sse=open]")
-            cab.stop()  # a clean stop publishes offline: the row turns without a reload
-            expect(row).to_have_attribute("data-online", "false", timeout=15_000)
-            page.screenshot(path=str(ARTIFACTS / "fleet-offline.png"), full_page=True)
-            cab.start()
-            expect(row).to_have_attribute("data-online", "true", timeout=20_000)
-            page.screenshot(path=str(ARTIFACTS / "fleet.png"), full_page=True)
-            page.click('a[href="/lockers/SIM-0001"]')
-            page.wait_for_selector("body[data-sse=open]")
-            cab.press(issued["dropoff_code"] + "#")
-            deposit = page.locator('#timeline li[data-type="parcel_deposited"]')
-            expect(deposit).to_have_count(1, timeout=20_000)
-            expect(deposit).to_have_class(re.compile("new"))  # arrived live, not by reload
-            cell = page.locator(f'#grid [data-compartment="{issued["compartment"]}"]')
-            expect(cell).to_have_attribute("data-state", "occupied", timeout=10_000)
-            page.screenshot(path=str(ARTIFACTS / "locker.png"), full_page=True)
-            door_forced(broker, "SIM-0002")
-            with api(service, token) as c:
-                wait_for(lambda: c.get("/api/v1/alarms").json(), 15, what="alarm raised")
-            page.goto(base + "/alarms")
-            alarm = page.locator('tr.alarm[data-kind="door_forced"]')
-            expect(alarm).to_have_count(1)
-            page.screenshot(path=str(ARTIFACTS / "alarms.png"), full_page=True)
-            alarm.locator("input[name=note]").fill("checked on camera")
-            alarm.locator("button").click()
-            expect(page.locator('tr.alarm[data-kind="door_forced"]')).to_have_count(0)
-            page.goto(base + "/parcels?q=WEB-1")
-            expect(page.locator("#history li[data-what=parcel_deposited]")).to_have_count(1)
-            page.screenshot(path=str(ARTIFACTS / "parcel.png"), full_page=True)
-        finally:
-            browser.close()
+    with console_page({"width": 1100, "height": 800}) as page:
+        browser_login(page, base, "olga", password)
+        row = page.locator('tr[data-locker="SIM-0001"]')
+        expect(row).to_have_attribute("data-online", "true")
+        page.wait_for_selector("body[data-sse=open]")
+        cab.stop()  # a clean stop publishes offline: the row turns without a reload
+        expect(row).to_have_attribute("data-online", "false", timeout=15_000)
+        page.screenshot(path=str(ARTIFACTS / "fleet-offline.png"), full_page=True)
+        cab.start()
+        expect(row).to_have_attribute("data-online", "true", timeout=20_000)
+        page.screenshot(path=str(ARTIFACTS / "fleet.png"), full_page=True)
+        page.click('a[href="/lockers/SIM-0001"]')
+        page.wait_for_selector("body[data-sse=open]")
+        cab.press(issued["dropoff_code"] + "#")
+        deposit = page.locator('#timeline li[data-type="parcel_deposited"]')
+        expect(deposit).to_have_count(1, timeout=20_000)
+        expect(deposit).to_have_class(re.compile("new"))  # arrived live, not by reload
+        cell = page.locator(f'#grid [data-compartment="{issued["compartment"]}"]')
+        expect(cell).to_have_attribute("data-state", "occupied", timeout=10_000)
+        page.screenshot(path=str(ARTIFACTS / "locker.png"), full_page=True)
+        door_forced(broker, "SIM-0002")
+        with api(service, token) as c:
+            wait_for(lambda: c.get("/api/v1/alarms").json(), 15, what="alarm raised")
+        page.goto(base + "/alarms")
+        alarm = page.locator('tr.alarm[data-kind="door_forced"]')
+        expect(alarm).to_have_count(1)
+        page.screenshot(path=str(ARTIFACTS / "alarms.png"), full_page=True)
+        alarm.locator("input[name=note]").fill("checked on camera")
+        alarm.locator("button").click()
+        expect(page.locator('tr.alarm[data-kind="door_forced"]')).to_have_count(0)
+        page.goto(base + "/parcels?q=WEB-1")
+        expect(page.locator("#history li[data-what=parcel_deposited]")).to_have_count(1)
+        page.screenshot(path=str(ARTIFACTS / "parcel.png"), full_page=True)
     with api(service, token) as c:
         acked = c.get("/api/v1/alarms?state=acked").json()
     assert [(a["kind"], a["acked_by"], a["note"]) for a in acked] == [

@@ -16,19 +16,19 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from playwright.sync_api import Page, ViewportSize, expect, sync_playwright
+from playwright.sync_api import Page, ViewportSize, expect
 
 from tests.conftest import wait_for
 from tests.console_rig import (
     ARTIFACTS,
     Site,
-    base_url,
     browser_login,
+    console_page,
     console_site,
     door_forced,
+    olga_ready,
 )
-from tests.fleet_rig import api, service_broker, wait_online
-from tests.panel_rig import CHROMIUM, CHROMIUM_ARGS
+from tests.fleet_rig import api, service_broker
 
 _ = service_broker, console_site
 PHONE: ViewportSize = {"width": 360, "height": 740}
@@ -79,12 +79,9 @@ def _check(page: Page, what: str) -> None:
 
 
 def test_console_fits_a_phone_and_names_every_control(console_site: Site) -> None:
-    service, _cab, people, broker = console_site
-    base = base_url(service)
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    password, token = people["olga"]
+    service, _cab, _people, broker = console_site
+    base, password, token = olga_ready(console_site)
     with api(service, token) as c:
-        wait_online(c)
         door_forced(broker, "SIM-0002")
         wait_for(lambda: c.get("/api/v1/alarms").json(), 15, what="alarm raised")
         for n in (1, 2):
@@ -93,37 +90,32 @@ def test_console_fits_a_phone_and_names_every_control(console_site: Site) -> Non
                 json={"locker": "SIM-0001", "parcel": f"PHONE-LONG-PARCEL-ID-{n}", "size": "M"},
             )
             assert issued.status_code in (200, 201), issued.text
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport=PHONE)
-            page.goto(base + "/login")
-            _check(page, "/login")
-            browser_login(page, base, "olga", password)
-            for path in (
-                "/",
-                "/lockers/SIM-0001",
-                "/alarms",
-                "/alarms?state=all",
-                "/parcels",
-                "/parcels?q=PHONE",
-                "/parcels?q=PHONE-LONG-PARCEL-ID-1",
-                "/lockers/NOPE",
-                "/no/such/page",
-            ):
-                page.goto(base + path)
-                _check(page, path)
-            page.goto(base + "/alarms")
-            ack = page.locator('tr.alarm[data-kind="door_forced"] button')
-            expect(ack).to_have_accessible_name("Acknowledge alarm #1")
-            box = ack.bounding_box()
-            assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
-            page.get_by_label("Note on alarm #1").fill("seen on the phone")
-            ack.click()
-            expect(page.locator("#flash")).to_have_text("Alarm #1 acknowledged.")
-            expect(page.locator('tr.alarm[data-kind="door_forced"]')).to_have_count(0)
-            page.goto(base + "/lockers/SIM-0001")
-            expect(page.get_by_role("button", name="Send open")).to_be_visible()
-            expect(page.get_by_role("button", name="Send lockdown")).to_be_visible()
-        finally:
-            browser.close()
+    with console_page(PHONE) as page:
+        page.goto(base + "/login")
+        _check(page, "/login")
+        browser_login(page, base, "olga", password)
+        for path in (
+            "/",
+            "/lockers/SIM-0001",
+            "/alarms",
+            "/alarms?state=all",
+            "/parcels",
+            "/parcels?q=PHONE",
+            "/parcels?q=PHONE-LONG-PARCEL-ID-1",
+            "/lockers/NOPE",
+            "/no/such/page",
+        ):
+            page.goto(base + path)
+            _check(page, path)
+        page.goto(base + "/alarms")
+        ack = page.locator('tr.alarm[data-kind="door_forced"] button')
+        expect(ack).to_have_accessible_name("Acknowledge alarm #1")
+        box = ack.bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
+        page.get_by_label("Note on alarm #1").fill("seen on the phone")
+        ack.click()
+        expect(page.locator("#flash")).to_have_text("Alarm #1 acknowledged.")
+        expect(page.locator('tr.alarm[data-kind="door_forced"]')).to_have_count(0)
+        page.goto(base + "/lockers/SIM-0001")
+        expect(page.get_by_role("button", name="Send open")).to_be_visible()
+        expect(page.get_by_role("button", name="Send lockdown")).to_be_visible()

@@ -20,15 +20,10 @@ from locker.cabinet.panel.view import Layer, Message, PanelView
 from locker.cabinet.panel.web import STATIC_DIR, render_page
 from locker.contract import credentials
 from tests.conftest import wait_for
-from tests.panel_rig import ARTIFACTS, SIZES, PanelCabinet, browser, expect_message, screenshot
+from tests.panel_rig import ARTIFACTS, SIZES, PanelCabinet, chromium, expect_message, screenshot
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Browser]:
-    with browser() as b:
-        yield b
+_ = chromium  # fixture
 
 
 @pytest.fixture

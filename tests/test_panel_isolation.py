@@ -12,11 +12,8 @@ import statistics
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from gpiozero.pins.mock import MockFactory
 
 from locker.cabinet.domain import machine
 from locker.cabinet.domain.model import fresh_state
@@ -25,16 +22,11 @@ from locker.cabinet.panel.web import MAX_STREAMS
 from tests.conftest import wait_for
 from tests.daemon_rig import GPIO_LAYOUT
 from tests.domain import Keys, rules
-from tests.panel_rig import PanelCabinet
+from tests.panel_rig import PanelCabinet, cabinet
 
 pytestmark = pytest.mark.timeout(120)
 UNLOCK_BOUND_S = 0.5  # a normal unlock here takes a few milliseconds
-
-
-@pytest.fixture
-def cabinet(tmp_path: Path, mock_factory: MockFactory) -> Iterator[PanelCabinet]:
-    with PanelCabinet(tmp_path, mock_factory) as cab:
-        yield cab
+_ = cabinet  # fixture
 
 
 def _round_of_unlocks(cab: PanelCabinet, tag: str) -> list[float]:

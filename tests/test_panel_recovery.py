@@ -15,32 +15,20 @@ from __future__ import annotations
 import contextlib
 import socket
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from gpiozero.pins.mock import MockFactory
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, expect
 
 from locker.cabinet.panel import texts
 from locker.cabinet.panel.view import Message
 from locker.cabinet.panel.web import MAX_STREAMS, PanelServer
 from tests.conftest import wait_for
-from tests.panel_rig import PanelCabinet, browser, expect_message, screenshot
+from tests.panel_rig import PanelCabinet, cabinet, chromium, expect_message, screenshot
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Browser]:
-    with browser() as b:
-        yield b
-
-
-@pytest.fixture
-def cabinet(tmp_path: Path, mock_factory: MockFactory) -> Iterator[PanelCabinet]:
-    with PanelCabinet(tmp_path, mock_factory) as cab:
-        yield cab
+_ = cabinet, chromium  # fixtures
 
 
 def _stream(server: PanelServer) -> socket.socket:
@@ -153,20 +141,12 @@ def test_a_bad_scan_is_refused_in_the_scanners_words(
     assert "type" not in (msg.text_content() or "").lower()
 
 
-def _no_js_page(b: Browser, url: str) -> Page:
-    context = b.new_context(java_script_enabled=False, viewport={"width": 800, "height": 480})
-    page = context.new_page()
-    page.set_default_timeout(5_000)
-    page.goto(url)
-    return page
-
-
 def test_the_on_screen_keypad_works_without_javascript(
     cabinet: PanelCabinet, chromium: Browser
 ) -> None:
     rig = cabinet.rig
     comp, drop, _ = rig.assign("P9", "S")
-    page = _no_js_page(chromium, cabinet.url)
+    page = cabinet.open(chromium, javascript=False)
     try:
         assert page.locator("body").get_attribute("data-sse") is None  # no script ran
         for k in drop[:3]:
