@@ -12,18 +12,23 @@ Real SQLite files migrated by Alembic; clocks are passed in (no sleeps).
 from __future__ import annotations
 
 import json
+import os
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select
 
-from locker.fleet import ledger
-from locker.fleet.client import Incoming
+from locker.fleet import ledger, provision
+from locker.fleet.client import FleetClient, Incoming
+from locker.fleet.ctl_ops import watch_json_line
 from locker.fleet.service import db, gaps
 from locker.fleet.service.alarms import Rules
+from locker.fleet.service.config import ConfigError, ServiceConfig
 from locker.fleet.service.ingest import Ack, Ingest, Message
-from locker.fleet.watch import EventLog, FleetView
+from locker.fleet.watch import EventLog, FleetView, Watcher
+from tests.conftest import wait_for
 from tests.test_fleet_ingest import evt
 
 RULE = ledger.GapRule(wait_s=2.0, interval_s=60.0)
@@ -226,3 +231,59 @@ def test_lockerctl_watch_holds_a_bad_body_and_its_log_survives_it(tmp_path: Path
     reloaded = FleetView(log=EventLog(tmp_path / "events"))
     assert reloaded.lockers["L1"].stream is not None
     assert reloaded.lockers["L1"].stream.contiguous == 7, "the log holds the placeholders"
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [("", 2.0), ("gap_resync_s = 5", 5.0), ("gap_resync_s = 0.5", 0.5)],
+)
+def test_watch_and_service_read_the_same_gap_resync_s(
+    tmp_path: Path, setting: str, expected: float
+) -> None:
+    d = _fleet(tmp_path, setting)
+    assert provision.Fleet.load(d).gap_resync_s == expected
+    assert ServiceConfig.load(d).settings.gap_resync_s == expected
+
+
+@pytest.mark.parametrize("bad", ["0", "0.05", "3601", "inf", "nan", '"2"', "true"])
+def test_a_gap_resync_s_out_of_range_is_refused_with_its_key(tmp_path: Path, bad: str) -> None:
+    d = _fleet(tmp_path, f"gap_resync_s = {bad}")
+    with pytest.raises(provision.ProvisionError, match="gap_resync_s: expected seconds in"):
+        provision.Fleet.load(d)
+    with pytest.raises(ConfigError, match="gap_resync_s"):
+        ServiceConfig.load(d)
+
+
+def _fleet(tmp: Path, setting: str) -> Path:
+    d = tmp / "fleet"
+    provision.provision_fleet(d, "t", "127.0.0.1", broker_port=8883, run_as_root=os.geteuid() == 0)
+    with (d / "fleet.toml").open("a") as f:
+        f.write("\n" + setting + "\n")
+    return d
+
+
+def test_the_watch_thread_outlives_a_fault_and_json_mode_takes_its_own_lines() -> None:
+    client = FleetClient("127.0.0.1", 1, client_id="t")  # never connected: no acks sent
+    shown: list[str] = []
+
+    def on_line(text: str) -> None:
+        if "#2 " in text:
+            raise RuntimeError("a terminal that cannot print this")
+        shown.append(text)
+
+    watcher = Watcher(client, FleetView(), on_line, ack=False)
+    runner = threading.Thread(target=watcher.run, daemon=True)
+    runner.start()
+    try:
+        for seq in (1, 2, 3):
+            for listener in client._listeners:  # as paho's thread hands a message over
+                listener(Incoming("lockers/L1/evt/x", json.dumps(_ev(seq)).encode(), False, 1))
+        wait_for(lambda: any("#3 " in line for line in shown), 5, what="the event after it")
+    finally:
+        watcher.stop()
+        runner.join(5)
+    assert len(watcher.errors) == 1 and "RuntimeError" in watcher.errors[0]
+    assert watch_json_line("L1: gap 2-4 for 2.0 s: resync sent") == {
+        "notes": ["L1: gap 2-4 for 2.0 s: resync sent"]
+    }
+    assert watch_json_line('{"locker":"L1"}') == {"locker": "L1"}

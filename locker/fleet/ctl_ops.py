@@ -20,6 +20,7 @@ from locker.contract.actions import MAX_UINT32, Action
 from locker.fleet import client as fleet
 from locker.fleet import provision, qr, watch
 from locker.fleet.ctl_output import EXIT_OK, EXIT_REFUSED, EXIT_TIMEOUT, Output, _local, _utc
+from locker.fleet.ledger import GapRule
 
 TOKEN_ACTIONS = {
     "pickup": credentials.TokenAction.PICKUP,
@@ -304,16 +305,26 @@ class _JsonView(watch.FleetView):
         return [json.dumps(doc, separators=(",", ":"), sort_keys=True)]
 
 
+def watch_json_line(text: str) -> Any:
+    """A line of ``watch --json``: a message's document as ``_JsonView`` wrote it, or, for the
+    watcher's own lines (a resync asked for, an ack that failed), ``{"notes": [text]}``."""
+    if text.startswith("{"):
+        return json.loads(text)
+    return {"notes": [text]}
+
+
 def cmd_watch(args: argparse.Namespace, out: Output) -> int:
     f = provision.Fleet.load(args.fleet)
     if args.locker:
         known_locker(f, args.locker)
     log = watch.EventLog(args.log_dir or f.dir / "events")
-    view = (_JsonView if out.as_json else watch.FleetView)(f.topic_prefix, log)
+    # the service's gap_resync_s (fleet.toml), so the two resync a lasting gap alike
+    rule = GapRule(wait_s=f.gap_resync_s)
+    view = (_JsonView if out.as_json else watch.FleetView)(f.topic_prefix, log, gap_rule=rule)
 
     def line(text: str) -> None:
         if out.as_json:
-            out.line(json.loads(text))
+            out.line(watch_json_line(text))
         else:
             out.say(text)
 

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from locker import errors
 from locker.config import ConfigError, parse_config
 from locker.config.sections import Security
+from locker.fleet import ledger
 from locker.fleet.keys import (
     ProvisionArgumentError,
     ProvisionError,
@@ -80,6 +81,9 @@ class Fleet:
     command_kid: str
     token_kid: int
     server_users: tuple[str, ...]
+    # the fleet service's setting, read here too so that ``lockerctl watch`` resyncs a lasting
+    # gap when the service would (ledger.GapRule); absent: the default
+    gap_resync_s: float = ledger.GAP_RESYNC_S
 
     FILE = "fleet.toml"
 
@@ -99,6 +103,7 @@ class Fleet:
                 command_kid=str(data["command_kid"]),
                 token_kid=int(data["token_kid"]),
                 server_users=tuple(str(u) for u in data["server_users"]),
+                gap_resync_s=_gap_resync_s(data.get("gap_resync_s", ledger.GAP_RESYNC_S)),
             )
         except FileNotFoundError as err:
             raise ProvisionError(f"{d}: not a fleet directory (no {cls.FILE})") from err
@@ -199,3 +204,14 @@ class Fleet:
             return []
         # a locker being added is built in a dot-named staging directory: not a locker yet
         return sorted(p.name for p in root.iterdir() if p.is_dir() and LOCKER_ID_RE.match(p.name))
+
+
+def _gap_resync_s(value: object) -> float:
+    """``gap_resync_s`` of ``fleet.toml``: seconds in the range the service accepts too.
+
+    :raises ValueError: not a number in ``[GAP_RESYNC_MIN_S, GAP_RESYNC_MAX_S]``.
+    """
+    low, high = ledger.GAP_RESYNC_MIN_S, ledger.GAP_RESYNC_MAX_S
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise ValueError(f"gap_resync_s: expected seconds in [{low:g}, {high:g}], got {value!r}")
+    return float(value)

@@ -48,6 +48,9 @@ INVALID_EVENT = "invalid_event"  # the type of a placeholder (never a locker's, 
 EVENT_TEXT = {"type": 64, "compartment": 64, "parcel": 128, "ts": 40}
 RAW_KEPT = 4096  # characters of a bad event's payload kept in its placeholder (ASCII-escaped)
 GAP_RESYNC_S = 2.0  # how long a mid-stream gap may last before ``resync`` (fleet.toml default)
+# fleet.toml's bounds of it: below 0.1 s, workers reordering events would each cost a resync;
+# an hour is the most that still beats any sensible ack time-out
+GAP_RESYNC_MIN_S, GAP_RESYNC_MAX_S = 0.1, 3600.0
 RESYNC_INTERVAL_S = 60.0  # at most one ``resync`` per stream in this many seconds
 
 

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import queue
@@ -455,20 +456,29 @@ class Watcher:
             try:
                 msg = self._queue.get(timeout=0.1)
             except queue.Empty:
-                self._flush()
+                self._guarded(self._flush, "acks and resyncs")
                 handled = 0
                 continue
-            try:
-                for line in self.view.handle(msg):
-                    self.on_line(line)
-            except Exception as err:  # one message's fault must not end the watch
-                self.errors.append(f"message on {msg.topic[:200]} failed: {err!r}"[:500])
-                self.on_line(f"message on {msg.topic[:200]} not handled ({type(err).__name__})")
+            self._guarded(functools.partial(self._handle, msg), f"message on {msg.topic[:200]}")
             handled += 1
             if handled >= _ACK_EVERY or self._queue.empty():
-                self._flush()
+                self._guarded(self._flush, "acks and resyncs")
                 handled = 0
         self._flush()
+
+    def _handle(self, msg: Incoming) -> None:
+        for line in self.view.handle(msg):
+            self.on_line(line)
+
+    def _guarded(self, step: Callable[[], None], what: str) -> None:
+        """Run ``step``; a fault of it (a bug, a line the caller cannot print) is recorded in
+        ``errors`` and reported, and the watch goes on: it must not stall every locker."""
+        try:
+            step()
+        except Exception as err:
+            self.errors.append(f"{what} failed: {err!r}"[:500])
+            with contextlib.suppress(Exception):
+                self.on_line(f"{what} failed ({type(err).__name__}); carrying on")
 
     def _flush(self) -> None:
         self._resync()

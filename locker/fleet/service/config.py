@@ -36,7 +36,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from locker import errors
-from locker.fleet.ledger import GAP_RESYNC_S
+from locker.fleet.ledger import GAP_RESYNC_MAX_S, GAP_RESYNC_MIN_S, GAP_RESYNC_S
 from locker.fleet.provision import Fleet, ProvisionError
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
@@ -131,9 +131,9 @@ class Retention(_Section):
 class ServiceSettings(_Section):
     offline_alarm_s: Annotated[int, Field(ge=10)] = 300
     # Seconds a mid-stream gap may last before the locker is sent ``resync`` (ledger.GapRule):
-    # below it, N workers reordering one locker's events look like gaps; 0.1 s is the least
-    # that is not a resync per reordering, an hour the most that still beats an ack time-out.
-    gap_resync_s: Annotated[float, Field(ge=0.1, le=3600)] = GAP_RESYNC_S
+    # below it, N workers reordering one locker's events look like gaps. Bounds from ledger,
+    # shared with lockerctl watch's reading of the same key (layout.Fleet).
+    gap_resync_s: Annotated[float, Field(ge=GAP_RESYNC_MIN_S, le=GAP_RESYNC_MAX_S)] = GAP_RESYNC_S
     http: Http = Http()
     db: Db = Db()
     mqtt: Mqtt = Mqtt()
