@@ -223,3 +223,16 @@ def test_lockerctl_fleet_certs_marks_what_to_renew(tmp_path: Path) -> None:
     out = io.StringIO()
     assert ctl.main(["fleet", "renew", str(fleet.dir), "--json"], out) == 0
     assert json.loads(out.getvalue())["renewed"][0] == "broker/server.pem"
+
+
+def test_fleet_renew_changes_nothing_when_a_file_cannot_be_written(tmp_path: Path) -> None:
+    fleet = _fleet(tmp_path)
+    before = {p: p.read_bytes() for p in fleet.dir.rglob("*.pem")}
+    blocker = fleet.dir / "clients" / "lockerctl-key.pem.new"
+    blocker.mkdir()  # a real fault root cannot write through: a directory where a file goes
+    with pytest.raises(IsADirectoryError):
+        certs.renew_fleet(fleet)
+    blocker.rmdir()
+    assert {p: p.read_bytes() for p in fleet.dir.rglob("*.pem")} == before
+    assert not list(fleet.dir.rglob("*.new"))
+    assert len(certs.renew_fleet(fleet)) == 3  # and once the fault is gone it works

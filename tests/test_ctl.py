@@ -12,8 +12,10 @@ import io
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import tomllib
 import uuid
@@ -207,7 +209,7 @@ def test_unknown_locker_is_refused_before_anything_is_sent(
 def test_every_exit_status_is_distinct_and_documented(capsys: pytest.CaptureFixture[str]) -> None:
     statuses = [ctl.EXIT_OK, ctl.EXIT_REFUSED, ctl.EXIT_USAGE, ctl.EXIT_BROKER, ctl.EXIT_TIMEOUT,
                 ctl.EXIT_CONFIG, ctl.EXIT_NOT_FOUND, ctl.EXIT_FILE, ctl.EXIT_UNAVAILABLE,
-                ctl.EXIT_INTERNAL]  # fmt: skip
+                ctl.EXIT_INTERNAL, ctl.EXIT_INTERRUPTED]  # fmt: skip
     assert len(set(statuses)) == len(statuses)
     ctl.main(["--help"])
     text = capsys.readouterr().out
@@ -437,6 +439,28 @@ def test_parcel_issue_end_to_end(fake_locker: FakeLocker, tmp_path: Path) -> Non
     )  # fmt: skip
     assert code == ctl.EXIT_OK, text
     assert fake_locker.commands[-1]["args"]["accessible"] is True
+
+
+@pytest.mark.broker
+@pytest.mark.timeout(30)
+def test_ctrl_c_while_waiting_for_a_reply_is_one_line_and_130(fake_locker: FakeLocker) -> None:
+    fake_locker.answer = lambda claims: None  # receives, never answers
+    f = fake_locker.fleet
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "locker.fleet.ctl", "cmd", "send", "--fleet", str(f.dir),
+         "--locker", LOCKER, "reset_lockout", "--timeout", "25"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: fake_locker.commands, 15, what="the command at the locker")
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == ctl.EXIT_INTERRUPTED, err
+    assert "lockerctl: interrupted" in err and "Traceback" not in err
 
 
 @pytest.mark.broker

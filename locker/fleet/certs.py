@@ -91,17 +91,27 @@ def inventory(fleet: Fleet) -> list[FleetCertificate]:
     return found
 
 
-def _replace_pair(pair: PemPair, key_path: Path, cert_path: Path) -> None:
-    """Write both files beside their targets, then move them into place (the key first: a
-    certificate never names a key that is not there yet)."""
-    tmp_key, tmp_cert = (
-        key_path.with_name(key_path.name + ".new"),
-        cert_path.with_name(cert_path.name + ".new"),
-    )
-    write_private(tmp_key, pair.key_pem)
-    write_public(tmp_cert, pair.cert_pem)
-    os.replace(tmp_key, key_path)
-    os.replace(tmp_cert, cert_path)
+def _put_in_place(pairs: list[tuple[PemPair, Path, Path]]) -> None:
+    """All or nothing, as far as files allow: every new key and certificate is written beside
+    its target first (``.new``); only when all are written are they moved into place, each
+    key before its certificate. A failure while writing removes every ``.new`` and changes
+    nothing."""
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for pair, key_path, cert_path in pairs:
+            for data, path, private in (
+                (pair.key_pem, key_path, True),
+                (pair.cert_pem, cert_path, False),
+            ):
+                tmp = path.with_name(path.name + ".new")
+                staged.append((tmp, path))
+                (write_private if private else write_public)(tmp, data)
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    for tmp, path in staged:
+        os.replace(tmp, path)
 
 
 def _server_names(cert: x509.Certificate) -> tuple[list[str], list[str]]:
@@ -116,9 +126,10 @@ def _server_names(cert: x509.Certificate) -> tuple[list[str], list[str]]:
 
 def renew_fleet(fleet: Fleet, days: int = SERVER_DAYS, client_days: int = CLIENT_DAYS) -> list[str]:
     """New keys and certificates for the broker (the same host names and addresses as its
-    current certificate) and for every server identity in ``clients/``; returns the files
-    renewed, relative to the fleet directory. The old certificates stay valid until they end,
-    so nothing stops working before the broker and the services restart with the new ones.
+    current certificate) and for every server identity in ``clients/``, all or none
+    (:func:`_put_in_place`); returns the files renewed, relative to the fleet directory. The
+    old certificates stay valid until they end, so nothing stops working before the broker
+    and the services restart with the new ones.
 
     :raises ProvisionError: the CA or the broker's current certificate cannot be read.
     """
@@ -134,16 +145,17 @@ def renew_fleet(fleet: Fleet, days: int = SERVER_DAYS, client_days: int = CLIENT
         raise ProvisionError(f"broker/server.pem cannot be read: {err}") from err
     if not names and not ips:
         names = [fleet.broker_host]
-    renewed = []
-    pair = make_server_cert(ca, names, ips, days)
-    _replace_pair(pair, fleet.dir / "broker" / "server-key.pem", server)
-    renewed.append("broker/server.pem")
+    pairs = [
+        (
+            make_server_cert(ca, names, ips, days),
+            fleet.dir / "broker" / "server-key.pem",
+            server,
+        )
+    ]
     clients = fleet.dir / "clients"
     for pem in sorted(clients.glob("*.pem")) if clients.is_dir() else ():
-        if pem.name.endswith("-key.pem"):
-            continue
-        user = pem.stem
-        cert, key = fleet.client_cert(user)
-        _replace_pair(make_client_cert(ca, user, client_days), key, cert)
-        renewed.append(cert.relative_to(fleet.dir).as_posix())
-    return renewed
+        if not pem.name.endswith("-key.pem"):
+            cert, key = fleet.client_cert(pem.stem)
+            pairs.append((make_client_cert(ca, pem.stem, client_days), key, cert))
+    _put_in_place(pairs)
+    return [cert.relative_to(fleet.dir).as_posix() for _, _, cert in pairs]

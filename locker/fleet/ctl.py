@@ -47,6 +47,7 @@ from locker.fleet.ctl_output import (
     EXIT_CONFIG,
     EXIT_FILE,
     EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
     EXIT_NOT_FOUND,
     EXIT_OK,
     EXIT_PROVISION,
@@ -69,6 +70,7 @@ __all__ = [
     "EXIT_CONFIG",
     "EXIT_FILE",
     "EXIT_INTERNAL",
+    "EXIT_INTERRUPTED",
     "EXIT_NOT_FOUND",
     "EXIT_OK",
     "EXIT_PROVISION",
@@ -616,6 +618,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         print(f"lockerctl: error: {failed}", file=sys.stderr)
         output.finish(EXIT_FILE, failed)
         return EXIT_FILE
+    except KeyboardInterrupt as err:  # Ctrl-C: what was begun has been undone by its command
+        print("lockerctl: interrupted", file=sys.stderr)
+        output.finish(EXIT_INTERRUPTED, err)
+        return EXIT_INTERRUPTED
     except Exception as err:  # a bug: say so, with the traceback, and a status of its own
         traceback.print_exc()
         output.finish(EXIT_INTERNAL, err)

@@ -26,6 +26,7 @@ EXIT_NOT_FOUND = 6
 EXIT_FILE = 7
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE, as lockerd: a database server or an address to serve on
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug; the traceback goes to stderr
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process ended by Ctrl-C
 
 EXIT_CODES_HELP = f"""exit status:
   {EXIT_OK}  success
@@ -39,6 +40,7 @@ EXIT_CODES_HELP = f"""exit status:
   {EXIT_UNAVAILABLE}  serve: the database server cannot be reached, or the HTTP address cannot be
       listened on (in use, unknown host); the message says why
   {EXIT_INTERNAL}  internal error (a bug: please report the traceback)
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C); fleet init and locker add keep nothing of the run
 
 With --json, stdout carries exactly one JSON document ({{"ok": true, ...}} or
 {{"ok": false, "error": {{"kind": ..., "message": ...}}}}), or one JSON object per line for
@@ -139,7 +141,11 @@ _STATUS_BY_CATEGORY: tuple[tuple[type[BaseException], int, str], ...] = (
     (errors.ProvisionError, EXIT_CONFIG, "config"),
     (errors.LockerError, EXIT_INTERNAL, "internal"),
 )
-_KINDS = {EXIT_REFUSED: "refused", **{code: kind for _c, code, kind in _STATUS_BY_CATEGORY}}
+_KINDS = {
+    EXIT_REFUSED: "refused",
+    EXIT_INTERRUPTED: "interrupted",
+    **{code: kind for _c, code, kind in _STATUS_BY_CATEGORY},
+}
 
 
 def _kind(status: int) -> str:
