@@ -1,7 +1,7 @@
 """Watching a fleet: what ``lockerctl watch`` and the simulator's server run (DESIGN 5).
 
-- ``EventLog``: an append-only, fsynced JSON-lines file per locker, so that an ack is a
-  durable receipt as the contract requires.
+- ``EventLog`` (:mod:`locker.fleet.eventlog`): an append-only, fsynced JSON-lines file per
+  locker, so that an ack is a durable receipt as the contract requires.
 - ``FleetView``: pure bookkeeping of what a fleet publishes: status and occupancy from the
   retained messages, and one ``ledger.Stream`` per ``(locker, epoch)``: events deduplicated
   by ``(locker, epoch, seq)``, gaps detected, only what is held contiguously acknowledged,
@@ -21,18 +21,16 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from locker.contract import numbers
 from locker.contract.actions import Action
 from locker.fleet.client import CommandSigner, FleetClient, FleetError, Incoming, Reply
+from locker.fleet.eventlog import EventLog, valid_seq
 from locker.fleet.ledger import (
     INVALID_EVENT,
     LEGACY_EPOCH,
@@ -46,65 +44,9 @@ from locker.fleet.ledger import (
     state_floor,
 )
 
+__all__ = ["EventLog", "FleetView", "LockerView", "Watcher", "occupancy_line"]
+
 _ACK_EVERY = 200  # events between acks during a burst; otherwise one ack per quiet moment
-
-
-class EventLog:
-    """Append-only JSON lines per locker in ``directory``; fsynced before any ack.
-
-    Lines are ``{"baseline": N, "epoch": E}`` (events of epoch E up to N were gone from the
-    locker before this log knew the stream) or an event payload as received (its ``epoch``
-    inside). Lines without ``epoch`` belong to the legacy stream.
-    """
-
-    def __init__(self, directory: Path | str) -> None:
-        self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self._files: dict[str, Any] = {}
-
-    def path(self, locker_id: str) -> Path:
-        return self.dir / f"{locker_id}.jsonl"
-
-    def load(self) -> dict[str, list[Stream]]:
-        """locker -> its streams as stored, the most recently started last."""
-        known: dict[str, list[Stream]] = {}
-        for path in sorted(self.dir.glob("*.jsonl")):
-            streams: dict[str, Stream] = {}
-            for line in path.read_text(encoding="utf-8").splitlines():
-                with contextlib.suppress(json.JSONDecodeError):
-                    row = json.loads(line)
-                    if not isinstance(row, dict) or (epoch := epoch_of(row)) is None:
-                        continue
-                    stream = streams.get(epoch)
-                    if stream is None:
-                        stream = streams[epoch] = Stream(path.stem, epoch)
-                    if numbers.count(row.get("baseline")) is not None:
-                        stream.raise_floor(row["baseline"])
-                    elif _valid_seq(row.get("seq")):
-                        stream.receive(row["seq"], row)
-            for stream in streams.values():
-                stream.take_released()  # history, not news
-                stream.acked = stream.contiguous  # acked before, or about to be re-acked
-                stream.reack = stream.contiguous > 0
-            known[path.stem] = list(streams.values())
-        return known
-
-    def append(self, locker_id: str, row: Mapping[str, Any]) -> None:
-        f = self._files.get(locker_id)
-        if f is None:
-            f = self._files[locker_id] = self.path(locker_id).open("a", encoding="utf-8")
-        f.write(json.dumps(row, separators=(",", ":"), ensure_ascii=False) + "\n")
-
-    def sync(self) -> None:
-        for f in self._files.values():
-            f.flush()
-            os.fsync(f.fileno())
-
-    def close(self) -> None:
-        self.sync()
-        for f in self._files.values():
-            f.close()
-        self._files.clear()
 
 
 @dataclass
@@ -239,7 +181,7 @@ class FleetView:
             return None
         if channel == "state":
             return self._state(locker_id, doc)
-        if channel == "evt" and _valid_seq(doc.get("seq")) and epoch_of(doc) is not None:
+        if channel == "evt" and valid_seq(doc.get("seq")) and epoch_of(doc) is not None:
             return self._event(locker_id, doc)
         if channel == "res":
             return self._reply(locker_id, payload)
@@ -396,11 +338,6 @@ class FleetView:
             if gap is not None and stream.gap_resync_due(self.gap_rule, now):
                 due.append((view.locker_id, gap_line(gap[0], gap[1], now - since)))
         return due
-
-
-def _valid_seq(value: object) -> bool:
-    """A seq of the contract: 1 to 2**63-1 (an ack above it could never match a locker's)."""
-    return numbers.count(value, minimum=1) is not None
 
 
 def _span(first: int, last: int) -> str:
