@@ -269,14 +269,17 @@ def test_reply_made_while_offline_goes_out_after_reconnect(
     broker: Broker,  # noqa: F811
     harness: Harness,
 ) -> None:
-    lk, rec = harness.start(broker)
-    wait_for(connected(rec))
-    broker.stop()
-    wait_for(lambda: rec.of(LinkChanged)[-1].connected is False, what="link down")
-    lk.publish_reply({"v": 1, "cmd_id": "c-1", "status": "done", "ts": "x"}, b"c1")
-    broker.start()
+    # The server's session (and subscription) exists before the outage and survives the
+    # broker's restart: subscribed only afterwards, it could miss a reply the link, faster
+    # to reconnect, published first (seen under load).
     with ServerClient(broker) as server:
-        wait_for(lambda: server.messages(f"{P}/res"), what="reply after reconnect")
+        lk, rec = harness.start(broker)
+        wait_for(connected(rec))
+        broker.stop()
+        wait_for(lambda: rec.of(LinkChanged)[-1].connected is False, what="link down")
+        lk.publish_reply({"v": 1, "cmd_id": "c-1", "status": "done", "ts": "x"}, b"c1")
+        broker.start()
+        wait_for(lambda: server.messages(f"{P}/res"), 15, what="reply after reconnect")
         assert server.messages(f"{P}/res")[0].properties["CorrelationData"] == b"c1"
 
 
