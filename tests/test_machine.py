@@ -288,6 +288,37 @@ def test_extend_after_expiry_rearms_pickup() -> None:
     assert sim.unlocks()[-1] == cid
 
 
+@pytest.mark.parametrize(
+    ("after_now", "until", "why"),
+    [
+        (20, 0, "earlier than the window's end"),  # now + 20 s with 72 h left: a shortening
+        (0, 4294967295, "h from now"),  # 2106: past the contract's longest pickup window
+    ],
+)
+def test_extend_never_shortens_the_window_nor_sets_one_past_the_bound(
+    after_now: int, until: int, why: str
+) -> None:
+    """Found by a newcomer: extend to now + 20 s on a parcel with 72 h left was done, and
+    pickup_expired locked the customer out 25 s later; 2106 was accepted too."""
+    sim = Sim()
+    cid, pick = sim.deposit("P1")
+    window = sim.state.parcels["P1"].pickup_until
+    assert window is not None and window > sim.now + 71 * 3600
+    asked = int(sim.now) + after_now if after_now else until
+    t = sim.feed(command("extend", sim.now, parcel="P1", pickup_until=asked))
+    reply = last_reply(t)
+    assert reply["status"] == "rejected"
+    assert reply["error"]["code"] == "invalid_args" and why in reply["error"]["message"]
+    assert sim.state.parcels["P1"].pickup_until == window  # unchanged
+    sim.advance(30)
+    assert "pickup_expired" not in sim.types()
+    # the same window's end again is fine (a retry), and the code still opens
+    ok = sim.feed(command("extend", sim.now, parcel="P1", pickup_until=int(window)))
+    assert last_reply(ok)["status"] == "done"
+    sim.type_code(pick)
+    assert sim.unlocks()[-1] == cid
+
+
 def test_dropoff_window_expiry_releases_the_compartment() -> None:
     sim = Sim()
     cid, drop, _ = sim.assign("P1", dropoff_until=int(T0 + 600))

@@ -172,6 +172,7 @@ class FleetClient:
         self._pubacks: dict[int, ReasonCode] = {}
         self._subacks: dict[int, list[ReasonCode]] = {}
         self._replies: dict[bytes, Reply | None] = {}
+        self._stop_waiting: str | None = None  # why every wait for a reply ends now
         self._topics: list[str] = []
         self._listeners: list[Callable[[Incoming], None]] = []
         self._client.on_connect = self._on_connect
@@ -297,30 +298,66 @@ class FleetClient:
         return f"{self.prefix}/{locker_id}/{channel}"
 
     def send_signed(self, locker_id: str, token: bytes, timeout: float = 10.0) -> Reply:
-        """Publish a signed command on ``{p}/cmd`` and wait for its reply on ``{p}/res``."""
+        """Publish a signed command on ``{p}/cmd`` and wait for its reply on ``{p}/res``.
+
+        :raises ReplyTimeoutError: no reply in ``timeout`` s, or ``stop_waiting`` was called
+            (the command stays queued for the locker either way).
+        :raises BrokerError: the broker did not take the publication.
+        """
         _check_timeout(timeout)
-        res_topic = self.topic(locker_id, "res")
-        self.subscribe([res_topic], timeout)
         correlation = secrets.token_bytes(16)
         with self._cond:
             self._replies[correlation] = None
         try:
-            props = _props(
-                PacketTypes.PUBLISH, ResponseTopic=res_topic, CorrelationData=correlation
-            )
-            self.publish(self.topic(locker_id, "cmd"), token, properties=props, timeout=timeout)
+            self.post_signed(locker_id, token, timeout, correlation=correlation)
             with self._cond:
-                if not self._cond.wait_for(lambda: self._replies[correlation] is not None, timeout):
-                    raise ReplyTimeoutError(
-                        f"no reply from {locker_id} in {timeout} s; the command stays queued "
-                        "for the locker until it expires"
-                    )
+                self._cond.wait_for(
+                    lambda: (
+                        self._replies[correlation] is not None or self._stop_waiting is not None
+                    ),
+                    timeout,
+                )
                 reply = self._replies[correlation]
+                if reply is None:
+                    why = self._stop_waiting or f"no reply from {locker_id} in {timeout} s"
+                    raise ReplyTimeoutError(
+                        f"{why}; the command stays queued for the locker until it expires"
+                    )
         finally:
             with self._cond:
                 self._replies.pop(correlation, None)
-        assert reply is not None
         return reply
+
+    def post_signed(
+        self,
+        locker_id: str,
+        token: bytes,
+        timeout: float = 10.0,
+        *,
+        correlation: bytes | None = None,
+    ) -> None:
+        """Publish a signed command without waiting for its reply (a locker known to be
+        offline: it runs from the locker's session when the locker is back; its reply, if
+        anyone still listens, comes on ``{p}/res``).
+
+        :raises BrokerError: the broker did not take the publication in ``timeout`` s.
+        """
+        _check_timeout(timeout)
+        res_topic = self.topic(locker_id, "res")
+        self.subscribe([res_topic], timeout)
+        props = _props(
+            PacketTypes.PUBLISH,
+            ResponseTopic=res_topic,
+            CorrelationData=correlation or secrets.token_bytes(16),
+        )
+        self.publish(self.topic(locker_id, "cmd"), token, properties=props, timeout=timeout)
+
+    def stop_waiting(self, why: str) -> None:
+        """End every wait for a reply now, and any later one at once, with ``why`` (a
+        shutting-down service answers its waiting requests instead of dropping them)."""
+        with self._cond:
+            self._stop_waiting = why
+            self._cond.notify_all()
 
     def send_command(
         self,

@@ -34,6 +34,7 @@ from locker.cabinet.domain.model import (
 )
 from locker.cabinet.domain.rules import Rules
 from locker.contract.actions import (
+    MAX_PICKUP_HOURS,
     Action,
     AssignArgs,
     CancelArgs,
@@ -236,6 +237,16 @@ def _extend(d: Draft, a: ExtendArgs, now: float) -> dict[str, Any]:
         raise Refusal("invalid_state", f"parcel is {parcel.status}")
     if a.pickup_until <= now:
         raise Refusal("invalid_args", "pickup_until is in the past")
+    if parcel.pickup_until is not None and a.pickup_until < parcel.pickup_until:
+        # an "extend" that shortened the window locked a customer out 25 s later
+        raise Refusal(
+            "invalid_args",
+            f"pickup_until {a.pickup_until} is earlier than the window's end "
+            f"{int(parcel.pickup_until)}: extend only makes it longer",
+        )
+    if a.pickup_until > now + MAX_PICKUP_HOURS * HOUR_S:
+        # the contract's bound on assign's pickup_hours, from now: 2106 was accepted
+        raise Refusal("invalid_args", f"pickup_until is more than {MAX_PICKUP_HOURS} h from now")
     d.update_parcel(parcel.id, status=ParcelStatus.DEPOSITED, pickup_until=float(a.pickup_until))
     for tag in list(d.credentials.group(parcel.id)):
         if d.credentials[tag].step is Step.PICKUP:

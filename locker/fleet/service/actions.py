@@ -11,28 +11,37 @@ stored so that the same token (Ed25519 signatures are deterministic) can be rend
 a QR image later.
 
 Errors: :class:`ActionError` with an HTTP-like ``status`` and a stable ``code``: 404
-``unknown_locker``/``unknown_parcel``, 409 ``duplicate_parcel`` or the locker's own rejection
-code, 422 ``invalid_args``, 504 ``locker_timeout`` (the command stays queued for the locker
-until it expires), 503 ``broker_unavailable``.
+``unknown_locker``/``unknown_parcel``, 409 ``duplicate_parcel``, ``invalid_state`` (an action
+on a parcel in a final state, refused here: nothing is signed or sent) or the locker's own
+rejection code, 422 ``invalid_args``, 504 ``locker_timeout`` (no reply in time, or the service
+is shutting down) and ``locker_offline`` (the locker's retained status says offline: answered
+at once, the command published all the same): the command stays queued for the locker until
+it expires; 503 ``broker_unavailable``, ``shutting_down``.
 
-An ``assign`` that times out may still run when the locker comes back (it waits in the
-locker's session until its ``exp``, two days), so its codes are not lost with the 504: the
-error carries them (``ActionError.issued``, given once, like the 201's), and the parcel is
-recorded ``pending`` with its token (its QR renders). While it is pending another issue of
-the same parcel is refused (409 ``assign_pending``): two code pairs of which only the first
-could work would be worse than none. Its ``parcel_reserved`` event makes it ``reserved``;
-cancelling it (queued behind the assign) withdraws it.
+Commit before acting: an ``assign``'s parcel is recorded ``pending``, with its token's data,
+BEFORE the assign is published, so whatever interrupts the wait (a time-out, an offline
+locker, a broker that does not confirm, a SIGTERM of the service) leaves a record an operator
+can see and cancel, and the codes come with the error (``ActionError.issued``, given once,
+like the 201's): the assign waits in the locker's session until its ``exp`` (two days) and
+runs when the locker is back. While it is pending another issue of the same parcel is refused
+(409 ``assign_pending``): two code pairs of which only the first could work would be worse
+than none. Its ``parcel_reserved`` event (or the reply) makes it ``reserved``; cancelling it
+(queued behind the assign) withdraws it; a definite refusal (the locker's, or the broker's)
+makes it ``rejected``. Issuing a parcel id whose earlier parcel is in a final state starts a
+new life of it (``parcel_ledger.begin_life``).
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, select, update
+from sqlalchemy.exc import IntegrityError
 
 from locker import errors
 from locker.contract import credentials
@@ -43,6 +52,7 @@ from locker.fleet.client import (
     DEFAULT_PICKUP_HOURS,
     PARCEL_ID_RE,
     BrokerError,
+    CommandSigner,
     FleetClient,
     FleetError,
     Reply,
@@ -53,23 +63,26 @@ from locker.fleet.client import (
     new_code_pair,
 )
 from locker.fleet.service import parcel_ledger, users
-from locker.fleet.service.db import commands, parcels
+from locker.fleet.service.bodies import MAX_PICKUP_HOURS, RETRIEVE_HOURS
+from locker.fleet.service.db import commands, lockers, parcels
 from locker.fleet.service.metrics import METRICS
+from locker.fleet.service.parcel_ledger import FINAL_STATES, PENDING
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["FINAL_STATES", "PENDING", "RETRIEVE_HOURS", "ActionError", "Actions", "Issued"]
+
 PARCEL_RE = PARCEL_ID_RE  # the fleet's one rule for the ids it makes (lockerctl uses it too)
-RETRIEVE_HOURS = 48  # a courier retrieval code's default validity (the API's valid_hours)
-FINAL_STATES = frozenset({"collected", "retrieved", "cancelled"})
-PENDING = "pending"  # an assign sent but unanswered: it may still run (see the module doc)
+UNANSWERED = frozenset({"locker_timeout", "locker_offline", "broker_unavailable"})
+"""Error codes after which a published command may still run: an assign's codes go with them."""
 
 
-def _already_active(parcel: str, known: Any) -> str:
+def _already_active(parcel: str, state: str, locker: str) -> str:
     """The 409 for a parcel issued before, with the way out when its codes were lost (a
     carrier's retry after a 201 that never reached it lands here: the codes are never
     stored, so they cannot be given again)."""
-    where = f"{known.state} at locker {known.locker}"
-    if known.state == "reserved":
+    where = f"{state} at locker {locker}"
+    if state == "reserved":
         return (
             f"parcel {parcel} is already active ({where}). If its codes were lost, cancel it "
             f"(POST /api/v1/parcels/{parcel}/cancel) and issue it again: new codes"
@@ -96,6 +109,15 @@ class Issued:
     pickup_token: str | None
 
 
+@dataclass(frozen=True)
+class _Signed:
+    """A command ready to go: its claims (``jti``, ``act``, ``exp``...) and the signer."""
+
+    locker: str
+    claims: dict[str, Any]
+    signer: CommandSigner
+
+
 class Actions:
     """Signed actions on behalf of users; thread-safe (the client serialises on its own)."""
 
@@ -109,6 +131,13 @@ class Actions:
     ) -> None:
         self.engine, self.fleet, self.client = engine, fleet, client
         self.reply_timeout_s = reply_timeout_s
+        self._closing = threading.Event()
+
+    def close(self) -> None:
+        """The service is stopping: every request waiting for a locker is answered now (504,
+        with an assign's codes), and no new command is sent (503 ``shutting_down``)."""
+        self._closing.set()
+        self.client.stop_waiting("the fleet service is shutting down")
 
     # -- commands --
 
@@ -121,7 +150,15 @@ class Actions:
         reason: str | None,
     ) -> Reply:
         """Sign as ``user``, record, send and wait for the reply (any status)."""
+        return self._dispatch(user, self._prepare(user, locker, action, args), reason)
+
+    def _prepare(
+        self, user: str, locker: str, action: Action | str, args: dict[str, Any]
+    ) -> _Signed:
+        """Check what can be checked before anything is recorded or sent."""
         self._check_locker(locker)
+        if self._closing.is_set():
+            raise ActionError(503, "shutting_down", "the fleet service is shutting down")
         try:
             claims = command_claims(locker, action, args, now=time.time())
         except FleetError as err:
@@ -130,9 +167,17 @@ class Actions:
             signer = users.signer(self.fleet.dir, user)
         except provision.ProvisionError as err:
             raise ActionError(403, "no_signing_key", str(err)) from None
+        return _Signed(locker, claims, signer)
+
+    def _dispatch(self, user: str, cmd: _Signed, reason: str | None) -> Reply:
+        if reason is not None and not reason.isprintable():
+            # the API's bodies check this already; the console and any other caller too
+            raise ActionError(422, "invalid_args", "reason: must be printable text (no NUL)")
+        locker, claims = cmd.locker, cmd.claims
+        offline_since = self._offline_since(locker)
         with self.engine.begin() as conn:
             conn.execute(
-                insert(commands).values(
+                commands.insert().values(
                     id=claims["jti"],
                     locker=locker,
                     action=claims["act"],
@@ -143,8 +188,19 @@ class Actions:
             )
         started = time.monotonic()
         logger.info("%s sends %s to %s (jti %s)", user, claims["act"], locker, claims["jti"])
+        token = cmd.signer.sign(claims)
         try:
-            reply = self.client.send_signed(locker, signer.sign(claims), self.reply_timeout_s)
+            if offline_since is not None:
+                self.client.post_signed(locker, token, self.reply_timeout_s)
+                self._record(claims["jti"], "queued", "locker_offline", None)
+                raise ActionError(
+                    504,
+                    "locker_offline",
+                    f"locker {locker} is offline since {_utc(offline_since)} (its last status); "
+                    f"the command waits for it until {_utc(claims['exp'])} and runs when it is "
+                    "back",
+                )
+            reply = self.client.send_signed(locker, token, self.reply_timeout_s)
         except ReplyTimeoutError as err:
             self._record(claims["jti"], "timeout", "locker_timeout", None)
             raise ActionError(504, "locker_timeout", str(err)) from None
@@ -153,11 +209,24 @@ class Actions:
             raise ActionError(503, "broker_unavailable", str(err)) from None
         except FleetError as err:
             self._record(claims["jti"], "unsent", "broker_refused", None)
-            raise ActionError(503, "broker_unavailable", str(err)) from None
+            raise ActionError(503, "broker_refused", str(err)) from None
         METRICS.command_seconds.labels(claims["act"]).observe(time.monotonic() - started)
         code = (reply.error or {}).get("code")
         self._record(claims["jti"], reply.status, code, reply.result)
         return reply
+
+    def _offline_since(self, locker: str) -> float | None:
+        """When the locker went offline, if its retained status says it is (else None: online,
+        or never heard of, when only a wait can tell)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(lockers.c.online, lockers.c.offline_since, lockers.c.last_seen).where(
+                    lockers.c.id == locker
+                )
+            ).first()
+        if row is None or row.online:
+            return None
+        return float(row.offline_since or row.last_seen or 0.0)
 
     def _record(self, jti: str, status: str, code: Any, result: Any) -> None:
         with self.engine.begin() as conn:
@@ -197,7 +266,7 @@ class Actions:
     def _check_locker(self, locker: str) -> bytes:
         try:
             return self.fleet.device_key(locker)
-        except provision.ProvisionError:
+        except (provision.ProvisionError, ValueError):  # ValueError: a NUL in the name
             raise ActionError(
                 404, "unknown_locker", f"no locker {locker!r} in this fleet"
             ) from None
@@ -219,20 +288,6 @@ class Actions:
         if not PARCEL_RE.fullmatch(parcel):
             raise ActionError(422, "invalid_args", f"bad parcel id: expected {PARCEL_RE.pattern}")
         device_key = self._check_locker(locker)
-        with self.engine.connect() as conn:
-            known = conn.execute(
-                select(parcels.c.state, parcels.c.locker).where(parcels.c.parcel == parcel)
-            ).first()
-        if known is not None and known.state == PENDING:
-            raise ActionError(
-                409,
-                "assign_pending",
-                f"an assign of parcel {parcel} waits for locker {known.locker}, unanswered; its "
-                "codes came with its 504 and work if it runs. Cancel the parcel to issue it "
-                "again",
-            )
-        if known is not None and known.state not in FINAL_STATES:
-            raise ActionError(409, "duplicate_parcel", _already_active(parcel, known))
         now = int(time.time())
         # the locker's own code length: it refuses codes of any other length as malformed
         digits = self.fleet.code_length(locker).digits
@@ -255,60 +310,59 @@ class Actions:
         token = credentials.mint_token(
             self.fleet.token_key(), self.fleet.token_kid, locker, action, parcel, nb, exp, token_id
         )
+        cmd = self._prepare(user, locker, Action.ASSIGN, args)
+        life = parcel_ledger.Life(
+            parcel=parcel,
+            locker=locker,
+            kind=kind,
+            size=size,
+            user=user,
+            dropoff_until=args["dropoff_until"],
+            token_id=token_id.hex(),
+            token_nb=nb,
+            token_exp=exp,
+        )
         try:
-            reply = self._ok(self.send(user, locker, Action.ASSIGN, args, f"issue parcel {parcel}"))
-        except ActionError as err:
-            if err.code != "locker_timeout":
-                raise
-            state, where = PENDING, None
-        else:
-            state, where = "reserved", (reply.result or {}).get("compartment")
-        with self.engine.begin() as conn:
-            values = {
-                "locker": locker,
-                "kind": kind,
-                "size": size,
-                "compartment": where if isinstance(where, str) else None,
-                "created_by": user,
-                "updated_at": time.time(),
-                "dropoff_until": args["dropoff_until"],
-                "token_id": token_id.hex(),
-                "token_nb": nb,
-                "token_exp": exp,
-            }
-            if known is None:
-                # ingest may already have created the row from parcel_reserved: keep its state
-                exists = conn.execute(select(parcels.c.parcel).where(parcels.c.parcel == parcel))
-                if exists.first() is None:
-                    conn.execute(
-                        insert(parcels).values(
-                            parcel=parcel, state=state, created_at=time.time(), **values
-                        )
-                    )
-                else:
-                    conn.execute(update(parcels).where(parcels.c.parcel == parcel).values(**values))
-            else:
-                conn.execute(
-                    update(parcels)
-                    .where(parcels.c.parcel == parcel)
-                    .values(state=state, state_epoch=None, state_seq=None, **values)
+            with self.engine.begin() as conn:  # commit before acting: the pending record first
+                refusal = parcel_ledger.begin_life(conn, life, time.time())
+        except IntegrityError:  # the same id issued at the same moment by another request
+            refusal = (PENDING, locker)
+        if refusal is not None:
+            state, where = refusal
+            if state == PENDING:
+                raise ActionError(
+                    409,
+                    "assign_pending",
+                    f"an assign of parcel {parcel} waits for locker {where}, unanswered; its "
+                    "codes came with its 504 and work if it runs. Cancel the parcel to issue it "
+                    "again",
                 )
-            what = "issued" if state != PENDING else "issued, unanswered"
-            parcel_ledger.record_api(
-                conn, parcel, what, user, time.time(), {"locker": locker, "kind": kind}
-            )
-        issued = Issued(parcel, locker, values["compartment"], dropoff, pickup, token)
-        if state == PENDING:
+            raise ActionError(409, "duplicate_parcel", _already_active(parcel, state, where))
+        issued = Issued(parcel, locker, None, dropoff, pickup, token)
+        try:
+            reply = self._ok(self._dispatch(user, cmd, f"issue parcel {parcel}"))
+        except ActionError as err:
+            if err.code not in UNANSWERED:
+                with self.engine.begin() as conn:
+                    parcel_ledger.rejected(conn, parcel, user, err.code, time.time())
+                raise
+            with self.engine.begin() as conn:
+                parcel_ledger.record_api(
+                    conn, parcel, "issued, unanswered", user, time.time(), {"code": err.code}
+                )
             raise ActionError(
-                504,
-                "locker_timeout",
-                f"locker {locker} did not answer in {self.reply_timeout_s:g} s. The assign "
-                f"waits for it until {_utc(args['dropoff_until'])} and runs when it is back: "
-                "these codes work if it does (they are given only now). To withdraw it, "
-                f"cancel parcel {parcel}",
+                err.status,
+                err.code,
+                f"{err.message}. The assign of parcel {parcel} waits for locker {locker} until "
+                f"{_utc(args['dropoff_until'])} and runs when it is back: these codes work if "
+                f"it does (they are given only now). To withdraw it, cancel parcel {parcel}",
                 issued,
-            )
-        return issued
+            ) from None
+        got = (reply.result or {}).get("compartment")
+        placed = got if isinstance(got, str) else None
+        with self.engine.begin() as conn:
+            parcel_ledger.reserved(conn, parcel, placed, time.time())
+        return Issued(parcel, locker, placed, dropoff, pickup, token)
 
     def parcel_row(self, parcel: str) -> Any:
         with self.engine.connect() as conn:
@@ -337,10 +391,29 @@ class Actions:
             bytes.fromhex(row.token_id),
         )
 
+    def _live_row(self, parcel: str, action: Action) -> Any:
+        """The parcel's row, refused (409 ``invalid_state``, nothing signed or sent) when the
+        parcel is in a final state: the locker no longer knows it."""
+        row = self.parcel_row(parcel)
+        if row.state in FINAL_STATES:
+            raise ActionError(
+                409,
+                "invalid_state",
+                f"parcel {parcel} is {row.state}, a final state: there is nothing to "
+                f"{action.value} (nothing was sent to locker {row.locker})",
+            )
+        return row
+
     def parcel_command(
         self, user: str, parcel: str, action: Action, extra: dict[str, Any], reason: str
     ) -> Reply:
-        row = self.parcel_row(parcel)
+        row = self._live_row(parcel, action)
+        return self._parcel_command(user, row, action, extra, reason)
+
+    def _parcel_command(
+        self, user: str, row: Any, action: Action, extra: dict[str, Any], reason: str
+    ) -> Reply:
+        parcel = row.parcel
         try:
             reply = self._ok(
                 self.send(user, row.locker, action, {"parcel": parcel, **extra}, reason)
@@ -349,32 +422,50 @@ class Actions:
             if row.state == PENDING and action is Action.CANCEL and err.code == "unknown_parcel":
                 # Commands run in order: a cancel after the unanswered assign that finds no
                 # parcel means the assign never ran and never will (it expired): withdrawn.
-                self._withdrawn(user, parcel)
+                with self.engine.begin() as conn:
+                    parcel_ledger.withdrawn(conn, parcel, user, time.time())
             raise
         with self.engine.begin() as conn:
             detail = {k: v for k, v in extra.items() if not k.endswith("_tag")}
             parcel_ledger.record_api(conn, parcel, action.value, user, time.time(), detail)
         return reply
 
-    def _withdrawn(self, user: str, parcel: str) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(parcels)
-                .where(parcels.c.parcel == parcel, parcels.c.state == PENDING)
-                .values(state="cancelled", updated_at=time.time())
+    def extend(self, user: str, parcel: str, pickup_until: int, reason: str) -> Reply:
+        """Move the end of the parcel's pickup window to ``pickup_until`` (Unix s): only later
+        than its current end (the ledger's, from the locker's events) and at most
+        ``MAX_PICKUP_HOURS`` from now; else 422 naming ``pickup_until``. The locker checks the
+        same against its own record (``remote._extend``)."""
+        row = self._live_row(parcel, Action.EXTEND)
+        now = time.time()
+        latest = now + MAX_PICKUP_HOURS * 3600
+        if pickup_until <= now:
+            raise ActionError(422, "invalid_args", "pickup_until: is not in the future")
+        if pickup_until > latest:
+            raise ActionError(
+                422,
+                "invalid_args",
+                f"pickup_until: at most {MAX_PICKUP_HOURS} h from now ({_utc(latest)}), the "
+                "longest pickup window this service sets",
             )
-            parcel_ledger.record_api(
-                conn, parcel, "cancelled", user, time.time(), {"detail": "assign never ran"}
+        if row.pickup_until is not None and pickup_until < row.pickup_until:
+            raise ActionError(
+                422,
+                "invalid_args",
+                f"pickup_until: {_utc(pickup_until)} is earlier than the current window's end "
+                f"({_utc(row.pickup_until)}); extend only makes the window longer",
             )
+        return self._parcel_command(
+            user, row, Action.EXTEND, {"pickup_until": pickup_until}, reason
+        )
 
     def retrieve(self, user: str, parcel: str, valid_hours: int, reason: str) -> str:
         """Arm a courier code that takes the parcel back; returns the code (once)."""
-        row = self.parcel_row(parcel)
+        row = self._live_row(parcel, Action.RETRIEVE)
         code = credentials.generate_code(self.fleet.code_length(row.locker).digits)
         tag = credentials.code_tag(self._check_locker(row.locker), code)
         until = int(time.time()) + valid_hours * 3600
-        self.parcel_command(
-            user, parcel, Action.RETRIEVE, {"code_tag": tag, "valid_until": until}, reason
+        self._parcel_command(
+            user, row, Action.RETRIEVE, {"code_tag": tag, "valid_until": until}, reason
         )
         return code
 

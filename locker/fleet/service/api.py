@@ -6,7 +6,8 @@ do is the table ``PERMISSIONS`` (the security test walks it). Errors are JSON
 ``forbidden``, 404, 409 (a locker's rejection carries the locker's own code), 422
 ``invalid_args``, 503, 504 ``locker_timeout``.
 
-Input is strict: a JSON body's values must have the declared JSON type (``"yes"`` is not a
+Input is strict (``bodies``): every text is bounded and printable (a NUL was a 500 on
+PostgreSQL), a JSON body's values must have the declared JSON type (``"yes"`` is not a
 boolean, ``true`` is not a number: 422 naming the field, pydantic's strict mode), and every
 integer in a path, query or body is bounded, at most by the database's signed 64-bit range
 (``numbers.MAX_INT64``) and by the contract's where it goes to a locker (uint32 seconds), so no
@@ -24,7 +25,6 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import and_, func, select
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -34,7 +34,18 @@ from locker.contract.actions import Action
 from locker.fleet import qr
 from locker.fleet.service import alarms as alarm_rules
 from locker.fleet.service import parcel_ledger, users
-from locker.fleet.service.actions import RETRIEVE_HOURS, ActionError, Actions, Issued
+from locker.fleet.service.actions import ActionError, Actions, Issued
+from locker.fleet.service.bodies import (
+    AckIn,
+    CommandIn,
+    Epoch,
+    ExtendIn,
+    LockerId,
+    ParcelId,
+    ParcelIn,
+    ReasonIn,
+    RetrieveIn,
+)
 from locker.fleet.service.db import alarms, events, lockers
 
 logger = logging.getLogger(__name__)
@@ -92,45 +103,6 @@ def error_response(status: int, code: str, message: str, **extra: Any) -> JSONRe
 
 AlarmId = Annotated[int, Path(ge=1, le=numbers.MAX_INT64, description="alarm id")]
 """An alarm's id in a path (the API's and the console's): a database row id."""
-
-
-class _Body(BaseModel):
-    # strict: JSON types are kept exactly ("yes" is no boolean, true no integer, 1.0 no integer)
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class ParcelIn(_Body):
-    locker: str = Field(max_length=64)
-    parcel: str = Field(max_length=128)
-    size: Literal["S", "M", "L", "XL"]
-    kind: Literal["delivery", "return"] = "delivery"
-    compartment: str | None = Field(default=None, max_length=64)
-    pickup_hours: int | None = Field(default=None, ge=1, le=24 * 30)
-    accessible: bool = False  # only an accessible compartment (assign's own argument)
-
-
-class CommandIn(_Body):
-    action: str = Field(max_length=32)
-    args: dict[str, Any] = {}
-    reason: str = Field(min_length=1, max_length=500)
-
-
-class ReasonIn(_Body):
-    reason: str = Field(default="", max_length=500)
-
-
-class ExtendIn(_Body):
-    pickup_until: int = Field(gt=0, le=numbers.MAX_UINT32)  # Unix seconds, as the contract
-    reason: str = Field(default="", max_length=500)
-
-
-class RetrieveIn(_Body):
-    valid_hours: int = Field(default=RETRIEVE_HOURS, ge=1, le=24 * 7)
-    reason: str = Field(default="", max_length=500)
-
-
-class AckIn(_Body):
-    note: str = Field(default="", max_length=2000)
 
 
 def _bearer(request: Request) -> users.User:
@@ -203,7 +175,9 @@ def parcel_doc(conn: Any, row: Any) -> dict[str, Any]:
         "created_by": row.created_by,
         "created_at": row.created_at,
         "pickup_until": row.pickup_until,
+        "life": row.life,
         "history": parcel_ledger.history(conn, row.parcel),
+        "earlier_lives": parcel_ledger.earlier_lives(conn, row.parcel),
     }
 
 
@@ -248,7 +222,7 @@ def router() -> APIRouter:
 
     @r.get("/lockers/{locker_id}")
     def get_locker(
-        locker_id: str,
+        locker_id: LockerId,
         request: Request,
         _u: Annotated[users.User, Depends(allow("GET /api/v1/lockers/{id}"))],
     ) -> dict[str, Any]:
@@ -260,18 +234,19 @@ def router() -> APIRouter:
 
     @r.get("/lockers/{locker_id}/events")
     def locker_events(
-        locker_id: str,
+        locker_id: LockerId,
         request: Request,
         _u: Annotated[users.User, Depends(allow("GET /api/v1/lockers/{id}/events"))],
         after_seq: Annotated[int, Query(ge=0, le=numbers.MAX_COUNT)] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        epoch: str | None = None,
+        epoch: Epoch = None,
     ) -> list[dict[str, Any]]:
+        """The locker's events in ``seq`` order, of one epoch (by default its current one)."""
         with request.app.state.engine.connect() as conn:
-            if epoch is None:
-                epoch = conn.execute(
-                    select(lockers.c.epoch).where(lockers.c.id == locker_id)
-                ).scalar()
+            current = conn.execute(select(lockers.c.epoch).where(lockers.c.id == locker_id)).first()
+            if current is None:
+                raise ApiError(404, "unknown_locker", f"no locker {locker_id!r} has reported")
+            epoch = current.epoch if epoch is None else epoch
             q = (
                 select(events.c.body)
                 .where(and_(events.c.locker == locker_id, events.c.seq > after_seq))
@@ -284,7 +259,7 @@ def router() -> APIRouter:
 
     @r.post("/lockers/{locker_id}/commands")
     def send_command(
-        locker_id: str,
+        locker_id: LockerId,
         body: CommandIn,
         request: Request,
         user: Annotated[users.User, Depends(allow("POST /api/v1/lockers/{id}/commands"))],
@@ -312,7 +287,7 @@ def router() -> APIRouter:
 
     @r.get("/parcels/{parcel}")
     def get_parcel(
-        parcel: str,
+        parcel: ParcelId,
         request: Request,
         _u: Annotated[users.User, Depends(allow("GET /api/v1/parcels/{parcel}"))],
     ) -> dict[str, Any]:
@@ -322,7 +297,7 @@ def router() -> APIRouter:
 
     @r.get("/parcels/{parcel}/qr.svg")
     def parcel_svg(
-        parcel: str,
+        parcel: ParcelId,
         request: Request,
         _u: Annotated[users.User, Depends(allow("GET /api/v1/parcels/{parcel}/qr.svg"))],
     ) -> Response:
@@ -331,7 +306,7 @@ def router() -> APIRouter:
 
     @r.get("/parcels/{parcel}/qr.png")
     def parcel_png(
-        parcel: str,
+        parcel: ParcelId,
         request: Request,
         _u: Annotated[users.User, Depends(allow("GET /api/v1/parcels/{parcel}/qr.png"))],
     ) -> Response:
@@ -339,7 +314,7 @@ def router() -> APIRouter:
 
     @r.post("/parcels/{parcel}/cancel")
     def cancel(
-        parcel: str,
+        parcel: ParcelId,
         request: Request,
         user: Annotated[users.User, Depends(allow("POST /api/v1/parcels/{parcel}/cancel"))],
         body: ReasonIn | None = None,
@@ -350,19 +325,17 @@ def router() -> APIRouter:
 
     @r.post("/parcels/{parcel}/extend")
     def extend(
-        parcel: str,
+        parcel: ParcelId,
         body: ExtendIn,
         request: Request,
         user: Annotated[users.User, Depends(allow("POST /api/v1/parcels/{parcel}/extend"))],
     ) -> dict[str, Any]:
-        reply = _actions(request).parcel_command(
-            user.name, parcel, Action.EXTEND, {"pickup_until": body.pickup_until}, body.reason
-        )
+        reply = _actions(request).extend(user.name, parcel, body.pickup_until, body.reason)
         return _reply_doc(reply)
 
     @r.post("/parcels/{parcel}/retrieve")
     def retrieve(
-        parcel: str,
+        parcel: ParcelId,
         request: Request,
         user: Annotated[users.User, Depends(allow("POST /api/v1/parcels/{parcel}/retrieve"))],
         body: RetrieveIn | None = None,

@@ -234,6 +234,9 @@ class FleetService:
         return int(sock.getsockname()[1])
 
     def stop(self) -> None:
+        # First answer the requests that wait for a locker (504, an assign's codes with it):
+        # uvicorn's graceful shutdown (2 s) would otherwise cancel them without an answer.
+        self.actions.close()
         self.hub.close()
         self.server.should_exit = True
         if self._http_thread is not None:

@@ -9,7 +9,8 @@ Tables (DESIGN section 13):
   ``resync_at``: the last ``resync`` sent for the stream;
 - ``events``: every event once, unique on ``(locker, epoch, seq)``; one whose body broke the
   contract is held as a placeholder of type ``invalid_event`` (``ledger.placeholder``);
-- ``parcels`` and ``parcel_history``: the ledger built from events and API actions;
+- ``parcels`` and ``parcel_history``: the ledger built from events and API actions; ``life``
+  numbers the lives of a parcel id issued again after a final state (``parcel_ledger``);
 - ``commands``: every signed command the service sent, who sent it and why, and the reply;
 - ``alarms``: raised once (``open_key`` is unique while the alarm is open), acknowledged with
   a note; ``reports``: gaps, gap resyncs, invalid events, epoch changes, first contacts;
@@ -130,6 +131,8 @@ parcels = Table(
     Column("reminded", Boolean, nullable=False, default=False),
     Column("state_epoch", String(64)),  # the event that set ``state``: later seqs win,
     Column("state_seq", BigInteger),  # whatever order a shared subscription delivers them in
+    # each issue of a parcel id after a final state is a new life (migration 0004)
+    Column("life", Integer, nullable=False, default=1, server_default="1"),
 )
 Index("ix_parcels_locker", parcels.c.locker)
 
@@ -145,6 +148,7 @@ parcel_history = Table(
     Column("actor", String(64)),
     Column("seq", BigInteger),
     Column("detail", JSON, nullable=False, default=dict),
+    Column("life", Integer, nullable=False, default=1, server_default="1"),  # the parcel's
 )
 Index("ix_parcel_history_parcel", parcel_history.c.parcel)
 

@@ -10,12 +10,25 @@ what the locker's ``assign`` stored); until that event comes they are unknown (`
 ``created_by`` stays None for a parcel the fleet service did not issue: it cannot know who
 did. Numbers from an event are taken only in the contract's range (uint32 Unix seconds).
 
-States (DESIGN 5 event types): ``reserved`` (assign done), ``deposited``, ``collected``,
-``expired``, ``cancelled``, ``retrieval_armed``, ``retrieved``.
+States: ``pending`` (the API's assign sent, unanswered: ``begin_life``), then from the
+locker's events (DESIGN 5 event types): ``reserved`` (assign done), ``deposited``,
+``collected``, ``expired``, ``cancelled`` (cancelled before the deposit: the compartment is
+free again), ``awaiting_retrieval`` (cancelled AFTER the deposit: the parcel is still inside,
+its pickup code disarmed, until a courier's ``retrieve`` takes it out), ``retrieval_armed``,
+``retrieved``; and ``rejected`` (the API's assign was refused, by the locker or the broker).
+``FINAL_STATES`` are those in which the locker no longer knows the parcel.
+
+Lives: a parcel id may be issued again once its parcel is in a final state. Each issue starts
+a new LIFE of the id (``life`` 1, 2...): a clean row (new ``created_at``, no pickup window, no
+reminder sent) while the earlier lives' history stays readable, each entry marked with its
+life (``history`` gives the current life's, ``earlier_lives`` the others). A
+``parcel_reserved`` event that comes newer than a final state starts a new life too (issued
+by another tool, lockerctl for one).
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
@@ -25,6 +38,10 @@ from locker.fleet.service.db import parcel_history, parcels
 
 KINDS = frozenset({"delivery", "return"})  # DESIGN 5, assign's ``kind``
 SIZES = frozenset({"S", "M", "L", "XL"})  # schemas/common.json ``size``
+
+PENDING = "pending"  # an assign sent but unanswered: it may still run (see actions)
+FINAL_STATES = frozenset({"collected", "retrieved", "cancelled", "rejected"})
+AWAITING_RETRIEVAL = "awaiting_retrieval"  # cancelled after the deposit: still inside
 
 STATE_OF_EVENT = {
     "parcel_reserved": "reserved",
@@ -43,6 +60,12 @@ def event_data(ev: dict[str, Any]) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _event_state(kind: str, data: dict[str, Any]) -> str | None:
+    if kind == "assignment_cancelled" and data.get("after_deposit") is True:
+        return AWAITING_RETRIEVAL  # the locker keeps it until parcel_retrieved
+    return STATE_OF_EVENT.get(kind)
+
+
 def apply_event(
     conn: Connection, locker: str, epoch: str, ev: dict[str, Any], now: float
 ) -> str | None:
@@ -51,14 +74,15 @@ def apply_event(
     if not isinstance(parcel, str) or not parcel:
         return None
     kind = ev["type"]
-    state = STATE_OF_EVENT.get(kind)
     data = event_data(ev)
+    state = _event_state(kind, data)
     until: dict[str, Any] = {}
     pickup_until = numbers.unix_s(data.get("pickup_until"))
     if kind in ("parcel_deposited", "pickup_extended") and pickup_until is not None:
         until["pickup_until"] = pickup_until
     learnt = _reservation(data) if kind == "parcel_reserved" else {}
     row = conn.execute(select(parcels).where(parcels.c.parcel == parcel)).first()
+    life = 1
     if row is None:
         conn.execute(
             insert(parcels).values(
@@ -75,10 +99,16 @@ def apply_event(
             )
         )
     else:
+        life = row.life
         values: dict[str, Any] = {"updated_at": now, **until}
-        # fill what is unknown only: a row the API wrote holds what it sent the locker
-        values |= {k: v for k, v in learnt.items() if getattr(row, k) in ("", None)}
         newer = row.state_seq is None or row.state_epoch != epoch or ev["seq"] > row.state_seq
+        if kind == "parcel_reserved" and newer and row.state in FINAL_STATES:
+            # reserved again by someone other than this service's API: a new life
+            life = row.life + 1
+            values |= _clean(life, now) | {"locker": locker, "created_by": None} | learnt
+        else:
+            # fill what is unknown only: a row the API wrote holds what it sent the locker
+            values |= {k: v for k, v in learnt.items() if getattr(row, k) in ("", None)}
         if state is not None and newer:
             values |= {"state": state, "state_epoch": epoch, "state_seq": ev["seq"]}
         if ev.get("compartment") and newer:
@@ -87,6 +117,7 @@ def apply_event(
     conn.execute(
         insert(parcel_history).values(
             parcel=parcel,
+            life=life,
             at=now,
             source="event",
             what=kind,
@@ -103,6 +134,101 @@ def apply_event(
         )
     )
     return parcel
+
+
+def _clean(life: int, now: float) -> dict[str, Any]:
+    """What a new life of a parcel id starts with: nothing of the earlier life's."""
+    return {
+        "life": life,
+        "kind": "",
+        "size": "",
+        "compartment": None,
+        "created_at": now,
+        "dropoff_until": None,
+        "pickup_until": None,
+        "token_id": None,
+        "token_nb": None,
+        "token_exp": None,
+        "reminded": False,
+        "state_epoch": None,
+        "state_seq": None,
+    }
+
+
+@dataclass(frozen=True)
+class Life:
+    """What the API's issue knows of a parcel before it sends the assign."""
+
+    parcel: str
+    locker: str
+    kind: str
+    size: str
+    user: str
+    dropoff_until: int
+    token_id: str  # hex: with token_nb/exp the QR token is re-minted byte-identical
+    token_nb: int
+    token_exp: int
+
+
+def begin_life(conn: Connection, life: Life, now: float) -> tuple[str, str] | None:
+    """Record ``life.parcel`` as ``pending`` before its assign is sent: a new row, or a new
+    life of a parcel id whose earlier parcel is in a final state. Returns None when done, or
+    ``(state, locker)`` of the parcel that holds the id (not final: nothing written)."""
+    row = conn.execute(
+        select(parcels.c.state, parcels.c.locker, parcels.c.life).where(
+            parcels.c.parcel == life.parcel
+        )
+    ).first()
+    if row is not None and row.state not in FINAL_STATES:
+        return str(row.state), str(row.locker)
+    number = 1 if row is None else row.life + 1
+    values = _clean(number, now) | {
+        k: v for k, v in asdict(life).items() if k not in ("parcel", "user")
+    }
+    values |= {"state": PENDING, "created_by": life.user, "updated_at": now}
+    if row is None:
+        conn.execute(insert(parcels).values(parcel=life.parcel, **values))
+    else:
+        conn.execute(update(parcels).where(parcels.c.parcel == life.parcel).values(**values))
+    record_api(
+        conn, life.parcel, "issued", life.user, now, {"locker": life.locker, "kind": life.kind}
+    )
+    return None
+
+
+def reserved(conn: Connection, parcel: str, compartment: str | None, now: float) -> None:
+    """The assign's reply said done: ``reserved`` unless an event moved the parcel already."""
+    conn.execute(
+        update(parcels)
+        .where(parcels.c.parcel == parcel, parcels.c.state == PENDING)
+        .values(state="reserved", updated_at=now)
+    )
+    if compartment is not None:
+        conn.execute(
+            update(parcels)
+            .where(parcels.c.parcel == parcel, parcels.c.compartment.is_(None))
+            .values(compartment=compartment)
+        )
+
+
+def rejected(conn: Connection, parcel: str, actor: str, code: str, now: float) -> None:
+    """The assign was refused for sure (its code): the pending parcel will never run."""
+    conn.execute(
+        update(parcels)
+        .where(parcels.c.parcel == parcel, parcels.c.state == PENDING)
+        .values(state="rejected", updated_at=now)
+    )
+    record_api(conn, parcel, "assign rejected", actor, now, {"code": code})
+
+
+def withdrawn(conn: Connection, parcel: str, actor: str, now: float) -> None:
+    """A cancel found no parcel at the locker after an unanswered assign: it never ran."""
+    conn.execute(
+        update(parcels)
+        .where(parcels.c.parcel == parcel, parcels.c.state == PENDING)
+        .values(state="cancelled", updated_at=now)
+    )
+    record_api(conn, parcel, "cancelled", actor, now, {"detail": "assign never ran"})
 
 
 def _reservation(data: dict[str, Any]) -> dict[str, Any]:
@@ -126,20 +252,46 @@ def record_api(
     now: float,
     detail: dict[str, Any] | None = None,
 ) -> None:
-    """An action taken through the API (issue, cancel, extend, retrieve) in the history."""
+    """An action taken through the API (issue, cancel, extend, retrieve) in the history of
+    the parcel's current life."""
+    life = conn.execute(select(parcels.c.life).where(parcels.c.parcel == parcel)).scalar()
     conn.execute(
         insert(parcel_history).values(
-            parcel=parcel, at=now, source="api", what=what, actor=actor, detail=detail or {}
+            parcel=parcel,
+            life=life or 1,
+            at=now,
+            source="api",
+            what=what,
+            actor=actor,
+            detail=detail or {},
         )
     )
 
 
+_ENTRY = ("at", "source", "what", "state", "actor", "seq", "detail")
+
+
 def history(conn: Connection, parcel: str) -> list[dict[str, Any]]:
+    """The current life's history, oldest first:
+    ``[{"at","source","what","state","actor","seq","detail"}]``."""
+    life = conn.execute(select(parcels.c.life).where(parcels.c.parcel == parcel)).scalar()
+    return [e for n, e in _entries(conn, parcel) if n == (life or 1)]
+
+
+def earlier_lives(conn: Connection, parcel: str) -> list[dict[str, Any]]:
+    """Earlier lives of the parcel id, oldest first: ``[{"life", "history": [...]}]``."""
+    life = conn.execute(select(parcels.c.life).where(parcels.c.parcel == parcel)).scalar()
+    lives: dict[int, list[dict[str, Any]]] = {}
+    for n, entry in _entries(conn, parcel):
+        if n != (life or 1):
+            lives.setdefault(n, []).append(entry)
+    return [{"life": n, "history": lives[n]} for n in sorted(lives)]
+
+
+def _entries(conn: Connection, parcel: str) -> list[tuple[int, dict[str, Any]]]:
     rows = conn.execute(
         select(parcel_history)
         .where(parcel_history.c.parcel == parcel)
         .order_by(parcel_history.c.at, parcel_history.c.id)
     ).mappings()
-    return [
-        {k: r[k] for k in ("at", "source", "what", "state", "actor", "seq", "detail")} for r in rows
-    ]
+    return [(r["life"], {k: r[k] for k in _ENTRY}) for r in rows]
