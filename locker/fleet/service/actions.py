@@ -170,9 +170,7 @@ class Actions:
         return _Signed(locker, claims, signer)
 
     def _dispatch(self, user: str, cmd: _Signed, reason: str | None) -> Reply:
-        if reason is not None and not reason.isprintable():
-            # the API's bodies check this already; the console and any other caller too
-            raise ActionError(422, "invalid_args", "reason: must be printable text (no NUL)")
+        check_reason(reason)
         locker, claims = cmd.locker, cmd.claims
         offline_since = self._offline_since(locker)
         with self.engine.begin() as conn:
@@ -262,6 +260,14 @@ class Actions:
             code = str(err.get("code") or reply.status)
             raise ActionError(409, code, str(err.get("message") or f"locker said {reply.status}"))
         return reply
+
+    def in_fleet(self, locker: str) -> bool:
+        """Whether ``locker`` is provisioned in this fleet (its device key is here)."""
+        try:
+            self._check_locker(locker)
+        except ActionError:
+            return False
+        return True
 
     def _check_locker(self, locker: str) -> bytes:
         try:
@@ -468,6 +474,16 @@ class Actions:
             user, row, Action.RETRIEVE, {"code_tag": tag, "valid_until": until}, reason
         )
         return code
+
+
+def check_reason(reason: str | None) -> None:
+    """A reason goes into the database and the audit trail: printable text only (the API's
+    bodies check it already; the console and any other caller meet this).
+
+    :raises ActionError: 422 ``invalid_args`` naming ``reason``.
+    """
+    if reason is not None and not reason.isprintable():
+        raise ActionError(422, "invalid_args", "reason: must be printable text (no NUL)")
 
 
 def _utc(t: float) -> str:

@@ -46,7 +46,7 @@ from locker.fleet.service.bodies import (
     ReasonIn,
     RetrieveIn,
 )
-from locker.fleet.service.db import alarms, events, lockers
+from locker.fleet.service.db import alarms, events, lockers, streams
 
 logger = logging.getLogger(__name__)
 
@@ -244,9 +244,14 @@ def router() -> APIRouter:
         """The locker's events in ``seq`` order, of one epoch (by default its current one)."""
         with request.app.state.engine.connect() as conn:
             current = conn.execute(select(lockers.c.epoch).where(lockers.c.id == locker_id)).first()
-            if current is None:
-                raise ApiError(404, "unknown_locker", f"no locker {locker_id!r} has reported")
-            epoch = current.epoch if epoch is None else epoch
+            heard = current is not None or (
+                conn.execute(select(streams.c.epoch).where(streams.c.locker == locker_id)).first()
+                is not None
+            )
+            if not heard and not _actions(request).in_fleet(locker_id):
+                raise ApiError(404, "unknown_locker", f"no locker {locker_id!r} in this fleet")
+            if epoch is None and current is not None:
+                epoch = current.epoch or None  # "" until its state names one
             q = (
                 select(events.c.body)
                 .where(and_(events.c.locker == locker_id, events.c.seq > after_seq))
