@@ -47,7 +47,7 @@ def _wait_state(c: httpx.Client, parcel: str, state: str) -> None:
 
 def _up(c: httpx.Client) -> bool:
     try:
-        return c.get("/api/v1/lockers").json() != []
+        return bool(c.get("/api/v1/lockers").json())
     except httpx.TransportError:
         return False
 
