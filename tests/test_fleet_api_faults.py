@@ -228,6 +228,7 @@ def test_parcel_lifecycle_faults_extend_final_states_lives_and_cancel_after_depo
             ):
                 r = c.post(f"/api/v1/parcels/P-T1/{action}", json=body)
                 assert (r.status_code, r.json()["error"]["code"]) == (409, "invalid_state")
+                assert r.json()["state"] == "collected", r.text
                 assert "collected" in r.json()["error"]["message"], r.text
             assert rejected_at_locker() == 1  # the locker never saw them
 

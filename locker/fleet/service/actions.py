@@ -91,12 +91,21 @@ def _already_active(parcel: str, state: str, locker: str) -> str:
 
 
 class ActionError(errors.UsageError):
-    """``issued``: the parcel and its codes, when an ``assign`` went out unanswered."""
+    """``issued``: the parcel and its codes, when an ``assign`` went out unanswered;
+    ``state``: the parcel's state, when that is why the action was refused."""
 
-    def __init__(self, status: int, code: str, message: str, issued: Issued | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        issued: Issued | None = None,
+        *,
+        state: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
-        self.issued = issued
+        self.issued, self.state = issued, state
 
 
 @dataclass(frozen=True)
@@ -407,6 +416,7 @@ class Actions:
                 "invalid_state",
                 f"parcel {parcel} is {row.state}, a final state: there is nothing to "
                 f"{action.value} (nothing was sent to locker {row.locker})",
+                state=row.state,
             )
         return row
 

@@ -3,8 +3,9 @@
 Every endpoint but ``/metrics`` needs ``Authorization: Bearer <token>``; what each role may
 do is the table ``PERMISSIONS`` (the security test walks it). Errors are JSON
 ``{"error": {"code", "message"}}`` with the HTTP status: 401 ``unauthenticated``, 403
-``forbidden``, 404, 409 (a locker's rejection carries the locker's own code), 422
-``invalid_args``, 503, 504 ``locker_timeout``.
+``forbidden``, 404, 409 (a locker's rejection carries the locker's own code; ``invalid_state``
+for a parcel in a final state adds ``"state"`` beside ``error``), 422 ``invalid_args``, 503,
+504 ``locker_timeout`` or ``locker_offline`` (an assign's codes under ``issued``).
 
 Input is strict (``bodies``): every text is bounded and printable (a NUL was a 500 on
 PostgreSQL), a JSON body's values must have the declared JSON type (``"yes"`` is not a
@@ -393,6 +394,8 @@ def install(app: FastAPI) -> None:
             # An assign that may still run: its codes now or never (they are not stored).
             issued = _issued_doc(err.issued)
             return error_response(err.status, err.code, err.message, issued=issued)
+        if err.state is not None:  # refused because of the parcel's state: which
+            return error_response(err.status, err.code, err.message, state=err.state)
         return error_response(err.status, err.code, err.message)
 
     @app.exception_handler(RequestValidationError)
