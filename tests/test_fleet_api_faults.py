@@ -378,3 +378,32 @@ def test_the_service_layer_refuses_a_reason_that_is_not_printable(reason: str) -
     with pytest.raises(ActionError) as caught:
         check_reason(reason)
     assert caught.value.status == 422
+
+
+def test_an_assign_the_locker_refuses_leaves_the_parcel_rejected_and_the_id_free(
+    tmp_path: Path, service_broker: Broker
+) -> None:
+    """The pending record written before the assign is closed by a definite refusal: the
+    parcel is ``rejected`` (a final state, its history says why) and the id can be issued."""
+    d = fleet_dir(tmp_path, service_broker)
+    carrier = add_user(d, "acme", "carrier")
+    cab = cabinet(d, service_broker, tmp_path / "cab")
+    service = start_service(d)
+    try:
+        cab.start()
+        with api(service, carrier.token) as c:
+            wait_for(lambda: _up(c), 15, what="locker known")
+            body = {"locker": "SIM-0001", "parcel": "REF-1", "size": "S", "compartment": "ZZ"}
+            r = c.post("/api/v1/parcels", json=body)
+            assert (r.status_code, r.json()["error"]["code"]) == (409, "invalid_args"), r.text
+            assert "issued" not in r.json()  # it never ran: no codes to keep
+            doc = c.get("/api/v1/parcels/REF-1").json()
+            assert doc["state"] == "rejected"
+            assert [h["what"] for h in doc["history"]] == ["issued", "assign rejected"]
+            del body["compartment"]
+            again = c.post("/api/v1/parcels", json=body)
+            assert again.status_code == 201, again.text
+            assert c.get("/api/v1/parcels/REF-1").json()["life"] == 2
+    finally:
+        service.stop()
+        cab.close()
