@@ -33,7 +33,7 @@ import time
 import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from anyio import to_thread
 from fastapi import FastAPI, Request
@@ -43,11 +43,11 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import delete, desc, insert, select
 
 from locker.fleet.service import alarms as alarm_rules
-from locker.fleet.service import api, console_errors, flash, parcel_ledger, users
+from locker.fleet.service import api, console_errors, console_forms, flash, parcel_ledger, users
 from locker.fleet.service.actions import ActionError, Actions
 from locker.fleet.service.db import alarms, events, parcels, sessions
 from locker.fleet.service.db import users as user_table
-from locker.fleet.service.live import Hub
+from locker.fleet.service.live import Hub, Item
 from locker.fleet.service.login_throttle import LoginThrottle, Refused
 
 logger = logging.getLogger(__name__)
@@ -59,8 +59,13 @@ SESSION_S = 12 * 3600
 TIMELINE = 50
 CAN_ACT = api.ACT
 KEEPALIVE_S = 15.0
+SESSION_CHECK_S = 2.0  # a live stream ends this soon after its session does
 
 templates = Jinja2Templates(directory=str(HERE / "templates"))
+templates.env.globals |= {
+    "reason_max": console_forms.REASON_MAX,
+    "note_max": console_forms.NOTE_MAX,
+}
 templates.env.filters["utc"] = lambda ts: (
     dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ") if ts else ""
 )
@@ -111,16 +116,27 @@ def error_page(
     s: _Session | None = None,
     *,
     lookup: bool = True,
+    problems: list[str] | None = None,
 ) -> HTMLResponse:
     """An HTML error page in the console's layout: what happened (``title``, ``text``) and
     where to go next (``links``, (href, label) pairs; "Back to the fleet" or "Log in"
     always last, depending on the session); status ``status``. ``lookup=False`` does not
-    look the session up (for errors of the database itself)."""
+    look the session up (for errors of the database itself); ``problems``: a list of
+    sentences shown under the text (a form's bad fields)."""
     if s is None and lookup and request.cookies.get(SESSION_COOKIE):
         s = _session(request)
     last = ("/", "Back to the fleet") if s is not None else ("/login", "Log in")
     links = (*(link for link in links if link != last), last)
-    resp = _page(request, "error.html", s, title=title, text=text, links=links, status=status)
+    resp = _page(
+        request,
+        "error.html",
+        s,
+        title=title,
+        text=text,
+        links=links,
+        status=status,
+        problems=problems or [],
+    )
     resp.status_code = status
     return resp
 
@@ -317,27 +333,39 @@ def install(app: FastAPI) -> None:  # noqa: PLR0915 - the console's routes, flat
         if isinstance(checked, Response):
             return checked
         s, form = checked
-        action = str(form.get("action", ""))
-        reason = str(form.get("reason", "")).strip()[:200]
-        flag = str(form.get("flag", "")) == "true"
-        args: dict[str, Any] = {}
-        if action == "open":
-            args = {"compartment": str(form.get("compartment", ""))}
-        elif action == "set_service":
-            args = {"compartment": str(form.get("compartment", "")), "in_service": flag}
-        elif action == "lockdown":
-            args = {"on": flag}
+        with request.app.state.engine.connect() as conn:
+            found = api.fleet_lockers(conn, locker_id)
+        if not found:
+            return error_page(
+                request,
+                404,
+                "Unknown locker",
+                f"No locker called {locker_id[:64]!r} has reported to this fleet; nothing was "
+                "sent.",
+                s=s,
+            )
+        checked_form = console_forms.locker_action(
+            form, {str(c["id"]) for c in found[0]["compartments"]}
+        )
+        if isinstance(checked_form, console_forms.Problems):
+            return error_page(
+                request,
+                422,
+                "Nothing was sent",
+                "The form has these problems. Go back, correct them and send it again.",
+                (back,),
+                s,
+                problems=checked_form.lines,
+            )
+        action, args, reason = checked_form.action, checked_form.args, checked_form.reason
         actions: Actions = request.app.state.actions
-        if not reason:
-            msg, kind = "A reason is required.", "error"
-        else:
-            try:
-                reply = await to_thread.run_sync(
-                    actions.command, s.user.name, locker_id, action, args, reason
-                )
-                msg, kind = f"{action}: {reply.status}", "ok"
-            except ActionError as err:
-                msg, kind = f"{action}: {err.code}: {err.message}", "error"
+        try:
+            reply = await to_thread.run_sync(
+                actions.command, s.user.name, locker_id, action, args, reason
+            )
+            msg, kind = f"{action}: {reply.status}", "ok"
+        except ActionError as err:
+            msg, kind = f"{action}: {err.code}: {err.message}", "error"
         done = RedirectResponse(where, status_code=303)
         flash.put(done, s.csrf, msg, kind, secure=bool(app.state.secure_cookies))
         return done
@@ -361,7 +389,18 @@ def install(app: FastAPI) -> None:  # noqa: PLR0915 - the console's routes, flat
         if isinstance(checked, Response):
             return checked
         s, form = checked
-        note = str(form.get("note", ""))[:500]
+        note = str(form.get("note", "")).strip()
+        too_long = console_forms.note_problem(note)
+        if too_long:
+            return error_page(
+                request,
+                422,
+                "Nothing was sent",
+                f"Alarm #{alarm_id} was not acknowledged.",
+                (back,),
+                s,
+                problems=[too_long],
+            )
         with request.app.state.engine.begin() as conn:
             acked = alarm_rules.acknowledge(conn, alarm_id, s.user.name, note, time.time())
         done = RedirectResponse("/alarms", status_code=303)
@@ -397,17 +436,35 @@ def install(app: FastAPI) -> None:  # noqa: PLR0915 - the console's routes, flat
         hub: Hub = request.app.state.hub
         row = templates.env.get_template("event_row.html")
 
+        async def ended() -> bool:
+            """Whether the stream's session is gone (logged out, expired, user removed)."""
+            return await to_thread.run_sync(_session, request) is None
+
         async def stream() -> AsyncIterator[str]:
             q = hub.subscribe()
+            checked = keepalive = time.monotonic()
             try:
                 yield ": connected\n\n"
                 while not hub.closed:
+                    item: Item | Literal[False] | None
                     try:
-                        item = await asyncio.wait_for(q.get(), KEEPALIVE_S)
+                        item = await asyncio.wait_for(q.get(), SESSION_CHECK_S)
                     except TimeoutError:
-                        if await request.is_disconnected():
+                        item = False  # nothing arrived: time to check and keep alive
+                    now = time.monotonic()
+                    if now - checked >= SESSION_CHECK_S:
+                        # a stream outlives its request: the session is checked again every
+                        # SESSION_CHECK_S, so logout or expiry ends it within that
+                        checked = now
+                        if await ended():
+                            yield "event: session_ended\ndata: {}\n\n"
                             return
-                        yield ": keepalive\n\n"
+                    if item is False:
+                        if now - keepalive >= KEEPALIVE_S:
+                            keepalive = now
+                            if await request.is_disconnected():
+                                return
+                            yield ": keepalive\n\n"
                         continue
                     if item is None:
                         return

@@ -1,11 +1,17 @@
 // The console's live layer: server-sent events from /console/events (no build step).
 // New events are prepended to #timeline on a locker page; online/offline flips rows on the
-// fleet page. document.body.dataset.sse is "open" once the stream is connected.
+// fleet page. document.body.dataset.sse is "open" once the stream is connected, "ended" when
+// the server ended it because the session is over.
 (function () {
   const url = document.body.dataset.live;
   if (!url) return;
   const source = new EventSource(url);
   source.addEventListener("open", () => { document.body.dataset.sse = "open"; });
+  // The session ended (logout elsewhere, expiry, user removed): stop, no reconnect.
+  source.addEventListener("session_ended", () => {
+    source.close();
+    document.body.dataset.sse = "ended";
+  });
   source.addEventListener("event", (msg) => {
     const timeline = document.getElementById("timeline");
     if (!timeline) return;
