@@ -151,7 +151,7 @@ def test_user_add_prints_json_once_and_stores_hashes(tmp_path: Path, capsys: Any
     raw = (d / "fleet.db").read_bytes()
     assert doc["token"].encode() not in raw and doc["password"].encode() not in raw
     assert (d / "keys" / "users" / "ann.key").stat().st_mode & 0o077 == 0
-    assert ctl.main(["user", "add", "ann", "--role", "carrier", "--fleet", str(d)]) == 2
+    assert ctl.main(["user", "add", "ann", "--role", "carrier", "--fleet", str(d)]) == 5
     assert ctl.main(["user", "add", "bob", "--role", "boss", "--fleet", str(d)]) == 2
 
 

@@ -34,8 +34,9 @@ EXIT_CODES_HELP = f"""exit status:
   {EXIT_USAGE}  bad usage or arguments (ids, specs, numbers, --digits); nothing sent or written
   {EXIT_BROKER}  cannot reach or authenticate with the MQTT broker
   {EXIT_TIMEOUT}  no reply from the locker in time (see "cmd send --help": it may still run)
-  {EXIT_CONFIG}  fleet directory error (not a fleet, an invalid fleet.toml, refusing to overwrite)
-  {EXIT_NOT_FOUND}  no such locker in the fleet directory
+  {EXIT_CONFIG}  fleet directory error (not a fleet, an invalid fleet.toml, refusing to overwrite:
+      a fleet, a locker, a user)
+  {EXIT_NOT_FOUND}  no such locker in the fleet directory (no such user: user remove/reset)
   {EXIT_FILE}  a local file (or the service's SQLite database) could not be read or written
   {EXIT_UNAVAILABLE}  serve: the database server cannot be reached, or the HTTP address cannot be
       listened on (in use, unknown host); the message says why

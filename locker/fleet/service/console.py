@@ -366,6 +366,8 @@ def install(app: FastAPI) -> None:  # noqa: PLR0915 - the console's routes, flat
             msg, kind = f"{action}: {reply.status}", "ok"
         except ActionError as err:
             msg, kind = f"{action}: {err.code}: {err.message}", "error"
+            if err.code == "unknown_kid":  # the way out, not just the refusal
+                msg += ". " + users.unknown_kid_hint(s.user.name, locker_id)
         done = RedirectResponse(where, status_code=303)
         flash.put(done, s.csrf, msg, kind, secure=bool(app.state.secure_cookies))
         return done
