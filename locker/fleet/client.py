@@ -13,6 +13,10 @@ Watching a fleet (``FleetView``, ``EventLog``, ``Watcher``) lives in ``locker.fl
 
 Codes and keys never go to the log; only the caller decides to print codes (the operator's
 job).
+
+Past 500 lines (about 520) for a stated reason: one class whose connection, waits and paho
+callbacks share one lock and must be read together; what could leave has left (command
+building: ``commands``; the connection's story: ``connection``; TLS causes: ``tls_cause``).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from locker.contract import credentials
 from locker.contract.actions import Action
+from locker.fleet import tls_cause
 from locker.fleet.commands import (
     DEFAULT_DROPOFF_HOURS,
     DEFAULT_LONG_TTL_S,
@@ -64,6 +69,7 @@ from locker.fleet.commands import (
     new_code_pair,
     parse_action,
 )
+from locker.fleet.connection import ConnectionWatch
 from locker.fleet.provision import Fleet
 from locker.ports import guarded
 
@@ -135,6 +141,9 @@ class FleetClient:
 
     The broker forces client id = certificate CN, so two clients on the same identity
     disconnect each other: the fleet has one identity per role (``provision.SERVER_USERS``).
+    ``watch`` (:class:`locker.fleet.connection.ConnectionWatch`) tells such a takeover, and
+    every drop and return, to the log and to :meth:`add_note_listener`'s listeners. A refused
+    TLS connection's error names the cause (:mod:`locker.fleet.tls_cause`).
     """
 
     def __init__(
@@ -167,6 +176,10 @@ class FleetClient:
                 cert_reqs=ssl.CERT_REQUIRED,
             )
         self._client.reconnect_delay_set(1, 30)
+        self.identity, self._tls = client_id, tls
+        self.watch = ConnectionWatch(client_id)  # drops, returns, takeovers (connection.py)
+        self._note_listeners: list[Callable[[str], None]] = []
+        self._last_error: str | None = None  # paho's last error log line (a TLS alert...)
         self._cond = threading.Condition()
         self._connack: ReasonCode | None = None
         self._pubacks: dict[int, ReasonCode] = {}
@@ -180,6 +193,7 @@ class FleetClient:
         self._client.on_publish = self._on_publish
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
+        self._client.on_log = self._on_log
 
     @classmethod
     def for_fleet(
@@ -222,7 +236,11 @@ class FleetClient:
                 properties=props,
             )
         except (OSError, ssl.SSLError) as err:
-            raise BrokerError(f"cannot connect to {self.host}:{self.port}: {err}") from err
+            why = tls_cause.cause(str(err))
+            text = f"{why} ({err})" if why else str(err)
+            raise BrokerError(
+                f"cannot connect to {self.host}:{self.port}: {text}{self._own_files()}"
+            ) from err
         self._client.loop_start()
         with self._cond:
             if not self._cond.wait_for(lambda: self._connack is not None, timeout):
@@ -231,7 +249,28 @@ class FleetClient:
             rc = self._connack
         if rc is not None and rc.is_failure:
             self.close()
-            raise BrokerError(f"broker refused the connection: {rc}")
+            raise BrokerError(f"broker refused the connection: {rc}{self._why_refused()}")
+
+    def _why_refused(self) -> str:
+        why = tls_cause.cause(self._last_error or "")  # the TLS alert the broker sent
+        return (f": {why}" if why else "") + self._own_files()
+
+    def _own_files(self) -> str:
+        tls = self._tls
+        return "" if tls is None else tls_cause.identity_note(tls.ca_file, tls.cert_file)
+
+    def add_note_listener(self, listener: Callable[[str], None]) -> None:
+        """Called on paho's thread with a sentence for people when the connection drops, comes
+        back, or another client takes this identity over (once per episode). Each is also
+        logged."""
+        self._note_listeners.append(listener)
+
+    def _notes(self, notes: list[str]) -> None:
+        for note in notes:
+            contested = note.startswith("another client")
+            logger.log(logging.WARNING if contested else logging.INFO, "%s", note)
+            for listener in list(self._note_listeners):
+                listener(note)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -455,6 +494,8 @@ class FleetClient:
         with self._cond:
             self._connack = rc
             self._cond.notify_all()
+        if not rc.is_failure:
+            self._notes(self.watch.connected(time.monotonic()))
         if not rc.is_failure and self._topics:
             opts = SubscribeOptions(qos=1, retainAsPublished=True)
             client.subscribe([(t, opts) for t in self._topics])
@@ -463,11 +504,18 @@ class FleetClient:
     def _on_disconnect(self, _c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
         logger.info("disconnected from %s:%s: %s", self.host, self.port, rc)
         with self._cond:
-            if self._connack is None:  # dropped before CONNACK: refused, not slow
+            first = self._connack is None
+            if first:  # dropped before CONNACK: refused, not slow
                 self._connack = (
                     rc if rc.is_failure else ReasonCode(PacketTypes.CONNACK, "Unspecified error")
                 )
                 self._cond.notify_all()
+        if not first:
+            self._notes(self.watch.disconnected(str(rc), int(rc.value), time.monotonic()))
+
+    def _on_log(self, _c: Any, _u: Any, level: int, text: str) -> None:
+        if level == mqtt.MQTT_LOG_ERR:
+            self._last_error = text
 
     @guarded(logger)
     def _on_publish(self, _c: Any, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:

@@ -313,6 +313,12 @@ def watch_json_line(text: str) -> Any:
     return {"notes": [text]}
 
 
+def _watch_note(text: str) -> None:
+    """The connection's story (lost, back, a takeover) for the person watching: stderr, so
+    stdout (--json lines too) keeps only what the fleet said."""
+    print(f"lockerctl watch: {text}", file=sys.stderr, flush=True)
+
+
 def cmd_watch(args: argparse.Namespace, out: Output) -> int:
     f = provision.Fleet.load(args.fleet)
     if args.locker:
@@ -340,8 +346,10 @@ def cmd_watch(args: argparse.Namespace, out: Output) -> int:
             log=log,
             # A first contact past its floor asks for the backlog, when this host may sign.
             signer=fleet.signer_for(f) if f.command_key_file.exists() else None,
+            on_note=_watch_note,
         )
         watcher.start()
+        _watch_note(f"watching, connected to {client.host}:{client.port} as {client.identity}")
         deadline = None if args.duration is None else time.monotonic() + args.duration
         try:
             while deadline is None or time.monotonic() < deadline:

@@ -349,7 +349,10 @@ class Watcher:
 
     Every message is handled on this thread (paho's only enqueues). After each burst the log
     is fsynced and then, only then, the acks go out. With a ``signer``, a first contact that
-    starts past its floor is answered with a signed ``resync``.
+    starts past its floor is answered with a signed ``resync``. ``on_note`` receives the
+    connection's story for people (``FleetClient.add_note_listener``: lost, back after N s,
+    another client on this identity), on paho's thread: ``lockerctl watch`` prints it on
+    stderr.
     """
 
     def __init__(
@@ -362,6 +365,7 @@ class Watcher:
         ack: bool = True,
         log: EventLog | None = None,
         signer: CommandSigner | None = None,
+        on_note: Callable[[str], None] | None = None,
     ) -> None:
         self.client, self.view, self.on_line, self.ack, self.log = client, view, on_line, ack, log
         self.locker_id = locker_id
@@ -371,6 +375,8 @@ class Watcher:
         self._thread: threading.Thread | None = None
         self.errors: list[str] = []
         client.add_listener(self._queue.put)
+        if on_note is not None:  # the broker dropped us, we are back, or a takeover
+            client.add_note_listener(on_note)
 
     def topics(self) -> list[str]:
         who = self.locker_id or "+"

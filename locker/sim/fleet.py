@@ -1,7 +1,8 @@
 """The fleet service beside the simulated locker (``make simulate``).
 
 ``SimFleet`` makes a fleet directory for the run (``provision_fleet``, then pointed at the
-simulator's broker: its CA and a server identity ``fleet`` from the simulator's Pki), an
+simulator's broker: its CA and key, and every server identity, ``fleet`` for the service,
+``backend`` and ``lockerctl``, from the simulator's Pki, so ``lockerctl`` works against it), an
 ``operator`` user whose password is printed for the console, and runs
 :class:`locker.fleet.service.app.FleetService` in this process (SQLite in the fleet
 directory, plain-HTTP cookies since it listens on loopback only). The simulated cabinet trusts
@@ -48,10 +49,7 @@ class SimFleet:
             token_kid=TOKEN_KID,
             run_as_root=os.geteuid() == 0,
         )
-        shutil.copyfile(broker.pki.ca_file, workdir / "ca.pem")
-        cert = broker.pki.client(SERVICE_CN)
-        shutil.copyfile(cert.cert_file, workdir / "clients" / f"{SERVICE_CN}.pem")
-        shutil.copyfile(cert.key_file, workdir / "clients" / f"{SERVICE_CN}-key.pem")
+        self._adopt_ca(broker)
         with (workdir / "fleet.toml").open("a", encoding="utf-8") as f:
             f.write(f'\n[mqtt]\nclient = "{SERVICE_CN}"\n\n[http]\nsecure_cookies = false\n')
         url = f"sqlite:///{workdir / 'fleet.db'}"
@@ -64,6 +62,33 @@ class SimFleet:
         self.service: Any = None
         self._log: logging.FileHandler | None = None
 
+    def _adopt_ca(self, broker: Broker) -> None:
+        """Make the fleet directory one of the simulator's broker: its CA (certificate, key,
+        CRL, the broker/ copies) and every server identity (``clients/*.pem``: the
+        service's ``fleet``, ``backend``, ``lockerctl``) issued by it, so ``lockerctl ...
+        --fleet`` this directory connects (before, lockerctl.pem came from the fleet's own
+        CA, which the broker does not trust: "broker refused the connection"), and
+        ``lockerctl locker add`` would make certificates the broker takes."""
+        assert broker.pki is not None
+        ca = broker.pki.ca
+        d = self.dir
+        provision.write_private(d / "ca-key.pem", ca.key_pem)
+        for path in (d / "ca.pem", d / "broker" / "ca.pem"):
+            provision.write_public(path, ca.cert_pem)
+        crl = provision.make_crl(ca)
+        for path in (d / "crl.pem", d / "broker" / "crl.pem"):
+            provision.write_public(path, crl)
+        shutil.copyfile(broker.pki.server_cert, d / "broker" / "server.pem")
+        provision.write_private(
+            d / "broker" / "server-key.pem", Path(broker.pki.server_key).read_bytes()
+        )
+        for cn in (*provision.SERVER_USERS, SERVICE_CN):
+            cert = broker.pki.client(cn)
+            shutil.copyfile(cert.cert_file, d / "clients" / f"{cn}.pem")
+            provision.write_private(
+                d / "clients" / f"{cn}-key.pem", Path(cert.key_file).read_bytes()
+            )
+
     def trust(self) -> dict[str, Any]:
         """SimCabinet arguments that make the cabinet accept this fleet's signers."""
         fleet = provision.Fleet.load(self.dir)
@@ -74,11 +99,15 @@ class SimFleet:
             },
         }
 
-    def register(self, locker_id: str, device_key: bytes) -> None:
-        """The service needs each locker's device key to make code tags."""
+    def register(self, locker_id: str, device_key: bytes, config: Path | None = None) -> None:
+        """The service needs each locker's device key to make code tags; ``config`` (the
+        locker's own locker.toml) is copied beside it, as ``lockerctl locker add`` leaves
+        one, so ``lockerctl code new`` knows the locker's code length."""
         where = self.dir / "lockers" / locker_id
         where.mkdir(parents=True, exist_ok=True)
         provision.write_private(where / "device.key", device_key)
+        if config is not None:
+            provision.write_public(where / "locker.toml", config.read_bytes())
 
     def start(self) -> str:
         """Start the service; returns the console's URL."""

@@ -405,7 +405,7 @@ def _simulate(work: Path, args: argparse.Namespace) -> int:
             work / "cabinet", broker=broker, timing={"door_open_timeout_s": 3.0}, **trust
         )
         if fleet is not None:
-            fleet.register(cab.locker_id, cab.device_key)
+            fleet.register(cab.locker_id, cab.device_key, cab.config_path)
             _start_fleet(fleet)
         sim = cab
         server = Server(broker, cab.locker_id, lambda: sim.sign("resync", {}), acks=fleet is None)

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -28,6 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from locker import errors, sdnotify
 from locker.fleet.client import CommandSigner, FleetClient, signer_for
+from locker.fleet.connection import takeover_note
 from locker.fleet.service import api, console, db, delivery, retention
 from locker.fleet.service.actions import Actions
 from locker.fleet.service.alarms import Rules
@@ -36,7 +38,12 @@ from locker.fleet.service.config import ServiceConfig
 from locker.fleet.service.housekeeping import Housekeeper
 from locker.fleet.service.ingest import Ingest
 from locker.fleet.service.live import Hub
-from locker.fleet.service.metrics import METRICS, DbCollector, HealthCollector
+from locker.fleet.service.metrics import (
+    METRICS,
+    ConnectionCollector,
+    DbCollector,
+    HealthCollector,
+)
 from locker.fleet.service.worker import IngestWorker
 
 logger = logging.getLogger(__name__)
@@ -63,6 +70,7 @@ def create_app(
     secure_cookies: bool = True,
     health: Callable[[], dict[str, bool]] | None = None,
     collectors: Sequence[Collector] = (),
+    mqtt: Callable[[], dict[str, Any]] | None = None,
 ) -> FastAPI:
     """The ASGI app: REST API under /api/v1, /metrics, /healthz, the console at /.
 
@@ -70,7 +78,10 @@ def create_app(
     ``GET /healthz`` (no login, like /metrics, for a load balancer or systemd's watchdog
     script) is 200 ``{"status":"ok","threads":{...}}`` while every one runs and the database
     answers, else 503 ``{"status":"failing",...}``: a service whose ingest thread died must not
-    look healthy while HTTP still answers.
+    look healthy while HTTP still answers. ``mqtt()`` adds the MQTT connection's note
+    (``{"identity","connected","contested","takeovers"}``): a contested identity (another
+    client on this process's ``--mqtt-client``) is said there without failing the check,
+    since restarting cannot fix it.
     """
     app = FastAPI(
         title="Parcel locker fleet service",
@@ -108,6 +119,8 @@ def create_app(
             database = False
         ok = database and all(alive.values())
         doc = {"status": "ok" if ok else "failing", "threads": alive, "database": database}
+        if mqtt is not None:
+            doc["mqtt"] = mqtt()
         return JSONResponse(doc, status_code=200 if ok else 503)
 
     console.install(app)
@@ -172,7 +185,8 @@ class FleetService:
             self.hub,
             secure_cookies=cfg.settings.http.secure_cookies,
             health=self.health,
-            collectors=[CertificateCollector(self.certs)],
+            collectors=[CertificateCollector(self.certs), ConnectionCollector(self.client.watch)],
+            mqtt=self.mqtt_note,
         )
         host, port = cfg.listen
         self.server = uvicorn.Server(
@@ -219,6 +233,19 @@ class FleetService:
             if not self._http_thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("the HTTP server did not start (see its log above)")
             time.sleep(0.02)
+
+    def mqtt_note(self) -> dict[str, Any]:
+        """The MQTT connection for ``/healthz``: identity, connected, contested, takeovers."""
+        w = self.client.watch
+        doc: dict[str, Any] = {
+            "identity": self.client.identity,
+            "connected": self.client.connected,
+            "contested": w.is_contested(time.monotonic()),
+            "takeovers": w.takeovers,
+        }
+        if doc["contested"]:
+            doc["note"] = takeover_note(self.client.identity, certain=True)
+        return doc
 
     def health(self) -> dict[str, bool]:
         """``{thread: alive}`` of the workers this process runs (``GET /healthz``)."""

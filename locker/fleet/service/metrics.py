@@ -11,10 +11,11 @@ import time
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 
+from locker.fleet.connection import ConnectionWatch
 from locker.fleet.service.db import alarms, events, lockers
 
 INGEST_ERROR_REASONS = ("rejected", "invalid", "dropped", "database", "worker")
@@ -107,3 +108,28 @@ class HealthCollector(Collector):
         for name, alive in sorted(self.health().items()):
             g.add_metric([name], 1.0 if alive else 0.0)
         yield g
+
+
+class ConnectionCollector(Collector):
+    """The MQTT connection of this process (:class:`locker.fleet.connection.ConnectionWatch`):
+    ``fleet_mqtt_takeovers_total`` (connections lost to another client on the same identity),
+    ``fleet_mqtt_disconnects_total`` and ``fleet_mqtt_identity_contested`` (1 during a
+    takeover episode): two workers on one ``--mqtt-client`` show here."""
+
+    def __init__(self, watch: ConnectionWatch) -> None:
+        self.watch = watch
+
+    def collect(self) -> Iterator[Metric]:
+        w = self.watch
+        yield CounterMetricFamily(
+            "fleet_mqtt_takeovers", "Connections lost to another client of the same identity",
+            value=w.takeovers,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "fleet_mqtt_disconnects", "Connections to the broker lost", value=w.drops
+        )
+        yield GaugeMetricFamily(
+            "fleet_mqtt_identity_contested",
+            "1 while another client takes this process's MQTT identity over",
+            value=1.0 if w.is_contested(time.monotonic()) else 0.0,
+        )
