@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from locker.fleet import tls_cause
+from locker.fleet.layout import Fleet
+
 STORY = [
     "parcel_deposited",
     "parcel_collected",
@@ -70,3 +73,11 @@ def test_the_simulator_tells_its_whole_story(tmp_path: Path) -> None:
     assert (first, n) == (1, last), f"the fleet service holds {n} of seqs {first}..{last}"
     for event in STORY:
         assert event in types, f"{event} not stored by the fleet service"
+    # lockerctl works with the simulator's fleet directory (found by a newcomer: its
+    # lockerctl.pem came from another CA than the broker's, and no locker.toml was there)
+    fleet = tmp_path / "sim" / "fleet"
+    pems = [p for p in (fleet / "clients").glob("*.pem") if not p.name.endswith("-key.pem")]
+    assert {p.stem for p in pems} >= {"backend", "lockerctl", "fleet"}
+    for pem in pems:
+        assert tls_cause.check_identity(fleet / "ca.pem", pem) == [], pem
+    assert Fleet.load(fleet).code_length("SIM-0001").known
