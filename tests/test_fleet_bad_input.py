@@ -129,6 +129,7 @@ def test_a_poisoned_retained_state_costs_only_itself_across_restarts(
             "status": "ok",
             "threads": {"fleet-delivery": True, "fleet-housekeeping": True, "fleet-ingest": True},
             "database": True,
+            "mqtt": {"identity": "backend", "connected": True, "contested": False, "takeovers": 0},
         }
         metrics = httpx.get(f"http://127.0.0.1:{service.port}/metrics", timeout=10).text
         assert 'fleet_thread_alive{thread="fleet-ingest"} 1.0' in metrics

@@ -12,13 +12,16 @@ from __future__ import annotations
 import queue
 import re
 import threading
+import time
 
 import httpx
+import pytest
 from playwright.sync_api import expect
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
+from locker.fleet.service.console import SESSION_CHECK_S
 from locker.fleet.service.console_forms import NOTE_MAX, REASON_MAX
-from locker.fleet.service.db import commands
+from locker.fleet.service.db import commands, sessions
 from tests.conftest import wait_for
 from tests.console_rig import (
     Site,
@@ -181,7 +184,8 @@ def test_fleet_page_counts_reserved_apart_from_occupied(console_site: Site) -> N
     assert reserved.group(1) == "1"
 
 
-def test_live_stream_ends_soon_after_logout(console_site: Site) -> None:
+@pytest.mark.parametrize("end", ["logout", "expiry"])
+def test_live_stream_ends_soon_after_logout_or_expiry(console_site: Site, end: str) -> None:
     base, password, _token = olga_ready(console_site)
     op, csrf = http_login(base, "olga", password)
     lines: queue.Queue[str | None] = queue.Queue()
@@ -200,11 +204,17 @@ def test_live_stream_ends_soon_after_logout(console_site: Site) -> None:
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     assert lines.get(timeout=10) == ": connected"
-    assert op.post("/logout", data={"csrf": csrf}).status_code == 303
+    if end == "logout":
+        assert op.post("/logout", data={"csrf": csrf}).status_code == 303
+    else:  # the 12 h are over: the session row says so, nothing else changes
+        with console_site[0].engine.begin() as conn:
+            conn.execute(update(sessions).values(expires=time.time() - 1))
+    ended_at = time.monotonic()
     seen = []
     while (line := lines.get(timeout=10)) is not None:  # a hang fails with queue.Empty
         seen.append(line)
     assert "event: session_ended" in seen
+    assert time.monotonic() - ended_at < SESSION_CHECK_S + 3
     reader.join(5)
     assert httpx.get(base + "/console/events", cookies=cookies, timeout=10).status_code == 401
     op.close()

@@ -180,6 +180,7 @@ class FleetClient:
         self.watch = ConnectionWatch(client_id)  # drops, returns, takeovers (connection.py)
         self._note_listeners: list[Callable[[str], None]] = []
         self._last_error: str | None = None  # paho's last error log line (a TLS alert...)
+        self._closing = False
         self._cond = threading.Condition()
         self._connack: ReasonCode | None = None
         self._pubacks: dict[int, ReasonCode] = {}
@@ -273,6 +274,7 @@ class FleetClient:
                 listener(note)
 
     def close(self) -> None:
+        self._closing = True  # our own DISCONNECT: no "connection lost" note
         with contextlib.suppress(Exception):
             self._client.disconnect()
         self._client.loop_stop()
@@ -510,7 +512,7 @@ class FleetClient:
                     rc if rc.is_failure else ReasonCode(PacketTypes.CONNACK, "Unspecified error")
                 )
                 self._cond.notify_all()
-        if not first:
+        if not first and not self._closing:
             self._notes(self.watch.disconnected(str(rc), int(rc.value), time.monotonic()))
 
     def _on_log(self, _c: Any, _u: Any, level: int, text: str) -> None:
