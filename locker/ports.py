@@ -156,6 +156,7 @@ class Feedback(enum.StrEnum):
     LOCKDOWN = "lockdown"
     COMPARTMENT_UNAVAILABLE = "compartment_unavailable"
     OUT_OF_SERVICE = "out_of_service"
+    ALREADY_USED = "already_used"
 
 
 REFUSAL_FEEDBACK: tuple[Feedback, ...] = tuple(

@@ -84,7 +84,8 @@ def test_a_code_opens_once() -> None:
     sim.door(cid, "closed")
     sim.type_code(drop)
     assert sim.unlocks() == [cid]
-    assert only(sim.events, "access_denied")[-1].data["reason"] == "unknown_code"
+    assert only(sim.events, "access_denied")[-1].data["reason"] == "already_used"
+    assert sim.state.throttle.consecutive == 0  # a used code is no guess
 
 
 def test_pickup_code_before_the_deposit_is_not_yet_available_and_not_a_guess() -> None:
@@ -338,7 +339,8 @@ def test_cancel_before_and_after_deposit() -> None:
     sim.feed(command("cancel", sim.now, parcel="P2"))
     assert sim.state.parcels["P2"].status is ParcelStatus.CANCELLED
     sim.type_code(pick)
-    assert only(sim.events, "access_denied")[-1].data["reason"] == "unknown_code"
+    denied = only(sim.events, "access_denied")[-1]
+    assert (denied.data["reason"], denied.data["detail"]) == ("expired", "cancelled")
 
 
 def test_return_flow_uses_the_same_steps() -> None:

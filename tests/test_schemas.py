@@ -261,8 +261,8 @@ def test_every_denial_reason_of_the_design_validates() -> None:
                 event("access_denied", data={"reason": reason, "source": source, "detail": "x"}),
             )
     assert (
-        len(COMMON["denied_reason"]["enum"]) == 12
-    )  # DESIGN 5 adds not_yet_available, out_of_service
+        len(COMMON["denied_reason"]["enum"]) == 13
+    )  # DESIGN 5 adds not_yet_available, out_of_service; already_used since
 
 
 def test_non_json_payload_is_reported() -> None:

@@ -220,7 +220,8 @@ def test_schema_2_tables_are_rebuilt_without_rowid_and_keep_every_row(tmp_path: 
     con = sqlite3.connect(db, isolation_level=None)
     con.executescript(  # back to schema 2, as an older lockerd left it
         "BEGIN;DROP TABLE meta;DROP TABLE compartments;DROP TABLE parcels;DROP TABLE credentials;"
-        f"DROP TABLE tokens;DROP TABLE commands;DROP TABLE outbox;{_MIGRATIONS[1]}"
+        "DROP TABLE tokens;DROP TABLE commands;DROP TABLE outbox;DROP TABLE spent;"
+        f"{_MIGRATIONS[1]}"
         f"{_MIGRATIONS[2]}PRAGMA user_version=2;COMMIT;"
     )
     con.execute("INSERT INTO meta VALUES ('epoch', ?)", (json.dumps("e-1"),))
@@ -233,8 +234,8 @@ def test_schema_2_tables_are_rebuilt_without_rowid_and_keep_every_row(tmp_path: 
     )
     con.close()
     store = Store(db, boot_id="b")
-    assert store._con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
-    keyed = ("meta", "compartments", "parcels", "credentials", "tokens", "commands")
+    assert store._con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    keyed = ("meta", "compartments", "parcels", "credentials", "tokens", "commands", "spent")
     for name in keyed:
         (sql,) = store._con.execute(
             "SELECT sql FROM sqlite_master WHERE type='table' AND name=?", (name,)

@@ -94,6 +94,8 @@ PATTERNS: Final[Mapping[Feedback, Pattern]] = {
     Feedback.OUT_OF_SERVICE: Pattern(
         beep=Blink(0.15, 0.15, n=3), error_led=Blink(1.0), ok_led=Blink(1.0)
     ),
+    # a right code whose work is done: one long chirp, the green LED flickers "known"
+    Feedback.ALREADY_USED: Pattern(beep=Blink(0.3), ok_led=Blink(0.15, 0.15, n=4)),
 }
 
 

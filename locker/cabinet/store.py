@@ -44,6 +44,8 @@ from locker.cabinet.domain.model import (
     KeypadEntry,
     LockerState,
     Out,
+    Spent,
+    SpentTag,
     Tokens,
     fresh_state,
 )
@@ -64,7 +66,7 @@ from locker.ports import OutboxReader, OutboxRow
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 CHECKPOINT_AFTER = 64  # writes before an idle controller checkpoints (about 500 WAL pages)
 CHECKPOINT_FORCED = 1024  # writes before a checkpoint is made even when busy: bounds the WAL
 
@@ -134,6 +136,16 @@ _MIGRATIONS: dict[int, str] = {
             ("commands", "jti TEXT PRIMARY KEY, exp REAL NOT NULL, row TEXT NOT NULL"),
         )
     ),
+    # Tags of codes that stopped working (used, expired, cancelled), kept a few days so that
+    # typing one again is answered with why and is no guess (locker.cabinet.domain.spent).
+    4: """
+    CREATE TABLE spent (
+        tag TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        forget_at REAL NOT NULL,
+        detail TEXT
+    ) WITHOUT ROWID;
+    """,
 }
 
 
@@ -332,6 +344,12 @@ class Store:
                 (r[0], load_command(json.loads(r[1])))
                 for r in self._con.execute("SELECT jti, row FROM commands ORDER BY exp, jti")
             ),
+            spent=Spent(
+                (r[0], SpentTag(r[1], r[2], r[3]))
+                for r in self._con.execute(
+                    "SELECT tag, reason, forget_at, detail FROM spent ORDER BY forget_at, tag"
+                )
+            ),
             throttle=load_throttle(self.meta("throttle", {})),
             lockdown=bool(self.meta("lockdown", False)),
             remote_opens=tuple(self.meta("remote_opens", [])),
@@ -437,6 +455,14 @@ class Store:
                 con.execute("DELETE FROM tokens WHERE token_id=?", (k,))
             else:
                 con.execute("INSERT OR REPLACE INTO tokens VALUES (?, ?)", (k, exp))
+        for k, gone in changed_rows(old.spent, new.spent, keys("spent")):
+            if gone is None:
+                con.execute("DELETE FROM spent WHERE tag=?", (k,))
+            else:
+                con.execute(
+                    "INSERT OR REPLACE INTO spent VALUES (?, ?, ?, ?)",
+                    (k, gone.reason, gone.forget_at, gone.detail),
+                )
         for k, rec in changed_rows(old.commands, new.commands, keys("commands")):
             if rec is None:
                 con.execute("DELETE FROM commands WHERE jti=?", (k,))

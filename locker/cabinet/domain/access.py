@@ -9,7 +9,7 @@ import hmac
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from locker.cabinet.domain import throttle
+from locker.cabinet.domain import spent, throttle
 from locker.cabinet.domain.compartments import start_unlock
 from locker.cabinet.domain.draft import Draft, IndicateAction, LanguageAction
 from locker.cabinet.domain.model import (
@@ -17,6 +17,7 @@ from locker.cabinet.domain.model import (
     KeypadEntry,
     Parcel,
     ParcelStatus,
+    SpentTag,
     Step,
     Unlock,
 )
@@ -78,12 +79,17 @@ def _submit_code(d: Draft, entry: KeypadEntry, rules: Rules, now: float) -> None
     tag = creds.code_tag(rules.device_key, entry.digits)
     cred = _find_credential(d, tag)
     if cred is None:
-        _guess_failed(d, source, rules, now)
+        spent = _find_spent(d, tag)
+        if spent is None:
+            _guess_failed(d, source, rules, now)
+        else:  # a real code that stopped working: why, and never a guess
+            refuse(d, spent.reason, source, now, detail=spent.detail)
         return
     # A live tag is never a guess, whatever else is wrong with it.
     parcel = d.parcels.get(cred.parcel)
     if not cred.armed:
-        refuse(d, _why_not_armed(cred, parcel), source, now)
+        reason, detail, door = _why_not_armed(d, cred, parcel)
+        refuse(d, reason, source, now, detail=detail, compartment=door)
     elif now < cred.valid_from:
         refuse(d, "not_yet_valid", source, now)
     elif cred.valid_until is not None and now > cred.valid_until:
@@ -92,14 +98,26 @@ def _submit_code(d: Draft, entry: KeypadEntry, rules: Rules, now: float) -> None
         _grant(d, cred.parcel, cred.step, cred.tag, source, rules, now)
 
 
-def _why_not_armed(cred: Credential, parcel: Parcel | None) -> str:
-    """Why a live code opens nothing right now (never a guess: its tag is known)."""
-    if parcel is not None and cred.step is Step.PICKUP:
+def _why_not_armed(
+    d: Draft, cred: Credential, parcel: Parcel | None
+) -> tuple[str, str | None, str | None]:
+    """Why a live code opens nothing right now, as (reason, detail, door): never a guess, its
+    tag is known. A code whose unlock is under way (its door unlocked or open now) names that
+    door (detail ``door_open``), so the person is told which door is theirs, not refused."""
+    if parcel is None:
+        return spent.EXPIRED, None, None
+    if cred.step is Step.PICKUP:
         if parcel.status is ParcelStatus.RESERVED:
-            return "not_yet_available"  # typed before the courier deposited
+            return "not_yet_available", None, None  # typed before the courier deposited
         if parcel.status is ParcelStatus.EXPIRED:
-            return "expired"
-    return "unknown_code"  # used already (its door may still be open), or cancelled
+            return spent.EXPIRED, None, None
+        if parcel.status is ParcelStatus.CANCELLED:
+            return spent.EXPIRED, "cancelled", None
+    comp = d.compartments.get(parcel.compartment)
+    unlock = None if comp is None else (comp.pending or comp.session)
+    if comp is not None and unlock is not None and unlock.credential == cred.tag:
+        return spent.USED, "door_open", comp.id
+    return spent.USED, None, None  # consumed; its door was closed again before the step ended
 
 
 def _find_credential(d: Draft, tag: str) -> Credential | None:
@@ -110,6 +128,13 @@ def _find_credential(d: Draft, tag: str) -> Credential | None:
     if cred is not None and hmac.compare_digest(cred.tag, tag):
         return cred
     return None
+
+
+def _find_spent(d: Draft, tag: str) -> SpentTag | None:
+    """The record of a code that stopped working, looked up like a live one."""
+    # A keyed read like the live table's: its timing tells a guesser nothing either (a tag
+    # is an HMAC under the device key).
+    return d.spent.get(tag)
 
 
 def _parcel_refs(d: Draft) -> Mapping[bytes, str]:
@@ -167,6 +192,8 @@ def _scan(d: Draft, ev: LineScanned, rules: Rules, now: float) -> tuple[str | No
     ):
         parcel = None
     token_id = token.token_id.hex()
+    if parcel is not None and token_id in d.tokens:
+        return spent.USED, None
     if parcel is None or token_id in d.tokens:
         return "unknown_code", "used_or_unknown"
     if parcel.status not in STATUS_FOR_STEP[step_]:

@@ -7,6 +7,7 @@ from collections.abc import Collection, Mapping
 
 from locker.cabinet.domain.draft import Draft, UnlockAction
 from locker.cabinet.domain.model import SIZE_RANK, Compartment, Unlock
+from locker.cabinet.domain.rules import Rules
 from locker.ports import DoorState
 
 JAM_WINDOW_S = 120.0
@@ -85,3 +86,31 @@ def set_service(d: Draft, cid: str, in_service: bool, reason: str) -> None:
     d.update_compartment(cid, in_service=in_service, service_reason="" if in_service else reason)
     kind = "compartment_in_service" if in_service else "compartment_out_of_service"
     d.emit(kind, cid, d.compartments[cid].parcel, reason=reason)
+
+
+def move_reservation(d: Draft, cid: str, parcel_id: str, rules: Rules) -> Compartment | None:
+    """Move a reserved parcel out of ``cid`` (its door jammed, or it is taken out of service)
+    to the best free fitting compartment, staying within reach if it was in an accessible
+    one; reported as ``parcel_reserved`` with ``moved_from``. Returns the new compartment,
+    None when there is nowhere to go (nothing changes then)."""
+    parcel = d.parcels[parcel_id]
+    target = (
+        best_fit(d.compartments, parcel.size, exclude=cid, only=rules.accessible)
+        if cid in rules.accessible
+        else None
+    ) or best_fit(d.compartments, parcel.size, exclude=cid)
+    if target is None:
+        return None
+    d.update_compartment(cid, parcel=None)
+    d.update_compartment(target.id, parcel=parcel.id)
+    d.update_parcel(parcel.id, compartment=target.id)
+    d.emit(
+        "parcel_reserved",
+        target.id,
+        parcel.id,
+        kind=parcel.kind,
+        size=parcel.size,
+        moved_from=cid,
+        dropoff_until=int(parcel.dropoff_until),
+    )
+    return target

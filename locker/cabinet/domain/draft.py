@@ -26,6 +26,8 @@ from locker.cabinet.domain.model import (
     LockerState,
     Out,
     Parcel,
+    Spent,
+    SpentTag,
     Tokens,
 )
 from locker.ports import Feedback
@@ -132,6 +134,11 @@ class Draft:
         table: Commands = self._history_table("commands")
         return table
 
+    @property
+    def spent(self) -> Spent:
+        table: Spent = self._history_table("spent")
+        return table
+
     def get(self, name: str) -> Any:
         """A scalar field (throttle, lockdown, remote_opens, keypad) as it stands now."""
         return self._fields.get(name, getattr(self.base, name))
@@ -165,12 +172,20 @@ class Draft:
 
     def put_credential(self, cred: Credential) -> None:
         self._write("credentials", cred.tag, cred)
+        if cred.tag in self.spent:  # a live tag is never answered as a spent one
+            self._write("spent", cred.tag, None)
 
     def update_credential(self, tag: str, **changes: Any) -> None:
         self.put_credential(dataclasses.replace(self.credentials[tag], **changes))
 
     def drop_credential(self, tag: str) -> None:
         self._write("credentials", tag, None)
+
+    def put_spent(self, tag: str, spent: SpentTag) -> None:
+        self._write("spent", tag, spent)
+
+    def drop_spent(self, tag: str) -> None:
+        self._write("spent", tag, None)
 
     def put_token(self, token_id: str, expires: float) -> None:
         self._write("tokens", token_id, expires)

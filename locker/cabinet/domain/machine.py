@@ -18,9 +18,15 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from locker.cabinet.domain import remote, throttle
+from locker.cabinet.domain import remote, spent, throttle
 from locker.cabinet.domain.access import MAX_CODE_DIGITS, on_key, on_rejected_input, on_scan, rearm
-from locker.cabinet.domain.compartments import JAM_WINDOW_S, best_fit, set_service, start_unlock
+from locker.cabinet.domain.compartments import (
+    JAM_WINDOW_S,
+    best_fit,
+    move_reservation,
+    set_service,
+    start_unlock,
+)
 from locker.cabinet.domain.draft import Draft, IndicateAction, Transition
 from locker.cabinet.domain.earliest import earliest, minimum
 from locker.cabinet.domain.inputs import (
@@ -107,7 +113,7 @@ def _quiet_until(state: LockerState, rules: Rules) -> float:
     very same objects (all immutable, replaced when they change), so a burst of keys does not
     repeat the expiry pass per key (issue 10)."""
     small = (state.compartments, state.parcels, state.refusals)
-    history = (state.credentials, state.tokens, state.commands)
+    history = (state.credentials, state.tokens, state.commands, state.spent)
 
     def compute() -> float:
         times = [
@@ -229,8 +235,7 @@ def _complete(d: Draft, comp: Compartment, session: Unlock, rules: Rules, now: f
             cred = d.credentials[tag]
             if cred.step is Step.PICKUP:
                 d.update_credential(cred.tag, armed=True, valid_from=now, valid_until=until)
-            else:
-                d.drop_credential(cred.tag)
+        spent.retire_step(d, parcel.id, Step.DROPOFF, now)
         d.emit("parcel_deposited", comp.id, parcel.id, kind=parcel.kind, pickup_until=int(until))
         return
     if comp.item is True:
@@ -239,7 +244,7 @@ def _complete(d: Draft, comp: Compartment, session: Unlock, rules: Rules, now: f
         return
     kind = "parcel_collected" if session.purpose is Step.PICKUP else "parcel_retrieved"
     d.emit(kind, comp.id, parcel.id, kind=parcel.kind)
-    d.drop_parcel(parcel.id)
+    spent.retire_parcel(d, parcel.id, now, done=session.purpose)
     d.update_compartment(comp.id, parcel=None)
 
 
@@ -310,7 +315,7 @@ def _expire(d: Draft, rules: Rules, now: float) -> None:
             continue  # never pull a window shut under someone at the open door
         if parcel.status is ParcelStatus.RESERVED and now >= parcel.dropoff_until:
             d.emit("assignment_cancelled", comp.id, parcel.id, reason="dropoff_expired")
-            d.drop_parcel(parcel.id)
+            spent.retire_parcel(d, parcel.id, now)
             d.update_compartment(comp.id, parcel=None)
         elif (
             parcel.status is ParcelStatus.DEPOSITED
@@ -338,14 +343,16 @@ def _entry_timeout(d: Draft, rules: Rules, now: float) -> None:
 
 
 def _forget_old(d: Draft, now: float) -> None:
-    """Consumed token ids, command ids and retrieval codes past their time, found through
-    each table's deadline index (``locker.cabinet.domain.table``): no scan of the rows."""
+    """Consumed token ids, command ids, retrieval codes and spent tags past their time, found
+    through each table's deadline index (``locker.cabinet.domain.table``): no scan of the
+    rows. A retrieval code past its time is remembered as expired (``spent``)."""
     for token_id in d.tokens.due(now):
         d.drop_token(token_id)
     for jti in d.commands.due(now):
         d.drop_command(jti)
     for tag in d.credentials.due(now):
-        d.drop_credential(tag)
+        spent.retire(d, tag, spent.EXPIRED, now)
+    spent.forget(d, now)
 
 
 def _parcel_deadline(p: Parcel) -> float:
@@ -422,28 +429,10 @@ def _move_parcel(d: Draft, comp: Compartment, unlock: Unlock, rules: Rules) -> b
     """A drop-off whose door jams goes to another fitting compartment; the jammed one is
     taken out of service. False when there is nowhere to go."""
     assert unlock.parcel is not None
-    parcel = d.parcels[unlock.parcel]
-    # A parcel in an accessible compartment stays within reach if it can.
-    target = (
-        best_fit(d.compartments, parcel.size, exclude=comp.id, only=rules.accessible)
-        if comp.id in rules.accessible
-        else None
-    ) or best_fit(d.compartments, parcel.size, exclude=comp.id)
+    target = move_reservation(d, comp.id, unlock.parcel, rules)
     if target is None:
         return False
     set_service(d, comp.id, False, "door_jammed")
-    d.update_compartment(comp.id, parcel=None)
-    d.update_compartment(target.id, parcel=parcel.id)
-    d.update_parcel(parcel.id, compartment=target.id)
-    d.emit(
-        "parcel_reserved",
-        target.id,
-        parcel.id,
-        kind=parcel.kind,
-        size=parcel.size,
-        moved_from=comp.id,
-        dropoff_until=int(parcel.dropoff_until),
-    )
     return True
 
 

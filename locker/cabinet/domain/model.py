@@ -21,6 +21,11 @@ from locker.cabinet.domain.table import Table
 from locker.ports import DoorState
 
 SIZE_RANK = {"S": 0, "M": 1, "L": 2, "XL": 3}
+# A code that stopped working (used, expired, cancelled) is still recognised for this long
+# afterwards: typed again it gets its own reason, never "wrong code" and never a guess (DESIGN
+# 6: only an entry that matches no live tag is a guess). Three days covers a customer who
+# tries the code again the next days; the table stays bounded (``Spent``).
+SPENT_KEEP_S = 3 * 24 * 3600.0
 
 
 class ParcelStatus(enum.StrEnum):
@@ -107,6 +112,17 @@ class Compartment:
 
 
 @dataclass(frozen=True, slots=True)
+class SpentTag:
+    """The tag of a code that no longer opens anything, kept until ``forget_at`` (Unix s) so
+    that typing it again is answered with why (``reason``: the ``access_denied`` reason,
+    ``already_used`` or ``expired``; ``detail``: e.g. ``cancelled``). Never the code."""
+
+    reason: str
+    forget_at: float
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Throttle:
     consecutive: int = 0
     # failures within the last hour, as (minute since the epoch, count): at most 61 pairs
@@ -137,6 +153,7 @@ class Burst:
     until: float
     count: int = 0
     detail: str | None = None
+    compartment: str | None = None  # the door the latest refusal was about (the panel shows it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,9 +217,22 @@ class Commands(Table[CommandRecord]):
         return value.exp
 
 
+class Spent(Table[SpentTag]):
+    """Tags of codes that stopped working -> ``SpentTag``, forgotten at ``forget_at`` (a few
+    days, ``SPENT_KEEP_S``): bounded by what a locker handles in that time, never by its
+    whole history."""
+
+    __slots__ = ()
+    indexed_deadline = True
+
+    @staticmethod
+    def deadline_of(value: SpentTag) -> float:
+        return value.forget_at
+
+
 # The tables that grow with history: persistent (``Table``), never copied whole per change.
 HISTORY_TABLES: Mapping[str, type[Table[Any]]] = MappingProxyType(
-    {"credentials": Credentials, "tokens": Tokens, "commands": Commands}
+    {"credentials": Credentials, "tokens": Tokens, "commands": Commands, "spent": Spent}
 )
 
 
@@ -217,6 +247,7 @@ class LockerState:
     credentials: Credentials = field(default_factory=Credentials)
     tokens: Tokens = field(default_factory=Tokens)  # consumed token id -> expires
     commands: Commands = field(default_factory=Commands)
+    spent: Spent = field(default_factory=Spent)  # tag of a code that stopped working -> why
     throttle: Throttle = Throttle()
     lockdown: bool = False
     remote_opens: tuple[float, ...] = ()

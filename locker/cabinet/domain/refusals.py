@@ -24,23 +24,29 @@ REFUSAL_BURST_S = 60.0  # refusals of one (source, reason) within this are repor
 
 
 def refuse(
-    d: Draft, reason: str, source: InputSource, now: float, detail: str | None = None
+    d: Draft,
+    reason: str,
+    source: InputSource,
+    now: float,
+    detail: str | None = None,
+    compartment: str | None = None,
 ) -> None:
     """A refusal that is not a guess: its own feedback at once; reported as ``access_denied``
     when it starts a burst, and otherwise counted into one event per burst (``end_bursts``),
-    so a mashed keypad or a flood of bad scans cannot flood the outbox (issue 11, item 22)."""
+    so a mashed keypad or a flood of bad scans cannot flood the outbox (issue 11, item 22).
+    ``compartment``: the door it is about (kept in the burst too, for the panel)."""
     d.act(IndicateAction(Feedback(reason)))
     key = (str(source), reason)
     bursts: Mapping[tuple[str, str], Burst] = d.get("refusals")
     burst = bursts.get(key)
     if burst is not None and now < burst.until:
-        _put_burst(d, key, Burst(burst.until, burst.count + 1, burst.detail))
+        _put_burst(d, key, Burst(burst.until, burst.count + 1, burst.detail, compartment))
         return
-    _put_burst(d, key, Burst(now + REFUSAL_BURST_S, 0, detail))
+    _put_burst(d, key, Burst(now + REFUSAL_BURST_S, 0, detail, compartment))
     data: dict[str, Any] = {"reason": reason, "source": str(source)}
     if detail:
         data["detail"] = detail
-    d.emit("access_denied", **data)
+    d.emit("access_denied", compartment, **data)
 
 
 def _put_burst(d: Draft, key: tuple[str, str], burst: Burst | None) -> None:

@@ -13,10 +13,11 @@ from types import MappingProxyType
 from typing import Any
 
 from locker import errors
-from locker.cabinet.domain import throttle
+from locker.cabinet.domain import spent, throttle
 from locker.cabinet.domain.compartments import (
     best_fit,
     distrust_sensor,
+    move_reservation,
     pulse_again,
     set_service,
     start_unlock,
@@ -130,7 +131,7 @@ def _execute(d: Draft, cmd: Command, rules: Rules, now: float) -> dict[str, Any]
             return _assign(d, args, rules, now)
         case Action.CANCEL:
             assert isinstance(args, CancelArgs)
-            return _cancel(d, args)
+            return _cancel(d, args, now)
         case Action.EXTEND:
             assert isinstance(args, ExtendArgs)
             return _extend(d, args, now)
@@ -142,10 +143,7 @@ def _execute(d: Draft, cmd: Command, rules: Rules, now: float) -> dict[str, Any]
             return _open(d, args, rules, now)
         case Action.SET_SERVICE:
             assert isinstance(args, SetServiceArgs)
-            if args.compartment not in d.compartments:
-                raise Refusal("invalid_args", "unknown compartment")
-            set_service(d, args.compartment, args.in_service, args.reason)
-            return {"compartment": args.compartment, "in_service": args.in_service}
+            return _set_service(d, args, rules)
         case Action.LOCKDOWN:
             assert isinstance(args, LockdownArgs)
             if d.get("lockdown") != args.on:
@@ -160,6 +158,30 @@ def _execute(d: Draft, cmd: Command, rules: Rules, now: float) -> dict[str, Any]
             d.act(ResyncAction())
             return {}
     raise Refusal("unknown_action", str(cmd.action))  # pragma: no cover - enum is exhaustive
+
+
+def _set_service(d: Draft, a: SetServiceArgs, rules: Rules) -> dict[str, Any]:
+    """Take a compartment out of service (or back). A reservation in it moves to another free
+    fitting compartment, as after a jam (its courier's code then opens that one); a parcel
+    that is inside stays, and the result says so: ``holds`` {parcel, status} for what the
+    compartment still holds, ``moved`` {parcel, to} for a reservation that moved."""
+    comp = d.compartments.get(a.compartment)
+    if comp is None:
+        raise Refusal("invalid_args", "unknown compartment")
+    set_service(d, comp.id, a.in_service, a.reason)
+    result: dict[str, Any] = {"compartment": comp.id, "in_service": a.in_service}
+    parcel = d.parcels.get(comp.parcel) if comp.parcel is not None else None
+    if parcel is None or a.in_service:
+        return result
+    if parcel.status is ParcelStatus.RESERVED and not comp.busy:
+        target = move_reservation(d, comp.id, parcel.id, rules)
+        if target is not None:
+            result["moved"] = {"parcel": parcel.id, "to": target.id}
+            return result
+    # inside (or nowhere to move it): its codes are refused with out_of_service until the
+    # compartment is back in service or the parcel is cancelled and retrieved
+    result["holds"] = {"parcel": parcel.id, "status": str(parcel.status)}
+    return result
 
 
 def _live_tag(d: Draft, tag: str) -> bool:
@@ -212,10 +234,10 @@ def _parcel(d: Draft, pid: str) -> Parcel:
     return parcel
 
 
-def _cancel(d: Draft, a: CancelArgs) -> dict[str, Any]:
+def _cancel(d: Draft, a: CancelArgs, now: float) -> dict[str, Any]:
     parcel = _parcel(d, a.parcel)
     if parcel.status is ParcelStatus.RESERVED:
-        d.drop_parcel(parcel.id)
+        spent.retire_cancelled(d, parcel.id, now)
         d.update_compartment(parcel.compartment, parcel=None)
         d.emit("assignment_cancelled", parcel.compartment, parcel.id, reason="command")
         return {"released": True}
