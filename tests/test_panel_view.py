@@ -97,7 +97,8 @@ def test_standing_conditions_by_priority() -> None:
 def test_granted_then_left_open_then_closed() -> None:
     base = fresh_state({"A1": "S", "A2": "S"})
     v = _view(Out("access_granted", "A1"), state=base)
-    assert v.message(T0) == Message("granted", "granted", "A1")
+    # unlocked, not yet seen open (it may be jammed shut): never "Door A1 is open" yet
+    assert v.message(T0) == Message("granted", "unlocked", "A1")
     opened = dataclasses.replace(
         base,
         compartments={
@@ -257,22 +258,35 @@ def test_a_bad_scan_repeated_within_a_burst_is_shown_again() -> None:
 LOCALE = Path(texts.__file__).parent / "locale"
 
 
+def _forms(text: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (text,) if isinstance(text, str) else text
+
+
+def _key(text: Any) -> str | tuple[str, ...]:
+    """A catalog id or string: plural forms (a list in a .mo, a tuple in a .po) as a tuple."""
+    return text if isinstance(text, str) else tuple(text)
+
+
 @pytest.mark.parametrize("lang", ["de", "pl"])
 def test_catalog_is_complete_and_compiled(lang: str) -> None:
     po_path = LOCALE / lang / "LC_MESSAGES" / "panel.po"
     with po_path.open("rb") as f:
         po = read_po(f, locale=lang)
-    ids = {m for pair in texts.MESSAGES.values() for m in pair} | set(texts.LABELS.values())
-    entries = {m.id: m for m in po if m.id}
+    ids: set[str | tuple[str, str]] = {m for pair in texts.MESSAGES.values() for m in pair}
+    ids |= set(texts.LABELS.values()) | set(texts.SPOKEN.values())
+    ids.add(("{n} second", "{n} seconds"))  # the voice's countdown, with plural forms
+    entries = {_key(m.id): m for m in po if m.id}
     assert set(entries) == ids, "run make i18n: the .po does not match texts.py"
     for msgid, m in entries.items():
-        assert m.string and not m.fuzzy, f"{lang}: {msgid!r} untranslated"
-        fields = {f for _, f, _, _ in string.Formatter().parse(str(msgid)) if f}
-        got = {f for _, f, _, _ in string.Formatter().parse(str(m.string)) if f}
-        assert fields == got, f"{lang}: {msgid!r} fields {fields} != {got}"
+        assert m.string and all(m.string) and not m.fuzzy, f"{lang}: {msgid!r} untranslated"
+        fields = {f for _, f, _, _ in string.Formatter().parse(" ".join(_forms(msgid))) if f}
+        for form in _forms(m.string):
+            got = {f for _, f, _, _ in string.Formatter().parse(form) if f}
+            assert fields == got, f"{lang}: {msgid!r} fields {fields} != {got}"
     with (LOCALE / lang / "LC_MESSAGES" / "panel.mo").open("rb") as f:
         mo = read_mo(io.BytesIO(f.read()))
-    assert {m.id: m.string for m in mo if m.id} == {k: m.string for k, m in entries.items()}, (
+    compiled = {_key(m.id): _key(m.string) for m in mo if m.id}
+    assert compiled == {k: _key(m.string) for k, m in entries.items()}, (
         "panel.mo is stale: run make i18n"
     )
 

@@ -85,7 +85,8 @@ class PanelHub:
 
     def observe(self, tr: Transition, now: float) -> None:
         """The controller's observer: project, swap, wake. Never blocks."""
-        view = project(self._latest.view, tr, now)  # only this thread replaces the view
+        # only this thread replaces the view
+        view = project(self._latest.view, tr, now, len(self.languages))
         choice = view.language_choice
         with self._write:
             latest = self._latest

@@ -53,6 +53,11 @@ MESSAGES: dict[str, tuple[str, str]] = {
         N_("Out of order. Try again later"),
     ),
     "entry": (N_("Code: {mask}"), N_("Code: {mask}")),
+    # granted: unlocked until the door is seen open (it may be jammed shut), then open
+    "unlocked": (
+        N_("Door {door} is unlocked. Please open it now."),
+        N_("Door {door} unlocked"),
+    ),
     "granted": (N_("Door {door} is open."), N_("Door {door} is open")),
     "close_door": (N_("Please close door {door}."), N_("Please close door {door}")),
     "throttled": (
@@ -123,9 +128,18 @@ MESSAGES: dict[str, tuple[str, str]] = {
         N_("This door is out of service. Please contact customer service."),
         N_("Door out of service"),
     ),
+    "denied.already_used": (
+        N_("This code has already been used."),
+        N_("Code already used"),
+    ),
     "denied.other": (
         N_("This code cannot be used here."),
         N_("Code refused"),
+    ),
+    # '*' '*' and a number beyond the languages offered ({other}: how many there are)
+    "language.unknown": (
+        N_("There is no language with that number. Press * twice, then 1 to {other}."),
+        N_("No such language: 1-{other}"),
     ),
     # refusals of a scan (view.QR_REASONS): about the QR code shown, never "type"
     "denied.qr.unknown_code": (
@@ -146,6 +160,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
     ),
     "denied.qr.bad_signature": (N_("This QR code is not valid."), N_("Invalid QR code")),
     "denied.qr.malformed": (N_("This QR code is not valid."), N_("Invalid QR code")),
+    "denied.qr.already_used": (
+        N_("This QR code has already been used."),
+        N_("QR code already used"),
+    ),
     "denied.qr.throttled": (
         N_("Too many scans. Please wait a moment, then show your QR code again."),
         N_("Too many scans. Wait a moment"),
@@ -155,6 +173,27 @@ MESSAGES: dict[str, tuple[str, str]] = {
         N_("QR code refused"),
     ),
 }
+
+# What the voice says instead of the full text where that reads badly aloud: the keys by
+# their names (espeak-ng reads "#" as "Nummer" in German; on a phone keypad it is the "Raute")
+# and the countdown in words ({seconds} is then "27 seconds", SECONDS_SPOKEN, never "27 s",
+# spoken as "twenty-seven ess").
+SPOKEN: dict[str, str] = {
+    "idle": N_("Type your code and press the hash key, or show your QR code to the scanner."),
+    "idle.no_scanner": N_(
+        "The scanner is out of order. Please type your code and press the hash key."
+    ),
+    "denied.malformed": N_("Please type the whole code, then press the hash key."),
+    "throttled": N_("Too many wrong codes. Please try again in {seconds}."),
+    "denied.throttled": N_("Too many wrong codes. Please try again in {seconds}."),
+    "language.unknown": N_(
+        "There is no language with that number. Press the star key twice, then 1 to {other}."
+    ),
+}
+def _seconds_spoken(language: str, n: int) -> str:
+    """A spoken number of seconds, with the language's plural rule (Polish has three)."""
+    return translations(language).ngettext("{n} second", "{n} seconds", n).format(n=n)
+
 
 # Labels of the web page (buttons, headings).
 LABELS: dict[str, str] = {
@@ -177,10 +216,16 @@ def translations(language: str) -> gettext.NullTranslations:
 
 
 def remaining_s(message: Message, now: float) -> int | None:
-    """Whole seconds left on a countdown (rounded up, so it never shows 0 while refusing)."""
+    """Whole seconds left on a countdown (rounded up, so it never shows 0 while refusing),
+    never more than the delay that was imposed (``total_s``): the deadline is on the domain
+    clock, ``now`` is a surface's wall clock, which may lag it by a few milliseconds, and a
+    30 s back-off must not start at 31."""
     if message.deadline is None:
         return None
-    return max(0, math.ceil(message.deadline - now))
+    left = max(0, math.ceil(message.deadline - now))
+    if message.total_s is not None:
+        left = min(left, math.ceil(message.total_s - 1e-6))
+    return left
 
 
 def render(
@@ -189,14 +234,19 @@ def render(
     now: float,
     *,
     short: bool = False,
+    spoken: bool = False,
     mask: str = "",
     seconds_text: str | None = None,
 ) -> str:
     """The text of ``message`` in ``language`` with its fields filled in (``seconds_text``
-    replaces the countdown's number, for a page that counts down by itself)."""
+    replaces the countdown's number, for a page that counts down by itself; ``spoken``: the
+    words for the voice, ``SPOKEN``)."""
     full, brief = MESSAGES.get(message.key, MESSAGES["denied.other"])
-    text = translations(language).gettext(brief if short else full)
     seconds = remaining_s(message, now) or 0
+    if spoken and message.key in SPOKEN:
+        full = SPOKEN[message.key]
+        seconds_text = _seconds_spoken(language, seconds)
+    text = translations(language).gettext(brief if short else full)
     return text.format(
         door=message.compartment or "",
         other=message.other or "",

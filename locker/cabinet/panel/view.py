@@ -52,6 +52,7 @@ REASONS = (
     "lockdown",
     "compartment_unavailable",
     "out_of_service",
+    "already_used",
 )
 GRANTED_HOLD_S = 30.0  # "Door B3 is open" stays this long at most (or until that door closes)
 DENIED_HOLD_S = 8.0  # a refusal stays this long (or until the person types again)
@@ -64,8 +65,21 @@ _STATE_OF_REASON = {"throttled": "throttled", "locked_out": "locked_out", "lockd
 # Refusals of a scan with words of their own (``denied.qr.<reason>``): those whose keypad text
 # speaks of a typed code. The rest (lockdown, a door out of service...) read the same for both.
 QR_REASONS = frozenset(
-    {"unknown_code", "expired", "not_yet_valid", "wrong_locker", "bad_signature", "malformed"}
+    {
+        "unknown_code",
+        "expired",
+        "not_yet_valid",
+        "wrong_locker",
+        "bad_signature",
+        "malformed",
+        "already_used",
+    }
 )
+# How a grant reads while its door is unlocked but not yet seen open (it may be jammed shut),
+# and once it is open.
+UNLOCKED, OPENED = "unlocked", "granted"
+GRANTED_KEYS = frozenset({UNLOCKED, OPENED})
+_PERSON_SOURCES = frozenset({"keypad", "scanner"})
 # The input devices a person uses (``InputSource`` values): their faults change what to say.
 INPUTS = ("keypad", "scanner")
 # Idle instructions by the inputs out of order.
@@ -81,8 +95,10 @@ _IDLE_BY_FAULT = {
 class Message:
     """What to tell the person: ``state`` (one of ``STATES``), ``key`` (a message id of
     ``locker.cabinet.panel.texts``), the compartment it is about, the refusal ``reason`` (one of
-    ``REASONS``), ``deadline`` (Unix s) of a countdown, ``other``: a second door (after a jam,
-    the door that did not open)."""
+    ``REASONS``), ``deadline`` (Unix s) of a countdown and ``total_s`` its length when it was
+    set (a countdown never shows more: the surfaces' wall clock may lag the domain clock the
+    deadline was set by), ``other``: a second door (after a jam, the door that did not open;
+    for a language number that does not exist, how many there are)."""
 
     state: str
     key: str
@@ -91,6 +107,7 @@ class Message:
     deadline: float | None = None
     other: str | None = None
     source: str | None = None
+    total_s: float | None = None
 
 
 IDLE = Message("idle", "idle")
@@ -139,6 +156,14 @@ class PanelView:
         key = _IDLE_BY_FAULT[self.out_of_order & frozenset(INPUTS)]
         return IDLE if key == "idle" else Message("idle", key)
 
+    def door_in_use(self, now: float) -> str | None:
+        """The door a person was just granted and that is still unlocked or open (shown in
+        large type even while a later refusal is on the screen), if any."""
+        for layer in self.standing:
+            if layer.message.key in GRANTED_KEYS and layer.live(now):
+                return layer.message.compartment
+        return None
+
     def _fitted(self, msg: Message) -> Message:
         """``msg`` reworded when it points to an input that is out of order."""
         if msg.key in ("locked_out", "denied.locked_out") and "scanner" in self.out_of_order:
@@ -152,8 +177,9 @@ class PanelView:
         return min(times) if times else None
 
 
-def project(prev: PanelView, tr: Transition, now: float) -> PanelView:
-    """The view after ``tr`` (committed at ``now``), given the view before it."""
+def project(prev: PanelView, tr: Transition, now: float, languages: int = 9) -> PanelView:
+    """The view after ``tr`` (committed at ``now``), given the view before it. ``languages``:
+    how many languages the keypad may pick from (``*`` ``*`` n beyond them is answered)."""
     state = tr.state
     outcome = prev.outcome
     entry = len(state.keypad.digits) if not state.keypad.overflow else max(prev.entry, 1)
@@ -163,8 +189,8 @@ def project(prev: PanelView, tr: Transition, now: float) -> PanelView:
     moved = {e.data.get("moved_from"): e for e in tr.events if e.type == "parcel_reserved"}
     out_of_order = set(prev.out_of_order)
     repeated = _repeated_refusals(prev.refusals, state.refusals)
-    for source, reason in repeated:
-        outcome = _refusal(reason, state, now, source=source)
+    for (source, reason), burst in repeated:
+        outcome = _refusal(reason, state, now, burst.compartment, source)
     for ev in tr.events:
         outcome = _outcome(outcome, ev, state, moved, now)
         device = ev.data.get("device")
@@ -177,6 +203,9 @@ def project(prev: PanelView, tr: Transition, now: float) -> PanelView:
             if outcome is not None and outcome.message.compartment == ev.compartment:
                 outcome = None  # "door open" has become "please close it"
     choice = next((a.number for a in tr.actions if isinstance(a, LanguageAction)), None)
+    if choice is not None and not 1 <= choice <= languages:
+        msg = Message("denied", "language.unknown", reason="malformed", other=str(languages))
+        outcome = Layer(msg, now + DENIED_HOLD_S)
     busy = (
         choice is not None
         or entry != prev.entry
@@ -220,7 +249,19 @@ def _outcome(
 ) -> Layer | None:
     """The latest grant or refusal after one event."""
     if ev.type == "access_granted":
-        return Layer(Message("granted", "granted", ev.compartment), now + GRANTED_HOLD_S)
+        return Layer(_door_message(state, ev.compartment), now + GRANTED_HOLD_S)
+    if ev.type == "keypad_unlocked" and current is not None:
+        if current.message.state in ("throttled", "locked_out"):
+            return None  # lifted (reset_lockout, or its time ran out): no countdown to keep
+        return current
+    if current is not None and _about_granted_door(current, ev) and ev.type == "door_opened":
+        return Layer(Message("granted", OPENED, ev.compartment), current.until)
+    if _about_granted_door(current, ev) and ev.type == "hardware_fault":
+        # the unlock could not be sent: that door is not open, whatever was said a moment ago
+        msg = Message(
+            "denied", "denied.compartment_unavailable", ev.compartment, "compartment_unavailable"
+        )
+        return Layer(msg, now + DENIED_HOLD_S)
     if ev.type == "access_denied":
         if ev.data.get("aggregated"):
             return current  # the count of a burst that ended: each was shown when it came
@@ -231,12 +272,7 @@ def _outcome(
         return _refusal("throttled", state, now)
     if ev.type == "keypad_locked_out":
         return _refusal("locked_out", state, now)
-    if (
-        ev.type == "door_closed"
-        and current is not None
-        and current.message.state == "granted"
-        and current.message.compartment == ev.compartment
-    ):
+    if ev.type == "door_closed" and _about_granted_door(current, ev):
         return None  # the door this person opened is shut again: done
     if ev.type == "door_jammed" and ev.data.get("purpose") != "remote":
         target = moved.get(ev.compartment)
@@ -254,6 +290,24 @@ def _outcome(
     return current
 
 
+def _about_granted_door(current: Layer | None, ev: Out) -> bool:
+    """Whether ``ev`` concerns the door the outcome on show granted."""
+    return (
+        current is not None
+        and current.message.key in GRANTED_KEYS
+        and ev.compartment is not None
+        and current.message.compartment == ev.compartment
+    )
+
+
+def _door_message(state: LockerState, cid: str | None) -> Message:
+    """"Door B3 is open" once it is seen open; until then (the coil pulsed, the door may
+    still be jammed shut) "Door B3 is unlocked", never a promise the sensor has not kept."""
+    comp = state.compartments.get(cid) if cid is not None else None
+    opened = comp is not None and comp.door is DoorState.OPEN
+    return Message("granted", OPENED if opened else UNLOCKED, cid)
+
+
 def _refusal(
     reason: str,
     state: LockerState,
@@ -267,8 +321,11 @@ def _refusal(
         return Layer(msg, now + DENIED_HOLD_S)
     if reason == "throttled":
         until = state.throttle.blocked_until
-        msg = Message("throttled", "throttled", reason=reason, deadline=until, source=source)
+        msg = _countdown(until, now, source)
         return Layer(msg, until) if until > now else None
+    if reason == "already_used" and compartment is not None:
+        # the code of the door that is open (or unlocked) right now: show that door again
+        return Layer(_door_message(state, compartment), now + DENIED_HOLD_S)
     if reason == "locked_out":
         msg = Message("locked_out", "locked_out", reason=reason, source=source)
         return Layer(msg, now + DENIED_HOLD_S)
@@ -285,7 +342,7 @@ def _refusal(
 
 def _repeated_refusals(
     before: Mapping[tuple[str, str], Burst], after: Mapping[tuple[str, str], Burst]
-) -> list[tuple[str, str]]:
+) -> list[tuple[tuple[str, str], Burst]]:
     """The (source, reason) refusals counted into a running burst by this transition: they
     made no ``access_denied`` event (``locker.cabinet.domain.refusals``), yet the person who
     scanned the same bad code again must be told again."""
@@ -295,7 +352,7 @@ def _repeated_refusals(
     for key, burst in after.items():
         old = before.get(key)
         if old is not None and old.until == burst.until and burst.count > old.count:
-            out.append(key)
+            out.append((key, burst))
     return out
 
 
@@ -307,9 +364,47 @@ def _standing(state: LockerState, left_open: tuple[str, ...], now: float) -> tup
         layers.append(Layer(Message("lockdown", "denied.lockdown", reason="lockdown")))
     until = state.throttle.blocked_until
     if until > now:
-        msg = Message("throttled", "throttled", reason="throttled", deadline=until)
-        layers.append(Layer(msg, until))
+        layers.append(Layer(_countdown(until, now), until))
     if state.keypad.digits or state.keypad.overflow:
         layers.append(Layer(ENTRY))
+    layers.extend(_granted_doors(state.compartments, left_open))
     layers.extend(Layer(Message("close_door", "close_door", cid)) for cid in left_open)
     return tuple(layers)
+
+
+def _countdown(until: float, now: float, source: str | None = None) -> Message:
+    return Message(
+        "throttled",
+        "throttled",
+        reason="throttled",
+        deadline=until,
+        source=source,
+        total_s=until - now,
+    )
+
+
+def _granted_doors(
+    compartments: Mapping[str, Compartment], left_open: tuple[str, ...]
+) -> tuple[Layer, ...]:
+    """Doors a person was granted that are unlocked or open now: under any later message (a
+    wrong code typed meanwhile lapses, and the door is named again) for ``GRANTED_HOLD_S``
+    after it opened, or until its unlock is judged. Remembered per compartments table (only
+    the controller thread projects), so a key typed does not visit every compartment."""
+
+    def compute() -> tuple[Layer, ...]:
+        layers = []
+        for c in compartments.values():
+            if c.pending is not None and c.pending.source in _PERSON_SOURCES:
+                layers.append(Layer(Message("granted", UNLOCKED, c.id), c.pending.deadline))
+            elif (
+                c.session is not None
+                and c.session.source in _PERSON_SOURCES
+                and c.door is DoorState.OPEN
+                and c.open_since is not None
+            ):
+                msg = Message("granted", OPENED, c.id)
+                layers.append(Layer(msg, c.open_since + GRANTED_HOLD_S))
+        return tuple(layers)
+
+    layers = earliest("granted_doors", (compartments,), compute)
+    return tuple(x for x in layers if x.message.compartment not in left_open)

@@ -65,7 +65,7 @@ class VoiceFollower(Follower):
         if msg.state in SILENT_STATES:
             return
         self._stop_playing()
-        text = texts.render(msg, language, now)
+        text = texts.render(msg, language, now, spoken=True)
         try:
             self._proc = subprocess.Popen(  # noqa: S603 - fixed program, text after "--"
                 list(self.argv(text, language)),

@@ -101,8 +101,14 @@ def payload(snap: Snapshot, now: float, *, touch_keypad: bool = False) -> dict[s
         "reason": msg.reason,
         "lang": lang,
         "out_of_order": " ".join(sorted(snap.view.out_of_order)),
-        # the door to show in very large type: the one open, to close, or to use now
-        "door": msg.compartment if msg.state in DOOR_STATES or msg.key == "jam_moved" else None,
+        # the door to show in very large type: the one open, to close, or to use now; under a
+        # refusal, the door this person was just granted if it is still open (issue: a wrong
+        # entry while B2 stood open left the courier without its number)
+        "door": (
+            msg.compartment
+            if msg.state in DOOR_STATES or msg.key == "jam_moved"
+            else snap.view.door_in_use(now)
+        ),
     }
 
 
