@@ -258,8 +258,8 @@ def test_a_bad_scan_repeated_within_a_burst_is_shown_again() -> None:
 LOCALE = Path(texts.__file__).parent / "locale"
 
 
-def _forms(text: str | tuple[str, ...]) -> tuple[str, ...]:
-    return (text,) if isinstance(text, str) else text
+def _forms(text: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    return (text,) if isinstance(text, str) else tuple(text)
 
 
 def _key(text: Any) -> str | tuple[str, ...]:

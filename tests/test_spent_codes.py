@@ -9,10 +9,12 @@ times over, a back-off for everyone at the cabinet.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from locker.cabinet.domain import spent
-from locker.cabinet.domain.draft import IndicateAction
+from locker.cabinet.domain.draft import IndicateAction, ReplyAction
 from locker.cabinet.domain.model import SPENT_KEEP_S, ParcelStatus, SpentTag, Throttle
 from locker.cabinet.store import Store
 from locker.ports import Feedback, LineScanned
@@ -190,9 +192,11 @@ def test_spent_tags_survive_a_restart(tmp_path: Path) -> None:
 # --- set_service: what the compartment holds ------------------------------------------------
 
 
-def _reply(sim: Sim) -> dict[str, object]:
-    reply: dict[str, object] = sim.last.actions[-1].reply  # type: ignore[union-attr]
-    return reply
+def _reply(sim: Sim) -> Mapping[str, Any]:
+    assert sim.last is not None
+    action = sim.last.actions[-1]
+    assert isinstance(action, ReplyAction)
+    return action.reply
 
 
 def test_set_service_moves_a_reservation_and_its_code_opens_the_new_door() -> None:

@@ -455,20 +455,25 @@ class Store:
                 con.execute("DELETE FROM tokens WHERE token_id=?", (k,))
             else:
                 con.execute("INSERT OR REPLACE INTO tokens VALUES (?, ?)", (k, exp))
-        for k, gone in changed_rows(old.spent, new.spent, keys("spent")):
-            if gone is None:
-                con.execute("DELETE FROM spent WHERE tag=?", (k,))
-            else:
-                con.execute(
-                    "INSERT OR REPLACE INTO spent VALUES (?, ?, ?, ?)",
-                    (k, gone.reason, gone.forget_at, gone.detail),
-                )
+        self._write_spent(old, new, keys("spent"))
         for k, rec in changed_rows(old.commands, new.commands, keys("commands")):
             if rec is None:
                 con.execute("DELETE FROM commands WHERE jti=?", (k,))
             else:
                 con.execute(
                     "INSERT OR REPLACE INTO commands VALUES (?, ?, ?)", (k, rec.exp, dump(rec))
+                )
+
+    def _write_spent(
+        self, old: LockerState, new: LockerState, keys: Collection[str] | None
+    ) -> None:
+        for k, gone in changed_rows(old.spent, new.spent, keys):
+            if gone is None:
+                self._con.execute("DELETE FROM spent WHERE tag=?", (k,))
+            else:
+                self._con.execute(
+                    "INSERT OR REPLACE INTO spent VALUES (?, ?, ?, ?)",
+                    (k, gone.reason, gone.forget_at, gone.detail),
                 )
 
     def _write_credentials(

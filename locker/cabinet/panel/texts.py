@@ -190,6 +190,8 @@ SPOKEN: dict[str, str] = {
         "There is no language with that number. Press the star key twice, then 1 to {other}."
     ),
 }
+
+
 def _seconds_spoken(language: str, n: int) -> str:
     """A spoken number of seconds, with the language's plural rule (Polish has three)."""
     return translations(language).ngettext("{n} second", "{n} seconds", n).format(n=n)

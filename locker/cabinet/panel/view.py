@@ -254,14 +254,8 @@ def _outcome(
         if current.message.state in ("throttled", "locked_out"):
             return None  # lifted (reset_lockout, or its time ran out): no countdown to keep
         return current
-    if current is not None and _about_granted_door(current, ev) and ev.type == "door_opened":
-        return Layer(Message("granted", OPENED, ev.compartment), current.until)
-    if _about_granted_door(current, ev) and ev.type == "hardware_fault":
-        # the unlock could not be sent: that door is not open, whatever was said a moment ago
-        msg = Message(
-            "denied", "denied.compartment_unavailable", ev.compartment, "compartment_unavailable"
-        )
-        return Layer(msg, now + DENIED_HOLD_S)
+    if current is not None and _about_granted_door(current, ev):
+        return _granted_door_event(current, ev, now)
     if ev.type == "access_denied":
         if ev.data.get("aggregated"):
             return current  # the count of a burst that ended: each was shown when it came
@@ -272,8 +266,6 @@ def _outcome(
         return _refusal("throttled", state, now)
     if ev.type == "keypad_locked_out":
         return _refusal("locked_out", state, now)
-    if ev.type == "door_closed" and _about_granted_door(current, ev):
-        return None  # the door this person opened is shut again: done
     if ev.type == "door_jammed" and ev.data.get("purpose") != "remote":
         target = moved.get(ev.compartment)
         if target is not None:
@@ -290,6 +282,21 @@ def _outcome(
     return current
 
 
+def _granted_door_event(current: Layer, ev: Out, now: float) -> Layer | None:
+    """The outcome after an event about the door the outcome on show granted."""
+    if ev.type == "door_opened":
+        return Layer(Message("granted", OPENED, ev.compartment), current.until)
+    if ev.type == "door_closed":
+        return None  # the door this person opened is shut again: done
+    if ev.type == "hardware_fault":
+        # the unlock could not be sent: that door is not open, whatever was said a moment ago
+        msg = Message(
+            "denied", "denied.compartment_unavailable", ev.compartment, "compartment_unavailable"
+        )
+        return Layer(msg, now + DENIED_HOLD_S)
+    return current
+
+
 def _about_granted_door(current: Layer | None, ev: Out) -> bool:
     """Whether ``ev`` concerns the door the outcome on show granted."""
     return (
@@ -301,8 +308,9 @@ def _about_granted_door(current: Layer | None, ev: Out) -> bool:
 
 
 def _door_message(state: LockerState, cid: str | None) -> Message:
-    """"Door B3 is open" once it is seen open; until then (the coil pulsed, the door may
-    still be jammed shut) "Door B3 is unlocked", never a promise the sensor has not kept."""
+    """The grant's message: "Door B3 is open" once it is seen open; until then (the coil
+    pulsed, the door may still be jammed shut) "Door B3 is unlocked", never a promise the
+    sensor has not kept."""
     comp = state.compartments.get(cid) if cid is not None else None
     opened = comp is not None and comp.door is DoorState.OPEN
     return Message("granted", OPENED if opened else UNLOCKED, cid)
