@@ -80,6 +80,8 @@ QR_REASONS = frozenset(
 UNLOCKED, OPENED = "unlocked", "granted"
 GRANTED_KEYS = frozenset({UNLOCKED, OPENED})
 _PERSON_SOURCES = frozenset({"keypad", "scanner"})
+# What happens to the door a person was just granted (``_granted_door_event``).
+_DOOR_EVENTS = frozenset({"door_opened", "door_closed", "hardware_fault"})
 # The input devices a person uses (``InputSource`` values): their faults change what to say.
 INPUTS = ("keypad", "scanner")
 # Idle instructions by the inputs out of order.
@@ -254,7 +256,7 @@ def _outcome(
         if current.message.state in ("throttled", "locked_out"):
             return None  # lifted (reset_lockout, or its time ran out): no countdown to keep
         return current
-    if current is not None and _about_granted_door(current, ev):
+    if ev.type in _DOOR_EVENTS and current is not None and _about_granted_door(current, ev):
         return _granted_door_event(current, ev, now)
     if ev.type == "access_denied":
         if ev.data.get("aggregated"):
@@ -294,7 +296,7 @@ def _granted_door_event(current: Layer, ev: Out, now: float) -> Layer | None:
             "denied", "denied.compartment_unavailable", ev.compartment, "compartment_unavailable"
         )
         return Layer(msg, now + DENIED_HOLD_S)
-    return current
+    return current  # pragma: no cover - only _DOOR_EVENTS come here
 
 
 def _about_granted_door(current: Layer | None, ev: Out) -> bool:
