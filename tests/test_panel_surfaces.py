@@ -90,13 +90,18 @@ def test_lcd_voice_and_locator_follow_the_flows(rig: DaemonRig, tmp_path: Path) 
     led = rig.factory.pin(LED_PIN) if rig.factory else None
     assert led is not None and led.state == 0
     rig.press(drop + "#")
-    wait_for(lambda: "Door A1 is open" in lcd(), what="granted on the LCD")
-    wait_for(lambda: "Door A1 is open." in voice.spoken, what="granted spoken")
+    # unlocked, not yet seen open: never "is open" before the sensor says so
+    wait_for(lambda: "Door A1 is unlocked" in lcd(), what="granted on the LCD")
+    wait_for(
+        lambda: "Door A1 is unlocked. Please open it now." in voice.spoken, what="granted spoken"
+    )
     # the locator LED of A1 blinks while its door is unlocked or open
     led.clear_states()
     wait_for(lambda: len(led.states) >= 3, 5, what="A1's locator LED blinking")
     rig.set_door(comp, opened=True)
     rig.wait_event("door_opened", compartment=comp)
+    wait_for(lambda: "Door A1 is open" in lcd(), what="open on the LCD")
+    wait_for(lambda: "Door A1 is open." in voice.spoken, what="open spoken")
     rig.set_door(comp, opened=False)
     rig.wait_event("parcel_deposited", parcel="V1")
     wait_for(lambda: led.state == 0 and "Type your code" in lcd(), what="LED off, LCD idle")
@@ -149,7 +154,10 @@ def test_voice_speaks_only_the_newest_prompt(tmp_path: Path) -> None:
         wait_for(lambda: first.poll() is not None, what="stale prompt stopped")
     finally:
         voice.close()
-    assert voice.spoken == ["Door A1 is open.", "This code has expired. Please contact the sender."]
+    assert voice.spoken == [
+        "Door A1 is unlocked. Please open it now.",
+        "This code has expired. Please contact the sender.",
+    ]
 
 
 class _FakeClock:

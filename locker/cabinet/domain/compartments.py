@@ -88,19 +88,24 @@ def set_service(d: Draft, cid: str, in_service: bool, reason: str) -> None:
     d.emit(kind, cid, d.compartments[cid].parcel, reason=reason)
 
 
-def move_reservation(d: Draft, cid: str, parcel_id: str, rules: Rules) -> Compartment | None:
-    """Move a reserved parcel out of ``cid`` (its door jammed, or it is taken out of service)
-    to the best free fitting compartment, staying within reach if it was in an accessible
-    one; reported as ``parcel_reserved`` with ``moved_from``. Returns the new compartment,
-    None when there is nowhere to go (nothing changes then)."""
-    parcel = d.parcels[parcel_id]
-    target = (
-        best_fit(d.compartments, parcel.size, exclude=cid, only=rules.accessible)
+def reservation_target(
+    d: Draft, cid: str, parcel_id: str, rules: Rules
+) -> Compartment | None:
+    """Where a reserved parcel in ``cid`` would go (its door jammed, or it is taken out of
+    service): the best free fitting compartment, within reach if ``cid`` was accessible and
+    an accessible one is free. None when there is nowhere to go."""
+    size = d.parcels[parcel_id].size
+    return (
+        best_fit(d.compartments, size, exclude=cid, only=rules.accessible)
         if cid in rules.accessible
         else None
-    ) or best_fit(d.compartments, parcel.size, exclude=cid)
-    if target is None:
-        return None
+    ) or best_fit(d.compartments, size, exclude=cid)
+
+
+def move_reservation(d: Draft, cid: str, parcel_id: str, target: Compartment) -> None:
+    """Move a reserved parcel out of ``cid`` into ``target`` (``reservation_target``);
+    reported as ``parcel_reserved`` with ``moved_from``. Its codes then open ``target``."""
+    parcel = d.parcels[parcel_id]
     d.update_compartment(cid, parcel=None)
     d.update_compartment(target.id, parcel=parcel.id)
     d.update_parcel(parcel.id, compartment=target.id)
@@ -113,4 +118,3 @@ def move_reservation(d: Draft, cid: str, parcel_id: str, rules: Rules) -> Compar
         moved_from=cid,
         dropoff_until=int(parcel.dropoff_until),
     )
-    return target

@@ -24,6 +24,7 @@ from locker.cabinet.domain.compartments import (
     JAM_WINDOW_S,
     best_fit,
     move_reservation,
+    reservation_target,
     set_service,
     start_unlock,
 )
@@ -429,10 +430,11 @@ def _move_parcel(d: Draft, comp: Compartment, unlock: Unlock, rules: Rules) -> b
     """A drop-off whose door jams goes to another fitting compartment; the jammed one is
     taken out of service. False when there is nowhere to go."""
     assert unlock.parcel is not None
-    target = move_reservation(d, comp.id, unlock.parcel, rules)
+    target = reservation_target(d, comp.id, unlock.parcel, rules)
     if target is None:
         return False
     set_service(d, comp.id, False, "door_jammed")
+    move_reservation(d, comp.id, unlock.parcel, target)
     return True
 
 

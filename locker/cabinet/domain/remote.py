@@ -19,6 +19,7 @@ from locker.cabinet.domain.compartments import (
     distrust_sensor,
     move_reservation,
     pulse_again,
+    reservation_target,
     set_service,
     start_unlock,
 )
@@ -174,8 +175,9 @@ def _set_service(d: Draft, a: SetServiceArgs, rules: Rules) -> dict[str, Any]:
     if parcel is None or a.in_service:
         return result
     if parcel.status is ParcelStatus.RESERVED and not comp.busy:
-        target = move_reservation(d, comp.id, parcel.id, rules)
+        target = reservation_target(d, comp.id, parcel.id, rules)
         if target is not None:
+            move_reservation(d, comp.id, parcel.id, target)
             result["moved"] = {"parcel": parcel.id, "to": target.id}
             return result
     # inside (or nowhere to move it): its codes are refused with out_of_service until the
