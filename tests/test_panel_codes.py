@@ -12,6 +12,7 @@ counting down; ``**4`` with three languages did nothing; the page asked for a fa
 from __future__ import annotations
 
 import re
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,6 +78,16 @@ def test_a_used_code_names_its_open_door_and_is_never_a_guess(
     wait_for(lambda: rig.controller.state.throttle.consecutive == 1, what="one guess only")
     assert [e["compartment"] for e in rig.matching("access_granted")] == [comp]
     assert not failed, failed
+    # what the page links to, and the icon a kiosk browser asks for by itself: none is missing
+    links = page.evaluate(
+        "() => [...document.querySelectorAll('link[href], script[src]')]"
+        ".map(e => e.href || e.src)"
+    )
+    for url in [*links, cabinet.url + "favicon.ico"]:
+        if url.startswith("data:"):
+            continue
+        with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 - the panel's own URL
+            assert r.status in (200, 204), url
 
 
 def test_reset_lockout_ends_the_countdown_and_a_missing_language_is_answered(

@@ -10,6 +10,7 @@ Routes (all on ``[panel] listen``, meant for loopback):
                   for the page's script, 303 back to ``/`` for a plain form (no JavaScript)
   POST /language  ``lang=<code>``: a language button (303 back to ``/``)
   GET  /healthz   ``ok``: the kiosk start script waits for it
+  GET  /favicon.ico  204: no icon (the page names none; some browsers ask anyway)
   GET  /static/…  the page's stylesheet and script
 
 Why the standard library's ``ThreadingHTTPServer``: a loopback kiosk has one or two clients, SSE
@@ -53,6 +54,7 @@ STATIC_FILES = {
     "/static/panel.css": ("panel.css", "text/css; charset=utf-8"),
     "/static/panel.js": ("panel.js", "text/javascript; charset=utf-8"),
 }
+FAVICON = "/favicon.ico"
 HEARTBEAT_S = 5.0  # panel.js reconnects after 3 heartbeats without a byte (BEAT_MISSED)
 WRITE_TIMEOUT_S = 5.0
 MAX_STREAMS = 8
@@ -216,6 +218,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.OK, page.encode(), "text/html; charset=utf-8")
         elif path == "/events":
             self._events()
+        elif path == FAVICON:
+            # the page names no icon (``data:``), but a kiosk browser may ask for this anyway:
+            # nothing to show is not an error (a 404 here filled the browser's console)
+            self._send(HTTPStatus.NO_CONTENT, b"", "image/x-icon")
         elif path == "/healthz":
             self._send(HTTPStatus.OK, b"ok\n", "text/plain; charset=utf-8")
         elif path in STATIC_FILES:
