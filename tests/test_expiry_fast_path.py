@@ -109,7 +109,7 @@ def test_a_table_cannot_be_put_whole_into_a_draft() -> None:
     """``Draft.finish`` skips ``LockerState.__post_init__`` (``draft._evolve``): that is sound
     only while tables change row by row, so ``put`` refuses a table."""
     d = Draft(fresh_state(SIZES))
-    for name in ("credentials", "tokens", "commands", "compartments", "parcels"):
+    for name in ("credentials", "tokens", "commands", "spent", "compartments", "parcels"):
         with pytest.raises(TypeError, match="table"):
             d.put(name, {})
     d.put("lockdown", True)
