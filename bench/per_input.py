@@ -5,8 +5,8 @@ retrieval credentials seeded on 6 parcels (plus N/10 consumed token ids, execute
 and spent code tags, which expiry, clean-up and the keypad also look at). Measured, per N:
 start-up (open the store, load, start the controller), a wrong 8-digit code typed (9 keys,
 one counted guess, one commit), a spent code typed again (a refusal with its reason, not
-counted), and a right code (a grant: credential consumed, unlock committed). Every figure for 100,000 is
-reported as a ratio to the same figure for 100 (goal < 1.5x; start-up < 1.5 s).
+counted), and a right code (a grant: credential consumed, unlock committed). Every figure for
+100,000 is reported as a ratio to the same figure for 100 (goal < 1.5x; start-up < 1.5 s).
 
 Run: ``.venv/bin/python bench/per_input.py [--large N]`` (through ``flock /tmp/suite.lock``).
 """

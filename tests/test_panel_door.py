@@ -10,21 +10,23 @@ still jammed shut; ``**4`` with three languages did nothing; the voice said "27 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
+from locker.cabinet.domain import machine
 from locker.cabinet.domain.draft import Transition
 from locker.cabinet.domain.model import Throttle
 from locker.cabinet.panel import texts
 from locker.cabinet.panel.hub import PanelHub
 from locker.cabinet.panel.view import DENIED_HOLD_S, GRANTED_HOLD_S, Message, PanelView, project
 from locker.cabinet.panel.web import payload
-from locker.ports import KeyPressed, UnlockResult
+from locker.ports import DoorChanged, DoorState, KeyPressed, UnlockResult
 from tests.domain import Sim, command, limits
 
 
 class Panel:
     """A ``Sim`` whose every transition is projected, as the controller's hub does."""
 
-    def __init__(self, **rules: object) -> None:
+    def __init__(self, **rules: Any) -> None:
         self.sim = Sim(**rules)
         self.view = PanelView()
         self.views: list[PanelView] = []
@@ -40,13 +42,9 @@ class Panel:
         return self.feed(*(KeyPressed(k) for k in code + "#"))
 
     def door(self, cid: str, state: str) -> Message:
-        from locker.ports import DoorChanged, DoorState
-
         return self.feed(DoorChanged(cid, DoorState(state)))
 
     def advance(self, seconds: float) -> Message:
-        from locker.cabinet.domain import machine
-
         self.sim.now += seconds
         return self.feed(machine.Tick())
 

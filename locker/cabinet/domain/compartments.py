@@ -88,9 +88,7 @@ def set_service(d: Draft, cid: str, in_service: bool, reason: str) -> None:
     d.emit(kind, cid, d.compartments[cid].parcel, reason=reason)
 
 
-def reservation_target(
-    d: Draft, cid: str, parcel_id: str, rules: Rules
-) -> Compartment | None:
+def reservation_target(d: Draft, cid: str, parcel_id: str, rules: Rules) -> Compartment | None:
     """Where a reserved parcel in ``cid`` would go (its door jammed, or it is taken out of
     service): the best free fitting compartment, within reach if ``cid`` was accessible and
     an accessible one is free. None when there is nowhere to go."""
