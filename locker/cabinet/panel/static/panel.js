@@ -19,10 +19,13 @@
 
   function apply(d) {
     if (d.lang !== document.documentElement.lang) { window.location.reload(); return; }
+    // Attributes that go away are removed before the state changes and new ones are set
+    // after it, so no observer ever sees a state with the reason or door of another one
+    // (seen: "granted" with the "compartment_unavailable" of the jam before it).
+    var fields = { compartment: d.compartment, reason: d.reason, "out-of-order": d.out_of_order };
+    Object.keys(fields).forEach(function (k) { if (!fields[k]) { setData(k, null); } });
     msg.setAttribute("data-state", d.state);
-    setData("compartment", d.compartment);
-    setData("reason", d.reason);
-    setData("out-of-order", d.out_of_order);
+    Object.keys(fields).forEach(function (k) { if (fields[k]) { setData(k, fields[k]); } });
     if (d.seconds !== null) {
       var span = document.createElement("span");
       span.id = "countdown";
