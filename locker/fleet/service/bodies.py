@@ -31,26 +31,30 @@ _LINE_BREAKS = str.maketrans("", "", "\r\n\t")
 _NO_CONTROLS = r"^[^\x00-\x1f\x7f-\x9f]*$"  # a path or query value: printable, for the regex
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
+    """``text`` when it holds no control character. :raises ValueError: it does (why)."""
     if not text.isprintable():
         raise ValueError("must be printable text (no control characters such as NUL)")
     return text
 
 
-def _printable_lines(text: str) -> str:
+def printable_lines(text: str) -> str:
+    """``text`` when it holds no control character but line breaks and tabs.
+
+    :raises ValueError: it does (why)."""
     if not text.translate(_LINE_BREAKS).isprintable():
         raise ValueError("must be printable text (line breaks and tabs allowed; no NUL)")
     return text
 
 
-Reason = Annotated[str, Field(max_length=500), AfterValidator(_printable)]
+Reason = Annotated[str, Field(max_length=500), AfterValidator(printable)]
 """A reason for the audit trail (the ``commands`` table; the locker's own copy, where a
 command carries one, is bounded by the contract at 200)."""
-Name64 = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_printable)]
-Name128 = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_printable)]
+Name64 = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(printable)]
+Name128 = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(printable)]
 
 
-Note = Annotated[str, Field(max_length=2000), AfterValidator(_printable_lines)]
+Note = Annotated[str, Field(max_length=2000), AfterValidator(printable_lines)]
 
 LockerId = Annotated[
     str, Path(min_length=1, max_length=64, pattern=_NO_CONTROLS, description="locker id")
@@ -88,7 +92,7 @@ class ParcelIn(_Body):
 
 
 class CommandIn(_Body):
-    action: Annotated[str, Field(min_length=1, max_length=32), AfterValidator(_printable)]
+    action: Annotated[str, Field(min_length=1, max_length=32), AfterValidator(printable)]
     args: dict[str, Any] = {}
     reason: Annotated[Reason, Field(min_length=1)]
 

@@ -14,9 +14,11 @@ list of human sentences, one per bad field).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from locker.fleet.service import bodies
 
 REASON_MAX = 500  # the API's CommandBody.reason max_length
 NOTE_MAX = 2000  # the API's alarm AckBody.note max_length
@@ -60,15 +62,26 @@ def reason_problem(reason: str, what: str = "reason") -> str | None:
             f"The {what} has {len(reason)} characters; at most {REASON_MAX} are kept. "
             "Shorten it and send again."
         )
-    return None
+    return _control_problem(reason, what, bodies.printable)
 
 
 def note_problem(note: str) -> str | None:
+    """The problem with an alarm's note, or None: at most ``NOTE_MAX``, printable (line
+    breaks allowed), as the API's ``Note``."""
     if len(note) > NOTE_MAX:
         return (
             f"The note has {len(note)} characters; at most {NOTE_MAX} are kept. "
             "Shorten it and send again."
         )
+    return _control_problem(note, "note", bodies.printable_lines)
+
+
+def _control_problem(text: str, what: str, check: Callable[[str], str]) -> str | None:
+    # the API's own check: a NUL was a 500 on PostgreSQL (text columns cannot hold U+0000)
+    try:
+        check(text)
+    except ValueError as err:
+        return f"The {what} {err}."
     return None
 
 
