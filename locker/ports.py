@@ -304,10 +304,22 @@ class EventsDelivered:
 
 @dataclass(frozen=True, slots=True)
 class PublishRefused:
-    """A PUBACK with a failure reason code (>= 0x80): not delivered, the row stays."""
+    """The broker began refusing this locker's publishes: a PUBACK with a failure reason
+    code (>= 0x80, e.g. 0x87 not authorized by the ACL) on ``topic``. Reported once per
+    outage, not per refusal (the refused events stay in the outbox); ``PublishAccepted``
+    ends it."""
 
-    seq: int
+    topic: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PublishAccepted:
+    """The broker accepts this locker's publishes again after a ``PublishRefused``:
+    ``refusals`` PUBACKs were refused in between, over ``seconds``."""
+
+    refusals: int
+    seconds: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,7 +329,13 @@ class LinkChanged:
 
 
 LinkEvent = (
-    CommandMessage | ServerAck | RetainedState | EventsDelivered | PublishRefused | LinkChanged
+    CommandMessage
+    | ServerAck
+    | RetainedState
+    | EventsDelivered
+    | PublishRefused
+    | PublishAccepted
+    | LinkChanged
 )
 LinkSink = Callable[[LinkEvent], None]
 

@@ -32,6 +32,7 @@ from locker.ports import (
     EventsDelivered,
     LinkChanged,
     OutboxRow,
+    PublishAccepted,
     PublishRefused,
     RetainedState,
     ServerAck,
@@ -618,19 +619,41 @@ def test_ack_window_bounds_what_is_sent_beyond_the_last_ack(
         assert lk.counters.published == 60
 
 
-def test_puback_failure_raises_publish_refused_and_keeps_the_row(
+def test_a_refusing_broker_is_one_outage_not_a_storm(
     tls_broker: Broker,  # noqa: F811
     harness: Harness,
     outbox: SqliteOutbox,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """The ACL lets a locker write only under lockers/<its CN>/: MQTT 5 answers 0x87."""
-    outbox.add(3)
-    lk, rec = harness.start(tls_broker, topic_prefix="elsewhere")
-    wait_for(lambda: len(rec.of(PublishRefused)) == 3, what="refusals")
-    assert [r.seq for r in rec.of(PublishRefused)] == [1, 2, 3]
-    assert "authori" in rec.of(PublishRefused)[0].reason.lower()
-    assert outbox.depth() == 3
-    assert lk.counters.refused == 3 and lk.counters.pubacked == 0
+    """The ACL lets a locker write only under lockers/<its CN>/: MQTT 5 answers 0x87 to a
+    wrong topic_prefix (or a locker.id that is not the CN). Reported: every refusal was a
+    PublishRefused, hence a hardware_fault event, itself refused (500 events a second). Now:
+    one PublishRefused per outage, at most one window refused, no re-send loop, one ERROR
+    line; once the broker's ACL accepts the prefix (SIGHUP reloads it), one PublishAccepted
+    and the kept rows are delivered."""
+    outbox.add(50)
+    caplog.set_level(logging.DEBUG, logger="locker.cabinet.link")
+    lk, rec = harness.start(
+        tls_broker, topic_prefix="elsewhere", max_inflight=5, require_server_ack=False
+    )
+    wait_for(lambda: rec.of(PublishRefused), what="the refusal")
+    refused = rec.of(PublishRefused)[0]
+    assert "authori" in refused.reason.lower() and refused.topic.startswith("elsewhere/")
+    # Probes every 0.05-0.5 s (reconnect_min_s/max_s of make_link): ~10 in 2 s, not 500.
+    never_within(lambda: len(rec.of(PublishRefused)) > 1, 2.0, "a second PublishRefused")
+    assert lk.counters.refused <= 5 + 40, lk.counters  # the first window, then probes
+    assert lk.counters.pubacked == 0 and outbox.depth() == 50
+    errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(errors) == 1 and "locker.id" in errors[0].getMessage(), errors
+
+    acl = tls_broker.dir / "acl"
+    acl.write_text(acl.read_text() + "pattern write elsewhere/%u/#\n")
+    assert tls_broker.proc is not None
+    tls_broker.proc.send_signal(signal.SIGHUP)  # Mosquitto reloads its ACL file
+    wait_for(lambda: outbox.depth() == 0, timeout=10, what="kept rows delivered")
+    accepted = rec.of(PublishAccepted)
+    assert len(accepted) == 1 and accepted[0].refusals >= 1
+    assert len(rec.of(PublishRefused)) == 1
 
 
 # --- broker faults --------------------------------------------------------------------------

@@ -112,16 +112,50 @@ def test_an_ack_above_last_seq_does_not_stop_the_stream() -> None:
     assert pump(sender, outbox, 0.0, mids) == list(range(4, 14))
 
 
-def test_refused_rows_wait_for_resync_and_reset_stream_starts_over() -> None:
+def test_a_refusing_broker_gets_probes_not_a_window_per_event() -> None:
+    """A broker that refuses every publish (ACL: a wrong locker.id or topic_prefix) used to
+    get every new event at once, each refusal making another event: now nothing goes out
+    while refusing but one probe at a time, and the first accepted PUBACK ends it."""
+    outbox, sender, mids = Outbox(), make_sender(), [0]
+    outbox.add(3)
+    assert pump(sender, outbox, 0.0, mids) == [1, 2, 3]
+    assert sender.puback(1, failed=False) == 1
+    assert sender.puback(2, failed=True) == 2 and sender.refusing
+    assert sender.puback(3, failed=True) == 3
+    outbox.add(5)  # e.g. the hardware_fault event about the refusal
+    sender.outbox_changed()
+    assert pump(sender, outbox, 0.0, mids) == []
+    sender.lost()
+    sender.connected()
+    assert pump(sender, outbox, 0.0, mids) == []  # a reconnect is not a probe
+    sender.probe()
+    assert pump(sender, outbox, 0.0, mids) == [1]  # the lowest unconfirmed, once
+    assert pump(sender, outbox, 0.0, mids) == []
+    assert sender.puback(mids[0], failed=True) == 1 and sender.refusing
+    sender.resync()  # the server's resync while refusing is one probe too
+    assert pump(sender, outbox, 0.0, mids) == [1]
+    assert sender.puback(mids[0], failed=False) == 1 and not sender.refusing
+    assert pump(sender, outbox, 0.0, mids) == list(range(1, 9))  # go-back-N from the floor
+    assert sender.counters.refused == 3
+
+
+def test_refused_rows_go_again_after_recovery_without_server_acks() -> None:
+    outbox, sender, mids = Outbox(), make_sender(require_ack=False), [0]
+    outbox.add(3)
+    assert pump(sender, outbox, 0.0, mids) == [1, 2, 3]
+    sender.puback(1, failed=True)
+    sender.puback(2, failed=False)  # accepted again: 1 is not skipped by the floor
+    sender.puback(3, failed=False)
+    assert sender.take_delivered() == (2, 3)
+    del outbox.rows[2], outbox.rows[3]
+    assert not sender.refusing and sender.floor == 0
+    assert pump(sender, outbox, 0.0, mids) == [1]
+
+
+def test_reset_stream_starts_over() -> None:
     outbox, sender, mids = Outbox(), make_sender(), [0]
     outbox.add(3)
     pump(sender, outbox, 0.0, mids)
-    assert sender.puback(2, failed=True) == 2
-    sender.lost()
-    sender.connected()
-    assert pump(sender, outbox, 0.0, mids) == [1, 3]
-    sender.resync()
-    assert pump(sender, outbox, 0.0, mids) == [2]  # 1 and 3 still await their PUBACK
     assert sender.server_ack(EPOCH, 3, (EPOCH, 3), 0.0) == "ok"
     sender.reset_stream()  # renumbered into a new epoch: seq 1.. again
     assert sender.floor == 0

@@ -65,6 +65,7 @@ from locker.ports import (
     LockBank,
     NullIndicator,
     NullUplink,
+    PublishAccepted,
     PublishRefused,
     RetainedState,
     ServerAck,
@@ -181,6 +182,7 @@ class Controller(StatePublisher, StreamCheck, StorageOutage):
         self.rev = int(store.meta("rev", 0))
         self.stopped = threading.Event()
         self._invalid_acks = 0  # refused acks not yet reported
+        self._publish_refused = False  # the broker refuses our publishes (one fault)
         self._batch: _Batch | None = None
         self._shape: tuple[object, ...] | None = None  # what the last full snapshot showed
         self._counters_due: float | None = None  # when a counters-only state may go out
@@ -337,13 +339,8 @@ class Controller(StatePublisher, StreamCheck, StorageOutage):
             self._compare_published(event)
         elif isinstance(event, EventsDelivered):
             self._freed(self.store.delivered(event.seqs))
-        elif isinstance(event, PublishRefused):
-            logger.error(
-                "broker refused event seq %d: %s; kept for resend", event.seq, event.reason
-            )
-            self._run_machine(
-                HardwareFault("mqtt", f"PUBACK refused seq {event.seq}: {event.reason}")
-            )
+        elif isinstance(event, PublishRefused | PublishAccepted):
+            self._publish_refusal(event)
         elif isinstance(event, LinkChanged):
             logger.info("link %s %s", "up" if event.connected else "down", event.detail)
             if event.connected:
@@ -353,6 +350,21 @@ class Controller(StatePublisher, StreamCheck, StorageOutage):
             self.uplink.command_done(event.receipt)
         else:
             self._run_machine(event)  # type: ignore[arg-type]
+
+    def _publish_refusal(self, event: PublishRefused | PublishAccepted) -> None:
+        """The broker refuses (or accepts again) this locker's publishes: one
+        ``hardware_fault`` (device ``mqtt``) per outage and its ``hardware_recovered``,
+        never one per refused PUBACK (the link reports the outage once, and so does this;
+        the refused events stay in the outbox). The link has logged it."""
+        refusing = isinstance(event, PublishRefused)
+        if refusing == self._publish_refused:
+            return
+        self._publish_refused = refusing
+        if isinstance(event, PublishRefused):
+            detail = f"broker refuses publishes on {event.topic}: {event.reason}"
+            self._run_machine(HardwareFault("mqtt", detail))
+        else:
+            self._run_machine(HardwareRecovered("mqtt"))
 
     def _coalesce_acks(self, first: ServerAck) -> list[ServerAck]:
         """Acks commute with everything else: take every ack already queued behind this one

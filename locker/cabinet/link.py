@@ -15,8 +15,16 @@ Reliability model:
   last confirmation. SQLite is the single source of truth for events.
 - Which event goes out next, and what PUBACKs and server acks mean, is decided by the pure
   ``sender.OutboxSender`` (go-back-N window, ack time-out, ack checks); the link only reads
-  the outbox rows it asks for and publishes them. A PUBACK with a failure reason raises
-  ``PublishRefused`` and the row stays (not retried until ``resync``).
+  the outbox rows it asks for and publishes them.
+- A PUBACK with a failure reason code (the broker's ACL refuses the topic: a ``locker.id``
+  that is not the certificate's CN, a wrong ``mqtt.topic_prefix``) is not delivery (DESIGN
+  5): the row stays. It is one outage, not one fault per refusal: the first refusal logs
+  one ERROR line and emits ``PublishRefused``; later ones are counted (DEBUG). While it
+  lasts the sender publishes no events (``OutboxSender.refusing``); on a back-off timer
+  (``reconnect_min_s`` to ``reconnect_max_s``) the link probes with what was refused (the
+  lowest unconfirmed event, the state, the birth), and once every kind refused has been
+  accepted again it emits ``PublishAccepted`` and the refused events go again. (Before,
+  every refusal was a ``hardware_fault`` event, itself refused: 500 events a second.)
 - At the first connect of the process, the link reads its own retained ``{p}/state`` and
   hands it to the controller (``RetainedState``) before any command, so a store that went
   backwards is noticed before it could run a command twice (issue 11 item 21). It
@@ -89,6 +97,7 @@ from locker.ports import (
     LinkSink,
     OutboxReader,
     OutboxRow,
+    PublishAccepted,
     PublishRefused,
     RetainedState,
     ServerAck,
@@ -115,6 +124,17 @@ class _Requests:
     state: bytes | None = None
     replies: list[_Reply] = field(default_factory=list)
     done: list[tuple[int, int]] = field(default_factory=list)  # (client generation, mid)
+
+
+@dataclass
+class _Refusals:
+    """Publishes the broker refuses: one outage, however many refusals (link thread only)."""
+
+    kinds: dict[str, str] = field(default_factory=dict)  # "evt"/"state"/"status" -> reason
+    count: int = 0  # refused PUBACKs since the outage began
+    since: float = 0.0  # monotonic time of its first refusal
+    probes: int = 0  # probes made (the back-off grows with them)
+    probe_at: float = float("inf")  # monotonic time of the next probe
 
 
 @dataclass
@@ -260,7 +280,9 @@ class MqttLink(Uplink):
         self._state_payload: bytes | None = None
         self._state_dirty = False
         self._state_mid: int | None = None
-        self._status_mid: int | None = None
+        self._status_mid: int | None = None  # our own offline status at a clean stop
+        self._birth_mid: int | None = None
+        self._outage = _Refusals()
         self._replies: deque[_Reply] = deque()
         self._held_commands: list[CommandMessage] | None = []  # until RetainedState is out
         self._stream_checked = False  # events and state wait for the controller's comparison
@@ -542,7 +564,7 @@ class MqttLink(Uplink):
             # Never PUBACKed: the broker delivers them again on the next connection.
             self._held_commands = []
         self._state_check_deadline = float("inf")  # the next connection asks again
-        self._state_mid = self._status_mid = None
+        self._state_mid = self._status_mid = self._birth_mid = None
         self._state_dirty = self._state_payload is not None
         for reply in self._replies:
             reply.mid = None
@@ -577,6 +599,8 @@ class MqttLink(Uplink):
             self._state_check_deadline = time.monotonic() + STATE_CHECK_S
         self._publish_birth()
         self._sender.connected()
+        if self._outage.kinds:
+            self._outage.probe_at = time.monotonic()  # a new connection: probe what was refused
 
     def _shutdown(self, *, clean: bool) -> None:
         client = self._client
@@ -666,6 +690,8 @@ class MqttLink(Uplink):
     # --- publishing -------------------------------------------------------------------------
 
     def _flush(self) -> None:
+        if self._outage.kinds and time.monotonic() >= self._outage.probe_at:
+            self._probe()
         self._flush_state_and_replies()
         if self._sender.check_timeout(time.monotonic()):
             logger.info(
@@ -707,7 +733,7 @@ class MqttLink(Uplink):
         return info.mid
 
     def _publish_birth(self) -> None:
-        self._publish("status", self._status(online=True), retain=True)
+        self._birth_mid = self._publish("status", self._status(online=True), retain=True)
 
     def _status(self, *, online: bool, stamped: bool = True) -> bytes:
         """Birth, or offline; the will is built once before connecting, so it has no ts."""
@@ -744,9 +770,61 @@ class MqttLink(Uplink):
         self._sender.sent(row.seq, info.mid, time.monotonic())
 
     def _refuse(self, seq: int, reason: str) -> None:
-        logger.error("event seq %d refused: %s", seq, reason)
+        # An internal event whose type cannot be a topic level (a bug): kept, never sent.
+        logger.error("event seq %d cannot be published: %s", seq, reason)
         self._sender.refuse(seq)
-        self._emit(PublishRefused(seq, reason))
+
+    # --- refused publishes: one outage, probed on a back-off ----------------------------------
+
+    def _publish_outcome(self, kind: str, failed: bool, reason: str, what: str) -> None:
+        """A PUBACK of ``kind`` ("evt", "state", "status"): starts, extends or (once every
+        refused kind is accepted again) ends the refusal outage."""
+        outage = self._outage
+        if failed:
+            outage.count += 1
+            first = not outage.kinds
+            outage.kinds[kind] = reason
+            if not first:
+                logger.debug("publish refused again (%s): %s", what, reason)
+                return
+            outage.since = time.monotonic()
+            outage.probes = 0
+            self._schedule_probe()
+            logger.error(
+                "the broker refuses this locker's publishes (%s: %s): is locker.id %r the "
+                "client certificate's CN, and mqtt.topic_prefix the fleet's? Reported once "
+                "(hardware_fault mqtt); refused events are kept and retried every %.0f s at most",
+                what,
+                reason,
+                self.locker_id,
+                self._backoff[1],
+            )
+            self._emit(PublishRefused(self._topic(kind), reason))
+        elif outage.kinds.pop(kind, None) is not None and not outage.kinds:
+            seconds = time.monotonic() - outage.since
+            logger.warning(
+                "the broker accepts this locker's publishes again, after %d refusal(s) over %.1f s",
+                outage.count,
+                seconds,
+            )
+            self._emit(PublishAccepted(outage.count, seconds))
+            self._outage = _Refusals()
+
+    def _schedule_probe(self) -> None:
+        low, high = self._backoff
+        self._outage.probe_at = time.monotonic() + backoff_delay(self._outage.probes + 1, low, high)
+
+    def _probe(self) -> None:
+        """Publish once more what the broker refused, to learn whether it accepts it now."""
+        self._outage.probes += 1
+        kinds = self._outage.kinds
+        if "evt" in kinds:
+            self._sender.probe()
+        if "state" in kinds and self._state_payload is not None:
+            self._state_dirty = True
+        if "status" in kinds and self._birth_mid is None:
+            self._publish_birth()
+        self._schedule_probe()
 
     # --- callbacks: run inside loop_read on the link thread, only enqueue -------------------
 
@@ -823,13 +901,17 @@ class MqttLink(Uplink):
     def _handle_puback(self, mid: int, failed: bool, reason: str) -> None:
         seq = self._sender.puback(mid, failed)
         if seq is not None:
-            if failed:
-                logger.error("event seq %d refused: %s", seq, reason)
-                self._emit(PublishRefused(seq, reason))
+            self._publish_outcome("evt", failed, reason, f"event seq {seq}")
             return
         if mid == self._state_mid:
             self._state_mid = None
-        elif mid == self._status_mid:
+            self._publish_outcome("state", failed, reason, "state")
+            return
+        if mid == self._birth_mid:
+            self._birth_mid = None
+            self._publish_outcome("status", failed, reason, "status")
+            return
+        if mid == self._status_mid:
             self._status_mid = None
         else:
             for reply in self._replies:
@@ -837,7 +919,10 @@ class MqttLink(Uplink):
                     self._replies.remove(reply)
                     break
         if failed:
-            logger.error("publish refused by the broker: %s", reason)
+            # A reply (dropped: the server asks again and gets "duplicate" with the result)
+            # or the offline status: one line each, during an outage only at DEBUG.
+            level = logging.DEBUG if self._outage.kinds else logging.ERROR
+            logger.log(level, "publish refused by the broker: %s", reason)
 
     def _handle_message(
         self,

@@ -12,8 +12,12 @@ Rules:
   the last ack is sent again after a reconnect (``connected``) and when no ack progress came
   for ``ack_timeout_s`` (go-back-N from the last ack).
 - Without it, a successful PUBACK is delivery (``take_delivered``).
-- A PUBACK with a failure reason code refuses that seq: it stays in the outbox and is not
-  sent again until ``resync``.
+- A PUBACK with a failure reason code refuses that seq: it stays in the outbox, and the
+  sender is ``refusing``: no event goes out until the link asks for a ``probe`` (one event,
+  the lowest unconfirmed, on a back-off timer) or a ``resync``. The first successful event
+  PUBACK ends it: the refused rows go again from the last confirmation. So a broker that
+  refuses every publish (a wrong ``locker.id`` or ``mqtt.topic_prefix`` against its ACL)
+  costs one PUBLISH per probe, not a window of them per event.
 - An ack is checked before it counts (issue 11 items 7 and 20): one of another epoch, or
   above the outbox's own ``last_seq``, confirms nothing and leaves the stream running; an
   ack without epoch (a server from before epochs) counts when not above ``last_seq``.
@@ -88,6 +92,8 @@ class OutboxSender:
         self._want_read = True
         self.inflight: dict[int, int] = {}  # mid -> seq, awaiting PUBACK
         self.refused: set[int] = set()
+        self.refusing = False  # the broker refused an event and none was accepted since
+        self._probes = 0  # events that may go out while refusing
         self._max_sent = 0
         self._first_sends: deque[int] = deque()  # seqs published once, not yet confirmed
         self._outstanding_since: float | None = None
@@ -97,6 +103,8 @@ class OutboxSender:
 
     def room(self) -> int:
         room = self.max_inflight - len(self.inflight)
+        if self.refusing:
+            room = min(room, self._probes)
         if self.require_ack:
             room = min(room, self.floor + self.ack_window - self.cursor)
         return room
@@ -133,6 +141,8 @@ class OutboxSender:
 
     def sent(self, seq: int, mid: int, now: float) -> None:
         self.inflight[mid] = seq
+        if self.refusing:
+            self._probes = max(0, self._probes - 1)
         self.counters.published += 1
         if seq > self._max_sent:
             self._max_sent = seq
@@ -165,9 +175,20 @@ class OutboxSender:
         self.inflight.clear()
         self._go_back()
 
+    def probe(self) -> None:
+        """While ``refusing``: try the lowest unconfirmed event once more (the refused
+        rows are not skipped by this pass). No effect otherwise."""
+        if self.refusing:
+            self.refused.clear()
+            self._probes = 1
+            self._go_back()
+
     def resync(self) -> None:
-        """The server asked for everything unacknowledged (refused rows included)."""
+        """The server asked for everything unacknowledged (refused rows included); while
+        ``refusing``, that is one probe."""
         self.refused.clear()
+        if self.refusing:
+            self._probes = 1
         if not self.require_ack:
             self.floor = 0  # the outbox holds only undelivered rows: send them all
         self._go_back()
@@ -181,12 +202,15 @@ class OutboxSender:
         self._go_back()
 
     def puback(self, mid: int, failed: bool) -> int | None:
-        """A PUBACK; returns the event's seq (None: not an event). A failed one refuses it."""
+        """A PUBACK; returns the event's seq (None: not an event). A failed one refuses it
+        and makes the sender ``refusing``; a successful one ends that, and the refused rows
+        go again."""
         seq = self.inflight.pop(mid, None)
         if seq is None:
             return None
         if failed:
             self.refuse(seq)
+            self.refusing, self._probes = True, 0
             return seq
         self.counters.pubacked += 1
         if not self.require_ack:
@@ -195,6 +219,13 @@ class OutboxSender:
             pending = min(self.inflight.values(), default=self.cursor + 1)
             self.floor = max(self.floor, pending - 1)
             self._confirm_upto(self.floor)
+        if self.refusing:  # accepted again: what was refused goes again
+            self.refusing, self._probes = False, 0
+            if not self.require_ack and self.refused:
+                # without server acks the floor moves on PUBACKs: not past a refused row
+                self.floor = min(self.floor, min(self.refused) - 1)
+            self.refused.clear()
+            self._go_back()
         return seq
 
     def server_ack(
