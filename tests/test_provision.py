@@ -457,4 +457,5 @@ def test_lockerd_check_config_says_when_to_renew(
     assert "ended on" in cabinet_config.certificate_warnings(cfg, now=later)[0]
     files.cert.write_text("not a certificate\n")
     assert cabinet_config.check_config_cli(files.config) == cabinet_config.EXIT_CONFIG
-    assert "mqtt.cert_file: not a readable PEM certificate" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"mqtt.cert_file: {files.cert} is not a PEM certificate" in err

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Final
 
+from locker.cabinet.tlsfiles import identity_problems, tls_file_problems
 from locker.config import Compartment, Config, ConfigError, load_config, parse_config
 from locker.contract import certificates
 
@@ -51,8 +52,10 @@ def _module_missing(name: str) -> bool:
 
 def environment_problems(cfg: Config) -> list[str]:
     """What stops this file from running on this machine, one line each (empty: none): a GPIO
-    cabinet whose ``gpio.pin_factory`` library is not installed, a client certificate that is
-    not one. Run after a load with file checks (the files exist and are readable)."""
+    cabinet whose ``gpio.pin_factory`` library is not installed; TLS files the link cannot
+    load (not PEM, a key that is not the certificate's, a client certificate as the CA); a
+    ``locker.id`` that is not the client certificate's CN. Run after a load with file checks
+    (the files exist and are readable)."""
     return _pin_library_problems(cfg) + _certificate_problems(cfg)
 
 
@@ -81,11 +84,13 @@ def _client_certificate_end(cfg: Config) -> dt.datetime | None:
 
 
 def _certificate_problems(cfg: Config) -> list[str]:
-    try:
-        _client_certificate_end(cfg)
-    except (OSError, ValueError):
-        return ["mqtt.cert_file: not a readable PEM certificate (lockerctl writes device.pem)"]
-    return []
+    """The link's TLS files as the link loads them, and ``locker.id`` against the client
+    certificate's CN (``locker.cabinet.tlsfiles``)."""
+    m = cfg.mqtt
+    if m is None or not m.tls or not (m.ca_file and m.cert_file and m.key_file):
+        return []  # no TLS, or a missing key the model already reported
+    problems = tls_file_problems(m.ca_file, m.cert_file, m.key_file)
+    return problems + identity_problems(cfg.locker.id, m.cert_file)
 
 
 def certificate_warnings(cfg: Config, now: dt.datetime | None = None) -> list[str]:
@@ -93,7 +98,10 @@ def certificate_warnings(cfg: Config, now: dt.datetime | None = None) -> list[st
 
     Only for a file that :func:`environment_problems` found readable and well-formed.
     """
-    end = _client_certificate_end(cfg)
+    try:
+        end = _client_certificate_end(cfg)
+    except (OSError, ValueError):
+        return []  # reported by environment_problems (with TLS) or not used (without)
     if end is None:
         return []
     line = certificates.renewal_message(

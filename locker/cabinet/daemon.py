@@ -195,9 +195,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problems := environment_problems(cfg):
         print("\n".join(f"{args.config}: {p}" for p in problems), file=sys.stderr)
         return EXIT_CONFIG
-    # A keypad without login on the network is worth a line in the journal at every start,
-    # not only at --check-config (which prints every warning).
-    for warning in cfg.panel.warnings() if cfg.panel else []:
+    # What --check-config warns about (a keypad without login on the network, a session
+    # expiry that loses queued commands, option pairs that contradict each other) is worth a
+    # line in the journal at every start too.
+    for warning in cfg.warnings():
         logger.warning("%s: %s", args.config, warning)
     return run(cfg, simulate_doors=doors, store_wait_s=args.store_wait)
 

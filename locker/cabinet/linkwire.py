@@ -11,7 +11,10 @@ import json
 import random
 import ssl
 from collections.abc import Mapping
+from pathlib import Path
 
+from locker import errors
+from locker.cabinet.tlsfiles import tls_failure, tls_file_problems
 from locker.contract import numbers
 
 _MAX_ACK_BYTES = 256
@@ -89,12 +92,23 @@ _UNREACHABLE_ERRNOS = frozenset(
 
 
 def tls_context(ca_file: str | None, cert_file: str | None, key_file: str | None) -> ssl.SSLContext:
-    """Mutual TLS: the broker is verified against our CA *and* its host name (never disabled)."""
+    """Mutual TLS: the broker is verified against our CA *and* its host name (never disabled).
+
+    :raises locker.errors.ConfigError: a file that cannot be used (unreadable, not PEM, a key
+        that is not the certificate's), one line per problem naming the options
+        (``tlsfiles.tls_file_problems``; ``lockerd`` exits 78 on it). ``--check-config`` and
+        lockerd's start check the same before this runs.
+    """
     if not (ca_file and cert_file and key_file):
-        raise ValueError("TLS needs ca_file, cert_file and key_file")
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert_file, key_file)
+        raise errors.ConfigError("mqtt.ca_file, cert_file and key_file are required with TLS")
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(cert_file, key_file, password=lambda: b"")  # never a tty prompt
+    except (ssl.SSLError, OSError, ValueError) as err:
+        problems = tls_file_problems(Path(ca_file), Path(cert_file), Path(key_file))
+        detail = "; ".join(problems) or f"mqtt TLS files: {tls_failure(err)}"
+        raise errors.ConfigError(detail) from err
     assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
     return ctx
 

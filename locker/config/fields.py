@@ -1,6 +1,6 @@
 """Field types of the configuration file: one checked type per kind of value, with the reason
 in the message (pins, boot-safe lock pins, baudrates, public keys, paths resolved against the
-file's directory, files that must exist on the locker).
+file's directory, files that must exist on the locker, a state directory that can be one).
 
 Sources: BCM GPIO numbers and boot levels (DESIGN section 7), the standard baudrates of
 pySerial, the raw Ed25519 key encoding of DESIGN section 8.
@@ -209,6 +209,62 @@ def _check_readable(path: Path, info: ValidationInfo) -> Path:
     return path
 
 
+# Kernel and virtual file systems (``/proc/self/mountinfo`` type field): nothing there keeps a
+# database; ``lockerd`` stopped with exit 74 on a state_dir under /proc that the check passed.
+VIRTUAL_FILESYSTEMS: Final = frozenset(
+    {
+        *("proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs"),
+        *("securityfs", "configfs", "pstore", "bpf", "efivarfs", "fusectl", "mqueue"),
+        *("hugetlbfs", "binfmt_misc", "autofs", "rpc_pipefs", "nsfs"),
+    }
+)
+
+
+def _mount_type(path: Path) -> str | None:
+    """The file system type of the mount holding ``path`` (an existing, resolved path), from
+    ``/proc/self/mountinfo`` (proc(5)); None when it cannot be told."""
+    best, kind = -1, None
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields, _, rest = line.partition(" - ")
+        parts = fields.split()
+        if len(parts) < 5 or not rest:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[4])
+        if (path == Path(point) or Path(point) in path.parents) and len(point) > best:
+            best, kind = len(point), rest.split()[0]
+    return kind
+
+
+def state_dir_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be lockerd's state directory (None: it can, as far as can be told
+    without knowing the user lockerd runs as): it, or the nearest part of it that exists, is
+    not a directory, or lies on a kernel file system (/proc, /sys, /dev)."""
+    try:
+        resolved = path.resolve()
+        existing = next(p for p in (resolved, *resolved.parents) if p.exists())
+        if not existing.is_dir():
+            what = "exists and" if existing == resolved else f"cannot be made: {existing}"
+            return f"{path} {what} is not a directory"
+    except (OSError, RuntimeError, ValueError) as err:  # RuntimeError: a symlink loop
+        return f"cannot look at {path}: {getattr(err, 'strerror', None) or err}"
+    kind = _mount_type(existing)
+    guessed = kind is None and resolved.parts[1:2] in (("proc",), ("sys",))
+    if kind in VIRTUAL_FILESYSTEMS or guessed:
+        fs = kind or "virtual"
+        return f"{path} is on the kernel's {fs} file system, which cannot keep a database"
+    return None
+
+
+def _check_state_dir(path: Path, info: ValidationInfo) -> Path:
+    if context(info).check_files and (problem := state_dir_problem(path)):
+        reject(problem)
+    return path
+
+
 def _check_device_key(path: Path, info: ValidationInfo) -> Path:
     if context(info).check_files and (problem := _file_problem(path, DEVICE_KEY_BYTES)):
         reject(problem)
@@ -224,7 +280,7 @@ Name = Annotated[str, matching(r"[A-Za-z0-9_-]{1,16}", "1-16 characters of A-Z a
 PublicKey = Annotated[str, AfterValidator(_check_public_key)]
 CommandKid = Annotated[str, matching(r"[A-Za-z0-9._-]{1,64}", "1-64 of A-Z a-z 0-9 . _ -")]
 TokenKid = Annotated[str, AfterValidator(_check_token_kid)]
-DirPath = Annotated[Path, BeforeValidator(_to_path)]
+StateDir = Annotated[Path, BeforeValidator(_to_path), AfterValidator(_check_state_dir)]
 ReadableFile = Annotated[Path, BeforeValidator(_to_path), AfterValidator(_check_readable)]
 DeviceKeyFile = Annotated[Path, BeforeValidator(_to_path), AfterValidator(_check_device_key)]
 TopicPrefix = Annotated[str, AfterValidator(_check_topic_prefix)]

@@ -1,6 +1,8 @@
 """Relations between keys, checked on the raw TOML tables (wiring, pins and ports used twice,
-board references, shared buses, TLS files, throttle limits), so that they are
-reported even when other keys of the same file are broken."""
+board references, shared buses, TLS files, throttle limits, the reconnect back-off), so that
+they are reported even when other keys of the same file are broken. Every message names both
+keys: the one at its key path, the other in its reason. Relations that are legal but
+probably wrong are ``Config.warnings`` (``locker.config.sections``)."""
 
 from __future__ import annotations
 
@@ -26,6 +28,10 @@ def _int(value: object) -> int | None:
     return value if type(value) is int else None
 
 
+def _number(value: object) -> float | None:
+    return float(value) if type(value) in (int, float) else None  # type: ignore[arg-type]
+
+
 Defaults = Mapping[str, Mapping[str, object]]
 """Section name -> key -> default, taken from the models (defaults live there only)."""
 
@@ -46,6 +52,7 @@ def relations(data: object, defaults: Defaults) -> list[Issue]:
     issues += _pins_used_twice(root, compartments)
     issues += _serial_ports_used_twice(root, boards)
     issues += _mqtt_tls(_table(root.get("mqtt")))
+    issues += _reconnect(_table(root.get("mqtt")), defaults["mqtt"])
     issues += _throttle(_table(root.get("security")), defaults["security"])
     return issues
 
@@ -196,6 +203,20 @@ def _mqtt_tls(mqtt: dict[str, object]) -> Iterator[Issue]:
     for key in ("ca_file", "cert_file", "key_file"):
         if key not in mqtt:
             yield ("mqtt", key), "required when tls = true"
+
+
+def _reconnect(mqtt: dict[str, object], default: Mapping[str, object]) -> Iterator[Issue]:
+    if not mqtt:
+        return
+    low = _number(mqtt.get("reconnect_min_s", default["reconnect_min_s"]))
+    high = _number(mqtt.get("reconnect_max_s", default["reconnect_max_s"]))
+    if low is not None and high is not None and high < low:
+        key = "reconnect_max_s" if "reconnect_max_s" in mqtt else "reconnect_min_s"
+        yield (
+            ("mqtt", key),
+            f"mqtt.reconnect_max_s ({high:g} s) is below mqtt.reconnect_min_s ({low:g} s): the "
+            "reconnect back-off grows from reconnect_min_s up to reconnect_max_s",
+        )
 
 
 def _throttle(security: dict[str, object], default: Mapping[str, object]) -> Iterator[Issue]:

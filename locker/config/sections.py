@@ -27,7 +27,6 @@ from locker.config.fields import (
     Baudrate,
     CommandKid,
     DeviceKeyFile,
-    DirPath,
     LockBit,
     LockPin,
     Name,
@@ -38,6 +37,7 @@ from locker.config.fields import (
     ReadableFile,
     SerialPort,
     Size,
+    StateDir,
     Text,
     TokenKid,
     TopicPrefix,
@@ -101,8 +101,26 @@ class Locker(_Section):
             "1-64 of A-Z a-z 0-9 . _ - (it is an MQTT topic level and the TLS CN)",
         ),
     ]
-    state_dir: DirPath
+    state_dir: StateDir
     name: Text | None = None
+
+
+SESSION_EXPIRY_MAX: Final = 0xFFFFFFFF  # MQTT 5 3.1.2.11.2: a four-byte integer, "never"
+
+
+def _check_session_expiry(value: int) -> int:
+    if value == 0:
+        reject(
+            "0 ends the broker's session at every disconnect: the commands queued while the "
+            "locker is offline are then lost (DESIGN 5: clean_start=False with a session "
+            "expiry, default 604800 s = 7 days); use at least 1"
+        )
+    if not 1 <= value <= SESSION_EXPIRY_MAX:
+        reject(f"must be at least 1 and at most {SESSION_EXPIRY_MAX} s, got {num(value)}")
+    return value
+
+
+SHORT_SESSION_S: Final = 3600  # below an hour, a short outage loses the queued commands
 
 
 class Mqtt(_Section):
@@ -114,7 +132,7 @@ class Mqtt(_Section):
     key_file: ReadableFile | None = None
     topic_prefix: TopicPrefix = "lockers"
     keepalive_s: Annotated[int, within(5, 3600, " s")] = 30
-    session_expiry_s: Annotated[int, within(0, 0xFFFFFFFF, " s")] = 604800
+    session_expiry_s: Annotated[int, AfterValidator(_check_session_expiry)] = 604800
     require_server_ack: bool = True
     will_delay_s: Annotated[int, within(0, 86400, " s")] = 10
     ack_timeout_s: Annotated[float, within(0, 3600, " s", above=True)] = 30.0
@@ -354,7 +372,11 @@ class Config(_Section):
         except ValidationError as err:
             found = (messages.located(e, cls) for e in err.errors())
             details = [messages.detail(*issue) for issue in found if issue is not None]
-        defaults = {"boards": _defaults(Board), "security": _defaults(Security)}
+        defaults = {
+            "boards": _defaults(Board),
+            "security": _defaults(Security),
+            "mqtt": _defaults(Mqtt),
+        }
         details += [messages.detail(loc, reason) for loc, reason in relations(data, defaults)]
         if details:
             details.sort(key=lambda d: messages.file_order(d["loc"], list(cls.model_fields)))
@@ -362,8 +384,29 @@ class Config(_Section):
         return config
 
     def warnings(self) -> list[str]:
-        """Legal but probably wrong, one line each: the file still loads and runs."""
+        """Legal but probably wrong, one line each: the file still loads and runs
+        (``lockerd --check-config`` prints them, ``lockerd`` logs them at start)."""
         found: list[str] = []
+        m, t = self.mqtt, self.timing
+        if m is not None and m.session_expiry_s < SHORT_SESSION_S:
+            found.append(
+                f"mqtt.session_expiry_s = {m.session_expiry_s}: the broker forgets this "
+                f"locker's session, and the commands queued for it, after {m.session_expiry_s} s "
+                "offline (default 604800 s = 7 days)"
+            )
+        if m is not None and m.will_delay_s > m.session_expiry_s:
+            found.append(
+                f"mqtt.will_delay_s ({m.will_delay_s} s) is above mqtt.session_expiry_s "
+                f"({m.session_expiry_s} s): the broker publishes the offline will when the "
+                "session ends, the earlier of the two (MQTT 5 3.1.3.2.2)"
+            )
+        if t.door_left_open_s < t.door_open_timeout_s:
+            found.append(
+                f"timing.door_left_open_s ({num(t.door_left_open_s)} s) is below "
+                f"timing.door_open_timeout_s ({num(t.door_open_timeout_s)} s): a person "
+                "given that long to open a door gets less to put a parcel in and shut it "
+                "before door_left_open is raised (and raised again at that interval)"
+            )
         if self.keypad is None and self.scanner is None:
             found.append(
                 "no [keypad] and no [scanner]: nobody at the cabinet can open a compartment; "
