@@ -160,7 +160,7 @@ def test_tls_files_the_link_cannot_load_are_named_at_check_and_at_start(
     cfg = load_config(path)
     assert cfg.mqtt is not None
     if "ca_file" not in options:
-        with pytest.raises(AnyConfigError, match=options.split(",")[-1].strip()):
+        with pytest.raises(AnyConfigError, match=options.rsplit(",", maxsplit=1)[-1].strip()):
             tls_context(str(cfg.mqtt.ca_file), str(cfg.mqtt.cert_file), str(cfg.mqtt.key_file))
 
 
