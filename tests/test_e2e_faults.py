@@ -9,9 +9,14 @@ relay that drops the connection under both of them.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +25,7 @@ import pytest
 from locker.sim.broker import Broker
 from locker.sim.cabinet import SimCabinet
 from locker.sim.proxy import TcpProxy
-from tests.broker import ServerClient, broker  # noqa: F401 - fixture
+from tests.broker import ServerClient, broker, tls_broker  # noqa: F401 - fixture
 from tests.conftest import never_within, wait_for
 from tests.contract import validate_payload
 from tests.e2e import (
@@ -383,3 +388,64 @@ def test_connection_drop_shorter_than_the_will_delay_does_not_flap(
         assert_exactly_once(srv, cab)
     finally:
         proxy.close()
+
+
+def _mqtt_faults(cab: SimCabinet) -> list[str]:
+    """The types of the ``device=mqtt`` fault/recovery events still in the daemon's outbox."""
+    db = sqlite3.connect(f"file:{cab.state_dir / 'locker.db'}?mode=ro", uri=True, timeout=10)
+    with contextlib.closing(db):
+        rows = db.execute(
+            "SELECT type, payload FROM outbox WHERE type IN "
+            "('hardware_fault', 'hardware_recovered') ORDER BY seq"
+        ).fetchall()
+    return [t for t, payload in rows if json.loads(payload)["data"].get("device") == "mqtt"]
+
+
+def _faults_reach(cab: SimCabinet, n: int) -> bool:
+    return len(_mqtt_faults(cab)) >= n
+
+
+def _loud_lines(cab: SimCabinet) -> int:
+    return sum(1 for line in cab.log().splitlines() if " WARNING " in line or " ERROR " in line)
+
+
+def test_a_broker_refusing_every_publish_is_one_fault_per_outage_not_a_storm(
+    tls_broker: Broker,  # noqa: F811
+    cabinets: Cabinets,  # noqa: F811
+) -> None:
+    """The break-test's input: a wrong ``mqtt.topic_prefix`` (the ACL lets a locker write
+    only under lockers/<its CN>/; a locker.id that is not the CN is now refused at start).
+    Was: every refused PUBACK a hardware_fault event, itself refused (measured with this
+    cabinet, ~3 s a start: the outbox 2,910 -> 5,738 -> 8,218 over three starts, 8,212 mqtt
+    faults, 33,314 WARNING/ERROR lines). Now: one fault per outage, three rows (started, the
+    fault, stopping) and four WARNING/ERROR lines a start, and once the broker accepts the
+    prefix (its ACL reloaded) one hardware_recovered and the backlog drains."""
+    cab = cabinets.make(
+        tls_broker,
+        mqtt={"topic_prefix": "elsewhere", "reconnect_max_s": 2},
+        require_server_ack=False,
+        with_board=False,
+        panel=False,
+    )
+    depths: list[int] = []
+    loud: list[int] = []
+    for run in range(1, 4):
+        cab.start()
+        wait_for(partial(_faults_reach, cab, run), timeout=20, what="the refusal's fault")
+        never_within(partial(_faults_reach, cab, run + 1), 3.0, "a second mqtt fault")
+        assert cab.stop() == 0
+        depths.append(db_outbox_depth(cab))
+        loud.append(_loud_lines(cab))
+    assert _mqtt_faults(cab) == ["hardware_fault"] * 3
+    # per start: started, hardware_fault, stopping; nothing per refusal
+    assert depths[2] - depths[1] <= 4 and depths[1] - depths[0] <= 4, depths
+    assert loud[2] - loud[1] <= 5, (loud, failure_context(cab, tls_broker))
+
+    cab.start()
+    wait_for(partial(_faults_reach, cab, 4), timeout=20, what="the fourth start's fault")
+    acl = tls_broker.dir / "acl"
+    acl.write_text(acl.read_text() + "pattern write elsewhere/%u/#\n")
+    assert tls_broker.proc is not None
+    tls_broker.proc.send_signal(signal.SIGHUP)  # Mosquitto reloads its ACL file
+    wait_for(lambda: db_outbox_depth(cab) == 0, timeout=DELIVERY_S, what="the backlog delivered")
+    assert log_count(cab, "accepts this locker's publishes again") == 1
