@@ -16,6 +16,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from locker.cabinet.refusals import Refusals
 from locker.cabinet.sender import LinkCounters, OutboxSender, check_ack
 from locker.config.sections import Mqtt
 from locker.ports import OutboxRow
@@ -302,3 +303,19 @@ class SenderMachine(RuleBasedStateMachine):
 
 TestSenderMachine = SenderMachine.TestCase
 TestSenderMachine.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+
+
+def test_refusals_are_one_outage_until_every_refused_kind_is_accepted() -> None:
+    outage = Refusals((1.0, 4.0))
+    assert outage.refused("evt", "Not authorized", 10.0)  # begins: report it
+    assert not outage.refused("evt", "Not authorized", 10.1)  # counted, not reported
+    assert not outage.refused("state", "Not authorized", 10.2)
+    assert 11.0 <= outage.probe_at <= 12.0 and not outage.probe_due(10.9)
+    assert outage.probe_due(12.0)
+    outage.probed(12.0)
+    assert 13.0 <= outage.probe_at <= 16.0  # the back-off grows, up to reconnect_max_s
+    assert outage.accepted("evt", 13.0) is None  # the state is still refused: no flapping
+    assert outage.accepted("status", 13.0) is None  # never refused: says nothing
+    assert outage.accepted("state", 13.5) == (3, 3.5)
+    assert not outage.kinds and not outage.probe_due(1e9)
+    assert outage.refused("status", "Quota exceeded", 20.0)  # a new outage

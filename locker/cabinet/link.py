@@ -18,8 +18,9 @@ Reliability model:
   the outbox rows it asks for and publishes them.
 - A PUBACK with a failure reason code (the broker's ACL refuses the topic: a ``locker.id``
   that is not the certificate's CN, a wrong ``mqtt.topic_prefix``) is not delivery (DESIGN
-  5): the row stays. It is one outage, not one fault per refusal: the first refusal logs
-  one ERROR line and emits ``PublishRefused``; later ones are counted (DEBUG). While it
+  5): the row stays. It is one outage (``refusals.Refusals``), not one fault per refusal:
+  the first refusal logs one ERROR line and emits ``PublishRefused``; later ones are
+  counted (DEBUG). While it
   lasts the sender publishes no events (``OutboxSender.refusing``); on a back-off timer
   (``reconnect_min_s`` to ``reconnect_max_s``) the link probes with what was refused (the
   lowest unconfirmed event, the state, the birth), and once every kind refused has been
@@ -51,9 +52,9 @@ Reliability model:
 - Watchdog: any unexpected exception in the thread drops the client and builds a new one after
   a back-off; ``healthy()`` tells whether the thread is alive and looping.
 
-Size: about 850 lines, above the project's ~500, because it is one thread's loop around one
+Size: about 1000 lines, twice the project's ~500, because it is one thread's loop around one
 paho client (connection, socket pump, publishing, callbacks) whose state is shared by all of
-it; the parts that are not (``sender``, ``linkwire``) are already out.
+it; the parts that are not (``sender``, ``linkwire``, ``refusals``) are already out.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ from locker.cabinet.linkwire import (
     unreachable,
     unreachable_delay,
 )
+from locker.cabinet.refusals import Refusals
 from locker.cabinet.sender import LinkCounters, OutboxSender
 from locker.contract.replies import rfc3339
 from locker.ports import (
@@ -124,17 +126,6 @@ class _Requests:
     state: bytes | None = None
     replies: list[_Reply] = field(default_factory=list)
     done: list[tuple[int, int]] = field(default_factory=list)  # (client generation, mid)
-
-
-@dataclass
-class _Refusals:
-    """Publishes the broker refuses: one outage, however many refusals (link thread only)."""
-
-    kinds: dict[str, str] = field(default_factory=dict)  # "evt"/"state"/"status" -> reason
-    count: int = 0  # refused PUBACKs since the outage began
-    since: float = 0.0  # monotonic time of its first refusal
-    probes: int = 0  # probes made (the back-off grows with them)
-    probe_at: float = float("inf")  # monotonic time of the next probe
 
 
 @dataclass
@@ -282,7 +273,7 @@ class MqttLink(Uplink):
         self._state_mid: int | None = None
         self._status_mid: int | None = None  # our own offline status at a clean stop
         self._birth_mid: int | None = None
-        self._outage = _Refusals()
+        self._outage = Refusals((reconnect_min_s, reconnect_max_s))
         self._replies: deque[_Reply] = deque()
         self._held_commands: list[CommandMessage] | None = []  # until RetainedState is out
         self._stream_checked = False  # events and state wait for the controller's comparison
@@ -599,8 +590,7 @@ class MqttLink(Uplink):
             self._state_check_deadline = time.monotonic() + STATE_CHECK_S
         self._publish_birth()
         self._sender.connected()
-        if self._outage.kinds:
-            self._outage.probe_at = time.monotonic()  # a new connection: probe what was refused
+        self._outage.probe_now()  # a new connection: probe what was refused, if anything
 
     def _shutdown(self, *, clean: bool) -> None:
         client = self._client
@@ -690,7 +680,7 @@ class MqttLink(Uplink):
     # --- publishing -------------------------------------------------------------------------
 
     def _flush(self) -> None:
-        if self._outage.kinds and time.monotonic() >= self._outage.probe_at:
+        if self._outage.probe_due(time.monotonic()):
             self._probe()
         self._flush_state_and_replies()
         if self._sender.check_timeout(time.monotonic()):
@@ -778,18 +768,11 @@ class MqttLink(Uplink):
 
     def _publish_outcome(self, kind: str, failed: bool, reason: str, what: str) -> None:
         """A PUBACK of ``kind`` ("evt", "state", "status"): starts, extends or (once every
-        refused kind is accepted again) ends the refusal outage."""
-        outage = self._outage
-        if failed:
-            outage.count += 1
-            first = not outage.kinds
-            outage.kinds[kind] = reason
-            if not first:
-                logger.debug("publish refused again (%s): %s", what, reason)
-                return
-            outage.since = time.monotonic()
-            outage.probes = 0
-            self._schedule_probe()
+        refused kind is accepted again) ends the refusal outage (``refusals.Refusals``)."""
+        now = time.monotonic()
+        if failed and not self._outage.refused(kind, reason, now):
+            logger.debug("publish refused again (%s): %s", what, reason)
+        elif failed:
             logger.error(
                 "the broker refuses this locker's publishes (%s: %s): is locker.id %r the "
                 "client certificate's CN, and mqtt.topic_prefix the fleet's? Reported once "
@@ -800,23 +783,16 @@ class MqttLink(Uplink):
                 self._backoff[1],
             )
             self._emit(PublishRefused(self._topic(kind), reason))
-        elif outage.kinds.pop(kind, None) is not None and not outage.kinds:
-            seconds = time.monotonic() - outage.since
+        elif ended := self._outage.accepted(kind, now):
             logger.warning(
                 "the broker accepts this locker's publishes again, after %d refusal(s) over %.1f s",
-                outage.count,
-                seconds,
+                *ended,
             )
-            self._emit(PublishAccepted(outage.count, seconds))
-            self._outage = _Refusals()
-
-    def _schedule_probe(self) -> None:
-        low, high = self._backoff
-        self._outage.probe_at = time.monotonic() + backoff_delay(self._outage.probes + 1, low, high)
+            self._emit(PublishAccepted(*ended))
 
     def _probe(self) -> None:
         """Publish once more what the broker refused, to learn whether it accepts it now."""
-        self._outage.probes += 1
+        self._outage.probed(time.monotonic())
         kinds = self._outage.kinds
         if "evt" in kinds:
             self._sender.probe()
@@ -824,7 +800,6 @@ class MqttLink(Uplink):
             self._state_dirty = True
         if "status" in kinds and self._birth_mid is None:
             self._publish_birth()
-        self._schedule_probe()
 
     # --- callbacks: run inside loop_read on the link thread, only enqueue -------------------
 
