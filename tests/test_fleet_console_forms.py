@@ -20,7 +20,7 @@ from playwright.sync_api import expect
 from sqlalchemy import func, select, update
 
 from locker.fleet.service.console import SESSION_CHECK_S
-from locker.fleet.service.console_forms import NOTE_MAX, REASON_MAX
+from locker.fleet.service.console_forms import NOTE_MAX, REASON_MAX, reply_note
 from locker.fleet.service.db import commands, sessions
 from tests.conftest import wait_for
 from tests.console_rig import (
@@ -31,6 +31,7 @@ from tests.console_rig import (
     http_login,
     olga_ready,
 )
+from tests.domain import Sim, command
 from tests.fleet_rig import api, service_broker
 from tests.panel_rig import browser
 
@@ -237,3 +238,22 @@ def test_browser_stream_ends_when_the_session_is_logged_out_elsewhere(console_si
         expect(other).to_have_url(re.compile("/login$"))
         expect(page.locator("body")).to_have_attribute("data-sse", "ended", timeout=10_000)
         context.close()
+
+
+def test_a_set_service_reply_says_what_the_compartment_still_holds() -> None:
+    """The flash after ``set_service`` said only "done" while the compartment kept a parcel;
+    the note is built from the locker's own reply (the real state machine's result)."""
+    sim = Sim()
+    cid, _, _ = sim.assign("P1", "M")
+    sim.feed(command("set_service", sim.now, compartment=cid, in_service=False, reason="x"))
+    moved = sim.last.actions[-1].reply["result"]  # type: ignore[union-attr]
+    assert reply_note("set_service", moved) == (
+        f"; reservation P1 moved from {cid} to {moved['moved']['to']}"
+    )
+    xl, _ = sim.deposit("P2", "XL")
+    sim.feed(command("set_service", sim.now, compartment=xl, in_service=False, reason="x"))
+    holds = sim.last.actions[-1].reply["result"]  # type: ignore[union-attr]
+    assert reply_note("set_service", holds).startswith(f"; {xl} still holds parcel P2 (deposited)")
+    sim.feed(command("set_service", sim.now, compartment="A1", in_service=False, reason="x"))
+    assert reply_note("set_service", sim.last.actions[-1].reply["result"]) == ""  # type: ignore[union-attr]
+    assert reply_note("lockdown", holds) == ""

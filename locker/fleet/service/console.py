@@ -363,7 +363,8 @@ def install(app: FastAPI) -> None:  # noqa: PLR0915 - the console's routes, flat
             reply = await to_thread.run_sync(
                 actions.command, s.user.name, locker_id, action, args, reason
             )
-            msg, kind = f"{action}: {reply.status}", "ok"
+            note = console_forms.reply_note(action, reply.result)
+            msg, kind = f"{action}: {reply.status}{note}", "ok"
         except ActionError as err:
             msg, kind = f"{action}: {err.code}: {err.message}", "error"
             if err.code == "unknown_kid":  # the way out, not just the refusal

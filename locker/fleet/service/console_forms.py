@@ -122,3 +122,22 @@ def locker_action(
     if problems.lines:
         return problems
     return LockerAction(action, args, reason)
+
+
+def reply_note(action: str, result: Mapping[str, Any] | None) -> str:
+    """What the operator should know from a done command's ``result`` beyond "done" (empty
+    when nothing): for ``set_service``, a reservation the locker moved elsewhere (``moved``)
+    or a parcel the compartment still holds (``holds``: its codes are refused while it is out
+    of service). Shapes: docs/commands.md, ``set_service``."""
+    if action != "set_service" or not result:
+        return ""
+    where = str(result.get("compartment", "?"))
+    moved, holds = result.get("moved"), result.get("holds")
+    if isinstance(moved, Mapping):
+        return f"; reservation {moved.get('parcel')} moved from {where} to {moved.get('to')}"
+    if isinstance(holds, Mapping):
+        return (
+            f"; {where} still holds parcel {holds.get('parcel')} ({holds.get('status')}): "
+            "its codes are refused while the compartment is out of service"
+        )
+    return ""
