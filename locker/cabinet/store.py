@@ -15,7 +15,7 @@ The connection belongs to the controller thread. The MQTT link reads the outbox 
 ``OutboxView``, its own connection (WAL lets it read while the controller writes). How rows
 map to the model is in locker.cabinet.rows.
 
-About 600 lines, above the project's ~500: every write path (commit, probe, acks, a new epoch,
+About 700 lines, above the project's ~500: every write path (commit, probe, acks, a new epoch,
 checkpoints) shares the bookkeeping of events published from memory during a storage fault
 (stored first by whichever write succeeds first) and the write count, so they stay in one
 class; the row codec is already in locker.cabinet.rows.

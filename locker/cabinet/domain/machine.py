@@ -10,6 +10,11 @@ deposited, pickup armed -> pickup unlock -> opened -> closed = collected; pickup
 expired -> courier retrieval; cancel; extend; returns follow the same steps. Actuation is not
 observation: an unlock whose door is not seen open in time is a jam. The keypad and scanner
 flows live in locker.cabinet.domain.access; this module dispatches to them.
+
+About 530 lines, a little above the project's ~500: the door, parcel and time flows share
+the expiry pass and its deadlines (``_expire``, ``next_deadline``, ``_quiet_until``), which
+must agree exactly; the keypad and scanner (access), remote commands (remote), compartments
+and spent codes already live in their own modules.
 """
 
 from __future__ import annotations
