@@ -55,6 +55,13 @@ def test_user_added_after_the_locker_is_told_the_fix(
         op.close()
     assert "unknown_kid" in shown
     assert "keys/users/carl.pub" in shown and "command_keys" in shown and "restart" in shown
+    with api(console_site[0], carl["token"]) as c:  # the REST API says the way out too
+        r = c.post(
+            "/api/v1/lockers/SIM-0001/commands",
+            json={"action": "reset_lockout", "args": {}, "reason": "new user"},
+        )
+    assert (r.status_code, r.json()["error"]["code"]) == (409, "unknown_kid")
+    assert "keys/users/NAME.pub" in r.json()["error"]["message"]
 
 
 def test_remove_ends_sessions_and_token_at_once_and_reset_revokes(

@@ -72,6 +72,11 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "POST /api/v1/alarms/{id}/ack": ACT,
 }
 """Endpoint -> roles allowed. An endpoint missing here is a bug (the tests check both ways)."""
+UNKNOWN_KID_FIX = (
+    "The locker does not know the signer's command key: a user added after the locker was "
+    "provisioned needs keys/users/NAME.pub added to the locker's [security.command_keys] and "
+    "lockerd restarted there"
+)
 
 
 class ApiError(errors.UsageError):
@@ -396,6 +401,8 @@ def install(app: FastAPI) -> None:
             return error_response(err.status, err.code, err.message, issued=issued)
         if err.state is not None:  # refused because of the parcel's state: which
             return error_response(err.status, err.code, err.message, state=err.state)
+        if err.code == "unknown_kid":  # the way out, as the console says it
+            return error_response(err.status, err.code, f"{err.message}. {UNKNOWN_KID_FIX}")
         return error_response(err.status, err.code, err.message)
 
     @app.exception_handler(RequestValidationError)
