@@ -173,3 +173,40 @@ def test_pip_install_of_the_cabinet_extra_pulls_no_fleet_package(tmp_path: Path)
     installed = {_name(line) for line in listed.splitlines() if "==" in line}
     assert {"parcel-locker", "gpiozero", "pyserial"} <= installed
     assert not installed & FLEET_ONLY
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_fleet_servers_install_steps_give_a_working_lockerctl_serve(tmp_path: Path) -> None:
+    # README's "Under systemd" steps, in a fresh venv: the locked fleet packages (with the
+    # build backend), then the project without dependencies. lockerd's venv would not do:
+    # install.sh puts only the cabinet there (a service started from it died on tomli_w).
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    unit = (ROOT / "systemd" / "locker-fleet.service").read_text(encoding="utf-8")
+    for line in (
+        "sudo /opt/locker-fleet/venv/bin/pip install --require-hashes -r requirements/fleet.txt",
+        "sudo /opt/locker-fleet/venv/bin/pip install --no-deps --no-build-isolation .",
+    ):
+        assert line in readme
+    assert "ExecStart=/opt/locker-fleet/venv/bin/lockerctl serve" in unit
+    venv = tmp_path / "venv"
+    python = str(venv / "bin" / "python")
+    for command in (
+        [sys.executable, "-m", "venv", str(venv)],
+        [python, "-m", "pip", "install", "--quiet", "--require-hashes", "-r",
+         str(ROOT / "requirements" / "fleet.txt")],
+        [python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         str(ROOT)],
+    ):  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, timeout=500, check=False)
+        assert done.returncode == 0, (command, done.stderr[-3000:])
+    lockerctl = str(venv / "bin" / "lockerctl")
+    done = subprocess.run(
+        [lockerctl, "serve", "--help"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0 and "--fleet" in done.stdout, done.stderr[-3000:]
+    probe = "import locker.fleet.service.app, locker.fleet.service.db; print('ok')"
+    done = subprocess.run(
+        [python, "-c", probe], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.stdout.strip() == "ok", done.stderr[-3000:]
