@@ -13,6 +13,7 @@ import datetime as dt
 import io
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,19 @@ from locker.fleet.layout import Fleet
 from locker.fleet.service import alarms, db
 from locker.fleet.service.certs import CertificateCollector, CertificateSweep
 from locker.fleet.service.db import alarms as alarms_table
-from locker.sim.broker import Broker
+from locker.sim.broker import SERVER_CN, Broker, Pki
 from tests.conftest import wait_for
 from tests.contract import validate_payload
 from tests.domain import SIZES, Keys, rules
-from tests.fleet_rig import add_user, api, cabinet, fleet_dir, service_broker, start_service
+from tests.fleet_rig import (
+    WORKER_2,
+    add_user,
+    api,
+    cabinet,
+    fleet_dir,
+    service_broker,
+    start_service,
+)
 
 _ = service_broker  # a fixture
 
@@ -236,3 +245,44 @@ def test_fleet_renew_changes_nothing_when_a_file_cannot_be_written(tmp_path: Pat
     assert {p: p.read_bytes() for p in fleet.dir.rglob("*.pem")} == before
     assert not list(fleet.dir.rglob("*.new"))
     assert len(certs.renew_fleet(fleet)) == 3  # and once the fault is gone it works
+
+
+# --- what is in use, not only the files ----------------------------------------------------
+
+
+@pytest.mark.broker
+@pytest.mark.timeout(120)
+def test_a_renewal_not_yet_in_use_keeps_its_alarm(tmp_path: Path) -> None:
+    """The broker presents a 10-day certificate and the service runs with a 10-day client
+    certificate. Renewing the files (``fleet renew``) resolves the files' alarms, but until the
+    broker and the service restart with them, the certificates in use keep theirs."""
+    pki = Pki(tmp_path / "pki", server_days=10)
+    pki.client(SERVER_CN, days=10)  # what fleet_dir copies to clients/ and the service loads
+    broker = Broker(tmp_path / "broker", pki=pki, server_users=(SERVER_CN, WORKER_2))
+    broker.start()
+    try:
+        d = fleet_dir(tmp_path, broker)
+        shutil.copyfile(pki.server_cert, d / "broker" / "server.pem")  # the file = the served
+        service = start_service(d)
+        try:
+            due = {line.split(": the certificate")[0] for line in service.certs.sweep()}
+            assert due == {"broker/server.pem", f"clients/{SERVER_CN}.pem"}
+            renewed = certs.renew_fleet(Fleet.load(d))
+            assert "broker/server.pem" in renewed and f"clients/{SERVER_CN}.pem" in renewed
+            lines = service.certs.sweep()
+            assert {line.split(": the certificate")[0] for line in lines} == {
+                f"broker 127.0.0.1:{broker.port} (presented)",
+                f"clients/{SERVER_CN}.pem (loaded)",
+            }, lines
+            assert all("ends on" in line for line in lines)
+            with service.engine.connect() as conn:
+                open_ = conn.execute(
+                    alarms_table.select().where(alarms_table.c.state == "open")
+                ).all()
+            assert sorted(a.compartment for a in open_) == sorted(
+                [f"broker 127.0.0.1:{broker.port} (presented)", f"clients/{SERVER_CN}.pem (loaded)"]
+            )
+        finally:
+            service.stop()
+    finally:
+        broker.stop()

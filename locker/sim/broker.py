@@ -83,13 +83,14 @@ class Pki:
         directory: Path,
         ca_name: str = "Test fleet CA",
         server_names: tuple[list[str], list[str]] = (["localhost"], [HOST]),
+        server_days: int = 825,
     ) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.dir = directory
         self.ca = provision.make_ca(ca_name)
         self.ca_file = str(directory / "ca.pem")
         provision.write_public(self.ca_file, self.ca.cert_pem)
-        server = provision.make_server_cert(self.ca, *server_names)
+        server = provision.make_server_cert(self.ca, *server_names, days=server_days)
         self.server_cert, self.server_key = (
             str(directory / "server.pem"),
             str(directory / "server.key"),

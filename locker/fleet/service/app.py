@@ -28,12 +28,13 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from locker import errors, sdnotify
-from locker.fleet.client import CommandSigner, FleetClient, signer_for
+from locker.fleet.client import CommandSigner, FleetClient, TlsFiles, signer_for
 from locker.fleet.connection import takeover_note
 from locker.fleet.service import api, console, db, delivery, retention
 from locker.fleet.service.actions import Actions
 from locker.fleet.service.alarms import Rules
 from locker.fleet.service.certs import CertificateCollector, CertificateSweep
+from locker.fleet.service.certs_live import LiveCertificates
 from locker.fleet.service.config import ServiceConfig
 from locker.fleet.service.housekeeping import Housekeeper
 from locker.fleet.service.ingest import Ingest
@@ -171,7 +172,13 @@ class FleetService:
         )
         self.deliverer = delivery.Deliverer(self.engine, cfg.settings)
         self.actions = Actions(self.engine, fleet, self.client)
-        self.certs = CertificateSweep(self.engine, fleet, rules_for(cfg))
+        live = LiveCertificates(
+            fleet.dir,
+            m.host or fleet.broker_host,
+            m.port or fleet.broker_port,
+            TlsFiles(fleet.ca_file, *fleet.client_cert(m.client)) if tls else None,
+        )
+        self.certs = CertificateSweep(self.engine, fleet, rules_for(cfg), live=live)
         days = cfg.settings.retention.days
         self.housekeeper = Housekeeper(
             [

@@ -49,16 +49,17 @@ class CertificateSweep:
         fleet: Fleet,
         rules: alarms.Rules,
         *,
+        live: Callable[[], list[FleetCertificate]] = list,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self.engine, self.fleet, self.rules = engine, fleet, rules
-        self.clock = clock
+        self.live, self.clock = live, clock
         self.last: list[FleetCertificate] = []
 
     def sweep(self) -> list[str]:
         """Raise and resolve the alarms; returns the warning lines (also logged)."""
         now = self.clock()
-        found = inventory(self.fleet)
+        found = inventory(self.fleet) + self.live()  # files, then what is in use (certs_live)
         lines = []
         with self.engine.begin() as conn:
             for cert in found:
