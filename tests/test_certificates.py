@@ -9,10 +9,13 @@ Real files, a real SQLite database, and for the locker's own report a real TLS b
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import datetime as dt
 import io
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -197,8 +200,12 @@ def test_the_service_alarms_on_a_due_certificate_and_resolves_it_once_renewed(
 def test_fleet_renew_keeps_the_broker_names_and_chains_to_the_ca(tmp_path: Path) -> None:
     fleet = _fleet(tmp_path)
     old = x509.load_pem_x509_certificate((fleet.dir / "broker" / "server.pem").read_bytes())
-    renewed = certs.renew_fleet(fleet)
+    (fleet.dir / "clients" / "junk.pem").write_text("garbage\n")  # a stray file is no identity
+    done = certs.renew_fleet(fleet)
+    renewed = done.renewed
     assert renewed == ["broker/server.pem", "clients/backend.pem", "clients/lockerctl.pem"]
+    assert done.skipped == ["clients/junk.pem: no junk-key.pem beside it"]
+    assert not (fleet.dir / "clients" / "junk-key.pem").exists()
     new = x509.load_pem_x509_certificate((fleet.dir / "broker" / "server.pem").read_bytes())
     assert new.serial_number != old.serial_number
     san = x509.SubjectAlternativeName
@@ -222,16 +229,41 @@ def test_lockerctl_fleet_certs_marks_what_to_renew(tmp_path: Path) -> None:
     out = io.StringIO()
     assert ctl.main(["fleet", "certs", str(fleet.dir)], out) == 0
     text = out.getvalue()
-    assert "RENEW LKR-1" in text and "lockerctl locker renew DIR LKR-1" in text
+    assert re.search(r"^RENEW LKR-1 +lockers/LKR-1/device.pem", text, re.MULTILINE)
+    assert f"lockerctl locker renew {fleet.dir} LKR-1" in text
     assert "RENEW (fleet)" not in text
+    # every row's columns line up, whatever its mark
+    starts = {line.index("(fleet)") for line in text.splitlines() if "(fleet)" in line}
+    assert starts == {6}
     out = io.StringIO()
     assert ctl.main(["fleet", "certs", str(fleet.dir), "--json"], out) == 0
     doc = json.loads(out.getvalue())
     assert doc["ok"] is True and doc["due"] == 1
     assert [c["file"] for c in doc["certificates"] if c["renew"]] == ["lockers/LKR-1/device.pem"]
     out = io.StringIO()
-    assert ctl.main(["fleet", "renew", str(fleet.dir), "--json"], out) == 0
+    argv = ["fleet", "renew", str(fleet.dir), "--days", "30", "--client-days", "20", "--json"]
+    assert ctl.main(argv, out) == 0
     assert json.loads(out.getvalue())["renewed"][0] == "broker/server.pem"
+    ends = {c.name: c.not_after for c in certs.inventory(fleet) if c.not_after is not None}
+    now = datetime.datetime.now(datetime.UTC)
+    assert 29 <= (ends["broker/server.pem"] - now).days <= 30
+    assert 19 <= (ends["clients/backend.pem"] - now).days <= 20
+    # a locker whose device.pem is not kept here is listed, never due (the locker says it)
+    (fleet.dir / "lockers" / "LKR-1" / "device.pem").unlink()
+    out = io.StringIO()
+    assert ctl.main(["fleet", "certs", str(fleet.dir)], out) == 0
+    assert re.search(r"^- +LKR-1 +lockers/LKR-1/device.pem +not in this fleet", out.getvalue(),
+                     re.MULTILINE)  # fmt: skip
+
+
+def test_renewing_without_the_ca_key_says_where_to_run_it(tmp_path: Path) -> None:
+    fleet = _fleet(tmp_path)
+    fleet.ca_key_file.unlink()  # a server's copy of the fleet directory
+    for argv in (["fleet", "renew", str(fleet.dir)], ["locker", "renew", str(fleet.dir), "LKR-1"]):
+        out = io.StringIO()
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            assert ctl.main(argv, out) == ctl.EXIT_CONFIG, argv
+        assert "where ca-key.pem lives" in err.getvalue(), err.getvalue()
 
 
 def test_fleet_renew_changes_nothing_when_a_file_cannot_be_written(tmp_path: Path) -> None:
@@ -244,7 +276,7 @@ def test_fleet_renew_changes_nothing_when_a_file_cannot_be_written(tmp_path: Pat
     blocker.rmdir()
     assert {p: p.read_bytes() for p in fleet.dir.rglob("*.pem")} == before
     assert not list(fleet.dir.rglob("*.new"))
-    assert len(certs.renew_fleet(fleet)) == 3  # and once the fault is gone it works
+    assert len(certs.renew_fleet(fleet).renewed) == 3  # and once the fault is gone it works
 
 
 # --- what is in use, not only the files ----------------------------------------------------
@@ -267,7 +299,7 @@ def test_a_renewal_not_yet_in_use_keeps_its_alarm(tmp_path: Path) -> None:
         try:
             due = {line.split(": the certificate")[0] for line in service.certs.sweep()}
             assert due == {"broker/server.pem", f"clients/{SERVER_CN}.pem"}
-            renewed = certs.renew_fleet(Fleet.load(d))
+            renewed = certs.renew_fleet(Fleet.load(d)).renewed
             assert "broker/server.pem" in renewed and f"clients/{SERVER_CN}.pem" in renewed
             lines = service.certs.sweep()
             assert {line.split(": the certificate")[0] for line in lines} == {

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import tomllib
 import uuid
@@ -461,6 +462,30 @@ def test_ctrl_c_while_waiting_for_a_reply_is_one_line_and_130(fake_locker: FakeL
             proc.wait(10)
     assert proc.returncode == ctl.EXIT_INTERRUPTED, err
     assert "lockerctl: interrupted" in err and "Traceback" not in err
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_while_lockerctl_starts_is_one_line_and_130_too() -> None:
+    # The interrupt arrives while lockerctl imports its stack (most of a second): made
+    # deterministic by an import hook that raises it where SIGINT's handler would.
+    child = textwrap.dedent(
+        """
+        import sys
+        class Interrupt:
+            def find_spec(self, name, path=None, target=None):
+                if name == "sqlalchemy":
+                    raise KeyboardInterrupt
+        sys.meta_path.insert(0, Interrupt())
+        sys.argv = ["lockerctl", "fleet", "show", "nowhere"]
+        from locker.fleet.ctl_entry import main
+        sys.exit(main())
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", child], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == ctl.EXIT_INTERRUPTED, done.stderr
+    assert done.stderr.strip() == "lockerctl: interrupted"
 
 
 @pytest.mark.broker

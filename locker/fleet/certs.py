@@ -31,7 +31,15 @@ from locker.fleet.pki import (
     make_server_cert,
 )
 
-__all__ = ["FLEET", "SERVER_DAYS", "FleetCertificate", "inventory", "renew_fleet"]
+__all__ = [
+    "FLEET",
+    "SERVER_DAYS",
+    "FleetCertificate",
+    "Renewal",
+    "inventory",
+    "load_ca",
+    "renew_fleet",
+]
 
 FLEET: Final = "(fleet)"
 """The owner of the fleet's own certificates (no locker id can be written so: LOCKER_ID_RE)."""
@@ -41,6 +49,7 @@ HOW_CA: Final = (
     "(README, Certificates)"
 )
 HOW_FLEET: Final = "run lockerctl fleet renew, then restart the broker and lockerctl serve"
+NOT_HERE: Final = "not in this fleet directory (the locker reports its own certificate's end)"
 
 
 @dataclass(frozen=True)
@@ -54,9 +63,13 @@ class FleetCertificate:
     not_after: dt.datetime | None
     how: str
     problem: str | None = None
+    missing: bool = False  # a locker's device.pem not kept here (only the locker has it)
 
     def message(self, now: dt.datetime) -> str | None:
-        """The warning line for this certificate now, or None (not due)."""
+        """The warning line for this certificate now, or None (not due, or not kept here:
+        the locker reports its own, ``certificate_expiring``)."""
+        if self.missing:
+            return None
         if self.not_after is None:
             return f"{self.name}: {self.problem}"
         return certificates.renewal_message(self.name, self.not_after, now, self.how)
@@ -84,10 +97,15 @@ def inventory(fleet: Fleet) -> list[FleetCertificate]:
             found.append(_entry(root, pem, FLEET, HOW_FLEET))
     for locker_id in fleet.lockers():
         d = fleet.locker_dir(locker_id)
-        if (d / "REVOKED").exists() or not (d / "device.pem").exists():
+        if (d / "REVOKED").exists():
             continue
-        how = f"run lockerctl locker renew DIR {locker_id} and install the new files on it"
-        found.append(_entry(root, d / "device.pem", locker_id, how))
+        how = f"run lockerctl locker renew {root} {locker_id} and install the new files on it"
+        pem = d / "device.pem"
+        if not pem.exists():  # listed, never alarmed: the locker reports its own
+            name = pem.relative_to(root).as_posix()
+            found.append(FleetCertificate(locker_id, name, None, how, NOT_HERE, missing=True))
+            continue
+        found.append(_entry(root, pem, locker_id, how))
     return found
 
 
@@ -124,20 +142,62 @@ def _server_names(cert: x509.Certificate) -> tuple[list[str], list[str]]:
     return dns, ips
 
 
-def renew_fleet(fleet: Fleet, days: int = SERVER_DAYS, client_days: int = CLIENT_DAYS) -> list[str]:
-    """New keys and certificates for the broker (the same host names and addresses as its
-    current certificate) and for every server identity in ``clients/``, all or none
-    (:func:`_put_in_place`); returns the files renewed, relative to the fleet directory. The
-    old certificates stay valid until they end, so nothing stops working before the broker
-    and the services restart with the new ones.
+@dataclass(frozen=True)
+class Renewal:
+    """What ``renew_fleet`` did: files ``renewed`` and files ``skipped`` (with why), paths
+    relative to the fleet directory."""
 
-    :raises ProvisionError: the CA or the broker's current certificate cannot be read.
+    renewed: list[str]
+    skipped: list[str]
+
+
+CA_MISSING: Final = (
+    "run it where ca-key.pem lives (the fleet directory lockers are provisioned from; a "
+    "server's copy should not hold it)"
+)
+
+
+def load_ca(fleet: Fleet) -> PemPair:
+    """The fleet's CA key and certificate, parsed.
+
+    :raises ProvisionError: either cannot be read (and where to run instead).
     """
     try:
         ca = PemPair.load(fleet.ca_key_file, fleet.ca_file)
-        ca.cert  # noqa: B018 - parse now: a broken CA must fail before anything is written
+        ca.private_key()  # parse now: a broken CA must fail before anything is written
+        ca.cert  # noqa: B018
     except (OSError, ValueError) as err:
-        raise ProvisionError(f"the fleet's CA cannot be read: {err}") from err
+        why = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise ProvisionError(f"the fleet's CA cannot be read ({why}): {CA_MISSING}") from err
+    return ca
+
+
+def _identity(pem: Path) -> str | None:
+    """Why ``clients/NAME.pem`` is not a server identity to renew, or None when it is: its key
+    ``NAME-key.pem`` beside it, and, when the file still reads as a certificate, CN ``NAME``
+    (an unreadable one with its key is renewed: that repairs it)."""
+    if not pem.with_name(f"{pem.stem}-key.pem").exists():
+        return f"no {pem.stem}-key.pem beside it"
+    try:
+        cert = x509.load_pem_x509_certificate(pem.read_bytes())
+    except (OSError, ValueError):
+        return None
+    cns = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    if [str(c.value) for c in cns] != [pem.stem]:
+        return f"its CN is not {pem.stem!r}"
+    return None
+
+
+def renew_fleet(fleet: Fleet, days: int = SERVER_DAYS, client_days: int = CLIENT_DAYS) -> Renewal:
+    """New keys and certificates for the broker (``days``; the same host names and addresses
+    as its current certificate) and for every server identity in ``clients/``
+    (``client_days``; a file that is not one is skipped and said), all or none
+    (:func:`_put_in_place`). The old certificates stay valid until they end, so nothing stops
+    working before the broker and the services restart with the new ones.
+
+    :raises ProvisionError: the CA or the broker's current certificate cannot be read.
+    """
+    ca = load_ca(fleet)
     server = fleet.dir / "broker" / "server.pem"
     try:
         names, ips = _server_names(x509.load_pem_x509_certificate(server.read_bytes()))
@@ -152,10 +212,16 @@ def renew_fleet(fleet: Fleet, days: int = SERVER_DAYS, client_days: int = CLIENT
             server,
         )
     ]
+    skipped = []
     clients = fleet.dir / "clients"
     for pem in sorted(clients.glob("*.pem")) if clients.is_dir() else ():
-        if not pem.name.endswith("-key.pem"):
-            cert, key = fleet.client_cert(pem.stem)
-            pairs.append((make_client_cert(ca, pem.stem, client_days), key, cert))
+        if pem.name.endswith("-key.pem"):
+            continue
+        name = pem.relative_to(fleet.dir).as_posix()
+        if (why := _identity(pem)) is not None:
+            skipped.append(f"{name}: {why}")
+            continue
+        cert, key = fleet.client_cert(pem.stem)
+        pairs.append((make_client_cert(ca, pem.stem, client_days), key, cert))
     _put_in_place(pairs)
-    return [cert.relative_to(fleet.dir).as_posix() for _, _, cert in pairs]
+    return Renewal([cert.relative_to(fleet.dir).as_posix() for _, _, cert in pairs], skipped)

@@ -199,7 +199,16 @@ def _add_fleet(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     renew.add_argument("dir", type=Path)
     renew.add_argument(
-        "--days", type=ctl_args.CERT_DAYS, default=SERVER_DAYS, help="broker's validity"
+        "--days",
+        type=ctl_args.CERT_DAYS,
+        default=SERVER_DAYS,
+        help=f"the broker's certificate's validity (default {SERVER_DAYS})",
+    )
+    renew.add_argument(
+        "--client-days",
+        type=ctl_args.CERT_DAYS,
+        default=provision.CLIENT_DAYS,
+        help=f"the server identities' validity (default {provision.CLIENT_DAYS})",
     )
     renew.set_defaults(func=cmd_fleet_renew)
 
@@ -500,29 +509,31 @@ def cmd_fleet_show(args: argparse.Namespace, out: Output) -> int:
 def cmd_fleet_certs(args: argparse.Namespace, out: Output) -> int:
     f = provision.Fleet.load(args.dir)
     now = dt.datetime.now(dt.UTC)
-    found = certs.inventory(f)
     rows = []
-    for c in found:
+    for c in certs.inventory(f):
         end = None if c.not_after is None else f"{c.not_after:%Y-%m-%dT%H:%M:%S}Z"
         message = c.message(now)
         rows.append({"owner": c.owner, "file": c.name, "not_after": end, "renew": message})
-        mark = "RENEW " if message else ""
-        out.say(f"{mark}{c.owner:<16} {c.name:<40} {end or c.problem}")
+        mark = "RENEW" if message else ("-" if c.missing else "ok")
+        out.say(f"{mark:<6}{c.owner:<16} {c.name:<40} {end or c.problem}")
         if message:
-            out.say(f"  {message}")
+            out.say(f"      {message}")
     out.put(certificates=rows, due=sum(1 for r in rows if r["renew"]))
     return EXIT_OK
 
 
 def cmd_fleet_renew(args: argparse.Namespace, out: Output) -> int:
     f = provision.Fleet.load(args.dir)
-    renewed = certs.renew_fleet(f, args.days)
-    out.put(renewed=renewed)
-    for name in renewed:
+    done = certs.renew_fleet(f, args.days, args.client_days)
+    out.put(renewed=done.renewed, skipped=done.skipped)
+    for name in done.renewed:
         out.say(f"renewed {name}")
+    for line in done.skipped:
+        out.say(f"skipped {line}")
     out.say(
-        "restart the broker (copy broker/ to it first if its files live elsewhere) and "
-        "every lockerctl serve; the old certificates stay valid until they end"
+        "copy broker/ to the broker host if its files live elsewhere, and clients/ to every "
+        "server's copy of this directory; restart the broker and every lockerctl serve: until "
+        "then they use the old certificates (valid until they end), and the alarm stays"
     )
     return EXIT_OK
 

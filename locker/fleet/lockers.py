@@ -25,6 +25,7 @@ import tomli_w
 
 from locker.config import ConfigError, parse_config
 from locker.config.fields import BAUDRATES
+from locker.fleet.certs import load_ca
 from locker.fleet.keys import (
     ProvisionArgumentError,
     ProvisionError,
@@ -319,7 +320,7 @@ def provision_locker(
 
 def _issue(fleet: Fleet, locker_id: str, d: Path, days: int = CLIENT_DAYS) -> PemPair:
     """A new key and certificate for the locker, recorded in ``serials`` before it is used."""
-    ca = PemPair.load(fleet.ca_key_file, fleet.ca_file)
+    ca = load_ca(fleet)  # a server's copy of the fleet directory holds no CA key: say where
     pair = make_client_cert(ca, locker_id, days)
     with (d / "serials").open("a", encoding="ascii") as log:
         log.write(f"{pair.cert.serial_number}\n")
