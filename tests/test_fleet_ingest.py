@@ -42,6 +42,12 @@ def state(locker: str, last_seq: int, depth: int, epoch: str = "e1", rev: int = 
     return Message(f"{P}/{locker}/state", json.dumps(doc).encode(), retain=True)
 
 
+def online(locker: str, up: bool = True) -> Message:
+    """The locker's retained status (its birth, or its will with ``up`` False)."""
+    doc = {"v": 1, "online": up, "boot_id": "b1", "version": "1"}
+    return Message(f"{P}/{locker}/status", json.dumps(doc).encode(), retain=True)
+
+
 @pytest.fixture
 def engine(tmp_path: Path) -> Engine:
     url = f"sqlite:///{tmp_path / 'fleet.db'}"

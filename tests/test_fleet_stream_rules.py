@@ -29,7 +29,7 @@ from locker.fleet.service.config import ConfigError, ServiceConfig
 from locker.fleet.service.ingest import Ack, Ingest, Message
 from locker.fleet.watch import EventLog, FleetView, Watcher
 from tests.conftest import wait_for
-from tests.test_fleet_ingest import evt
+from tests.test_fleet_ingest import evt, online
 
 RULE = ledger.GapRule(wait_s=2.0, interval_s=60.0)
 
@@ -84,7 +84,7 @@ def test_the_service_resyncs_a_lasting_gap_once_per_interval_whichever_worker_sw
 ) -> None:
     clock = Clock()
     ingest = Ingest(engine, rules=Rules(gap_resync_s=2.0, resync_interval_s=60.0), clock=clock)
-    out = ingest.store([evt("L1", 1), evt("L1", 2)])
+    out = ingest.store([online("L1"), evt("L1", 1), evt("L1", 2)])
     assert out.resync == [] and out.acks == [Ack("L1", "e1", 2)]
     clock.now += 1
     out = ingest.store([evt("L1", 7), evt("L1", 8)])  # 3-6 lost
@@ -94,7 +94,7 @@ def test_the_service_resyncs_a_lasting_gap_once_per_interval_whichever_worker_sw
     assert gaps.claim(engine, RULE, clock.now) == [], "younger than gap_resync_s"
     clock.now = opened + 2.0
     first = gaps.claim(engine, RULE, clock.now)
-    assert [g.line() for g in first] == ["L1: gap 3-6 for 2.0 s: resync sent"]
+    assert [g.line() for g in first] == ["L1 (epoch e1): gap 3-6 for 2.0 s: resync sent"]
     assert gaps.claim(engine, RULE, clock.now) == [], "a second worker finds it claimed"
     clock.now += 59
     assert gaps.claim(engine, RULE, clock.now) == [], "once per resync_interval_s"

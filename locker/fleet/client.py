@@ -273,10 +273,17 @@ class FleetClient:
             for listener in list(self._note_listeners):
                 listener(note)
 
-    def close(self) -> None:
+    def close(self, *, end_session: bool = False) -> None:
+        """Disconnect. ``end_session``: a clean stop of a persistent session ends it too
+        (DISCONNECT with SessionExpiryInterval 0, MQTT 5 section 3.14.2.2.2: allowed when the
+        CONNECT gave a non-zero one), so the broker hands what it would have queued for us to
+        the other members of a shared subscription instead of holding it until expiry."""
         self._closing = True  # our own DISCONNECT: no "connection lost" note
+        props = None
+        if end_session and self._session_expiry_s > 0:
+            props = _props(PacketTypes.DISCONNECT, SessionExpiryInterval=0)
         with contextlib.suppress(Exception):
-            self._client.disconnect()
+            self._client.disconnect(properties=props)
         self._client.loop_stop()
 
     def __enter__(self) -> FleetClient:

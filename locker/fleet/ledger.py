@@ -67,6 +67,11 @@ class Ack(NamedTuple):
         return doc
 
 
+def short_epoch(epoch: str) -> str:
+    """An epoch for a log line: its first 8 characters, ``(none)`` for the legacy one."""
+    return epoch[:8] if epoch != LEGACY_EPOCH else "(none)"
+
+
 def epoch_of(doc: Mapping[str, Any]) -> str | None:
     """The ``epoch`` of an event or state payload; LEGACY_EPOCH when absent; None when
     present but not a non-empty string of at most 64 characters (a malformed message)."""

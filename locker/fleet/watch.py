@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from locker.contract.actions import Action
+from locker.fleet import jsontop
 from locker.fleet.client import CommandSigner, FleetClient, FleetError, Incoming, Reply
 from locker.fleet.eventlog import EventLog, valid_seq
 from locker.fleet.ledger import (
     INVALID_EVENT,
-    LEGACY_EPOCH,
     Ack,
     GapRule,
     Stream,
@@ -41,6 +41,7 @@ from locker.fleet.ledger import (
     event_problem,
     gap_line,
     placeholder,
+    short_epoch,
     state_floor,
 )
 
@@ -110,10 +111,6 @@ def occupancy_line(locker_id: str, state: Mapping[str, Any]) -> str:
     return " ".join([head, *(f"[{f}]" for f in flags), *cells])
 
 
-def _short(epoch: str) -> str:
-    return epoch[:8] if epoch != LEGACY_EPOCH else "(none)"
-
-
 class FleetView:
     """Pure bookkeeping of a fleet's messages; ``handle`` returns lines for a human.
 
@@ -167,6 +164,8 @@ class FleetView:
             doc = json.loads(msg.payload) if msg.payload else None
         except (UnicodeDecodeError, json.JSONDecodeError):
             doc = None
+        except RecursionError:  # nested too deep: an event's top level still places it
+            doc = jsontop.top_level(msg.payload) if channel == "evt" else None
         lines = self._dispatch(locker_id, channel, doc, msg.payload)
         if lines is None:
             if channel == "evt":
@@ -221,7 +220,7 @@ class FleetView:
             self._log_baseline(locker_id, stream, floor)
             if missing and not news:
                 lines.append(
-                    f"{locker_id}: seq {_span(held + 1, floor)} of epoch {_short(epoch)} "
+                    f"{locker_id}: seq {_span(held + 1, floor)} of epoch {short_epoch(epoch)} "
                     "were removed from the locker before this server held them"
                 )
             stream.note_gap(self.clock())
@@ -236,15 +235,15 @@ class FleetView:
         stream = view.streams[epoch] = Stream(view.locker_id, epoch)
         previous = view.stream
         if previous is None:
-            lines.append(f"{view.locker_id}: first contact, epoch {_short(epoch)}")
+            lines.append(f"{view.locker_id}: first contact, epoch {short_epoch(epoch)}")
             baseline = self._baselines.get(view.locker_id)
             if baseline is not None:
                 stream.raise_floor(baseline)
                 self._log_baseline(view.locker_id, stream, baseline)
         else:
             lines.append(
-                f"{view.locker_id}: NEW EVENT STREAM, epoch {_short(epoch)} replaces "
-                f"{_short(previous.epoch)} (held up to seq {previous.contiguous}): the "
+                f"{view.locker_id}: NEW EVENT STREAM, epoch {short_epoch(epoch)} replaces "
+                f"{short_epoch(previous.epoch)} (held up to seq {previous.contiguous}): the "
                 "locker's store was replaced, reset or rolled back"
             )
         view.epoch = epoch
@@ -272,8 +271,8 @@ class FleetView:
         if problem is not None:
             view.invalid += 1
             lines.append(
-                f"{locker_id}: event seq {seq} of epoch {_short(epoch)} is invalid ({problem});"
-                f" held as {INVALID_EVENT} so its stream goes on"
+                f"{locker_id}: event seq {seq} of epoch {short_epoch(epoch)} is invalid "
+                f"({problem}); held as {INVALID_EVENT} so its stream goes on"
             )
         else:
             lines.append(_event_line(locker_id, ev))

@@ -26,9 +26,15 @@ like the 201's): the assign waits in the locker's session until its ``exp`` (two
 runs when the locker is back. While it is pending another issue of the same parcel is refused
 (409 ``assign_pending``): two code pairs of which only the first could work would be worse
 than none. Its ``parcel_reserved`` event (or the reply) makes it ``reserved``; cancelling it
-(queued behind the assign) withdraws it; a definite refusal (the locker's, or the broker's)
-makes it ``rejected``. Issuing a parcel id whose earlier parcel is in a final state starts a
-new life of it (``parcel_ledger.begin_life``).
+makes it ``withdrawn`` at once, before the cancel is sent (queued behind the assign, it ends
+the parcel at the locker if the assign runs after all), so its id can be issued again at once,
+at any locker; once the assign's ``exp`` has passed it can never run and the worker's sweep
+withdraws the parcel (``parcel_ledger.lapse_pending``); a definite refusal (the locker's, or
+the broker's) makes it ``rejected``. Issuing a parcel id whose earlier parcel is in a final
+state starts a new life of it (``parcel_ledger.begin_life``).
+
+About 520 lines, past 500 for a stated reason: issue, the parcel commands and their pending /
+withdrawn bookkeeping share one commit-before-acting sequence and are read together.
 """
 
 from __future__ import annotations
@@ -430,11 +436,24 @@ class Actions:
         self, user: str, row: Any, action: Action, extra: dict[str, Any], reason: str
     ) -> Reply:
         parcel = row.parcel
+        cmd = self._prepare(user, row.locker, action, {"parcel": parcel, **extra})
+        withdrawing = row.state == PENDING and action is Action.CANCEL
+        if withdrawing:  # commit before acting: the fleet gives the parcel up at once
+            check_reason(reason)
+            with self.engine.begin() as conn:
+                withdrawing = parcel_ledger.withdraw(conn, parcel, user, time.time())
         try:
-            reply = self._ok(
-                self.send(user, row.locker, action, {"parcel": parcel, **extra}, reason)
-            )
+            reply = self._ok(self._dispatch(user, cmd, reason))
         except ActionError as err:
+            if withdrawing and err.code in UNANSWERED:
+                raise ActionError(
+                    err.status,
+                    err.code,
+                    f"{err.message}. Parcel {parcel} is withdrawn for the fleet all the same "
+                    f"(its id may be issued again, at any locker); the cancel waits for locker "
+                    f"{row.locker} behind the assign",
+                    state=parcel_ledger.WITHDRAWN,
+                ) from None
             if row.state == PENDING and action is Action.CANCEL and err.code == "unknown_parcel":
                 # Commands run in order: a cancel after the unanswered assign that finds no
                 # parcel means the assign never ran and never will (it expired): withdrawn.
@@ -463,12 +482,12 @@ class Actions:
                 f"pickup_until: at most {MAX_PICKUP_HOURS} h from now ({_utc(latest)}), the "
                 "longest pickup window this service sets",
             )
-        if row.pickup_until is not None and pickup_until < row.pickup_until:
+        if row.pickup_until is not None and pickup_until <= row.pickup_until:
             raise ActionError(
                 422,
                 "invalid_args",
-                f"pickup_until: {_utc(pickup_until)} is earlier than the current window's end "
-                f"({_utc(row.pickup_until)}); extend only makes the window longer",
+                f"pickup_until: {_utc(pickup_until)} is not later than the current end of the "
+                f"window ({_utc(row.pickup_until)}); extend only makes the window longer",
             )
         return self._parcel_command(
             user, row, Action.EXTEND, {"pickup_until": pickup_until}, reason

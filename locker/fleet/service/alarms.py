@@ -17,7 +17,11 @@ reach the rules below (``on_event``) nor the parcel ledger.
 
 Customer notifications to webhooks taking ``notification``: ``parcel_deposited``,
 ``pickup_reminder`` (``reminder_before_s`` before ``pickup_until``, once), ``pickup_expired``.
-Their idempotency key names the event (locker, epoch, seq), so a redelivery is recognisable.
+Their idempotency key names the event (locker, epoch, seq) and the parcel's life (a parcel id
+issued again is a new parcel: ``…-life2``); the reminder's names the parcel and its life
+(``pickup_reminder-P1-life2``), so a redelivery is recognisable and a new life is reminded
+again. Each payload carries ``life`` too. By ingest as well: ``foreign_parcel_event`` when a
+locker reports on a parcel another locker holds (``parcel_ledger.Foreign``).
 """
 
 from __future__ import annotations
@@ -151,15 +155,18 @@ def on_event(
         target = RESOLVED_BY[kind]
         resolve(conn, locker, target, compartment if target == "door_left_open" else None, now)
     if kind in NOTIFY_EVENTS and ev.get("parcel"):
+        life = conn.execute(select(parcels.c.life).where(parcels.c.parcel == ev["parcel"]))
+        number = life.scalar() or 1
         payload = {
             "type": NOTIFY_EVENTS[kind],
             "parcel": ev["parcel"],
+            "life": number,
             "locker": locker,
             "compartment": compartment,
             "ts": ev.get("ts"),
             "pickup_until": data.get("pickup_until"),
         }
-        key = f"{kind}-{locker}-{epoch}-{ev['seq']}"
+        key = f"{kind}-{locker}-{epoch}-{ev['seq']}-life{number}"
         delivery.enqueue(conn, rules.routes.get("notification", []), key, payload, now)
 
 
@@ -203,10 +210,15 @@ def sweep(conn: Connection, rules: Rules, now: float) -> None:
         payload = {
             "type": "pickup_reminder",
             "parcel": p.parcel,
+            "life": p.life,
             "locker": p.locker,
             "compartment": p.compartment,
             "pickup_until": p.pickup_until,
         }
-        key = f"pickup_reminder-{p.parcel}"
+        key = f"pickup_reminder-{p.parcel}-life{p.life}"  # each life of an id is reminded
         delivery.enqueue(conn, rules.routes.get("notification", []), key, payload, now)
-        conn.execute(update(parcels).where(parcels.c.parcel == p.parcel).values(reminded=True))
+        conn.execute(
+            update(parcels)
+            .where(parcels.c.parcel == p.parcel, parcels.c.life == p.life)
+            .values(reminded=True)
+        )

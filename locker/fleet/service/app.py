@@ -30,12 +30,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from locker import errors, sdnotify
 from locker.fleet.client import CommandSigner, FleetClient, TlsFiles, signer_for
 from locker.fleet.connection import takeover_note
+from locker.fleet.mosquitto import BACKEND_USER, OPERATOR_USER
+from locker.fleet.provision import Fleet
 from locker.fleet.service import api, console, db, delivery, retention
 from locker.fleet.service.actions import Actions
 from locker.fleet.service.alarms import Rules
 from locker.fleet.service.certs import CertificateCollector, CertificateSweep
 from locker.fleet.service.certs_live import LiveCertificates
-from locker.fleet.service.config import ServiceConfig
+from locker.fleet.service.config import ConfigError, ServiceConfig
 from locker.fleet.service.housekeeping import Housekeeper
 from locker.fleet.service.ingest import Ingest
 from locker.fleet.service.live import Hub
@@ -146,12 +148,63 @@ def listen_socket(host: str, port: int) -> socket.socket:
         ) from err
 
 
+def check_ack_identity(fleet: Fleet, client: str) -> None:
+    """The service acknowledges events, so its MQTT identity must be one the broker lets
+    write ``{p}/+/ack``: not the operator identity (``lockerctl``: commands only,
+    ``mosquitto.render_acl``), nor one the fleet's own ACL (``broker/acl``, when there is one)
+    lists without that right. An identity the fleet's ACL does not list (a worker added to
+    the installed broker's ACL by hand) is taken: only the broker knows.
+
+    :raises ConfigError: naming ``[mqtt] client`` (``--mqtt-client``) and why (exit 5).
+    """
+    why = None
+    if client == OPERATOR_USER:
+        why = "the operator identity: the broker lets it send commands, not acknowledge events"
+    else:
+        acl = fleet.dir / "broker" / "acl"
+        try:
+            text = acl.read_text(encoding="utf-8")
+        except OSError:
+            text = ""
+        writes = _acl_writes(text).get(client)
+        if writes is not None and f"{fleet.topic_prefix}/+/ack" not in writes:
+            ack = f"{fleet.topic_prefix}/+/ack"
+            why = f"an identity the fleet's broker ACL ({acl.name}) gives no write on {ack}"
+    if why is not None:
+        raise ConfigError(
+            "[mqtt] client (--mqtt-client)",
+            [
+                f"{client!r} is {why}; the service needs a server identity that may "
+                f"(e.g. {BACKEND_USER!r}, or one made for this worker and listed among the "
+                "broker ACL's server users)"
+            ],
+        )
+
+
+def _acl_writes(text: str) -> dict[str, set[str]]:
+    """``{user: topics it may write}`` of a Mosquitto ACL file's ``user`` blocks."""
+    out: dict[str, set[str]] = {}
+    user: str | None = None
+    for raw in text.splitlines():
+        words = raw.split()
+        if len(words) == 2 and words[0] == "user":
+            user = words[1]
+            out.setdefault(user, set())
+        elif len(words) == 3 and words[0] == "topic" and user is not None:
+            if words[1] in ("write", "readwrite"):
+                out[user].add(words[2])
+        elif words and words[0] == "pattern":
+            user = None
+    return out
+
+
 class FleetService:
     """Everything one ``lockerctl serve`` process runs; ``start``/``stop`` or ``run``."""
 
     def __init__(self, cfg: ServiceConfig, *, tls: bool = True) -> None:
         self.cfg = cfg
         fleet = cfg.fleet
+        check_ack_identity(fleet, cfg.settings.mqtt.client)
         db.upgrade(cfg.db_url)
         self.engine = db.make_engine(cfg.db_url)
         m = cfg.settings.mqtt
@@ -280,7 +333,9 @@ class FleetService:
         self.worker.stop()
         self.deliverer.stop()
         self.housekeeper.stop()
-        self.client.close()
+        # a clean stop ends the session: the broker gives our share of the queue to the
+        # live workers now (a worker that dies holds it until SESSION_EXPIRY_S)
+        self.client.close(end_session=True)
         self.engine.dispose()
 
     def run(self, on_ready: Callable[[str], None] | None = None) -> None:

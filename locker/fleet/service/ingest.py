@@ -18,7 +18,10 @@ any order, duplicates included) and, in ONE transaction:
   problem and the raw payload, escaped and cut short), so the stream goes on and is acked; it
   is reported (``invalid_event`` in ``reports``, a WARNING line with locker, seq and why) and
   raises the operator alarm ``invalid_event`` (once while open); the parcel ledger and the
-  alarm rules skip it.
+  alarm rules skip it;
+- an event about a parcel that another locker holds (``parcel_ledger.Foreign``) is stored as
+  an event but changes no parcel and notifies nobody: reported (``foreign_parcel_event``), a
+  WARNING line, and the alarm ``foreign_parcel_event`` on the sending locker.
 
 After the commit it returns the acks due (``{p}/ack`` ``{"v":1,"epoch","upto_seq"}``) and the
 lockers to ask for a ``resync``. The receipt rule (the same as ``lockerctl watch``'s): a
@@ -47,6 +50,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from locker.contract import numbers
 from locker.fleet import ledger as receipt
+from locker.fleet.ledger import short_epoch
 from locker.fleet.service import alarms as alarm_rules
 from locker.fleet.service import parcel_ledger
 from locker.fleet.service.db import events, lockers, reports, streams
@@ -255,8 +259,11 @@ class Ingest:
             body = row["body"]
             problem = unique[row["seq"]].problem
             if problem is None:
-                parcel_ledger.apply_event(conn, locker, epoch, body, now)
-                alarm_rules.on_event(conn, self.rules, locker, epoch, body, now)
+                foreign = parcel_ledger.apply_event(conn, locker, epoch, body, now)
+                if foreign is None:
+                    alarm_rules.on_event(conn, self.rules, locker, epoch, body, now)
+                else:
+                    self._foreign(conn, key, body, foreign, now, out)
             else:
                 self._invalid(conn, key, row["seq"], problem, now, out)
             out.stored.append({"locker": locker, **body})
@@ -288,8 +295,33 @@ class Ingest:
         alarm_rules.raise_alarm(conn, self.rules, locker, "invalid_event", None, detail, now)
         out.invalid += 1
         out.rejections.append(
-            f"{locker}: event seq {seq} of epoch {_short(epoch)} is invalid ({problem}); "
+            f"{locker}: event seq {seq} of epoch {short_epoch(epoch)} is invalid ({problem}); "
             f"held as {receipt.INVALID_EVENT} so its stream goes on"
+        )
+
+    def _foreign(
+        self,
+        conn: Connection,
+        key: tuple[str, str],
+        body: dict[str, Any],
+        foreign: parcel_ledger.Foreign,
+        now: float,
+        out: Outcome,
+    ) -> None:
+        """An event about a parcel another locker holds: stored as an event, changing no
+        parcel; reported, alarmed on the sending locker, logged."""
+        locker, epoch = key
+        detail = foreign.detail(epoch, body)
+        conn.execute(
+            insert(reports).values(
+                locker=locker, kind="foreign_parcel_event", at=now, detail=detail
+            )
+        )
+        alarm_rules.raise_alarm(conn, self.rules, locker, "foreign_parcel_event", None, detail, now)
+        out.rejections.append(
+            f"{locker}: event seq {body['seq']} of epoch {short_epoch(epoch)} ({body['type']}) is "
+            f"about parcel {foreign.parcel}, which locker {foreign.holder} holds "
+            f"({foreign.state}): the parcel was not changed"
         )
 
     def _raise_floor(
@@ -360,10 +392,6 @@ class Ingest:
 def _insert(conn: Connection, table: Any) -> Any:
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     return dialect.insert(table)
-
-
-def _short(epoch: str) -> str:
-    return epoch[:8] if epoch != receipt.LEGACY_EPOCH else "(none)"
 
 
 def _stream_where(stmt: Any, key: tuple[str, str]) -> Any:

@@ -11,7 +11,9 @@ rejects that message alone (``Outcome.rejections``, one line each, with the lock
 topic). An event that CAN be placed but whose body breaks the contract
 (``ledger.event_problem``, or larger than ``MAX_EVENT_BYTES``) is replaced by its
 placeholder (``ledger.placeholder``) with the problem: its seq must be held, or its stream
-would stop there for good. So no value from a locker can make the database driver raise.
+would stop there for good. So is an event nested too deep for ``json.loads`` whose top level
+still gives its ``epoch`` and ``seq`` (:func:`locker.fleet.jsontop.top_level`). So no value
+from a locker can make the database driver raise.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from locker.contract import numbers
+from locker.fleet import jsontop
 from locker.fleet import ledger as receipt
 
 MAX_EVENT_BYTES = 64 * 1024
@@ -154,11 +157,19 @@ def parse(
             _reject(out, locker, msg.topic, f"oversized ({size} bytes)")
             continue
         doc: Any = None  # an empty status payload: the retained status was cleared
+        deep = None
         try:
             doc = json.loads(msg.payload) if msg.payload else None
-        except (UnicodeDecodeError, ValueError, RecursionError):
+        except (UnicodeDecodeError, ValueError):
             _reject(out, locker, msg.topic, "not JSON")
             continue
+        except RecursionError:
+            # nested deeper than the parser goes: an event's top level may still place it
+            doc = jsontop.top_level(msg.payload) if channel == "evt" else None
+            if doc is None:
+                _reject(out, locker, msg.topic, "not JSON it can read (nested too deep)")
+                continue
+            deep = "nested too deep to parse (its top level was read)"
         why = _problem(channel, doc)
         if why is not None:
             _reject(out, locker, msg.topic, why)
@@ -167,7 +178,7 @@ def parse(
         elif channel == "state":
             parsed.states[locker] = doc
         else:
-            problem = f"oversized ({size} bytes)" if oversized else suspect
+            problem = f"oversized ({size} bytes)" if oversized else (deep or suspect)
             problem = problem or receipt.event_problem(doc)
             if problem is not None:
                 doc = receipt.placeholder(doc, problem)

@@ -15,8 +15,21 @@ locker's events (DESIGN 5 event types): ``reserved`` (assign done), ``deposited`
 ``collected``, ``expired``, ``cancelled`` (cancelled before the deposit: the compartment is
 free again), ``awaiting_retrieval`` (cancelled AFTER the deposit: the parcel is still inside,
 its pickup code disarmed, until a courier's ``retrieve`` takes it out), ``retrieval_armed``,
-``retrieved``; and ``rejected`` (the API's assign was refused, by the locker or the broker).
-``FINAL_STATES`` are those in which the locker no longer knows the parcel.
+``retrieved``; ``rejected`` (the API's assign was refused, by the locker or the broker); and
+``withdrawn`` (a pending parcel the fleet gave up: an operator cancelled it while its assign was
+unanswered, or the assign's ``exp`` passed so it can never run, ``lapse_pending``). ``FINAL_STATES``
+are those in which the locker no longer knows the parcel (or the fleet no longer waits for it):
+its id may be issued again.
+
+One locker's word: an event moves a parcel only when it comes from the locker that holds the
+parcel's current life (``parcels.locker``); one from any other locker of the fleet (a stolen
+certificate, a stale event of an earlier life elsewhere) changes nothing and is returned as a
+:class:`Foreign` for ingest to report (``foreign_parcel_event``: a report row, a WARNING line,
+an alarm on the sending locker). The only exception is a ``parcel_reserved`` of a parcel id in
+a final state: a new life at that locker (issued there by another tool). Order: within the
+holding locker, an event is newer than the one that set the state when its epoch was first
+seen later (``streams.first_seen``; the epoch's text breaks a tie) or, in the same epoch, its
+seq is higher.
 
 Lives: a parcel id may be issued again once its parcel is in a final state. Each issue starts
 a new LIFE of the id (``life`` 1, 2...): a clean row (new ``created_at``, no pickup window, no
@@ -34,13 +47,19 @@ from typing import Any
 from sqlalchemy import Connection, insert, select, update
 
 from locker.contract import numbers
-from locker.fleet.service.db import parcel_history, parcels
+from locker.contract.commands import CLOCK_SKEW_S
+from locker.fleet.commands import DEFAULT_LONG_TTL_S
+from locker.fleet.service.db import parcel_history, parcels, streams
 
 KINDS = frozenset({"delivery", "return"})  # DESIGN 5, assign's ``kind``
 SIZES = frozenset({"S", "M", "L", "XL"})  # schemas/common.json ``size``
 
 PENDING = "pending"  # an assign sent but unanswered: it may still run (see actions)
-FINAL_STATES = frozenset({"collected", "retrieved", "cancelled", "rejected"})
+WITHDRAWN = "withdrawn"  # pending, given up by the fleet: cancelled, or its assign expired
+FINAL_STATES = frozenset({"collected", "retrieved", "cancelled", "rejected", WITHDRAWN})
+# An assign is refused by the locker once its exp has passed (DESIGN 5); a locker clock up to
+# CLOCK_SKEW_S behind ours still takes it that much longer.
+ASSIGN_RUNS_FOR_S = DEFAULT_LONG_TTL_S + CLOCK_SKEW_S
 AWAITING_RETRIEVAL = "awaiting_retrieval"  # cancelled after the deposit: still inside
 
 STATE_OF_EVENT = {
@@ -66,10 +85,52 @@ def _event_state(kind: str, data: dict[str, Any]) -> str | None:
     return STATE_OF_EVENT.get(kind)
 
 
+@dataclass(frozen=True)
+class Foreign:
+    """An event of ``locker`` about ``parcel``, whose current life is held by ``holder``: it
+    changed nothing (see the module docstring)."""
+
+    parcel: str
+    holder: str
+    state: str
+
+    def detail(self, epoch: str, ev: dict[str, Any]) -> dict[str, Any]:
+        """The report's detail: ``{"parcel","holder","state","epoch","seq","type"}``."""
+        return {
+            "parcel": self.parcel,
+            "holder": self.holder,
+            "state": self.state,
+            "epoch": epoch,
+            "seq": ev["seq"],
+            "type": ev["type"],
+        }
+
+
+def _order(conn: Connection, locker: str, epoch: str | None, seq: int) -> tuple[float, str, int]:
+    """Where ``(epoch, seq)`` stands in ``locker``'s history: epochs by when this service first
+    saw them, then seqs (an epoch never seen sorts first)."""
+    first = conn.execute(
+        select(streams.c.first_seen).where(streams.c.locker == locker, streams.c.epoch == epoch)
+    ).scalar()
+    return (float(first) if first is not None else float("-inf"), epoch or "", seq)
+
+
+def _newer(conn: Connection, row: Any, epoch: str, seq: int) -> bool:
+    """Whether the event ``(epoch, seq)`` of the parcel's own locker is newer than the one
+    that set ``row.state`` (none: an API action set it, any event is newer)."""
+    if row.state_seq is None or row.state_epoch is None:
+        return True
+    if row.state_epoch == epoch:
+        return bool(seq > row.state_seq)
+    mine = _order(conn, row.locker, epoch, seq)
+    return mine > _order(conn, row.locker, row.state_epoch, int(row.state_seq))
+
+
 def apply_event(
     conn: Connection, locker: str, epoch: str, ev: dict[str, Any], now: float
-) -> str | None:
-    """Record ``ev`` in its parcel's history and move the parcel's state; returns the parcel."""
+) -> Foreign | None:
+    """Record ``ev`` in its parcel's history and move the parcel's state; or, for an event of
+    a locker that does not hold the parcel, nothing: returns the :class:`Foreign` to report."""
     parcel = ev.get("parcel")
     if not isinstance(parcel, str) or not parcel:
         return None
@@ -101,8 +162,13 @@ def apply_event(
     else:
         life = row.life
         values: dict[str, Any] = {"updated_at": now, **until}
-        newer = row.state_seq is None or row.state_epoch != epoch or ev["seq"] > row.state_seq
-        if kind == "parcel_reserved" and newer and row.state in FINAL_STATES:
+        relife = kind == "parcel_reserved" and row.state in FINAL_STATES
+        if row.locker != locker and not relife:
+            return Foreign(parcel, str(row.locker), str(row.state))
+        # a withdrawn assign that ran after all (the cancel behind it follows): the same life
+        late = row.state == WITHDRAWN and row.locker == locker
+        newer = row.locker != locker or _newer(conn, row, epoch, ev["seq"])
+        if relife and newer and not late:
             # reserved again by someone other than this service's API: a new life
             life = row.life + 1
             values |= _clean(life, now) | {"locker": locker, "created_by": None} | learnt
@@ -133,7 +199,7 @@ def apply_event(
             },
         )
     )
-    return parcel
+    return None
 
 
 def _clean(life: int, now: float) -> dict[str, Any]:
@@ -225,10 +291,48 @@ def withdrawn(conn: Connection, parcel: str, actor: str, now: float) -> None:
     """A cancel found no parcel at the locker after an unanswered assign: it never ran."""
     conn.execute(
         update(parcels)
-        .where(parcels.c.parcel == parcel, parcels.c.state == PENDING)
+        .where(parcels.c.parcel == parcel, parcels.c.state.in_((PENDING, WITHDRAWN)))
         .values(state="cancelled", updated_at=now)
     )
     record_api(conn, parcel, "cancelled", actor, now, {"detail": "assign never ran"})
+
+
+def withdraw(conn: Connection, parcel: str, actor: str, now: float) -> bool:
+    """An operator cancels a PENDING parcel: the fleet gives it up at once (``withdrawn``, its
+    id free for another locker) while the cancel goes to the locker behind the assign.
+    Returns whether the parcel was pending (else nothing is written)."""
+    done = conn.execute(
+        update(parcels)
+        .where(parcels.c.parcel == parcel, parcels.c.state == PENDING)
+        .values(state=WITHDRAWN, updated_at=now)
+    )
+    if done.rowcount != 1:
+        return False
+    record_api(conn, parcel, "withdrawn", actor, now, {"detail": "cancelled while pending"})
+    return True
+
+
+def lapse_pending(conn: Connection, now: float) -> list[tuple[str, str]]:
+    """Pending parcels whose assign can no longer run (its ``exp``, at most
+    ``ASSIGN_RUNS_FOR_S`` after the parcel was recorded, has passed) become ``withdrawn``;
+    returns their ``(parcel, locker)``. Idempotent: a parcel lapses once."""
+    rows = conn.execute(
+        select(parcels.c.parcel, parcels.c.locker).where(
+            parcels.c.state == PENDING, parcels.c.created_at < now - ASSIGN_RUNS_FOR_S
+        )
+    ).all()
+    lapsed = []
+    for row in rows:
+        done = conn.execute(
+            update(parcels)
+            .where(parcels.c.parcel == row.parcel, parcels.c.state == PENDING)
+            .values(state=WITHDRAWN, updated_at=now)
+        )
+        if done.rowcount == 1:
+            detail = {"locker": row.locker, "detail": "the assign expired unanswered"}
+            record_api(conn, row.parcel, "withdrawn", "fleet", now, detail)
+            lapsed.append((str(row.parcel), str(row.locker)))
+    return lapsed
 
 
 def _reservation(data: dict[str, Any]) -> dict[str, Any]:

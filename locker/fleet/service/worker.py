@@ -21,6 +21,10 @@ good), and only when that fails too is it dropped alone, logged with its locker 
 counted (``fleet_ingest_errors_total{reason="dropped"}``). Events held as placeholders count as
 ``reason="invalid"``. The thread outlives any fault of its own loop (``reason="worker"``);
 ``alive`` says whether it runs (``/healthz``).
+
+Every ``sweep_s`` it also runs the time-driven rules: alarms and reminders
+(``alarms.sweep``), and pending parcels whose assign expired unanswered become ``withdrawn``
+(``parcel_ledger.lapse_pending``), one WARNING line each.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from locker.contract.actions import Action
 from locker.fleet.client import CommandSigner, FleetClient, FleetError, Incoming
-from locker.fleet.service import alarms, gaps
+from locker.fleet.service import alarms, gaps, parcel_ledger
 from locker.fleet.service.ingest import Ack, Ingest, Message, Outcome
 from locker.fleet.service.metrics import METRICS
 
@@ -237,11 +241,13 @@ class IngestWorker:
 
     def _gap_sweep(self) -> None:
         try:
-            due = gaps.claim(self.ingest.engine, self.gap_rule, self.ingest.clock())
+            swept = gaps.sweep(self.ingest.engine, self.gap_rule, self.ingest.clock())
         except SQLAlchemyError:
             logger.exception("gap sweep failed")
             return
-        for gap in due:
+        for gone in swept.given_up:
+            logger.warning("%s", gone.line())
+        for gap in swept.resyncs:
             METRICS.gap_resyncs.inc()
             logger.warning("%s", gap.line())
             self._side.submit(self._resync, gap.locker)
@@ -250,8 +256,17 @@ class IngestWorker:
         try:
             with self.ingest.engine.begin() as conn:
                 alarms.sweep(conn, self.ingest.rules, time.time())
+                lapsed = parcel_ledger.lapse_pending(conn, time.time())
         except SQLAlchemyError:
             logger.exception("alarm sweep failed")
+            return
+        for parcel, locker in lapsed:
+            logger.warning(
+                "%s: parcel %s withdrawn: its assign expired unanswered (it can never run); "
+                "its id is free again",
+                locker,
+                parcel,
+            )
 
     def backlog(self) -> int:
         return self._queue.qsize()
