@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
-from locker.fleet import ledger
+from locker.fleet import jsontop, ledger
 from locker.fleet.service import alarms, db, gaps, parcel_ledger
 from locker.fleet.service.alarms import Rules
 from locker.fleet.service.ingest import Ack, Ingest, Message
@@ -212,3 +212,10 @@ def test_a_deeply_nested_event_is_held_as_a_placeholder_and_its_stream_goes_on(
     body = b'{"v":1,"epoch":"e1","seq":14,"type":"door_opened","data":' + huge + b"}"
     out = ingest.store([Message(f"{P}/L1/evt/door_opened", body), evt("L1", 15)])
     assert out.acks == [Ack("L1", "e1", 15)] and out.invalid == 1
+
+
+def test_the_top_level_scanner_skips_nested_values_and_strings_whole() -> None:
+    doc = b'{"a":"x\\"]","b":[{"c":"]\\"["}],"d":2,"e\\u0041":true}'
+    assert jsontop.top_level(doc) == {"a": 'x"]', "b": None, "d": 2, "eA": True}
+    for bad in (b'{"a":1,}', b"[1]", b'{"a":[1}', b"{} x", b"\xff", b""):
+        assert jsontop.top_level(bad) is None, bad

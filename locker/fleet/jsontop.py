@@ -5,16 +5,15 @@ have) makes Python's parser recurse past its limit. Its ``epoch`` and ``seq`` ar
 plain members of the top-level object: :func:`top_level` reads them without recursion, so
 the event can be held as an ``invalid_event`` placeholder and its stream goes on, rather
 than being dropped and blocking the stream at that seq for good (every resend meets the same
-error). Nested values are skipped by counting brackets (strings skipped with the standard
-library's own ``scanstring``, escapes included); scalars are read by ``raw_decode``, which
-does not recurse for them. JSON: RFC 8259.
+error). Nested values are skipped by counting brackets (strings skipped whole by the standard
+library's ``raw_decode``, escapes included); keys and scalars are read by ``raw_decode`` too,
+which does not recurse for them. JSON: RFC 8259.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from json.decoder import scanstring
 from typing import Any
 
 NESTED = None
@@ -52,7 +51,7 @@ def _object(text: str) -> dict[str, Any] | None:
     while True:
         if text[i] != '"':
             return None
-        key, i = scanstring(text, i + 1)
+        key, i = _DECODER.raw_decode(text, i)  # a string: no recursion
         i = _ws(text, i)
         if text[i] != ":":
             return None
@@ -78,7 +77,7 @@ def _skip_nested(text: str, i: int) -> int:
             raise ValueError("unterminated nested value")
         char, i = match.group(), match.end()
         if char == '"':
-            _, i = scanstring(text, i)
+            _, i = _DECODER.raw_decode(text, i - 1)  # skip the whole string, escapes too
         elif char in "[{":
             depth += 1
         else:
