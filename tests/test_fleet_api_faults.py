@@ -191,7 +191,8 @@ def test_parcel_lifecycle_faults_extend_final_states_lives_and_cancel_after_depo
             # 3. extend never shortens the window nor sets it past the bound
             now = int(time.time())
             for until, why in (
-                (now + 20, "earlier than the current window"),
+                (now + 20, "not later than the current end"),
+                (window, "not later than the current end"),
                 (4294967295, "h from now"),
             ):
                 r = c.post("/api/v1/parcels/P-T1/extend", json={"pickup_until": until})
