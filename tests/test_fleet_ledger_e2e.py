@@ -15,13 +15,14 @@ from __future__ import annotations
 import io
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from locker.fleet import ctl, provision
-from locker.fleet.service import db
+from locker.fleet.service import db, parcel_ledger
 from locker.fleet.service.app import FleetService
 from locker.fleet.service.config import ConfigError, ServiceConfig
 from locker.sim.broker import Broker
@@ -114,6 +115,19 @@ def test_a_locker_moves_only_its_own_parcels_and_a_pending_one_can_be_given_up(
             )
             doc = o.get("/api/v1/parcels/P5").json()
             assert (doc["locker"], doc["state"]) == ("SIM-0002", "pending")
+            # its assign issued two days ago (the clock moved on): it can never run now
+            past = time.time() - parcel_ledger.ASSIGN_RUNS_FOR_S - 1
+            with service.engine.begin() as conn:
+                conn.execute(
+                    update(db.parcels).where(db.parcels.c.parcel == "P5").values(created_at=past)
+                )
+            wait_for(
+                lambda: o.get("/api/v1/parcels/P5").json()["state"] == "withdrawn",
+                15,
+                what="the worker's sweep withdraws the expired pending parcel",
+            )
+            again = {"locker": "SIM-0001", "parcel": "P5", "size": "S"}
+            assert c.post("/api/v1/parcels", json=again).status_code == 201, "the id is free"
     finally:
         if l2 is not None:
             l2.close()
