@@ -111,6 +111,14 @@ def cabinet(tmp_path: Path, mock_factory: MockFactory) -> Iterator[PanelCabinet]
         yield cab
 
 
+@pytest.fixture
+def quick_backoff_cabinet(tmp_path: Path, mock_factory: MockFactory) -> Iterator[PanelCabinet]:
+    """A panel cabinet whose keypad backs off after 3 wrong codes (import it as ``cabinet``):
+    a code wrongly counted as a guess shows at once."""
+    with PanelCabinet(tmp_path, mock_factory, security={"failures_before_backoff": 3}) as cab:
+        yield cab
+
+
 def expect_message(
     page: Page,
     state: str,

@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -22,37 +21,9 @@ from locker.fleet.service import db
 from locker.fleet.service.alarms import Rules
 from locker.fleet.service.ingest import Ack, Ingest, Message
 from locker.fleet.watch import FleetView
+from tests.ingest_rig import P, engine, evt, state
 
-P = "lockers"
-
-
-def evt(
-    locker: str, seq: int, type_: str = "door_opened", epoch: str | None = "e1", **kw: Any
-) -> Message:
-    body: dict[str, Any] = {"v": 1, "seq": seq, "type": type_, "ts": "2026-11-29T10:00:00Z"}
-    if epoch is not None:
-        body["epoch"] = epoch
-    body |= kw
-    return Message(f"{P}/{locker}/evt/{type_}", json.dumps(body).encode())
-
-
-def state(locker: str, last_seq: int, depth: int, epoch: str = "e1", rev: int = 1) -> Message:
-    doc = {"v": 1, "rev": rev, "epoch": epoch, "last_seq": last_seq, "outbox_depth": depth}
-    doc["compartments"] = [{"id": "A1", "size": "S", "state": "free", "door": "closed"}]
-    return Message(f"{P}/{locker}/state", json.dumps(doc).encode(), retain=True)
-
-
-def online(locker: str, up: bool = True) -> Message:
-    """The locker's retained status (its birth, or its will with ``up`` False)."""
-    doc = {"v": 1, "online": up, "boot_id": "b1", "version": "1"}
-    return Message(f"{P}/{locker}/status", json.dumps(doc).encode(), retain=True)
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Engine:
-    url = f"sqlite:///{tmp_path / 'fleet.db'}"
-    db.upgrade(url)
-    return db.make_engine(url)
+_ = engine  # a fixture
 
 
 def count(engine: Engine, table: Any) -> int:

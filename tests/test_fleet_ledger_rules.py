@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,24 +21,9 @@ from locker.fleet.service import alarms, db, gaps, parcel_ledger
 from locker.fleet.service.alarms import Rules
 from locker.fleet.service.ingest import Ack, Ingest, Message
 from locker.fleet.service.intake import MAX_EVENT_BYTES
-from tests.test_fleet_ingest import P, evt, online
+from tests.ingest_rig import RULE, Clock, P, engine, evt, online
 
-RULE = ledger.GapRule(wait_s=2.0, interval_s=60.0)
-
-
-class Clock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Engine:
-    url = f"sqlite:///{tmp_path / 'fleet.db'}"
-    db.upgrade(url)
-    return db.make_engine(url)
+_ = engine  # a fixture
 
 
 def _parcel(engine: Engine, parcel: str) -> Any:

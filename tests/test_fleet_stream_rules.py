@@ -29,24 +29,9 @@ from locker.fleet.service.config import ConfigError, ServiceConfig
 from locker.fleet.service.ingest import Ack, Ingest, Message
 from locker.fleet.watch import EventLog, FleetView, Watcher
 from tests.conftest import wait_for
-from tests.test_fleet_ingest import evt, online
+from tests.ingest_rig import RULE, Clock, engine, evt, online
 
-RULE = ledger.GapRule(wait_s=2.0, interval_s=60.0)
-
-
-class Clock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Engine:
-    url = f"sqlite:///{tmp_path / 'fleet.db'}"
-    db.upgrade(url)
-    return db.make_engine(url)
+_ = engine  # a fixture
 
 
 def test_the_gap_rule_waits_for_a_lasting_gap_and_repeats_only_per_interval() -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,15 +20,10 @@ from locker.cabinet.panel.web import STATIC_DIR, render_page
 from locker.contract import credentials
 from tests.conftest import wait_for
 from tests.panel_rig import ARTIFACTS, SIZES, PanelCabinet, chromium, expect_message, screenshot
+from tests.panel_rig import quick_backoff_cabinet as cabinet
 
 pytestmark = pytest.mark.timeout(120)
-_ = chromium  # fixture
-
-
-@pytest.fixture
-def cabinet(tmp_path: Path, mock_factory: MockFactory) -> Iterator[PanelCabinet]:
-    with PanelCabinet(tmp_path, mock_factory, security={"failures_before_backoff": 3}) as cab:
-        yield cab
+_ = chromium, cabinet  # fixtures
 
 
 def test_dropoff_code_shows_the_granted_door_within_a_second(

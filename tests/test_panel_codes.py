@@ -13,25 +13,16 @@ from __future__ import annotations
 
 import re
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from gpiozero.pins.mock import MockFactory
 from playwright.sync_api import Browser, Response, expect
 
 from tests.conftest import wait_for
 from tests.panel_rig import PanelCabinet, chromium, expect_message, screenshot
+from tests.panel_rig import quick_backoff_cabinet as cabinet
 
 pytestmark = pytest.mark.timeout(120)
-_ = chromium  # fixture
-
-
-@pytest.fixture
-def cabinet(tmp_path: Path, mock_factory: MockFactory) -> Iterator[PanelCabinet]:
-    # a back-off after 3 wrong codes: a re-typed code counted as a guess would show at once
-    with PanelCabinet(tmp_path, mock_factory, security={"failures_before_backoff": 3}) as cab:
-        yield cab
+_ = chromium, cabinet  # fixtures
 
 
 def test_a_used_code_names_its_open_door_and_is_never_a_guess(
