@@ -57,6 +57,11 @@ def test_console_login_live_deposit_and_alarm_ack(console_site: Site) -> None:
         expect(deposit).to_have_class(re.compile("new"))  # arrived live, not by reload
         cell = page.locator(f'#grid [data-compartment="{issued["compartment"]}"]')
         expect(cell).to_have_attribute("data-state", "occupied", timeout=10_000)
+        # the summary line follows the state too (it stayed at its page-load values)
+        seq = int(deposit.get_attribute("data-seq") or 0)
+        summary = page.locator("#summary")
+        wait_for(lambda: int(summary.get_attribute("data-last-seq") or 0) >= seq, 10,
+                 what="the summary's last seq, live")  # fmt: skip
         page.screenshot(path=str(ARTIFACTS / "locker.png"), full_page=True)
         door_forced(broker, "SIM-0002")
         with api(service, token) as c:

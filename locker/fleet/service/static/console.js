@@ -31,13 +31,18 @@
       if (cell) cell.textContent = doc.online ? "online" : "OFFLINE";
     }
   });
-  // A new state snapshot: re-read this page and swap the compartment grid in place.
+  // A new state snapshot: re-read this page and swap the compartment grid and the summary
+  // line (last seq, outbox, LOCKDOWN, keypad locked) in place: set by another operator or by
+  // the keypad, they must not wait for a reload.
   source.addEventListener("state", async (msg) => {
-    const grid = document.getElementById("grid");
     const here = document.getElementById("locker");
-    if (!grid || !here || JSON.parse(msg.data).locker !== here.dataset.locker) return;
+    if (!here || JSON.parse(msg.data).locker !== here.dataset.locker) return;
     const html = await (await fetch(location.pathname, { credentials: "same-origin" })).text();
-    const fresh = new DOMParser().parseFromString(html, "text/html").getElementById("grid");
-    if (fresh) grid.replaceWith(fresh);
+    const page = new DOMParser().parseFromString(html, "text/html");
+    for (const id of ["grid", "summary"]) {
+      const old = document.getElementById(id);
+      const fresh = page.getElementById(id);
+      if (old && fresh) old.replaceWith(fresh);
+    }
   });
 })();
