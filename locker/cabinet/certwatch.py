@@ -19,14 +19,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
+from locker.cabinet.config import OPTION, RENEW_HOW
 from locker.cabinet.domain.inputs import CertificateDue
 from locker.contract import certificates
 
 logger = logging.getLogger(__name__)
 
 CHECK_EVERY_S: Final = 86_400.0  # once a day: a month's warning is about 30 events
-OPTION: Final = "mqtt.cert_file"
-HOW: Final = "run lockerctl locker renew and install the new device.pem and device-key.pem"
 
 
 class CertificateWatch:
@@ -55,7 +54,7 @@ class CertificateWatch:
             self._unreadable = True
             return None
         self._unreadable = False
-        line = certificates.renewal_message(OPTION, end, self.clock(), HOW)
+        line = certificates.renewal_message(OPTION, end, self.clock(), RENEW_HOW)
         if line is None:
             return None
         logger.warning("%s", line)

@@ -72,6 +72,7 @@ def _pin_library_problems(cfg: Config) -> list[str]:
     ]
 
 
+OPTION: Final = "mqtt.cert_file"  # the option naming the client certificate
 RENEW_HOW: Final = (
     "the broker refuses it then: run lockerctl locker renew and install the new device.pem "
     "and device-key.pem"
@@ -104,9 +105,7 @@ def certificate_warnings(cfg: Config, now: dt.datetime | None = None) -> list[st
         return []  # reported by environment_problems (with TLS) or not used (without)
     if end is None:
         return []
-    line = certificates.renewal_message(
-        "mqtt.cert_file", end, now or dt.datetime.now(dt.UTC), RENEW_HOW
-    )
+    line = certificates.renewal_message(OPTION, end, now or dt.datetime.now(dt.UTC), RENEW_HOW)
     return [] if line is None else [line]
 
 
